@@ -1,0 +1,291 @@
+//! rvsd: the rvs daemon. Reads the TOML config, initialises DPDK, starts one pinned polling worker
+//! per configured lcore, and runs until SIGINT/SIGTERM, then prints final per-port statistics.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use rvs_core::addr::{MacAddr, Prefix};
+use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
+use rvs_core::io::PortIdx;
+use rvs_core::{NeighConf, PortConf, RouteConf, Stack, StackConfig};
+use rvs_ctrlplane::config::Config;
+use rvs_dataplane::{NeighMsg, PeerLinks, Worker, WorkerIo, WorkerPorts};
+
+/// rvs — Rust Virtual Server, a DPDK layer-4 load-balancing gateway.
+#[derive(Parser, Debug)]
+#[command(name = "rvsd", version, about)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the configuration and exit (0 when valid, 2 with the error otherwise).
+    #[arg(long)]
+    check: bool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rvsd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!(
+            "{}: configuration OK ({} port(s), {} route(s), {} worker(s))",
+            args.config.display(),
+            cfg.ports.len(),
+            cfg.routes.len(),
+            cfg.dataplane.workers.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rvsd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn stack_config(cfg: &Config, macs: &[[u8; 6]]) -> StackConfig {
+    let n = &cfg.neighbour;
+    StackConfig {
+        ports: cfg
+            .ports
+            .iter()
+            .zip(macs)
+            .map(|(p, mac)| PortConf {
+                mac: MacAddr(*mac),
+                mtu: p.mtu,
+                addrs: p
+                    .addresses
+                    .iter()
+                    .map(|&(addr, len)| Prefix { addr, len })
+                    .collect(),
+            })
+            .collect(),
+        routes: cfg
+            .routes
+            .iter()
+            .map(|r| RouteConf {
+                prefix: Prefix {
+                    addr: r.prefix.0,
+                    len: r.prefix.1,
+                },
+                via: r.via,
+                port: r.port as PortIdx,
+            })
+            .collect(),
+        ip_forward: cfg.dataplane.ip_forward,
+        icmp_ratelimit_per_s: cfg.dataplane.icmp_ratelimit,
+        neigh: NeighConf {
+            capacity: n.capacity,
+            hold_packets: n.hold_packets.min(u16::MAX as u32) as u16,
+            reachable_ms: n.reachable_ms as u64,
+            gc_stale_ms: n.gc_stale_ms as u64,
+            retrans_ms: n.retrans_ms as u64,
+            max_probes: n.max_probes.min(u8::MAX as u32) as u8,
+        },
+    }
+}
+
+fn run(cfg: &Config) -> Result<(), String> {
+    let eal_args = cfg.eal.args(cfg);
+    let eal = dpdk::Eal::init(&eal_args)
+        .map_err(|e| format!("EAL init failed ({}): {e}", eal_args.join(" ")))?;
+    let workers = &cfg.dataplane.workers;
+    let nq = workers.len() as u16;
+
+    let pool_size = cfg.dataplane.mbufs.saturating_mul(cfg.ports.len() as u32);
+    let pool = Arc::new(
+        dpdk::Mempool::new_pktmbuf("rvs_mbufs", pool_size, cfg.dataplane.mbuf_cache, -1)
+            .map_err(|e| format!("mbuf pool: {e}"))?,
+    );
+
+    let mut ports = Vec::new();
+    let mut macs = Vec::new();
+    for pc in &cfg.ports {
+        let name = pc.device.dpdk_name();
+        let port = dpdk::Port::by_name(name).map_err(|e| format!("port {:?}: {e}", pc.name))?;
+        let conf = dpdk::PortConf {
+            rx_queues: nq,
+            tx_queues: nq,
+            rx_desc: cfg.dataplane.rx_desc,
+            tx_desc: cfg.dataplane.tx_desc,
+            rss: pc.rss,
+            mtu: Some(pc.mtu),
+            promiscuous: pc.promiscuous,
+        };
+        port.configure(&conf, &pool)
+            .map_err(|e| format!("port {:?}: {e}", pc.name))?;
+        if let Some(mac) = pc.mac {
+            port.set_mac(mac)
+                .map_err(|e| format!("port {:?}: set MAC: {e}", pc.name))?;
+        }
+        port.start()
+            .map_err(|e| format!("port {:?}: {e}", pc.name))?;
+        let mac = port.mac().map_err(|e| format!("port {:?}: {e}", pc.name))?;
+        let info = port
+            .info()
+            .map_err(|e| format!("port {:?}: {e}", pc.name))?;
+        let link = port
+            .link()
+            .map_err(|e| format!("port {:?}: {e}", pc.name))?;
+        println!(
+            "rvsd: port {} {:?} ({}, driver {}) mac {} link {} {} Mbps, {} queue(s), addresses {}",
+            port.id(),
+            pc.name,
+            name,
+            info.driver,
+            MacAddr(mac),
+            if link.up { "up" } else { "down" },
+            link.speed_mbps,
+            nq,
+            pc.addresses
+                .iter()
+                .map(|(a, l)| format!("{a}/{l}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        ports.push(port);
+        macs.push(mac);
+    }
+
+    let scfg = stack_config(cfg, &macs);
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signals();
+
+    // Neighbour-update rings: one SPSC ring for every ordered pair of workers.
+    let nw = workers.len();
+    let mut producers: Vec<Vec<dpdk::Producer<NeighMsg>>> = (0..nw).map(|_| Vec::new()).collect();
+    let mut consumers: Vec<Vec<dpdk::Consumer<NeighMsg>>> = (0..nw).map(|_| Vec::new()).collect();
+    for from in 0..nw {
+        for to in 0..nw {
+            if from != to {
+                let (p, c) = dpdk::ring::spsc::<NeighMsg>(&format!("rvs_neigh_{from}_{to}"), 1024)
+                    .map_err(|e| format!("ring: {e}"))?;
+                producers[from].push(p);
+                consumers[to].push(c);
+            }
+        }
+    }
+
+    let mut counters = Vec::new();
+    let mut launched = Vec::new();
+    for (w, (&lcore, (prods, cons))) in workers
+        .iter()
+        .zip(producers.into_iter().zip(consumers))
+        .enumerate()
+    {
+        let c = Arc::new(CoreCounters::default());
+        counters.push((lcore, c.clone()));
+        let rx = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
+        let tx = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
+        let io = WorkerIo::new(pool.clone(), tx, prods, c.clone());
+        let stack = Stack::new(&scfg, c.clone());
+        let worker = Worker::new(
+            w,
+            WorkerPorts { rx },
+            io,
+            stack,
+            PeerLinks { from_peers: cons },
+            c,
+            stop.clone(),
+            cfg.dataplane.burst,
+            eal.tsc_hz(),
+        );
+        let h = dpdk::lcore::launch(lcore, move || worker.run())
+            .map_err(|e| format!("worker {w}: {e}"))?;
+        launched.push(h);
+    }
+    println!(
+        "rvsd: running with {} worker(s) on lcore(s) {:?}; SIGINT/SIGTERM to stop",
+        nw, workers
+    );
+
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for h in launched {
+        h.wait();
+    }
+
+    println!("rvsd: stopping; final statistics");
+    for (pc, port) in cfg.ports.iter().zip(&ports) {
+        match port.stats() {
+            Ok(s) => println!(
+                "port {} {:?}: rx {} pkts {} bytes, tx {} pkts {} bytes, imissed {}, ierrors {}, oerrors {}, rx_nombuf {}",
+                port.id(),
+                pc.name,
+                s.ipackets,
+                s.ibytes,
+                s.opackets,
+                s.obytes,
+                s.imissed,
+                s.ierrors,
+                s.oerrors,
+                s.rx_nombuf
+            ),
+            Err(e) => println!("port {} {:?}: stats unavailable: {e}", port.id(), pc.name),
+        }
+    }
+    let mut total = CounterSnapshot::default();
+    for (lcore, c) in &counters {
+        let s = c.snapshot();
+        println!("{}", format_core(&format!("core {lcore}"), &s));
+        total.add(&s);
+    }
+    println!("{}", format_core("total", &total));
+    for port in &ports {
+        let _ = port.stop();
+        let _ = port.close();
+    }
+    drop(counters);
+    drop(pool);
+    drop(eal);
+    Ok(())
+}
+
+fn format_core(label: &str, s: &CounterSnapshot) -> String {
+    let mut out = format!("{label}:");
+    for (name, v) in s.events() {
+        out.push_str(&format!(" {name} {v}"));
+    }
+    let drops: Vec<String> = DropReason::ALL
+        .iter()
+        .filter(|r| s.dropped(**r) > 0)
+        .map(|r| format!("{} {}", r.name(), s.dropped(*r)))
+        .collect();
+    out.push_str(&format!("; drops {}", s.total_drops()));
+    if !drops.is_empty() {
+        out.push_str(&format!(" ({})", drops.join(", ")));
+    }
+    out
+}

@@ -1,0 +1,1083 @@
+//! Typing and validation of the document tree into [`Config`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use super::tree::{self, Entry, Kind, Node};
+use super::{
+    Config, ConfigError, DataplaneConfig, Device, EalConfig, NeighbourConfig, PortConfig,
+    RouteConfig,
+};
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Highest lcore id accepted (DPDK's `RTE_MAX_LCORE` is at most 1024).
+const MAX_LCORE: i64 = 1023;
+
+/// Parses and validates `text`.
+pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
+    let cx = Cx { text, file: source };
+    let root = tree::parse(text).map_err(|e| cx.syntax_error(&e))?;
+    let top = Table::new(
+        &cx,
+        &root,
+        String::new(),
+        &["eal", "dataplane", "neighbour", "port", "route"],
+    )?;
+
+    let eal_table = top.sub("eal")?;
+    let eal = parse_eal(&eal_table)?;
+    let dataplane = parse_dataplane(&top.sub("dataplane")?, &eal, &eal_table)?;
+    let neighbour = parse_neighbour(&top.sub("neighbour")?)?;
+
+    let port_nodes = match top.get("port") {
+        None => {
+            return Err(cx.err(
+                top.pos,
+                "port",
+                "at least one [[port]] is required; none is given",
+            ))
+        }
+        Some(node) => top.array_of_tables("port", node)?,
+    };
+    if port_nodes.is_empty() {
+        let pos = top.get("port").map_or(top.pos, |n| n.pos);
+        return Err(cx.err(
+            pos,
+            "port",
+            "at least one [[port]] is required; none is given",
+        ));
+    }
+    let mut ports = Vec::new();
+    for (i, node) in port_nodes.iter().enumerate() {
+        ports.push(parse_port(&cx, node, i, &ports)?);
+    }
+
+    let mut routes = Vec::new();
+    if let Some(node) = top.get("route") {
+        let route_nodes = top.array_of_tables("route", node)?;
+        for (i, node) in route_nodes.iter().enumerate() {
+            let route = parse_route(&cx, node, i, &ports, &routes)?;
+            routes.push(route);
+        }
+    }
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        eal,
+        dataplane,
+        neighbour,
+        ports,
+        routes,
+    })
+}
+
+/// The file being parsed, for locating errors.
+struct Cx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Cx<'_> {
+    /// An error at byte offset `pos`.
+    fn err(&self, pos: usize, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_col(self.text, pos);
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax error.
+    fn syntax_error(&self, e: &toml::de::Error) -> ConfigError {
+        let pos = e.span().map_or(0, |s| s.start);
+        let message = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.err(
+            pos,
+            guess_key(self.text, pos),
+            format!("invalid TOML: {message}"),
+        )
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `pos`.
+pub(super) fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let mut pos = pos.min(text.len());
+    while !text.is_char_boundary(pos) {
+        pos -= 1;
+    }
+    let before = text.get(..pos).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).unwrap_or_default().chars().count() + 1;
+    (line, column)
+}
+
+/// Best guess at the dotted key being written at byte offset `pos`, for
+/// syntax errors (the document could not be parsed, so this reads lines).
+fn guess_key(text: &str, pos: usize) -> String {
+    let (err_line, _) = line_col(text, pos);
+    let mut table = String::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (n, line) in text.lines().enumerate().take(err_line) {
+        let t = line.trim();
+        let header = if let Some(rest) = t.strip_prefix("[[") {
+            rest.split("]]").next().map(|name| (name.trim(), true))
+        } else if let Some(rest) = t.strip_prefix('[') {
+            rest.split(']').next().map(|name| (name.trim(), false))
+        } else {
+            None
+        };
+        match header {
+            Some((name, true)) => {
+                let count = counts.entry(name.to_owned()).or_insert(0);
+                table = format!("{name}[{count}]");
+                *count += 1;
+            }
+            Some((name, false)) => table = name.to_owned(),
+            None if n + 1 == err_line => {
+                if let Some((key, _)) = t.split_once('=') {
+                    let key = key.trim();
+                    let bare = |c: char| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c);
+                    if !key.is_empty() && key.chars().all(bare) {
+                        return join(&table, key);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    table
+}
+
+/// `parent.key`, or `key` at the top level.
+fn join(parent: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    };
+    if parent.is_empty() {
+        key
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// A table being read: its keys are checked against the allowed ones.
+struct Table<'a> {
+    cx: &'a Cx<'a>,
+    /// Dotted path of the table; empty at the top level.
+    path: String,
+    /// Position of the table (of its header), or of its parent when absent.
+    pos: usize,
+    entries: &'a [Entry],
+}
+
+impl<'a> Table<'a> {
+    /// Reads `node` as a table that may hold only the `allowed` keys.
+    fn new(cx: &'a Cx<'a>, node: &'a Node, path: String, allowed: &[&str]) -> Result<Table<'a>> {
+        let Kind::Table(entries) = &node.kind else {
+            return Err(cx.err(
+                node.pos,
+                path,
+                format!("expected a table, found {}", node.kind.type_name()),
+            ));
+        };
+        if let Some(e) = entries.iter().find(|e| !allowed.contains(&e.key.as_str())) {
+            return Err(cx.err(
+                e.key_pos,
+                join(&path, &e.key),
+                format!(
+                    "unknown key `{}`; allowed keys here: {}",
+                    e.key,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        Ok(Table {
+            cx,
+            path,
+            pos: node.pos,
+            entries,
+        })
+    }
+
+    /// The sub-table `key` of the top level (an empty one when absent).
+    fn sub(&self, key: &str) -> Result<Table<'a>> {
+        let allowed: &[&str] = match key {
+            "eal" => &["main_lcore", "memory_mb", "no_huge", "file_prefix", "args"],
+            "dataplane" => &[
+                "workers",
+                "ip_forward",
+                "burst",
+                "rx_desc",
+                "tx_desc",
+                "mbufs",
+                "mbuf_cache",
+                "icmp_ratelimit",
+            ],
+            "neighbour" => &[
+                "capacity",
+                "hold_packets",
+                "reachable_ms",
+                "gc_stale_ms",
+                "retrans_ms",
+                "max_probes",
+            ],
+            _ => &[],
+        };
+        match self.get(key) {
+            Some(node) => Table::new(self.cx, node, self.path(key), allowed),
+            None => Ok(Table {
+                cx: self.cx,
+                path: self.path(key),
+                pos: self.pos,
+                entries: &[],
+            }),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Node> {
+        self.entries.iter().find(|e| e.key == key).map(|e| &e.value)
+    }
+
+    /// Dotted path of `key` in this table.
+    fn path(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// Position of `key`'s value, or of the table when it is absent.
+    fn pos_of(&self, key: &str) -> usize {
+        self.get(key).map_or(self.pos, |n| n.pos)
+    }
+
+    /// An error about `key` (at its value, or at the table when absent).
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.cx.err(self.pos_of(key), self.path(key), message)
+    }
+
+    /// A required key.
+    fn required(&self, key: &str, what: &str) -> Result<&'a Node> {
+        self.get(key).ok_or_else(|| {
+            self.cx.err(
+                self.pos,
+                self.path(key),
+                format!("missing required key `{key}` ({what})"),
+            )
+        })
+    }
+
+    /// `node` (the value of `key`) as an array of tables.
+    fn array_of_tables(&self, key: &str, node: &'a Node) -> Result<&'a [Node]> {
+        match &node.kind {
+            Kind::Array(items) => Ok(items),
+            other => Err(self.cx.err(
+                node.pos,
+                self.path(key),
+                format!(
+                    "expected an array of tables ([[{key}]]), found {}",
+                    other.type_name()
+                ),
+            )),
+        }
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(node) => as_bool(self.cx, node, &self.path(key)),
+        }
+    }
+
+    /// An integer in `min..=max`.
+    fn int<T: TryFrom<i64>>(&self, key: &str, default: T, min: i64, max: i64) -> Result<T> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(node) => as_int(self.cx, node, &self.path(key), key, min, max),
+        }
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
+        self.get(key)
+            .map(|node| as_str(self.cx, node, &self.path(key)))
+            .transpose()
+    }
+
+    /// An optional array; each element with its path.
+    fn array(&self, key: &str) -> Result<Option<Vec<(&'a Node, String)>>> {
+        let Some(node) = self.get(key) else {
+            return Ok(None);
+        };
+        let path = self.path(key);
+        match &node.kind {
+            Kind::Array(items) => Ok(Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n, format!("{path}[{i}]")))
+                    .collect(),
+            )),
+            other => Err(self.cx.err(
+                node.pos,
+                path,
+                format!("expected an array, found {}", other.type_name()),
+            )),
+        }
+    }
+}
+
+fn type_err(cx: &Cx, node: &Node, path: &str, expected: &str) -> ConfigError {
+    cx.err(
+        node.pos,
+        path,
+        format!("expected {expected}, found {}", node.kind.type_name()),
+    )
+}
+
+fn as_bool(cx: &Cx, node: &Node, path: &str) -> Result<bool> {
+    match node.kind {
+        Kind::Bool(b) => Ok(b),
+        _ => Err(type_err(cx, node, path, "a boolean (true or false)")),
+    }
+}
+
+fn as_str<'n>(cx: &Cx, node: &'n Node, path: &str) -> Result<&'n str> {
+    match &node.kind {
+        Kind::Str(s) => Ok(s),
+        _ => Err(type_err(cx, node, path, "a string")),
+    }
+}
+
+/// An integer in `min..=max`; `what` names it in the message.
+fn as_int<T: TryFrom<i64>>(
+    cx: &Cx,
+    node: &Node,
+    path: &str,
+    what: &str,
+    min: i64,
+    max: i64,
+) -> Result<T> {
+    let Kind::Int(v) = node.kind else {
+        return Err(type_err(cx, node, path, "an integer"));
+    };
+    if v < min || v > max {
+        return Err(cx.err(
+            node.pos,
+            path,
+            format!("{what} must be between {min} and {max}, got {v}"),
+        ));
+    }
+    T::try_from(v).map_err(|_| cx.err(node.pos, path, format!("{what} is out of range, got {v}")))
+}
+
+fn parse_eal(t: &Table) -> Result<EalConfig> {
+    let d = EalConfig::default();
+    let file_prefix = match t.opt_str("file_prefix")? {
+        None => None,
+        Some(p) => {
+            if p.is_empty()
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
+                return Err(t.err(
+                    "file_prefix",
+                    format!(
+                        "file_prefix must be a non-empty name of letters, digits, `_`, `-` and `.`, got {p:?}"
+                    ),
+                ));
+            }
+            Some(p.to_owned())
+        }
+    };
+    let mut args = Vec::new();
+    for (node, path) in t.array("args")?.unwrap_or_default() {
+        let arg = as_str(t.cx, node, &path)?;
+        if arg.is_empty() {
+            return Err(t
+                .cx
+                .err(node.pos, path, "an EAL argument must not be empty"));
+        }
+        args.push(arg.to_owned());
+    }
+    Ok(EalConfig {
+        main_lcore: t.int("main_lcore", d.main_lcore, 0, MAX_LCORE)?,
+        memory_mb: t.int("memory_mb", d.memory_mb, 1, 1 << 20)?,
+        no_huge: t.bool("no_huge", d.no_huge)?,
+        file_prefix,
+        args,
+    })
+}
+
+fn is_pow2_desc(v: u16) -> bool {
+    v.is_power_of_two() && (64..=16384).contains(&v)
+}
+
+fn parse_dataplane(t: &Table, eal: &EalConfig, eal_table: &Table) -> Result<DataplaneConfig> {
+    let d = DataplaneConfig::default();
+    let workers = match t.array("workers")? {
+        None => d.workers.clone(),
+        Some(items) => {
+            if items.is_empty() {
+                return Err(t.err(
+                    "workers",
+                    "workers must list at least one lcore id, e.g. [1]",
+                ));
+            }
+            let mut workers: Vec<u32> = Vec::new();
+            for (node, path) in items {
+                let lcore: u32 = as_int(t.cx, node, &path, "a worker lcore", 0, MAX_LCORE)?;
+                if lcore == eal.main_lcore {
+                    return Err(t.cx.err(
+                        node.pos,
+                        path,
+                        format!(
+                            "lcore {lcore} is the main lcore (eal.main_lcore); workers need lcores of their own"
+                        ),
+                    ));
+                }
+                if let Some(j) = workers.iter().position(|&w| w == lcore) {
+                    return Err(t.cx.err(
+                        node.pos,
+                        path,
+                        format!("lcore {lcore} is listed twice (also dataplane.workers[{j}]); workers must be distinct"),
+                    ));
+                }
+                workers.push(lcore);
+            }
+            workers
+        }
+    };
+    if t.get("workers").is_none() && workers.contains(&eal.main_lcore) {
+        // The default worker collides with the configured main lcore.
+        return Err(eal_table.err(
+            "main_lcore",
+            format!(
+                "main lcore {} is also the default worker lcore (dataplane.workers defaults to [1]); set dataplane.workers to other lcores",
+                eal.main_lcore
+            ),
+        ));
+    }
+    let burst: u16 = t.int("burst", d.burst, 1, 512)?;
+    let rx_desc: u16 = t.int("rx_desc", d.rx_desc, 0, i64::from(u16::MAX))?;
+    if !is_pow2_desc(rx_desc) {
+        return Err(t.err(
+            "rx_desc",
+            format!("rx_desc must be a power of two between 64 and 16384, got {rx_desc}"),
+        ));
+    }
+    let tx_desc: u16 = t.int("tx_desc", d.tx_desc, 0, i64::from(u16::MAX))?;
+    if !is_pow2_desc(tx_desc) {
+        return Err(t.err(
+            "tx_desc",
+            format!("tx_desc must be a power of two between 64 and 16384, got {tx_desc}"),
+        ));
+    }
+    let mbufs: u32 = t.int("mbufs", d.mbufs, 1, 1 << 30)?;
+    let n = workers.len() as u64;
+    let need = 2 * u64::from(burst) * n + u64::from(rx_desc) * n;
+    if u64::from(mbufs) < need {
+        return Err(t.err(
+            "mbufs",
+            format!(
+                "mbufs must be at least 2 * burst * workers + rx_desc * workers = 2 * {burst} * {n} + {rx_desc} * {n} = {need}, got {mbufs}"
+            ),
+        ));
+    }
+    let mbuf_cache: u32 = t.int("mbuf_cache", d.mbuf_cache, 0, 512)?;
+    if u64::from(mbuf_cache) * 3 > u64::from(mbufs) * 2 {
+        return Err(t.err(
+            "mbuf_cache",
+            format!(
+                "mbuf_cache must be at most mbufs / 1.5 = {}, got {mbuf_cache}",
+                u64::from(mbufs) * 2 / 3
+            ),
+        ));
+    }
+    Ok(DataplaneConfig {
+        workers,
+        ip_forward: t.bool("ip_forward", d.ip_forward)?,
+        burst,
+        rx_desc,
+        tx_desc,
+        mbufs,
+        mbuf_cache,
+        icmp_ratelimit: t.int("icmp_ratelimit", d.icmp_ratelimit, 0, 1_000_000)?,
+    })
+}
+
+fn parse_neighbour(t: &Table) -> Result<NeighbourConfig> {
+    let d = NeighbourConfig::default();
+    let reachable_ms: u32 = t.int("reachable_ms", d.reachable_ms, 1, 86_400_000)?;
+    let gc_stale_ms: u32 = t.int("gc_stale_ms", d.gc_stale_ms, 1, 604_800_000)?;
+    if gc_stale_ms < reachable_ms {
+        return Err(t.err(
+            "gc_stale_ms",
+            format!("gc_stale_ms must not be less than reachable_ms ({reachable_ms}), got {gc_stale_ms}"),
+        ));
+    }
+    Ok(NeighbourConfig {
+        capacity: t.int("capacity", d.capacity, 1, 1 << 24)?,
+        hold_packets: t.int("hold_packets", d.hold_packets, 0, 4096)?,
+        reachable_ms,
+        gc_stale_ms,
+        retrans_ms: t.int("retrans_ms", d.retrans_ms, 1, 60_000)?,
+        max_probes: t.int("max_probes", d.max_probes, 1, 255)?,
+    })
+}
+
+const PORT_KEYS: &[&str] = &[
+    "name",
+    "device",
+    "mac",
+    "mtu",
+    "addresses",
+    "rss",
+    "promiscuous",
+];
+
+fn parse_port(cx: &Cx, node: &Node, i: usize, earlier: &[PortConfig]) -> Result<PortConfig> {
+    let t = Table::new(cx, node, format!("port[{i}]"), PORT_KEYS)?;
+
+    let name_node = t.required("name", "a unique name for the port, used by routes")?;
+    let name = as_str(cx, name_node, &t.path("name"))?;
+    if name.is_empty()
+        || name.len() > 32
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err(t.err(
+            "name",
+            format!("a port name must be 1 to 32 letters, digits, `_`, `-` or `.`, got {name:?}"),
+        ));
+    }
+    if let Some(j) = earlier.iter().position(|p| p.name == name) {
+        return Err(t.err(
+            "name",
+            format!("port name `{name}` is already used by port[{j}]; names must be unique"),
+        ));
+    }
+
+    let device_node = t.required(
+        "device",
+        "a DPDK vdev string like \"net_null0\" or a PCI address like \"0000:3b:00.0\"",
+    )?;
+    let device_str = as_str(cx, device_node, &t.path("device"))?;
+    let device = parse_device(device_str).map_err(|m| t.err("device", m))?;
+    if let Some((j, p)) = earlier
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.device.dpdk_name() == device.dpdk_name())
+    {
+        return Err(t.err(
+            "device",
+            format!(
+                "device `{}` is already used by port[{j}] (`{}`); each port needs its own device",
+                device.dpdk_name(),
+                p.name
+            ),
+        ));
+    }
+
+    let mac = match t.opt_str("mac")? {
+        None => None,
+        Some(s) => Some(parse_mac(s).map_err(|m| t.err("mac", m))?),
+    };
+
+    let mut addresses: Vec<(IpAddr, u8)> = Vec::new();
+    for (node, path) in t.array("addresses")?.unwrap_or_default() {
+        let s = as_str(cx, node, &path)?;
+        let (addr, len) = parse_cidr(s).map_err(|m| cx.err(node.pos, &path, m))?;
+        check_host_address(addr, len).map_err(|m| cx.err(node.pos, &path, m))?;
+        if addresses.iter().any(|(a, _)| *a == addr) {
+            return Err(cx.err(
+                node.pos,
+                path,
+                format!("address {addr} is listed twice on this port"),
+            ));
+        }
+        if let Some((j, p)) = earlier
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.addresses.iter().any(|(a, _)| *a == addr))
+        {
+            return Err(cx.err(
+                node.pos,
+                path,
+                format!(
+                    "address {addr} is already owned by port[{j}] (`{}`); an address belongs to one port",
+                    p.name
+                ),
+            ));
+        }
+        addresses.push((addr, len));
+    }
+
+    Ok(PortConfig {
+        name: name.to_owned(),
+        device,
+        mac,
+        mtu: t.int("mtu", 1500, 68, 9600)?,
+        addresses,
+        rss: t.bool("rss", true)?,
+        promiscuous: t.bool("promiscuous", false)?,
+    })
+}
+
+fn parse_route(
+    cx: &Cx,
+    node: &Node,
+    i: usize,
+    ports: &[PortConfig],
+    earlier: &[RouteConfig],
+) -> Result<RouteConfig> {
+    let t = Table::new(cx, node, format!("route[{i}]"), &["prefix", "via", "port"])?;
+
+    let prefix_node = t.required("prefix", "the destination, like \"0.0.0.0/0\"")?;
+    let prefix_str = as_str(cx, prefix_node, &t.path("prefix"))?;
+    let (addr, len) = parse_cidr(prefix_str).map_err(|m| t.err("prefix", m))?;
+    let prefix = (network(addr, len), len);
+    if let Some(j) = earlier.iter().position(|r| r.prefix == prefix) {
+        return Err(t.err(
+            "prefix",
+            format!(
+                "a route for {}/{} is already given by route[{j}]",
+                prefix.0, prefix.1
+            ),
+        ));
+    }
+
+    let port = match t.opt_str("port")? {
+        None => None,
+        Some(name) => match ports.iter().enumerate().find(|(_, p)| p.name == name) {
+            Some(found) => Some(found),
+            None => {
+                let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+                return Err(t.err(
+                    "port",
+                    format!(
+                        "no port is named `{name}`; the ports are: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+
+    let via = match t.opt_str("via")? {
+        None => None,
+        Some(s) => {
+            let via: IpAddr = s.parse().map_err(|_| {
+                t.err(
+                    "via",
+                    format!("via must be an IP address like \"198.51.100.254\" (no prefix length), got {s:?}"),
+                )
+            })?;
+            Some(via)
+        }
+    };
+
+    let port = match via {
+        None => port.map(|(idx, _)| idx).ok_or_else(|| {
+            cx.err(
+                t.pos,
+                t.path("port"),
+                "a connected route (one without `via`) needs `port`, the port its prefix is on",
+            )
+        })?,
+        Some(via) => {
+            if via.is_ipv4() != addr.is_ipv4() {
+                return Err(t.err(
+                    "via",
+                    format!(
+                        "via {via} is {} but prefix {}/{} is {}; they must be of the same family",
+                        family(via),
+                        prefix.0,
+                        prefix.1,
+                        family(addr)
+                    ),
+                ));
+            }
+            if via.is_unspecified() || via.is_multicast() || via == IpAddr::V4(Ipv4Addr::BROADCAST)
+            {
+                return Err(t.err("via", format!("via must be a unicast address, got {via}")));
+            }
+            if let Some(p) = ports
+                .iter()
+                .find(|p| p.addresses.iter().any(|(a, _)| *a == via))
+            {
+                return Err(t.err(
+                    "via",
+                    format!(
+                        "via {via} is an address of rvs itself (port `{}`); the next hop must be another host",
+                        p.name
+                    ),
+                ));
+            }
+            match port {
+                Some((idx, p)) => {
+                    if !p.addresses.iter().any(|&(a, l)| contains(a, l, via)) {
+                        return Err(t.err(
+                            "via",
+                            format!(
+                                "via {via} is not in a connected subnet of port `{}` ({})",
+                                p.name,
+                                subnets(p)
+                            ),
+                        ));
+                    }
+                    idx
+                }
+                None => port_for_via(ports, via).map_err(|m| t.err("via", m))?,
+            }
+        }
+    };
+
+    Ok(RouteConfig { prefix, via, port })
+}
+
+/// The port whose connected subnet holds `via` (longest prefix).
+fn port_for_via(ports: &[PortConfig], via: IpAddr) -> std::result::Result<usize, String> {
+    let mut best: Option<(u8, usize)> = None;
+    // Two ports with the same longest match: their names.
+    let mut tie: Option<(&str, &str)> = None;
+    for (idx, p) in ports.iter().enumerate() {
+        for &(a, l) in &p.addresses {
+            if !contains(a, l, via) {
+                continue;
+            }
+            match best {
+                Some((bl, bi)) if bl > l || (bl == l && bi == idx) => {}
+                Some((bl, bi)) if bl == l => {
+                    let other = ports.get(bi).map_or("?", |o| o.name.as_str());
+                    tie = Some((other, p.name.as_str()));
+                }
+                _ => {
+                    best = Some((l, idx));
+                    tie = None;
+                }
+            }
+        }
+    }
+    if let Some((a, b)) = tie {
+        return Err(format!(
+            "via {via} is in connected subnets of both port `{a}` and port `{b}`; say which with `port`"
+        ));
+    }
+    match best {
+        Some((_, idx)) => Ok(idx),
+        None => {
+            let all: Vec<String> = ports
+                .iter()
+                .map(|p| format!("`{}`: {}", p.name, subnets(p)))
+                .collect();
+            Err(format!(
+                "via {via} is not in a connected subnet of any port ({})",
+                all.join("; ")
+            ))
+        }
+    }
+}
+
+/// The connected subnets of a port, for messages.
+fn subnets(p: &PortConfig) -> String {
+    if p.addresses.is_empty() {
+        return "it has no addresses".to_owned();
+    }
+    p.addresses
+        .iter()
+        .map(|&(a, l)| format!("{}/{l}", network(a, l)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// Parses a device string: a PCI address or a vdev string.
+fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    const HELP: &str = "a DPDK vdev string like \"net_null0\" or \"net_af_xdp0,iface=eth0\", or a PCI address like \"0000:3b:00.0\" or \"3b:00.0\"";
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err(format!("device must be {HELP} (no spaces), got {s:?}"));
+    }
+    let name = s.split(',').next().unwrap_or(s);
+    if name.contains(':') && !s.contains(',') {
+        return parse_pci(s).map(Device::Pci).ok_or_else(|| {
+            format!("invalid PCI address {s:?}: expected DOMAIN:BUS:DEVICE.FUNCTION like \"0000:3b:00.0\" or BUS:DEVICE.FUNCTION like \"3b:00.0\" (hex; device at most 1f, function at most 7)")
+        });
+    }
+    let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_name {
+        return Err(format!(
+            "device must be {HELP}; the vdev name before the first comma must be letters, digits and `_`, got {name:?}"
+        ));
+    }
+    Ok(Device::Vdev(s.to_owned()))
+}
+
+/// Parses and normalises a PCI address (`[DOMAIN:]BUS:DEVICE.FUNCTION`).
+fn parse_pci(s: &str) -> Option<String> {
+    let hex = |p: &str, max_len: usize| -> Option<u32> {
+        if p.is_empty() || p.len() > max_len || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(p, 16).ok()
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let (domain, bus, rest) = match parts.as_slice() {
+        [bus, rest] => (0, *bus, *rest),
+        [domain, bus, rest] => (hex(domain, 8)?, *bus, *rest),
+        _ => return None,
+    };
+    let (dev, func) = rest.split_once('.')?;
+    let bus = if bus.len() == 2 {
+        hex(bus, 2)?
+    } else {
+        return None;
+    };
+    let dev = if dev.len() == 2 {
+        hex(dev, 2)?
+    } else {
+        return None;
+    };
+    let func = if func.len() == 1 {
+        hex(func, 1)?
+    } else {
+        return None;
+    };
+    if dev > 0x1f || func > 7 {
+        return None;
+    }
+    Some(format!("{domain:04x}:{bus:02x}:{dev:02x}.{func}"))
+}
+
+/// Parses a unicast MAC address `02:00:00:00:00:01` (or with `-`).
+fn parse_mac(s: &str) -> std::result::Result<[u8; 6], String> {
+    let bad = || {
+        format!("mac must be six two-digit hex bytes separated by `:`, like \"02:00:00:00:00:01\", got {s:?}")
+    };
+    let sep = if s.contains('-') { '-' } else { ':' };
+    let parts: Vec<&str> = s.split(sep).collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(&parts) {
+        if p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac must be a unicast address (the low bit of the first byte clear), got {s}"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err("mac must not be all zeros".to_owned());
+    }
+    Ok(mac)
+}
+
+/// Parses `ADDRESS/LENGTH`.
+fn parse_cidr(s: &str) -> std::result::Result<(IpAddr, u8), String> {
+    let expected = "expected ADDRESS/LENGTH like \"192.0.2.1/24\" or \"2001:db8::1/64\"";
+    let Some((a, l)) = s.split_once('/') else {
+        return Err(format!("{expected}, got {s:?} (no prefix length)"));
+    };
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("{expected}; {a:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = if !l.is_empty() && l.len() <= 3 && l.chars().all(|c| c.is_ascii_digit()) {
+        l.parse().map_err(|_| String::new())?
+    } else {
+        return Err(format!("{expected}; {l:?} is not a prefix length"));
+    };
+    if len > max {
+        return Err(format!(
+            "prefix length must be at most {max} for {}, got {len}",
+            family(addr)
+        ));
+    }
+    Ok((addr, len))
+}
+
+/// Checks that `addr/len` can be owned by a port.
+fn check_host_address(addr: IpAddr, len: u8) -> std::result::Result<(), String> {
+    if addr.is_unspecified() || addr.is_multicast() || addr == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        return Err(format!(
+            "{addr} cannot be a port address: it must be unicast"
+        ));
+    }
+    let host_bits = if addr.is_ipv4() { 32 } else { 128 } - u32::from(len);
+    if host_bits >= 2 {
+        let net = network(addr, len);
+        if addr == net {
+            return Err(format!(
+                "{addr}/{len} is a subnet, not an address: give the address rvs owns with the subnet's length, like {}/{len}",
+                nth_host(net, 1)
+            ));
+        }
+        let host_mask = !mask(addr, len) & 0xffff_ffff;
+        if addr.is_ipv4() && to_bits(addr) & host_mask == host_mask {
+            return Err(format!(
+                "{addr} is the broadcast address of {net}/{len}; it cannot be a port address"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The address as an integer (IPv4 in the low 32 bits).
+fn to_bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_bits(like: IpAddr, bits: u128) -> IpAddr {
+    match like {
+        // Masked to 32 bits, so the conversion cannot fail.
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(
+            u32::try_from(bits & 0xffff_ffff).unwrap_or(0),
+        )),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(bits)),
+    }
+}
+
+/// The netmask of `len` for `a`'s family, as an integer.
+fn mask(a: IpAddr, len: u8) -> u128 {
+    let width = if a.is_ipv4() { 32u32 } else { 128 };
+    let len = u32::from(len).min(width);
+    let all: u128 = if width == 32 { 0xffff_ffff } else { u128::MAX };
+    all & !all.checked_shr(len).unwrap_or(0)
+}
+
+/// The network address of `a/len`.
+fn network(a: IpAddr, len: u8) -> IpAddr {
+    from_bits(a, to_bits(a) & mask(a, len))
+}
+
+fn nth_host(net: IpAddr, n: u128) -> IpAddr {
+    from_bits(net, to_bits(net).wrapping_add(n))
+}
+
+/// Whether `ip` lies in `net/len`.
+fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+    net.is_ipv4() == ip.is_ipv4() && to_bits(net) & mask(net, len) == to_bits(ip) & mask(net, len)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_chars() {
+        let t = "ab\ncé d\n";
+        assert_eq!(line_col(t, 0), (1, 1));
+        assert_eq!(line_col(t, 3), (2, 1));
+        // 'd' is after the two-byte é.
+        assert_eq!(line_col(t, t.find('d').unwrap()), (2, 4));
+        // Inside a multi-byte char, past the end: no panic.
+        assert_eq!(line_col(t, 5), (2, 2));
+        assert_eq!(line_col(t, 999), (3, 1));
+    }
+
+    #[test]
+    fn pci_addresses() {
+        assert_eq!(parse_pci("0000:3b:00.0").as_deref(), Some("0000:3b:00.0"));
+        assert_eq!(parse_pci("3B:1f.7").as_deref(), Some("0000:3b:1f.7"));
+        assert_eq!(parse_pci("1:3b:00.0").as_deref(), Some("0001:3b:00.0"));
+        assert_eq!(parse_pci("3b:20.0"), None);
+        assert_eq!(parse_pci("3b:00.8"), None);
+        assert_eq!(parse_pci("3b:0.0"), None);
+        assert_eq!(parse_pci("zz:00.0"), None);
+        assert_eq!(parse_pci("3b:00"), None);
+    }
+
+    #[test]
+    fn devices() {
+        assert_eq!(
+            parse_device("net_af_xdp0,iface=gc0"),
+            Ok(Device::Vdev("net_af_xdp0,iface=gc0".into()))
+        );
+        assert_eq!(
+            parse_device("3b:00.0"),
+            Ok(Device::Pci("0000:3b:00.0".into()))
+        );
+        assert!(parse_device("").is_err());
+        assert!(parse_device("net null").is_err());
+        assert!(parse_device(",iface=x").is_err());
+        assert!(parse_device("0net").is_err());
+        assert!(parse_device("3b:00.9").is_err());
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Ok([2, 0, 0, 0, 0, 10]));
+        assert_eq!(parse_mac("02-00-00-00-00-0A"), Ok([2, 0, 0, 0, 0, 10]));
+        assert!(parse_mac("01:00:5e:00:00:01").is_err());
+        assert!(parse_mac("00:00:00:00:00:00").is_err());
+        assert!(parse_mac("02:00:00:00:00").is_err());
+        assert!(parse_mac("02:00:00:00:00:0").is_err());
+        assert!(parse_mac("02:00:00:00:00:+1").is_err());
+    }
+
+    #[test]
+    fn cidrs_and_masks() {
+        let a: IpAddr = "192.0.2.77".parse().unwrap();
+        assert_eq!(parse_cidr("192.0.2.77/24"), Ok((a, 24)));
+        assert_eq!(network(a, 24), "192.0.2.0".parse::<IpAddr>().unwrap());
+        assert_eq!(network(a, 0), "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(network(a, 32), a);
+        assert!(contains(network(a, 24), 24, "192.0.2.1".parse().unwrap()));
+        assert!(!contains(network(a, 24), 24, "192.0.3.1".parse().unwrap()));
+        assert!(!contains(network(a, 0), 0, "::1".parse().unwrap()));
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(network(b, 64), "2001:db8::".parse::<IpAddr>().unwrap());
+        assert_eq!(network(b, 128), b);
+        assert!(parse_cidr("192.0.2.1").is_err());
+        assert!(parse_cidr("192.0.2.1/33").is_err());
+        assert!(parse_cidr("192.0.2.1/+3").is_err());
+        assert!(parse_cidr("2001:db8::1/129").is_err());
+        assert!(parse_cidr("2001:db8::1/128").is_ok());
+        assert!(check_host_address("192.0.2.0".parse().unwrap(), 24).is_err());
+        assert!(check_host_address("192.0.2.255".parse().unwrap(), 24).is_err());
+        assert!(check_host_address("192.0.2.0".parse().unwrap(), 31).is_ok());
+        assert!(check_host_address("2001:db8::".parse().unwrap(), 64).is_err());
+        assert!(check_host_address("224.0.0.1".parse().unwrap(), 24).is_err());
+    }
+
+    #[test]
+    fn guessed_keys() {
+        let t = "[dataplane]\nburst = \n[[port]]\n[[port]]\nname = 'x\n";
+        assert_eq!(guess_key(t, t.find(" \n").unwrap()), "dataplane.burst");
+        assert_eq!(guess_key(t, t.find("'x").unwrap()), "port[1].name");
+        assert_eq!(guess_key(t, 0), "dataplane");
+        assert_eq!(guess_key("= 3", 0), "");
+    }
+}

@@ -1,0 +1,5 @@
+//! rvs control plane: the rvsd configuration file (see [`config`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;

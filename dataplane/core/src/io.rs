@@ -1,0 +1,22 @@
+//! What the core needs from the outside world while it handles packets.
+
+use crate::packet::PacketBuf;
+
+/// Index of a dataplane port in the configuration (0..n_ports), not a DPDK port id.
+pub type PortIdx = u16;
+
+/// The I/O side of one worker, as the core sees it. The DPDK adapter implements it over mbufs and
+/// per-port TX buffers flushed at the end of a burst; tests implement it over vectors.
+pub trait Io {
+    /// The packet buffer type.
+    type Pkt: PacketBuf;
+    /// A fresh packet with length 0 for a frame the core generates (ARP request, ICMP error, ...).
+    /// `None` when the pool is empty: the caller counts `AllocFailed` and goes on.
+    fn alloc(&mut self) -> Option<Self::Pkt>;
+    /// Queue `pkt` for transmission on `port`. The I/O side owns it from here (it counts its own
+    /// TX-full drops).
+    fn send(&mut self, port: PortIdx, pkt: Self::Pkt);
+    /// The core learned or refreshed a neighbour from the wire. Multi-worker adapters forward this
+    /// to the other workers (which apply it with `Stack::neigh_update`); the default ignores it.
+    fn neigh_learned(&mut self, _port: PortIdx, _ip: std::net::IpAddr, _mac: [u8; 6]) {}
+}

@@ -1,0 +1,904 @@
+//! The per-core L2/L3 stack: Ethernet, ARP, IPv4 validation, ICMP echo and errors, forwarding,
+//! neighbour resolution.
+//!
+//! Every received frame ends in exactly one of: sent (`Io::send`), held (waiting for its next hop
+//! to resolve), consumed (ARP replies, counted in `arp_replies_rx`) or dropped (counted once under
+//! a [`DropReason`]). Generated frames (ARP requests, GARPs, ICMP errors) come from `Io::alloc`.
+//!
+//! Allocation policy: [`Stack::try_new`] allocates everything (neighbour pool, hold slots, index,
+//! owned set of [`OWNED_CAPACITY`] addresses, routes). After it, `handle`, `poll_timers`,
+//! `neigh_update`, `add_owned` and `remove_owned` never allocate; only `on_start` does (it
+//! collects the owned addresses once).
+//!
+//! Semantics follow Linux where the brief is silent: the route lookup happens before the TTL check
+//! (no route wins over TTL exceeded); transit packets received as link-layer broadcast are not
+//! forwarded; fragments are forwarded but never reassembled (a fragment for rvs itself is
+//! dropped); rvs never fragments (too big with DF clear is dropped as `mtu_exceeded`); a stale
+//! neighbour in use is refreshed with a unicast ARP request (like Linux's PROBE state).
+
+use crate::addr::{MacAddr, Prefix};
+use crate::checksum::{checksum, update_u16};
+use crate::config::StackConfig;
+use crate::counters::{CoreCounters, DropReason};
+use crate::fixedmap::FixedMap;
+use crate::io::{Io, PortIdx};
+use crate::neigh::{NeighState, NeighTable};
+use crate::packet::PacketBuf;
+use crate::route::{Route, RouteError, RouteTable};
+use crate::wire::*;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+/// Size of the owned-address set (config addresses, VIPs, LIPs), allocated up front.
+pub const OWNED_CAPACITY: usize = 4096;
+/// Most ports a stack handles (owned addresses keep a 64-bit port mask).
+pub const MAX_PORTS: usize = 64;
+/// Neighbour entries examined per `poll_timers` call.
+pub const TIMER_SCAN: usize = 64;
+/// Entries examined when looking for a stale entry to evict (table full).
+const EVICT_SCAN: usize = 64;
+
+/// Invalid stack configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// More than [`MAX_PORTS`] ports.
+    TooManyPorts(usize),
+    /// More port addresses than [`OWNED_CAPACITY`].
+    TooManyAddrs,
+    /// A static route is invalid.
+    Route(RouteError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::TooManyPorts(n) => {
+                write!(f, "{n} ports configured, at most {MAX_PORTS} supported")
+            }
+            ConfigError::TooManyAddrs => write!(f, "more than {OWNED_CAPACITY} port addresses"),
+            ConfigError::Route(e) => e.fmt(f),
+        }
+    }
+}
+impl std::error::Error for ConfigError {}
+
+/// Error of [`Stack::add_owned`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnedError {
+    /// The port does not exist.
+    BadPort,
+    /// The owned set holds [`OWNED_CAPACITY`] addresses already.
+    Full,
+}
+
+impl fmt::Display for OwnedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OwnedError::BadPort => write!(f, "no such port"),
+            OwnedError::Full => write!(f, "owned address set full ({OWNED_CAPACITY})"),
+        }
+    }
+}
+impl std::error::Error for OwnedError {}
+
+struct PortState {
+    mac: MacAddr,
+    mtu: u16,
+    addrs: Vec<Prefix>,
+    /// Source of ICMP errors about packets received on this port (its first IPv4 address).
+    icmp_src: Option<Ipv4Addr>,
+}
+
+/// Token bucket in thousandths of a token.
+struct TokenBucket {
+    rate: u64,
+    milli: u64,
+    last_ms: u64,
+}
+
+impl TokenBucket {
+    fn new(rate_per_s: u32) -> Self {
+        TokenBucket {
+            rate: rate_per_s as u64,
+            milli: rate_per_s as u64 * 1000,
+            last_ms: 0,
+        }
+    }
+    fn take(&mut self, now_ms: u64) -> bool {
+        if self.rate == 0 {
+            return false;
+        }
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.milli = self
+            .milli
+            .saturating_add(elapsed.saturating_mul(self.rate))
+            .min(self.rate * 1000);
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The L2/L3 stack of one worker core. `Send` when `P` is.
+pub struct Stack<P: PacketBuf> {
+    counters: Arc<CoreCounters>,
+    ports: Vec<PortState>,
+    routes: RouteTable,
+    ip_forward: bool,
+    neigh: NeighTable<P>,
+    /// Owned address → mask of the ports it is owned on.
+    owned: FixedMap<IpAddr, u64>,
+    /// Directed broadcast addresses of the connected IPv4 subnets.
+    bcast: Vec<Ipv4Addr>,
+    icmp_bucket: TokenBucket,
+    ip_id: u16,
+}
+
+impl<P: PacketBuf> Stack<P> {
+    /// Build a stack, allocating everything it will ever need.
+    pub fn try_new(cfg: &StackConfig, counters: Arc<CoreCounters>) -> Result<Self, ConfigError> {
+        if cfg.ports.len() > MAX_PORTS {
+            return Err(ConfigError::TooManyPorts(cfg.ports.len()));
+        }
+        let routes = RouteTable::build(&cfg.ports, &cfg.routes).map_err(ConfigError::Route)?;
+        let mut owned = FixedMap::with_capacity(OWNED_CAPACITY);
+        let mut bcast = Vec::new();
+        let mut ports = Vec::with_capacity(cfg.ports.len());
+        for (i, p) in cfg.ports.iter().enumerate() {
+            for a in &p.addrs {
+                let m = owned.get(&a.addr).copied().unwrap_or(0);
+                owned
+                    .insert(a.addr, m | 1u64 << i)
+                    .map_err(|_| ConfigError::TooManyAddrs)?;
+                if let Some(b) = a.broadcast_v4() {
+                    if !bcast.contains(&b) {
+                        bcast.push(b);
+                    }
+                }
+            }
+            let icmp_src = p.addrs.iter().find_map(|a| match a.addr {
+                IpAddr::V4(v) => Some(v),
+                IpAddr::V6(_) => None,
+            });
+            ports.push(PortState {
+                mac: p.mac,
+                mtu: p.mtu,
+                addrs: p.addrs.clone(),
+                icmp_src,
+            });
+        }
+        Ok(Stack {
+            counters,
+            ports,
+            routes,
+            ip_forward: cfg.ip_forward,
+            neigh: NeighTable::new(&cfg.neigh),
+            owned,
+            bcast,
+            icmp_bucket: TokenBucket::new(cfg.icmp_ratelimit_per_s),
+            ip_id: 0,
+        })
+    }
+
+    /// Build a stack; panics on an invalid configuration (see [`Stack::try_new`]).
+    pub fn new(cfg: &StackConfig, counters: Arc<CoreCounters>) -> Self {
+        match Self::try_new(cfg, counters) {
+            Ok(s) => s,
+            Err(e) => panic!("invalid stack configuration: {e}"),
+        }
+    }
+
+    /// The counters this stack writes.
+    pub fn counters(&self) -> &Arc<CoreCounters> {
+        &self.counters
+    }
+
+    /// Send a gratuitous ARP for every owned IPv4 address on every port.
+    pub fn on_start<I: Io<Pkt = P>>(&mut self, io: &mut I, _now_ms: u64) {
+        let mut list: Vec<(PortIdx, Ipv4Addr)> = Vec::new();
+        for (ip, mask) in self.owned.iter() {
+            if let IpAddr::V4(v4) = ip {
+                for p in 0..self.ports.len() {
+                    if mask & (1u64 << p) != 0 {
+                        list.push((p as PortIdx, *v4));
+                    }
+                }
+            }
+        }
+        list.sort_unstable();
+        for (p, ip) in list {
+            self.send_garp(io, p, ip);
+        }
+    }
+
+    /// Own `ip` on `port` (VIP, LIP, ...). An IPv4 address is announced with a gratuitous ARP.
+    /// Returns `Ok(false)` when it was already owned on that port. Never allocates (the set is
+    /// pre-sized to [`OWNED_CAPACITY`]).
+    pub fn add_owned<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        ip: IpAddr,
+        _now_ms: u64,
+    ) -> Result<bool, OwnedError> {
+        if port as usize >= self.ports.len() {
+            return Err(OwnedError::BadPort);
+        }
+        let bit = 1u64 << port;
+        match self.owned.get_mut(&ip) {
+            Some(m) if *m & bit != 0 => return Ok(false),
+            Some(m) => *m |= bit,
+            None => self.owned.insert(ip, bit).map_err(|_| OwnedError::Full)?,
+        }
+        if let IpAddr::V4(v4) = ip {
+            self.send_garp(io, port, v4);
+        }
+        Ok(true)
+    }
+
+    /// Stop owning `ip` on `port`. Returns whether it was owned there.
+    pub fn remove_owned(&mut self, port: PortIdx, ip: IpAddr) -> bool {
+        let bit = 1u64 << (port as u32 % 64);
+        let Some(m) = self.owned.get_mut(&ip) else {
+            return false;
+        };
+        if port as usize >= MAX_PORTS || *m & bit == 0 {
+            return false;
+        }
+        *m &= !bit;
+        if *m == 0 {
+            self.owned.remove(&ip);
+        }
+        true
+    }
+
+    /// True when `ip` is owned on any port.
+    pub fn is_owned(&self, ip: IpAddr) -> bool {
+        self.owned.get(&ip).is_some()
+    }
+
+    /// True when `ip` is owned on `port`.
+    pub fn is_owned_on(&self, port: PortIdx, ip: IpAddr) -> bool {
+        (port as usize) < MAX_PORTS && self.owned.get(&ip).is_some_and(|m| m & (1u64 << port) != 0)
+    }
+
+    /// Number of owned addresses.
+    pub fn owned_count(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// Longest-prefix-match route for `dst`.
+    pub fn route_lookup(&self, dst: IpAddr) -> Option<&Route> {
+        self.routes.lookup(dst)
+    }
+
+    /// Every route (connected ones first).
+    pub fn routes(&self) -> &[Route] {
+        self.routes.routes()
+    }
+
+    /// The MAC of a resolved (reachable or stale) neighbour.
+    pub fn neigh_lookup(&self, port: PortIdx, ip: IpAddr) -> Option<MacAddr> {
+        let e = &self.neigh.entries[self.neigh.find(port, ip)?];
+        e.resolved.then_some(e.mac)
+    }
+
+    /// State of the neighbour entry for (port, ip) at `now_ms`.
+    pub fn neigh_state(&self, port: PortIdx, ip: IpAddr, now_ms: u64) -> Option<NeighState> {
+        let e = &self.neigh.entries[self.neigh.find(port, ip)?];
+        Some(e.state(now_ms, &self.neigh.conf))
+    }
+
+    /// Packets held for the neighbour (port, ip).
+    pub fn neigh_held(&self, port: PortIdx, ip: IpAddr) -> usize {
+        self.neigh
+            .find(port, ip)
+            .map_or(0, |i| self.neigh.entries[i].held as usize)
+    }
+
+    /// Number of neighbour entries in use.
+    pub fn neigh_len(&self) -> usize {
+        self.neigh.len()
+    }
+
+    /// Packets held over all neighbours (scans the table: tests and stats only).
+    pub fn held_packets(&self) -> usize {
+        self.neigh.entries.iter().map(|e| e.held as usize).sum()
+    }
+
+    #[inline]
+    fn count_drop(&self, reason: DropReason) {
+        self.counters.count_drop(reason);
+    }
+
+    #[inline]
+    fn drop_pkt(&self, pkt: P, reason: DropReason) {
+        drop(pkt);
+        self.count_drop(reason);
+    }
+
+    /// Handle one received frame.
+    pub fn handle<I: Io<Pkt = P>>(&mut self, io: &mut I, port: PortIdx, pkt: P, now_ms: u64) {
+        let Some(ps) = self.ports.get(port as usize) else {
+            return self.drop_pkt(pkt, DropReason::NotForUs);
+        };
+        let d = pkt.data();
+        if d.len() < ETH_LEN {
+            return self.drop_pkt(pkt, DropReason::EthTruncated);
+        }
+        let dst = mac_at(d, 0);
+        let l2_bcast = dst.is_broadcast();
+        if !l2_bcast && dst != ps.mac {
+            return self.drop_pkt(pkt, DropReason::NotForUs);
+        }
+        match be16(d, 12) {
+            ETHERTYPE_IPV4 => self.ipv4_input(io, port, pkt, l2_bcast, now_ms),
+            ETHERTYPE_ARP => self.arp_input(io, port, pkt, now_ms),
+            ETHERTYPE_IPV6 => self.drop_pkt(pkt, DropReason::Ipv6Unsupported),
+            _ => self.drop_pkt(pkt, DropReason::UnknownEthertype),
+        }
+    }
+
+    // ---------------------------------------------------------------- ARP
+
+    /// Our address on a connected subnet of `port` holding `ip`.
+    fn connected_src(&self, port: PortIdx, ip: IpAddr) -> Option<IpAddr> {
+        self.ports[port as usize]
+            .addrs
+            .iter()
+            .find(|a| a.contains(ip))
+            .map(|a| a.addr)
+    }
+
+    fn arp_input<I: Io<Pkt = P>>(&mut self, io: &mut I, port: PortIdx, mut pkt: P, now_ms: u64) {
+        let d = pkt.data();
+        if d.len() < ETH_LEN + ARP_LEN
+            || be16(d, arp::HTYPE) != 1
+            || be16(d, arp::PTYPE) != ETHERTYPE_IPV4
+            || d[arp::HLEN] != 6
+            || d[arp::PLEN] != 4
+        {
+            return self.drop_pkt(pkt, DropReason::ArpMalformed);
+        }
+        let op = be16(d, arp::OP);
+        if op != ARP_OP_REQUEST && op != ARP_OP_REPLY {
+            return self.drop_pkt(pkt, DropReason::ArpMalformed);
+        }
+        let sha = mac_at(d, arp::SHA);
+        let spa = IpAddr::V4(ipv4_at(d, arp::SPA));
+        let tpa = ipv4_at(d, arp::TPA);
+        let request = op == ARP_OP_REQUEST;
+        if request {
+            self.counters.arp_requests_rx.inc();
+        }
+        let for_us = request && self.is_owned_on(port, IpAddr::V4(tpa));
+
+        // Learning: only senders on a connected subnet of this port, never one of our own
+        // addresses, never a group MAC.
+        if !spa.is_unspecified() && !sha.is_multicast() && !sha.is_zero() && !self.is_owned(spa) {
+            if let Some(src) = self.connected_src(port, spa) {
+                self.learn(io, port, spa, sha, src, !request || for_us, now_ms, true);
+            }
+        }
+
+        if !request {
+            self.counters.arp_replies_rx.inc();
+            drop(pkt);
+            return;
+        }
+        if !for_us {
+            return self.drop_pkt(pkt, DropReason::ArpNotForUs);
+        }
+        // Reply in place.
+        let my_mac = self.ports[port as usize].mac;
+        let spa4 = ipv4_at(d, arp::SPA);
+        pkt.set_len(ETH_LEN + ARP_LEN);
+        let d = pkt.data_mut();
+        write_eth(d, sha, my_mac, ETHERTYPE_ARP);
+        put16(d, arp::OP, ARP_OP_REPLY);
+        d[arp::SHA..arp::SHA + 6].copy_from_slice(&my_mac.0);
+        d[arp::SPA..arp::SPA + 4].copy_from_slice(&tpa.octets());
+        d[arp::THA..arp::THA + 6].copy_from_slice(&sha.0);
+        d[arp::TPA..arp::TPA + 4].copy_from_slice(&spa4.octets());
+        io.send(port, pkt);
+        self.counters.arp_replies_sent.inc();
+    }
+
+    /// Create (if `create`) or refresh the entry (port, ip) as resolved to `mac`; releases held
+    /// packets when it was incomplete. `wire`: learned from a received frame (tell `Io`).
+    #[allow(clippy::too_many_arguments)]
+    fn learn<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        ip: IpAddr,
+        mac: MacAddr,
+        src: IpAddr,
+        create: bool,
+        now_ms: u64,
+        wire: bool,
+    ) {
+        let idx = match self.neigh.find(port, ip) {
+            Some(i) => i,
+            None if create => match self.neigh_create(port, ip, src, now_ms) {
+                Some(i) => i,
+                None => return,
+            },
+            None => return,
+        };
+        let e = &mut self.neigh.entries[idx];
+        let was_resolved = e.resolved;
+        let changed = !was_resolved || e.mac != mac;
+        e.mac = mac;
+        e.resolved = true;
+        e.confirmed_ms = now_ms;
+        e.probes = 0;
+        if changed {
+            self.counters.neigh_learned.inc();
+        }
+        if wire {
+            io.neigh_learned(port, ip, mac.0);
+        }
+        if !was_resolved {
+            self.release_held(io, idx);
+        }
+    }
+
+    /// Apply a neighbour learned by another core: create or refresh, release held packets.
+    pub fn neigh_update<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        ip: IpAddr,
+        mac: MacAddr,
+        now_ms: u64,
+    ) {
+        if port as usize >= self.ports.len() || mac.is_multicast() || mac.is_zero() {
+            return;
+        }
+        let Some(src) = self.connected_src(port, ip) else {
+            return;
+        };
+        self.learn(io, port, ip, mac, src, true, now_ms, false);
+    }
+
+    fn neigh_create(
+        &mut self,
+        port: PortIdx,
+        ip: IpAddr,
+        src: IpAddr,
+        now_ms: u64,
+    ) -> Option<usize> {
+        if let Some(i) = self.neigh.create(port, ip, src, now_ms) {
+            return Some(i);
+        }
+        // Full: evict a stale entry if one is found within a bounded scan.
+        let n = self.neigh.entries.len();
+        for _ in 0..EVICT_SCAN.min(n) {
+            let i = self.neigh.evict_cursor;
+            self.neigh.evict_cursor = (i + 1) % n;
+            let e = &self.neigh.entries[i];
+            if e.in_use && e.state(now_ms, &self.neigh.conf) == NeighState::Stale {
+                self.neigh.free(i);
+                self.counters.neigh_evicted.inc();
+                return self.neigh.create(port, ip, src, now_ms);
+            }
+        }
+        None
+    }
+
+    fn release_held<I: Io<Pkt = P>>(&mut self, io: &mut I, idx: usize) {
+        let e = self.neigh.entries[idx];
+        let my_mac = self.ports[e.port as usize].mac;
+        for k in 0..e.held as usize {
+            if let Some(mut p) = self.neigh.take_held(idx, k) {
+                write_eth(p.data_mut(), e.mac, my_mac, ETHERTYPE_IPV4);
+                io.send(e.port, p);
+                self.counters.neigh_released.inc();
+            }
+        }
+        self.neigh.entries[idx].held = 0;
+    }
+
+    fn fill_arp(
+        p: &mut P,
+        op: u16,
+        eth_dst: MacAddr,
+        my_mac: MacAddr,
+        spa: Ipv4Addr,
+        tpa: Ipv4Addr,
+    ) -> bool {
+        if !p.set_len(ETH_LEN + ARP_LEN) {
+            return false;
+        }
+        let d = p.data_mut();
+        write_eth(d, eth_dst, my_mac, ETHERTYPE_ARP);
+        put16(d, arp::HTYPE, 1);
+        put16(d, arp::PTYPE, ETHERTYPE_IPV4);
+        d[arp::HLEN] = 6;
+        d[arp::PLEN] = 4;
+        put16(d, arp::OP, op);
+        d[arp::SHA..arp::SHA + 6].copy_from_slice(&my_mac.0);
+        d[arp::SPA..arp::SPA + 4].copy_from_slice(&spa.octets());
+        d[arp::THA..arp::THA + 6].fill(0);
+        d[arp::TPA..arp::TPA + 4].copy_from_slice(&tpa.octets());
+        true
+    }
+
+    /// Send an ARP request for `target` (broadcast, or unicast to `unicast` for a refresh).
+    fn send_arp_request<I: Io<Pkt = P>>(
+        &self,
+        io: &mut I,
+        port: PortIdx,
+        src: IpAddr,
+        target: IpAddr,
+        unicast: Option<MacAddr>,
+    ) {
+        let (IpAddr::V4(spa), IpAddr::V4(tpa)) = (src, target) else {
+            return;
+        };
+        let Some(mut p) = io.alloc() else {
+            return self.count_drop(DropReason::AllocFailed);
+        };
+        let my_mac = self.ports[port as usize].mac;
+        if !Self::fill_arp(
+            &mut p,
+            ARP_OP_REQUEST,
+            unicast.unwrap_or(MacAddr::BROADCAST),
+            my_mac,
+            spa,
+            tpa,
+        ) {
+            return self.drop_pkt(p, DropReason::AllocFailed);
+        }
+        io.send(port, p);
+        self.counters.arp_requests_sent.inc();
+    }
+
+    fn send_garp<I: Io<Pkt = P>>(&self, io: &mut I, port: PortIdx, ip: Ipv4Addr) {
+        let Some(mut p) = io.alloc() else {
+            return self.count_drop(DropReason::AllocFailed);
+        };
+        let my_mac = self.ports[port as usize].mac;
+        if !Self::fill_arp(&mut p, ARP_OP_REQUEST, MacAddr::BROADCAST, my_mac, ip, ip) {
+            return self.drop_pkt(p, DropReason::AllocFailed);
+        }
+        io.send(port, p);
+        self.counters.garp_sent.inc();
+    }
+
+    /// Neighbour aging, ARP retransmits and failures; examines at most [`TIMER_SCAN`] entries.
+    pub fn poll_timers<I: Io<Pkt = P>>(&mut self, io: &mut I, now_ms: u64) {
+        let n = self.neigh.entries.len();
+        for _ in 0..TIMER_SCAN.min(n) {
+            let idx = self.neigh.scan_cursor;
+            self.neigh.scan_cursor = (idx + 1) % n;
+            let e = self.neigh.entries[idx];
+            if !e.in_use {
+                continue;
+            }
+            if !e.resolved {
+                if now_ms.saturating_sub(e.probe_ms) < self.neigh.conf.retrans_ms {
+                    continue;
+                }
+                if e.probes >= self.neigh.conf.max_probes {
+                    for k in 0..e.held as usize {
+                        if let Some(p) = self.neigh.take_held(idx, k) {
+                            self.drop_pkt(p, DropReason::NeighFailed);
+                        }
+                    }
+                    self.neigh.entries[idx].held = 0;
+                    self.neigh.free(idx);
+                } else {
+                    let em = &mut self.neigh.entries[idx];
+                    em.probes += 1;
+                    em.probe_ms = now_ms;
+                    self.send_arp_request(io, e.port, e.src, e.ip, None);
+                }
+            } else if now_ms.saturating_sub(e.confirmed_ms) >= self.neigh.conf.gc_stale_ms {
+                self.neigh.free(idx);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- IPv4
+
+    fn is_martian_src(&self, src: Ipv4Addr) -> bool {
+        src.octets()[0] == 0
+            || src.is_loopback()
+            || src.is_multicast()
+            || src.is_broadcast()
+            || self.bcast.contains(&src)
+    }
+
+    fn ipv4_input<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        mut pkt: P,
+        l2_bcast: bool,
+        now_ms: u64,
+    ) {
+        let d = pkt.data();
+        if d.len() < ETH_LEN + ip4::MIN_HDR || d[ip4::VIHL] >> 4 != 4 {
+            return self.drop_pkt(pkt, DropReason::Ipv4Malformed);
+        }
+        let ihl = (d[ip4::VIHL] & 0xf) as usize * 4;
+        let total = be16(d, ip4::TOTAL_LEN) as usize;
+        if ihl < ip4::MIN_HDR || total < ihl || ETH_LEN + total > d.len() {
+            return self.drop_pkt(pkt, DropReason::Ipv4Malformed);
+        }
+        if checksum(&d[ETH_LEN..ETH_LEN + ihl]) != 0 {
+            return self.drop_pkt(pkt, DropReason::Ipv4BadChecksum);
+        }
+        let src = ipv4_at(d, ip4::SRC);
+        let dst = ipv4_at(d, ip4::DST);
+        if self.is_martian_src(src) {
+            return self.drop_pkt(pkt, DropReason::Martian);
+        }
+        if d.len() > ETH_LEN + total {
+            pkt.set_len(ETH_LEN + total); // strip Ethernet padding
+        }
+        if self.is_owned(IpAddr::V4(dst)) {
+            return self.local_input(io, pkt, ihl, now_ms);
+        }
+        if dst.is_broadcast() || self.bcast.contains(&dst) {
+            return self.drop_pkt(pkt, DropReason::DstBroadcast);
+        }
+        if dst.is_multicast() {
+            return self.drop_pkt(pkt, DropReason::DstMulticast);
+        }
+        self.forward(io, port, pkt, l2_bcast, ihl, now_ms)
+    }
+
+    fn local_input<I: Io<Pkt = P>>(&mut self, io: &mut I, mut pkt: P, ihl: usize, now_ms: u64) {
+        let d = pkt.data();
+        if be16(d, ip4::FRAG) & ip4::MF_OFFSET != 0 {
+            return self.drop_pkt(pkt, DropReason::Ipv4Fragment);
+        }
+        if d[ip4::PROTO] != PROTO_ICMP {
+            return self.drop_pkt(pkt, DropReason::LocalL4);
+        }
+        let ic = ETH_LEN + ihl;
+        let icmp = &d[ic..];
+        if icmp.len() < 8 || checksum(icmp) != 0 {
+            return self.drop_pkt(pkt, DropReason::IcmpMalformed);
+        }
+        if icmp[0] != ICMP_ECHO_REQUEST {
+            return self.drop_pkt(pkt, DropReason::IcmpUnhandled);
+        }
+        let src = ipv4_at(d, ip4::SRC);
+        let dst = ipv4_at(d, ip4::DST);
+        // Echo reply in place: type 0 (incremental ICMP checksum), swapped addresses, TTL 64.
+        let d = pkt.data_mut();
+        let old = be16(d, ic);
+        d[ic] = ICMP_ECHO_REPLY;
+        let c = update_u16(be16(d, ic + 2), old, be16(d, ic));
+        put16(d, ic + 2, c);
+        d[ip4::SRC..ip4::SRC + 4].copy_from_slice(&dst.octets());
+        d[ip4::DST..ip4::DST + 4].copy_from_slice(&src.octets());
+        d[ip4::TTL] = 64;
+        put16(d, ip4::CSUM, 0);
+        let c = checksum(&d[ETH_LEN..ETH_LEN + ihl]);
+        put16(d, ip4::CSUM, c);
+        if self.ip_output(io, pkt, src, now_ms) {
+            self.counters.icmp_echo_replies.inc();
+        }
+    }
+
+    fn forward<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        in_port: PortIdx,
+        mut pkt: P,
+        l2_bcast: bool,
+        ihl: usize,
+        now_ms: u64,
+    ) {
+        if !self.ip_forward {
+            return self.drop_pkt(pkt, DropReason::ForwardingDisabled);
+        }
+        if l2_bcast {
+            // Linux does not forward frames received as link-layer broadcast.
+            return self.drop_pkt(pkt, DropReason::NotForUs);
+        }
+        let d = pkt.data();
+        let dst = ipv4_at(d, ip4::DST);
+        let Some(route) = self.routes.lookup(IpAddr::V4(dst)).copied() else {
+            self.icmp_error(
+                io,
+                in_port,
+                d,
+                ihl,
+                ICMP_DEST_UNREACH,
+                ICMP_NET_UNREACH,
+                0,
+                now_ms,
+            );
+            return self.drop_pkt(pkt, DropReason::NoRoute);
+        };
+        if d[ip4::TTL] <= 1 {
+            self.icmp_error(io, in_port, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
+            return self.drop_pkt(pkt, DropReason::TtlExceeded);
+        }
+        let mtu = self.ports[route.port as usize].mtu;
+        if be16(d, ip4::TOTAL_LEN) > mtu {
+            if be16(d, ip4::FRAG) & ip4::DF != 0 {
+                self.icmp_error(
+                    io,
+                    in_port,
+                    d,
+                    ihl,
+                    ICMP_DEST_UNREACH,
+                    ICMP_FRAG_NEEDED,
+                    mtu,
+                    now_ms,
+                );
+            }
+            return self.drop_pkt(pkt, DropReason::MtuExceeded);
+        }
+        let d = pkt.data_mut();
+        let old = be16(d, ip4::TTL);
+        d[ip4::TTL] -= 1;
+        let c = update_u16(be16(d, ip4::CSUM), old, be16(d, ip4::TTL));
+        put16(d, ip4::CSUM, c);
+        let nh = route.next_hop(IpAddr::V4(dst));
+        if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
+            self.counters.forwarded.inc();
+        }
+    }
+
+    /// Route and send a locally generated IPv4 packet (Ethernet header space included). Returns
+    /// true when it was sent or held.
+    fn ip_output<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        pkt: P,
+        dst: Ipv4Addr,
+        now_ms: u64,
+    ) -> bool {
+        let Some(route) = self.routes.lookup(IpAddr::V4(dst)).copied() else {
+            self.drop_pkt(pkt, DropReason::NoRoute);
+            return false;
+        };
+        if pkt.len() - ETH_LEN > self.ports[route.port as usize].mtu as usize {
+            self.drop_pkt(pkt, DropReason::MtuExceeded);
+            return false;
+        }
+        self.neigh_output(
+            io,
+            route.port,
+            route.next_hop(IpAddr::V4(dst)),
+            route.src,
+            pkt,
+            now_ms,
+        )
+    }
+
+    /// Resolve `nh` on `port` and send `pkt` (an IPv4 frame) or hold it. Returns true when it was
+    /// sent or held.
+    fn neigh_output<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        nh: IpAddr,
+        src: IpAddr,
+        mut pkt: P,
+        now_ms: u64,
+    ) -> bool {
+        if nh.is_ipv6() {
+            self.drop_pkt(pkt, DropReason::Ipv6Unsupported);
+            return false;
+        }
+        let idx = match self.neigh.find(port, nh) {
+            Some(idx) => {
+                let e = self.neigh.entries[idx];
+                if e.resolved {
+                    if e.state(now_ms, &self.neigh.conf) == NeighState::Stale
+                        && now_ms.saturating_sub(e.probe_ms) >= self.neigh.conf.retrans_ms
+                    {
+                        self.neigh.entries[idx].probe_ms = now_ms;
+                        self.send_arp_request(io, port, e.src, nh, Some(e.mac));
+                    }
+                    let my_mac = self.ports[port as usize].mac;
+                    write_eth(pkt.data_mut(), e.mac, my_mac, ETHERTYPE_IPV4);
+                    io.send(port, pkt);
+                    return true;
+                }
+                idx
+            }
+            None => {
+                let Some(idx) = self.neigh_create(port, nh, src, now_ms) else {
+                    self.drop_pkt(pkt, DropReason::NeighTableFull);
+                    return false;
+                };
+                let e = &mut self.neigh.entries[idx];
+                e.probes = 1;
+                e.probe_ms = now_ms;
+                self.send_arp_request(io, port, src, nh, None);
+                idx
+            }
+        };
+        match self.neigh.hold(idx, pkt) {
+            Ok(()) => {
+                self.counters.neigh_held.inc();
+                true
+            }
+            Err(p) => {
+                self.drop_pkt(p, DropReason::NeighHoldFull);
+                false
+            }
+        }
+    }
+
+    /// Send an ICMP error about `orig` (a validated IPv4 frame received on `in_port`) unless
+    /// forbidden (about an ICMP error, a non-first fragment) or rate-limited.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        in_port: PortIdx,
+        orig: &[u8],
+        ihl: usize,
+        typ: u8,
+        code: u8,
+        mtu: u16,
+        now_ms: u64,
+    ) {
+        let total = be16(orig, ip4::TOTAL_LEN) as usize;
+        if be16(orig, ip4::FRAG) & ip4::OFFSET != 0 {
+            return;
+        }
+        if orig[ip4::PROTO] == PROTO_ICMP
+            && (total <= ihl || icmp_type_is_error(orig[ETH_LEN + ihl]))
+        {
+            return;
+        }
+        let Some(src) = self.ports[in_port as usize].icmp_src else {
+            return;
+        };
+        if !self.icmp_bucket.take(now_ms) {
+            return;
+        }
+        let Some(mut p) = io.alloc() else {
+            return self.count_drop(DropReason::AllocFailed);
+        };
+        let quote = (ihl + 8).min(total);
+        let ip_total = ip4::MIN_HDR + 8 + quote;
+        if !p.set_len(ETH_LEN + ip_total) {
+            return self.drop_pkt(p, DropReason::AllocFailed);
+        }
+        let orig_src = ipv4_at(orig, ip4::SRC);
+        self.ip_id = self.ip_id.wrapping_add(1);
+        let d = p.data_mut();
+        d[..ETH_LEN].fill(0);
+        d[ip4::VIHL] = 0x45;
+        d[ip4::TOS] = 0xc0; // internetwork control, as Linux
+        put16(d, ip4::TOTAL_LEN, ip_total as u16);
+        put16(d, ip4::ID, self.ip_id);
+        put16(d, ip4::FRAG, 0);
+        d[ip4::TTL] = 64;
+        d[ip4::PROTO] = PROTO_ICMP;
+        put16(d, ip4::CSUM, 0);
+        d[ip4::SRC..ip4::SRC + 4].copy_from_slice(&src.octets());
+        d[ip4::DST..ip4::DST + 4].copy_from_slice(&orig_src.octets());
+        let c = checksum(&d[ETH_LEN..ETH_LEN + ip4::MIN_HDR]);
+        put16(d, ip4::CSUM, c);
+        let ic = ETH_LEN + ip4::MIN_HDR;
+        d[ic] = typ;
+        d[ic + 1] = code;
+        d[ic + 2..ic + 8].fill(0);
+        put16(d, ic + 6, mtu);
+        d[ic + 8..ic + 8 + quote].copy_from_slice(&orig[ETH_LEN..ETH_LEN + quote]);
+        let c = checksum(&d[ic..ic + 8 + quote]);
+        put16(d, ic + 2, c);
+        if self.ip_output(io, p, orig_src, now_ms) {
+            self.counters.icmp_errors_sent.inc();
+        }
+    }
+}

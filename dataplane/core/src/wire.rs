@@ -1,0 +1,129 @@
+//! Wire-format constants and small helpers (Ethernet, ARP, IPv4, ICMP offsets).
+
+use crate::addr::MacAddr;
+use std::net::Ipv4Addr;
+
+/// Ethernet header length.
+pub const ETH_LEN: usize = 14;
+/// EtherType IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// EtherType ARP.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+/// EtherType IPv6.
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// Ethernet/IPv4 ARP packet length (without Ethernet header).
+pub const ARP_LEN: usize = 28;
+/// ARP operation: request.
+pub const ARP_OP_REQUEST: u16 = 1;
+/// ARP operation: reply.
+pub const ARP_OP_REPLY: u16 = 2;
+
+/// Frame offsets of the ARP fields (Ethernet header included).
+pub mod arp {
+    /// Hardware type.
+    pub const HTYPE: usize = 14;
+    /// Protocol type.
+    pub const PTYPE: usize = 16;
+    /// Hardware address length.
+    pub const HLEN: usize = 18;
+    /// Protocol address length.
+    pub const PLEN: usize = 19;
+    /// Operation.
+    pub const OP: usize = 20;
+    /// Sender hardware address.
+    pub const SHA: usize = 22;
+    /// Sender protocol address.
+    pub const SPA: usize = 28;
+    /// Target hardware address.
+    pub const THA: usize = 32;
+    /// Target protocol address.
+    pub const TPA: usize = 38;
+}
+
+/// Frame offsets of the IPv4 header fields (Ethernet header included).
+pub mod ip4 {
+    /// Version and IHL.
+    pub const VIHL: usize = 14;
+    /// Type of service.
+    pub const TOS: usize = 15;
+    /// Total length.
+    pub const TOTAL_LEN: usize = 16;
+    /// Identification.
+    pub const ID: usize = 18;
+    /// Flags and fragment offset.
+    pub const FRAG: usize = 20;
+    /// Time to live.
+    pub const TTL: usize = 22;
+    /// Protocol.
+    pub const PROTO: usize = 23;
+    /// Header checksum.
+    pub const CSUM: usize = 24;
+    /// Source address.
+    pub const SRC: usize = 26;
+    /// Destination address.
+    pub const DST: usize = 30;
+    /// Minimum header length.
+    pub const MIN_HDR: usize = 20;
+    /// Don't-fragment flag (in the FRAG field).
+    pub const DF: u16 = 0x4000;
+    /// More-fragments flag and offset mask: non-zero means "a fragment".
+    pub const MF_OFFSET: u16 = 0x3fff;
+    /// Fragment offset mask.
+    pub const OFFSET: u16 = 0x1fff;
+}
+
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
+/// ICMP echo reply.
+pub const ICMP_ECHO_REPLY: u8 = 0;
+/// ICMP destination unreachable.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP echo request.
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+/// ICMP time exceeded.
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Code of destination unreachable: net unreachable.
+pub const ICMP_NET_UNREACH: u8 = 0;
+/// Code of destination unreachable: fragmentation needed and DF set.
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// Big-endian u16 at `off`.
+#[inline(always)]
+pub fn be16(d: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([d[off], d[off + 1]])
+}
+
+/// Store a big-endian u16 at `off`.
+#[inline(always)]
+pub fn put16(d: &mut [u8], off: usize, v: u16) {
+    d[off..off + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// IPv4 address at `off`.
+#[inline(always)]
+pub fn ipv4_at(d: &[u8], off: usize) -> Ipv4Addr {
+    Ipv4Addr::new(d[off], d[off + 1], d[off + 2], d[off + 3])
+}
+
+/// MAC address at `off`.
+#[inline(always)]
+pub fn mac_at(d: &[u8], off: usize) -> MacAddr {
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&d[off..off + 6]);
+    MacAddr(m)
+}
+
+/// Write an Ethernet header at the start of `d`.
+#[inline(always)]
+pub fn write_eth(d: &mut [u8], dst: MacAddr, src: MacAddr, ethertype: u16) {
+    d[0..6].copy_from_slice(&dst.0);
+    d[6..12].copy_from_slice(&src.0);
+    put16(d, 12, ethertype);
+}
+
+/// True for ICMP types that are errors (or unknown), about which no ICMP error is sent.
+#[inline]
+pub fn icmp_type_is_error(t: u8) -> bool {
+    matches!(t, 3 | 4 | 5 | 11 | 12) || t > 18
+}

@@ -1,0 +1,165 @@
+//! The DPDK side of the core's [`rvs_core::io::Io`] trait.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use dpdk::{Burst, Mbuf, Mempool, Producer, TxQueue, MAX_BURST};
+use rvs_core::counters::{CoreCounters, DropReason};
+use rvs_core::io::{Io, PortIdx};
+use rvs_core::packet::PacketBuf;
+
+/// An mbuf as the core sees it.
+pub struct MbufPacket(pub Mbuf);
+
+impl PacketBuf for MbufPacket {
+    #[inline(always)]
+    fn data(&self) -> &[u8] {
+        self.0.data()
+    }
+    #[inline(always)]
+    fn data_mut(&mut self) -> &mut [u8] {
+        self.0.data_mut()
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+    #[inline(always)]
+    fn set_len(&mut self, len: usize) -> bool {
+        self.0.set_len(len)
+    }
+}
+
+/// A neighbour learned by one worker, sent to the others (fixed size, Copy, for an rte_ring).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct NeighMsg {
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    _pad: u8,
+    pub mac: [u8; 6],
+    _pad2: [u8; 2],
+    pub ip: [u8; 16],
+}
+
+impl NeighMsg {
+    pub fn new(port: PortIdx, ip: IpAddr, mac: [u8; 6]) -> Self {
+        let (family, bytes) = match ip {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (4, b)
+            }
+            IpAddr::V6(a) => (6, a.octets()),
+        };
+        NeighMsg {
+            port,
+            family,
+            _pad: 0,
+            mac,
+            _pad2: [0; 2],
+            ip: bytes,
+        }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        if self.family == 4 {
+            IpAddr::from([self.ip[0], self.ip[1], self.ip[2], self.ip[3]])
+        } else {
+            IpAddr::from(self.ip)
+        }
+    }
+}
+
+/// One worker's I/O: an mbuf pool for generated frames, a TX burst per port flushed at the end of
+/// each poll (or when full), and producers toward the peer workers.
+pub struct WorkerIo {
+    pool: Arc<Mempool>,
+    pub(crate) tx: Vec<(TxQueue, Burst)>,
+    pub(crate) peers: Vec<Producer<NeighMsg>>,
+    counters: Arc<CoreCounters>,
+}
+
+impl WorkerIo {
+    pub fn new(
+        pool: Arc<Mempool>,
+        txq: Vec<TxQueue>,
+        peers: Vec<Producer<NeighMsg>>,
+        counters: Arc<CoreCounters>,
+    ) -> Self {
+        let tx = txq.into_iter().map(|q| (q, Burst::new())).collect();
+        WorkerIo {
+            pool,
+            tx,
+            peers,
+            counters,
+        }
+    }
+
+    /// Transmit everything queued for `port`; what the queue refuses is freed and counted.
+    #[inline]
+    fn flush_port(&mut self, port: usize) {
+        let (q, b) = &mut self.tx[port];
+        if b.is_empty() {
+            return;
+        }
+        let sent = q.tx_burst(b);
+        self.counters.tx_packets.add(sent as u64);
+        if !b.is_empty() {
+            for _ in 0..b.len() {
+                self.counters.count_drop(DropReason::TxFull);
+            }
+            b.clear();
+        }
+    }
+
+    /// Transmit everything queued on every port.
+    #[inline]
+    pub fn flush(&mut self) {
+        for p in 0..self.tx.len() {
+            self.flush_port(p);
+        }
+    }
+}
+
+/// TX bursts are flushed when they reach this many packets even before the poll ends.
+const TX_FLUSH_AT: usize = 64;
+const _: () = assert!(TX_FLUSH_AT <= MAX_BURST);
+
+impl Io for WorkerIo {
+    type Pkt = MbufPacket;
+
+    #[inline]
+    fn alloc(&mut self) -> Option<MbufPacket> {
+        self.pool.alloc().map(MbufPacket)
+    }
+
+    #[inline]
+    fn send(&mut self, port: PortIdx, pkt: MbufPacket) {
+        let p = port as usize;
+        if p >= self.tx.len() {
+            self.counters.count_drop(DropReason::TxFull);
+            return;
+        }
+        if self.tx[p].1.len() >= TX_FLUSH_AT {
+            self.flush_port(p);
+        }
+        if let Err(m) = self.tx[p].1.push(pkt.0) {
+            drop(m);
+            self.counters.count_drop(DropReason::TxFull);
+        }
+    }
+
+    fn neigh_learned(&mut self, port: PortIdx, ip: IpAddr, mac: [u8; 6]) {
+        let msg = [NeighMsg::new(port, ip, mac)];
+        for p in &mut self.peers {
+            // A full ring loses a refresh; the peer resolves by ARP itself if it needs the entry.
+            let _ = p.send_burst(&msg);
+        }
+    }
+}

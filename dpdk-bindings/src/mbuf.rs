@@ -1,0 +1,202 @@
+//! Owned mbufs and bursts of them.
+
+use std::ptr::NonNull;
+
+use crate::sys;
+
+/// Largest burst rvs moves in one call.
+pub const MAX_BURST: usize = 512;
+
+/// An owned, single-segment packet mbuf. Dropping it returns it to its pool.
+pub struct Mbuf(NonNull<sys::rte_mbuf>);
+
+// SAFETY: an mbuf is owned by exactly one wrapper at a time; moving it to another lcore (rings)
+// is how DPDK is meant to be used. Freeing from another lcore is safe (mempool is MT-safe).
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// Take ownership of a raw mbuf.
+    ///
+    /// # Safety
+    /// `m` is null or a valid mbuf owned by nobody else.
+    pub(crate) unsafe fn from_raw(m: *mut sys::rte_mbuf) -> Option<Mbuf> {
+        NonNull::new(m).map(Mbuf)
+    }
+
+    /// Give up ownership (to a TX queue or a ring).
+    pub(crate) fn into_raw(self) -> *mut sys::rte_mbuf {
+        let p = self.0.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
+    #[inline(always)]
+    fn m(&self) -> &sys::rte_mbuf {
+        // SAFETY: we own a valid mbuf for our whole lifetime.
+        unsafe { self.0.as_ref() }
+    }
+
+    #[inline(always)]
+    fn m_mut(&mut self) -> &mut sys::rte_mbuf {
+        // SAFETY: we own a valid mbuf exclusively.
+        unsafe { self.0.as_mut() }
+    }
+
+    /// Frame length (single segment: data_len == pkt_len).
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.m().data_len as usize
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Largest frame this mbuf can hold from its current data offset.
+    #[inline(always)]
+    pub fn capacity(&self) -> usize {
+        let m = self.m();
+        (m.buf_len - m.data_off) as usize
+    }
+
+    /// The frame bytes.
+    #[inline(always)]
+    pub fn data(&self) -> &[u8] {
+        let m = self.m();
+        // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's data buffer, which we own.
+        unsafe {
+            std::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(m.data_off as usize),
+                m.data_len as usize,
+            )
+        }
+    }
+
+    /// The frame bytes, writable.
+    #[inline(always)]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let m = self.m_mut();
+        // SAFETY: as in `data`, and we hold the only reference to this mbuf.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(m.data_off as usize),
+                m.data_len as usize,
+            )
+        }
+    }
+
+    /// Set the frame length within `capacity()`; false (and no change) if it does not fit or the
+    /// mbuf is chained (rvs only builds single-segment frames).
+    #[inline(always)]
+    pub fn set_len(&mut self, len: usize) -> bool {
+        if len > self.capacity() || self.m().nb_segs != 1 {
+            return false;
+        }
+        let m = self.m_mut();
+        m.data_len = len as u16;
+        m.pkt_len = len as u32;
+        true
+    }
+
+    /// The RSS hash the NIC computed, if any.
+    #[inline(always)]
+    pub fn rss_hash(&self) -> u32 {
+        // SAFETY: reading a plain u32 union member; meaningful only with RSS offload, harmless otherwise.
+        unsafe { self.m().__bindgen_anon_2.hash.rss }
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf; it goes back to its pool exactly once.
+        unsafe { sys::rte_pktmbuf_free(self.0.as_ptr()) };
+    }
+}
+
+/// A fixed-capacity burst of owned mbufs, the unit of RX and TX. No allocation after creation.
+pub struct Burst {
+    ptrs: Box<[*mut sys::rte_mbuf; MAX_BURST]>,
+    len: usize,
+}
+
+// SAFETY: the burst owns its mbufs (see Mbuf).
+unsafe impl Send for Burst {}
+
+impl Default for Burst {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Burst {
+    pub fn new() -> Self {
+        Burst {
+            ptrs: Box::new([std::ptr::null_mut(); MAX_BURST]),
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline(always)]
+    pub fn is_full(&self) -> bool {
+        self.len == MAX_BURST
+    }
+
+    /// Append an mbuf; gives it back when the burst is full.
+    #[inline(always)]
+    pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
+        if self.len == MAX_BURST {
+            return Err(m);
+        }
+        self.ptrs[self.len] = m.into_raw();
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Take every mbuf out, in order.
+    #[inline(always)]
+    pub fn drain(&mut self) -> impl Iterator<Item = Mbuf> + '_ {
+        let n = std::mem::replace(&mut self.len, 0);
+        // SAFETY: the first n slots hold owned, valid mbufs; each is taken exactly once.
+        self.ptrs[..n]
+            .iter()
+            .map(|&p| unsafe { Mbuf::from_raw(p).unwrap_unchecked() })
+    }
+
+    /// Free every mbuf still in the burst.
+    pub fn clear(&mut self) {
+        self.drain().for_each(drop);
+    }
+
+    pub(crate) fn raw_mut(&mut self) -> (*mut *mut sys::rte_mbuf, usize) {
+        (self.ptrs.as_mut_ptr(), self.len)
+    }
+
+    /// After an RX call filled `n` slots from the start.
+    pub(crate) fn set_filled(&mut self, n: usize) {
+        debug_assert!(n <= MAX_BURST);
+        self.len = n;
+    }
+
+    /// After a TX call consumed the first `sent` mbufs: keep the rest at the front.
+    pub(crate) fn consume_front(&mut self, sent: usize) {
+        self.ptrs.copy_within(sent..self.len, 0);
+        self.len -= sent;
+    }
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}

@@ -1,0 +1,374 @@
+//! Ethernet device ports and their queues.
+
+use std::ffi::{CStr, CString};
+
+use crate::error::{check, Error, Result};
+use crate::mbuf::Burst;
+use crate::mempool::Mempool;
+use crate::sys;
+
+/// A DPDK ethdev port. Cheap to copy (an id); lifetime management is the caller's (configure,
+/// start, stop, close), as rvsd does it in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port {
+    id: u16,
+}
+
+/// What a port can do.
+#[derive(Clone, Debug)]
+pub struct DevInfo {
+    pub driver: String,
+    pub max_rx_queues: u16,
+    pub max_tx_queues: u16,
+    pub rss_offloads: u64,
+    pub rx_offload_capa: u64,
+    pub tx_offload_capa: u64,
+    pub hash_key_size: u8,
+    pub reta_size: u16,
+    pub min_mtu: u16,
+    pub max_mtu: u16,
+}
+
+/// How to configure a port.
+#[derive(Clone, Debug)]
+pub struct PortConf {
+    pub rx_queues: u16,
+    pub tx_queues: u16,
+    pub rx_desc: u16,
+    pub tx_desc: u16,
+    /// Spread RX over queues by RSS on IP/TCP/UDP (only what the port supports).
+    pub rss: bool,
+    pub mtu: Option<u16>,
+    pub promiscuous: bool,
+}
+
+/// Link state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub up: bool,
+    pub speed_mbps: u32,
+    pub full_duplex: bool,
+}
+
+/// Basic port counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub ipackets: u64,
+    pub opackets: u64,
+    pub ibytes: u64,
+    pub obytes: u64,
+    pub imissed: u64,
+    pub ierrors: u64,
+    pub oerrors: u64,
+    pub rx_nombuf: u64,
+}
+
+impl Port {
+    /// Find a port by its DPDK name (a vdev's name such as `net_af_xdp0`, or a PCI address).
+    pub fn by_name(name: &str) -> Result<Port> {
+        let cname = CString::new(name)
+            .map_err(|_| Error::other("rte_eth_dev_get_port_by_name", "bad name"))?;
+        let mut id = 0u16;
+        // SAFETY: valid C string and out-pointer.
+        let ret = unsafe { sys::rte_eth_dev_get_port_by_name(cname.as_ptr(), &mut id) };
+        check(
+            &format!("no DPDK port named {name:?} (rte_eth_dev_get_port_by_name)"),
+            ret,
+        )?;
+        Ok(Port { id })
+    }
+
+    /// Number of ports EAL probed.
+    pub fn count() -> u16 {
+        // SAFETY: plain query.
+        unsafe { sys::rte_eth_dev_count_avail() }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    pub fn info(&self) -> Result<DevInfo> {
+        let mut di = sys::rte_eth_dev_info::default();
+        // SAFETY: valid out-pointer; the port id is checked by DPDK.
+        check("rte_eth_dev_info_get", unsafe {
+            sys::rte_eth_dev_info_get(self.id, &mut di)
+        })?;
+        let driver = if di.driver_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: DPDK's driver name is a static NUL-terminated string.
+            unsafe { CStr::from_ptr(di.driver_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Ok(DevInfo {
+            driver,
+            max_rx_queues: di.max_rx_queues,
+            max_tx_queues: di.max_tx_queues,
+            rss_offloads: di.flow_type_rss_offloads,
+            rx_offload_capa: di.rx_offload_capa,
+            tx_offload_capa: di.tx_offload_capa,
+            hash_key_size: di.hash_key_size,
+            reta_size: di.reta_size,
+            min_mtu: di.min_mtu,
+            max_mtu: di.max_mtu,
+        })
+    }
+
+    /// Configure the port and set up its queues (all RX queues draw from `pool`). Does not start it.
+    pub fn configure(&self, conf: &PortConf, pool: &Mempool) -> Result<()> {
+        let info = self.info()?;
+        if conf.rx_queues > info.max_rx_queues || conf.tx_queues > info.max_tx_queues {
+            return Err(Error::other(
+                "rte_eth_dev_configure",
+                format!(
+                    "port {} ({}) supports {} RX / {} TX queues, {} / {} asked (one per worker)",
+                    self.id,
+                    info.driver,
+                    info.max_rx_queues,
+                    info.max_tx_queues,
+                    conf.rx_queues,
+                    conf.tx_queues
+                ),
+            ));
+        }
+        let mut ec = sys::rte_eth_conf::default();
+        let rss_hf =
+            (sys::RTE_ETH_RSS_IP | sys::RTE_ETH_RSS_TCP | sys::RTE_ETH_RSS_UDP) & info.rss_offloads;
+        if conf.rss && conf.rx_queues > 1 && rss_hf != 0 {
+            ec.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+            ec.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+        }
+        // SAFETY: valid config struct; the port is stopped.
+        let ret =
+            unsafe { sys::rte_eth_dev_configure(self.id, conf.rx_queues, conf.tx_queues, &ec) };
+        check(&format!("rte_eth_dev_configure(port {})", self.id), ret)?;
+        if let Some(mtu) = conf.mtu {
+            // Not every vdev supports MTU changes; rvs enforces the MTU in software anyway.
+            // SAFETY: plain call on a configured port.
+            let _ = unsafe { sys::rte_eth_dev_set_mtu(self.id, mtu) };
+        }
+        // SAFETY: plain query.
+        let socket = unsafe { sys::rte_eth_dev_socket_id(self.id) };
+        let socket = if socket < 0 {
+            sys::SOCKET_ID_ANY
+        } else {
+            socket
+        };
+        for q in 0..conf.rx_queues {
+            // SAFETY: configured port, valid pool; NULL rxconf means driver defaults.
+            let ret = unsafe {
+                sys::rte_eth_rx_queue_setup(
+                    self.id,
+                    q,
+                    conf.rx_desc,
+                    socket as u32,
+                    std::ptr::null(),
+                    pool.as_ptr(),
+                )
+            };
+            check(
+                &format!("rte_eth_rx_queue_setup(port {}, queue {q})", self.id),
+                ret,
+            )?;
+        }
+        for q in 0..conf.tx_queues {
+            // SAFETY: configured port; NULL txconf means driver defaults.
+            let ret = unsafe {
+                sys::rte_eth_tx_queue_setup(
+                    self.id,
+                    q,
+                    conf.tx_desc,
+                    socket as u32,
+                    std::ptr::null(),
+                )
+            };
+            check(
+                &format!("rte_eth_tx_queue_setup(port {}, queue {q})", self.id),
+                ret,
+            )?;
+        }
+        if conf.promiscuous {
+            // SAFETY: plain call on a configured port.
+            check("rte_eth_promiscuous_enable", unsafe {
+                sys::rte_eth_promiscuous_enable(self.id)
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn start(&self) -> Result<()> {
+        // SAFETY: plain call on a configured port.
+        check(&format!("rte_eth_dev_start(port {})", self.id), unsafe {
+            sys::rte_eth_dev_start(self.id)
+        })?;
+        Ok(())
+    }
+
+    /// Stop the port (no worker may be polling it).
+    pub fn stop(&self) -> Result<()> {
+        // SAFETY: plain call; the caller guarantees no lcore uses the queues any more.
+        check(&format!("rte_eth_dev_stop(port {})", self.id), unsafe {
+            sys::rte_eth_dev_stop(self.id)
+        })?;
+        Ok(())
+    }
+
+    /// Close the port, releasing its resources (pcap files are flushed here).
+    pub fn close(&self) -> Result<()> {
+        // SAFETY: the port is stopped.
+        check(&format!("rte_eth_dev_close(port {})", self.id), unsafe {
+            sys::rte_eth_dev_close(self.id)
+        })?;
+        Ok(())
+    }
+
+    pub fn mac(&self) -> Result<[u8; 6]> {
+        let mut a = sys::rte_ether_addr::default();
+        // SAFETY: valid out-pointer.
+        check("rte_eth_macaddr_get", unsafe {
+            sys::rte_eth_macaddr_get(self.id, &mut a)
+        })?;
+        Ok(a.addr_bytes)
+    }
+
+    pub fn set_mac(&self, mac: [u8; 6]) -> Result<()> {
+        let mut a = sys::rte_ether_addr { addr_bytes: mac };
+        // SAFETY: valid pointer to an address DPDK copies.
+        check("rte_eth_dev_default_mac_addr_set", unsafe {
+            sys::rte_eth_dev_default_mac_addr_set(self.id, &mut a)
+        })?;
+        Ok(())
+    }
+
+    pub fn link(&self) -> Result<Link> {
+        let mut l = sys::rte_eth_link::default();
+        // SAFETY: valid out-pointer.
+        check("rte_eth_link_get_nowait", unsafe {
+            sys::rte_eth_link_get_nowait(self.id, &mut l)
+        })?;
+        Ok(Link {
+            up: l.link_status() != 0,
+            speed_mbps: l.link_speed,
+            full_duplex: l.link_duplex() != 0,
+        })
+    }
+
+    pub fn stats(&self) -> Result<PortStats> {
+        let mut s = sys::rte_eth_stats::default();
+        // SAFETY: valid out-pointer.
+        check("rte_eth_stats_get", unsafe {
+            sys::rte_eth_stats_get(self.id, &mut s)
+        })?;
+        Ok(PortStats {
+            ipackets: s.ipackets,
+            opackets: s.opackets,
+            ibytes: s.ibytes,
+            obytes: s.obytes,
+            imissed: s.imissed,
+            ierrors: s.ierrors,
+            oerrors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
+        })
+    }
+
+    pub fn reset_stats(&self) -> Result<()> {
+        // SAFETY: plain call.
+        check("rte_eth_stats_reset", unsafe {
+            sys::rte_eth_stats_reset(self.id)
+        })?;
+        Ok(())
+    }
+
+    /// Every extended statistic as (name, value).
+    pub fn xstats(&self) -> Result<Vec<(String, u64)>> {
+        // SAFETY: a NULL array asks for the count.
+        let n = check("rte_eth_xstats_get_names", unsafe {
+            sys::rte_eth_xstats_get_names(self.id, std::ptr::null_mut(), 0)
+        })? as usize;
+        let mut names = vec![sys::rte_eth_xstat_name::default(); n];
+        let mut vals = vec![sys::rte_eth_xstat::default(); n];
+        // SAFETY: arrays of n elements.
+        let got = check("rte_eth_xstats_get_names", unsafe {
+            sys::rte_eth_xstats_get_names(self.id, names.as_mut_ptr(), n as u32)
+        })? as usize;
+        // SAFETY: arrays of n elements.
+        let gotv = check("rte_eth_xstats_get", unsafe {
+            sys::rte_eth_xstats_get(self.id, vals.as_mut_ptr(), n as u32)
+        })? as usize;
+        let mut out = Vec::with_capacity(got.min(gotv));
+        for v in vals.iter().take(gotv) {
+            if let Some(nm) = names.get(v.id as usize).filter(|_| (v.id as usize) < got) {
+                // SAFETY: DPDK NUL-terminates names within RTE_ETH_XSTATS_NAME_SIZE.
+                let s = unsafe { CStr::from_ptr(nm.name.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((s, v.value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The RX queue `q`. Each queue handle must be owned by exactly one lcore (DPDK queues are not
+    /// thread-safe); rvsd hands queue `w` to worker `w`.
+    pub fn rx_queue(&self, q: u16) -> RxQueue {
+        RxQueue {
+            port: self.id,
+            queue: q,
+        }
+    }
+
+    /// The TX queue `q` (same ownership rule as [`Port::rx_queue`]).
+    pub fn tx_queue(&self, q: u16) -> TxQueue {
+        TxQueue {
+            port: self.id,
+            queue: q,
+        }
+    }
+}
+
+/// One RX queue of a port, polled by its owning worker.
+#[derive(Debug)]
+pub struct RxQueue {
+    port: u16,
+    queue: u16,
+}
+
+/// One TX queue of a port, used by its owning worker.
+#[derive(Debug)]
+pub struct TxQueue {
+    port: u16,
+    queue: u16,
+}
+
+impl RxQueue {
+    /// Receive up to `max` packets (≤ MAX_BURST) into an empty `burst`; returns how many.
+    #[inline(always)]
+    pub fn rx_burst(&mut self, burst: &mut Burst, max: u16) -> usize {
+        debug_assert!(burst.is_empty());
+        let (ptr, _) = burst.raw_mut();
+        let max = max.min(crate::mbuf::MAX_BURST as u16);
+        // SAFETY: `ptr` has room for MAX_BURST pointers; we own this queue exclusively (&mut self).
+        let n = unsafe { sys::rte_eth_rx_burst(self.port, self.queue, ptr, max) } as usize;
+        burst.set_filled(n);
+        n
+    }
+}
+
+impl TxQueue {
+    /// Transmit what the queue accepts from the front of `burst`; the rest stay in it.
+    #[inline(always)]
+    pub fn tx_burst(&mut self, burst: &mut Burst) -> usize {
+        let (ptr, len) = burst.raw_mut();
+        if len == 0 {
+            return 0;
+        }
+        // SAFETY: the first len pointers are owned mbufs; the driver takes ownership of the first
+        // `sent`; we own this queue exclusively.
+        let sent =
+            unsafe { sys::rte_eth_tx_burst(self.port, self.queue, ptr, len as u16) } as usize;
+        burst.consume_front(sent);
+        sent
+    }
+}

@@ -1,0 +1,307 @@
+//! Shared helpers of the rvs end-to-end tests: prerequisites (root, the rvsd binary), the namespace
+//! topology of `scripts/topo`, an rvsd child process, commands inside namespaces, pcap files.
+//!
+//! Under `CI=true` a missing prerequisite fails the test loudly; elsewhere the test prints why it
+//! did not run and returns.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false" && v != "0")
+        .unwrap_or(false)
+}
+
+/// True when the test can run. Without a prerequisite: panics under CI, else prints and returns false.
+pub fn prerequisites(what: &str) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    if !rvsd_bin().exists() {
+        missing.push(format!(
+            "{} (build it: cargo build --release -p rvs-ctrlplane)",
+            rvsd_bin().display()
+        ));
+    }
+    for tool in ["ip", "tcpdump", "ping", "curl"] {
+        if !Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
+            missing.push(format!("{tool} (scripts/deps installs it)"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{what}: missing prerequisites: {}", missing.join(", "));
+    if in_ci() {
+        panic!("{msg} (CI=true: end-to-end tests must run)");
+    }
+    eprintln!("NOT RUN: {msg}");
+    false
+}
+
+/// The rvsd binary under test: `$RVSD_BIN`, else target/release/rvsd.
+pub fn rvsd_bin() -> PathBuf {
+    std::env::var_os("RVSD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/rvsd"))
+}
+
+/// End-to-end tests share the machine's two cores and namespaces: one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run a command, returning its output (never panics on a non-zero exit).
+pub fn sh(cmd: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn bash")
+}
+
+/// Run `cmd` inside namespace `ns`.
+pub fn ns(ns: &str, cmd: &str) -> Output {
+    sh(&format!("ip netns exec {ns} {cmd}"))
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The demo/test topology of `scripts/topo`, removed on drop.
+pub struct Topo {
+    pub prefix: String,
+}
+
+impl Topo {
+    pub fn up(prefix: &str, servers: u32) -> Topo {
+        let o = sh(&format!(
+            "{}/scripts/topo up {prefix} {servers}",
+            root().display()
+        ));
+        assert!(o.status.success(), "topo up failed: {}", text(&o));
+        Topo {
+            prefix: prefix.to_string(),
+        }
+    }
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        let _ = sh(&format!(
+            "{}/scripts/topo down {}",
+            root().display(),
+            self.prefix
+        ));
+    }
+}
+
+/// An rvsd child process. Killed on drop if still running.
+pub struct Rvsd {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Rvsd {
+    /// Start rvsd with `config` (inside namespace `netns` if given) and wait for it to report
+    /// running. Panics with its log if it exits or does not come up in time.
+    pub fn start(config: &Path, netns: Option<&str>) -> Rvsd {
+        let log = config.with_extension("log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = match netns {
+            Some(n) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", n]).arg(rvsd_bin());
+                c
+            }
+            None => Command::new(rvsd_bin()),
+        };
+        cmd.arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let child = cmd.spawn().expect("spawn rvsd");
+        let mut r = Rvsd {
+            child: Some(child),
+            log,
+        };
+        let t0 = Instant::now();
+        loop {
+            if r.log_text().contains("rvsd: running") {
+                return r;
+            }
+            if let Some(st) = r.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("rvsd exited ({st}) before running:\n{}", r.log_text());
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                panic!("rvsd did not come up in 30 s:\n{}", r.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// SIGTERM, wait (10 s at most), return (exited cleanly with status 0, full log).
+    pub fn stop(mut self) -> (bool, String) {
+        let mut child = self.child.take().unwrap();
+        let _ = sh(&format!("kill -TERM {}", child.id()));
+        let t0 = Instant::now();
+        let ok = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st.success();
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (ok, self.log_text())
+    }
+}
+
+impl Drop for Rvsd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A tcpdump capture running in a namespace, writing a pcap file.
+pub struct Capture {
+    child: Child,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    /// Start capturing on `dev` in `netns` into `file`; returns once tcpdump is listening.
+    pub fn start(netns: &str, dev: &str, file: &Path) -> Capture {
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", netns, "tcpdump", "-U", "-n", "-i", dev, "-w",
+            ])
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpdump");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        // tcpdump prints "listening on ..." once the capture is open.
+        let _ = err.read_line(&mut line);
+        assert!(line.contains("listening"), "tcpdump did not start: {line}");
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Capture {
+            child,
+            file: file.to_path_buf(),
+        }
+    }
+
+    /// Stop and return the captured frames.
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = sh(&format!("kill -INT {}", self.child.id()));
+        let _ = self.child.wait();
+        pcap::read(&self.file)
+    }
+}
+
+/// Minimal pcap (libpcap classic format, Ethernet link type) reading and writing.
+pub mod pcap {
+    use std::path::Path;
+
+    /// Write Ethernet frames to a classic pcap file (microsecond timestamps 1 ms apart).
+    pub fn write(path: &Path, frames: &[Vec<u8>]) {
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(&0i32.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&65535u32.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+        for (i, f) in frames.iter().enumerate() {
+            out.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+            out.extend_from_slice(&((i as u32) * 1000).to_le_bytes());
+            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            out.extend_from_slice(f);
+        }
+        std::fs::write(path, out).unwrap();
+    }
+
+    /// Read every frame of a classic pcap file (either byte order, µs or ns timestamps).
+    pub fn read(path: &Path) -> Vec<Vec<u8>> {
+        let d = std::fs::read(path).unwrap_or_default();
+        if d.len() < 24 {
+            return Vec::new();
+        }
+        let magic = u32::from_le_bytes(d[0..4].try_into().unwrap());
+        let le = matches!(magic, 0xa1b2c3d4 | 0xa1b23c4d);
+        assert!(
+            le || matches!(magic.swap_bytes(), 0xa1b2c3d4 | 0xa1b23c4d),
+            "not a pcap file: {}",
+            path.display()
+        );
+        let u32at = |o: usize| {
+            let b: [u8; 4] = d[o..o + 4].try_into().unwrap();
+            if le {
+                u32::from_le_bytes(b)
+            } else {
+                u32::from_be_bytes(b)
+            }
+        };
+        let mut frames = Vec::new();
+        let mut o = 24;
+        while o + 16 <= d.len() {
+            let caplen = u32at(o + 8) as usize;
+            o += 16;
+            if o + caplen > d.len() {
+                break;
+            }
+            frames.push(d[o..o + caplen].to_vec());
+            o += caplen;
+        }
+        frames
+    }
+}
