@@ -218,7 +218,7 @@ impl Capture {
     pub fn start(netns: &str, dev: &str, file: &Path) -> Capture {
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", netns, "tcpdump", "-U", "-n", "-i", dev, "-w",
+                "netns", "exec", netns, "tcpdump", "--immediate-mode", "-U", "-n", "-i", dev, "-w",
             ])
             .arg(file)
             .stdout(Stdio::null())
@@ -239,7 +239,8 @@ impl Capture {
 
     /// Stop and return the captured frames.
     pub fn finish(mut self) -> Vec<Vec<u8>> {
-        std::thread::sleep(Duration::from_millis(200));
+        // Let the last frames reach the capture before stopping it.
+        std::thread::sleep(Duration::from_millis(500));
         let _ = sh(&format!("kill -INT {}", self.child.id()));
         let _ = self.child.wait();
         pcap::read(&self.file)
