@@ -9,8 +9,8 @@ use crate::sys;
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 
-/// Proof that the EAL is initialised. Dropping it calls `rte_eal_cleanup`; drop it last, after
-/// every port, pool and ring.
+/// Proof that the EAL is initialised. Dropping it does nothing: DPDK objects (pools, rings, ports)
+/// may outlive it safely until the process exits. [`Eal::cleanup`] releases the EAL explicitly.
 pub struct Eal {
     tsc_hz: u64,
 }
@@ -78,9 +78,14 @@ impl Eal {
     }
 }
 
-impl Drop for Eal {
-    fn drop(&mut self) {
-        // SAFETY: called once, after everything that used EAL was released by its owner.
+impl Eal {
+    /// Release the EAL (`rte_eal_cleanup`).
+    ///
+    /// # Safety
+    /// Every pool, ring and mbuf must have been dropped and every port closed, and no lcore may be
+    /// running a job: DPDK frees the memory they live in.
+    pub unsafe fn cleanup(self) {
+        // SAFETY: the caller guarantees nothing uses EAL memory any more.
         unsafe { sys::rte_eal_cleanup() };
     }
 }

@@ -39,7 +39,7 @@ pub struct Consumer<T: Copy> {
 /// as rte_ring_elem requires). The ring is freed when both halves are dropped.
 pub fn spsc<T: Copy + Send>(name: &str, size: u32) -> Result<(Producer<T>, Consumer<T>)> {
     let esize = size_of::<T>();
-    if esize == 0 || esize % 4 != 0 {
+    if esize == 0 || !esize.is_multiple_of(4) {
         return Err(Error::other(
             "rte_ring_create_elem",
             format!("element size {esize} is not a multiple of 4"),

@@ -218,7 +218,16 @@ impl Capture {
     pub fn start(netns: &str, dev: &str, file: &Path) -> Capture {
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", netns, "tcpdump", "--immediate-mode", "-U", "-n", "-i", dev, "-w",
+                "netns",
+                "exec",
+                netns,
+                "tcpdump",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-i",
+                dev,
+                "-w",
             ])
             .arg(file)
             .stdout(Stdio::null())

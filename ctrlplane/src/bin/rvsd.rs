@@ -185,14 +185,12 @@ fn run(cfg: &Config) -> Result<(), String> {
     let nw = workers.len();
     let mut producers: Vec<Vec<dpdk::Producer<NeighMsg>>> = (0..nw).map(|_| Vec::new()).collect();
     let mut consumers: Vec<Vec<dpdk::Consumer<NeighMsg>>> = (0..nw).map(|_| Vec::new()).collect();
-    for from in 0..nw {
-        for to in 0..nw {
-            if from != to {
-                let (p, c) = dpdk::ring::spsc::<NeighMsg>(&format!("rvs_neigh_{from}_{to}"), 1024)
-                    .map_err(|e| format!("ring: {e}"))?;
-                producers[from].push(p);
-                consumers[to].push(c);
-            }
+    for (from, prods) in producers.iter_mut().enumerate() {
+        for (to, cons) in consumers.iter_mut().enumerate().filter(|(to, _)| *to != from) {
+            let (p, c) = dpdk::ring::spsc::<NeighMsg>(&format!("rvs_neigh_{from}_{to}"), 1024)
+                .map_err(|e| format!("ring: {e}"))?;
+            prods.push(p);
+            cons.push(c);
         }
     }
 
@@ -269,7 +267,8 @@ fn run(cfg: &Config) -> Result<(), String> {
     }
     drop(counters);
     drop(pool);
-    drop(eal);
+    // The EAL itself is released by process exit (see dpdk::Eal::cleanup).
+    let _ = eal;
     Ok(())
 }
 

@@ -1,0 +1,98 @@
+//! The safe layer against a real EAL: a net_ring port (whose TX ring is its RX ring) carries a frame
+//! through TX and back through RX; pools, stats, xstats, SPSC rings and lcore launch work. EAL can be
+//! initialised once per process, so this is one test.
+
+use std::mem::MaybeUninit;
+
+use dpdk::{Burst, Eal, Mempool, Port, PortConf};
+
+#[test]
+fn eal_port_mbuf_ring_and_lcore() {
+    let args = [
+        "rvs-test",
+        "-l",
+        "0,1",
+        "--no-huge",
+        "-m",
+        "256",
+        "--no-pci",
+        "--no-shconf",
+        "--log-level",
+        "*:error",
+        "--vdev",
+        "net_ring0",
+    ];
+    let eal = Eal::init(&args).expect("EAL init");
+    assert!(
+        Eal::init(&args).is_err(),
+        "a second EAL init must be refused"
+    );
+    assert!(eal.tsc_hz() > 0);
+    assert_eq!(eal.lcore_count(), 2);
+
+    let pool = Mempool::new_pktmbuf("test_pool", 1023, 32, -1).expect("pool");
+    let port = Port::by_name("net_ring0").expect("net_ring0");
+    assert!(Port::by_name("net_nothing9").is_err());
+    let conf = PortConf {
+        rx_queues: 1,
+        tx_queues: 1,
+        rx_desc: 256,
+        tx_desc: 256,
+        rss: false,
+        mtu: None,
+        promiscuous: false,
+    };
+    port.configure(&conf, &pool).expect("configure");
+    port.start().expect("start");
+    assert_eq!(port.info().unwrap().driver, "net_ring");
+    assert!(port.link().unwrap().up);
+
+    let frame: Vec<u8> = (0..60u8).collect();
+    let mut m = pool.alloc().expect("mbuf");
+    assert!(m.capacity() >= 1500);
+    assert!(
+        !m.set_len(m.capacity() + 1),
+        "set_len beyond capacity must fail"
+    );
+    assert!(m.set_len(frame.len()));
+    m.data_mut().copy_from_slice(&frame);
+    let in_use = pool.in_use();
+    let mut b = Burst::new();
+    assert!(b.push(m).is_ok());
+    let mut tx = port.tx_queue(0);
+    assert_eq!(tx.tx_burst(&mut b), 1);
+    assert!(b.is_empty());
+    let mut rx = port.rx_queue(0);
+    assert_eq!(rx.rx_burst(&mut b, 32), 1);
+    let got: Vec<_> = b.drain().collect();
+    assert_eq!(got[0].data(), &frame[..]);
+    drop(got);
+    assert_eq!(
+        pool.in_use(),
+        in_use - 1,
+        "dropping an Mbuf returns it to the pool"
+    );
+
+    let st = port.stats().unwrap();
+    assert_eq!((st.ipackets, st.opackets), (1, 1));
+    assert!(!port.xstats().unwrap().is_empty());
+
+    let (mut p, mut c) = dpdk::ring::spsc::<[u32; 3]>("test_ring", 8).unwrap();
+    assert_eq!(p.send_burst(&[[1, 2, 3], [4, 5, 6]]), 2);
+    let mut out = [MaybeUninit::uninit(); 4];
+    assert_eq!(c.recv_burst(&mut out), &[[1, 2, 3], [4, 5, 6]]);
+    assert!(
+        dpdk::ring::spsc::<[u8; 3]>("bad_ring", 8).is_err(),
+        "element size must be a multiple of 4"
+    );
+
+    let h = dpdk::lcore::launch(1, || dpdk::eal::lcore_id() as i32 + 40).unwrap();
+    assert_eq!(h.wait(), 41, "the job ran on lcore 1");
+
+    port.stop().unwrap();
+    port.close().unwrap();
+    drop((p, c));
+    drop(pool);
+    // SAFETY: every pool, ring and mbuf is dropped, the port is closed, lcore 1 is idle.
+    unsafe { eal.cleanup() };
+}
