@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 pub use mbuf::{Burst, Mbuf, MAX_BURST};
 pub use mempool::Mempool;
 pub use port::{DevInfo, Link, Port, PortConf, PortStats, RxQueue, TxQueue};
-pub use ring::{Consumer, Producer};
+pub use ring::{Consumer, MbufConsumer, MbufProducer, Producer};
 
 /// The DPDK version this crate was built against (from pkg-config).
 pub const DPDK_VERSION: &str = env!("RVS_DPDK_VERSION");

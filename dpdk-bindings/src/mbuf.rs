@@ -99,6 +99,18 @@ impl Mbuf {
         true
     }
 
+    /// A 16-bit tag carried with the mbuf (DPDK's `port` field, set to the input port id by the
+    /// PMD). rvs overwrites it with its own port index when handing a packet to another worker.
+    #[inline(always)]
+    pub fn tag(&self) -> u16 {
+        self.m().port
+    }
+
+    #[inline(always)]
+    pub fn set_tag(&mut self, tag: u16) {
+        self.m_mut().port = tag;
+    }
+
     /// The RSS hash the NIC computed, if any.
     #[inline(always)]
     pub fn rss_hash(&self) -> u32 {
@@ -171,6 +183,15 @@ impl Burst {
         self.ptrs[..n]
             .iter()
             .map(|&p| unsafe { Mbuf::from_raw(p).unwrap_unchecked() })
+    }
+
+    /// Take every mbuf out with its tag ([`Mbuf::tag`]), in order.
+    #[inline(always)]
+    pub fn drain_tagged(&mut self) -> impl Iterator<Item = (Mbuf, u16)> + '_ {
+        self.drain().map(|m| {
+            let t = m.tag();
+            (m, t)
+        })
     }
 
     /// Free every mbuf still in the burst.

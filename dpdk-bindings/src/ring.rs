@@ -7,6 +7,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::mbuf::Burst;
 use crate::sys;
 
 struct RingInner(NonNull<sys::rte_ring>);
@@ -108,5 +109,79 @@ impl<T: Copy> Consumer<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The sending half of an SPSC ring of mbufs (packets handed from one worker to another).
+pub struct MbufProducer {
+    ring: Arc<RingInner>,
+}
+
+/// The receiving half of an SPSC ring of mbufs.
+pub struct MbufConsumer {
+    ring: Arc<RingInner>,
+}
+
+/// Create an SPSC ring of at least `size` mbufs. Mbufs still in the ring when both halves are
+/// dropped are leaked back to nobody: drain it first (rvsd stops workers before tearing down).
+pub fn spsc_mbuf(name: &str, size: u32) -> Result<(MbufProducer, MbufConsumer)> {
+    let (p, c) = spsc::<usize>(name, size)?;
+    Ok((MbufProducer { ring: p.ring }, MbufConsumer { ring: c.ring }))
+}
+
+impl MbufProducer {
+    /// Enqueue what fits from the front of `burst`; the rest stays in it. Returns how many.
+    #[inline]
+    pub fn send_burst(&mut self, burst: &mut Burst) -> usize {
+        let (ptr, len) = burst.raw_mut();
+        if len == 0 {
+            return 0;
+        }
+        // SAFETY: single producer (&mut self); the first len slots are owned mbuf pointers whose
+        // ownership moves into the ring for the first `n` of them.
+        let n = unsafe {
+            sys::rte_ring_sp_enqueue_burst_elem(
+                self.ring.0.as_ptr(),
+                ptr as *const _,
+                size_of::<usize>() as u32,
+                len as u32,
+                std::ptr::null_mut(),
+            ) as usize
+        };
+        burst.consume_front(n);
+        n
+    }
+}
+
+impl MbufConsumer {
+    /// Dequeue up to `max` mbufs into the empty `burst`. Returns how many.
+    #[inline]
+    pub fn recv_burst(&mut self, burst: &mut Burst, max: u16) -> usize {
+        debug_assert!(burst.is_empty());
+        let (ptr, _) = burst.raw_mut();
+        let max = (max as usize).min(crate::mbuf::MAX_BURST);
+        // SAFETY: single consumer; the burst has room for MAX_BURST pointers; each dequeued pointer
+        // is an owned mbuf handed over by the producer.
+        let n = unsafe {
+            sys::rte_ring_sc_dequeue_burst_elem(
+                self.ring.0.as_ptr(),
+                ptr as *mut _,
+                size_of::<usize>() as u32,
+                max as u32,
+                std::ptr::null_mut(),
+            ) as usize
+        };
+        burst.set_filled(n);
+        n
+    }
+}
+
+impl Drop for MbufConsumer {
+    fn drop(&mut self) {
+        // Free whatever is still queued so no mbuf is lost with the ring.
+        let mut b = Burst::new();
+        while self.recv_burst(&mut b, crate::mbuf::MAX_BURST as u16) > 0 {
+            b.clear();
+        }
     }
 }

@@ -13,7 +13,7 @@ use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
 use rvs_core::io::PortIdx;
 use rvs_core::{NeighConf, PortConf, RouteConf, Stack, StackConfig};
 use rvs_ctrlplane::config::Config;
-use rvs_dataplane::{NeighMsg, PeerLinks, Worker, WorkerIo, WorkerPorts};
+use rvs_dataplane::{NeighMsg, PeerLinks, PeerSenders, Worker, WorkerIo, WorkerPorts};
 
 /// rvs — Rust Virtual Server, a DPDK layer-4 load-balancing gateway.
 #[derive(Parser, Debug)]
@@ -181,44 +181,59 @@ fn run(cfg: &Config) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     install_signals();
 
-    // Neighbour-update rings: one SPSC ring for every ordered pair of workers.
+    // Worker-to-worker SPSC rings, one for every ordered pair: neighbour updates and packets
+    // redirected to the worker that owns their session.
     let nw = workers.len();
-    let mut producers: Vec<Vec<dpdk::Producer<NeighMsg>>> = (0..nw).map(|_| Vec::new()).collect();
-    let mut consumers: Vec<Vec<dpdk::Consumer<NeighMsg>>> = (0..nw).map(|_| Vec::new()).collect();
-    for (from, prods) in producers.iter_mut().enumerate() {
-        for (to, cons) in consumers.iter_mut().enumerate().filter(|(to, _)| *to != from) {
+    let mut senders: Vec<PeerSenders> = (0..nw)
+        .map(|_| PeerSenders {
+            neigh: Vec::new(),
+            redirect: (0..nw).map(|_| None).collect(),
+        })
+        .collect();
+    let mut links: Vec<PeerLinks> = (0..nw)
+        .map(|_| PeerLinks {
+            neigh: Vec::new(),
+            redirect: Vec::new(),
+        })
+        .collect();
+    for (from, tx) in senders.iter_mut().enumerate() {
+        for (to, rx) in links.iter_mut().enumerate().filter(|(to, _)| *to != from) {
             let (p, c) = dpdk::ring::spsc::<NeighMsg>(&format!("rvs_neigh_{from}_{to}"), 1024)
                 .map_err(|e| format!("ring: {e}"))?;
-            prods.push(p);
-            cons.push(c);
+            tx.neigh.push(p);
+            rx.neigh.push(c);
+            let (p, c) = dpdk::ring::spsc_mbuf(&format!("rvs_redir_{from}_{to}"), 1024)
+                .map_err(|e| format!("ring: {e}"))?;
+            tx.redirect[to] = Some(p);
+            rx.redirect.push(c);
         }
     }
 
     let mut counters = Vec::new();
     let mut launched = Vec::new();
-    for (w, (&lcore, (prods, cons))) in workers
+    for (w, (&lcore, (tx, links))) in workers
         .iter()
-        .zip(producers.into_iter().zip(consumers))
+        .zip(senders.into_iter().zip(links))
         .enumerate()
     {
         let c = Arc::new(CoreCounters::default());
         counters.push((lcore, c.clone()));
-        let rx = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
-        let tx = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
-        let io = WorkerIo::new(pool.clone(), tx, prods, c.clone());
+        let rxq = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
+        let txq = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
+        let io = WorkerIo::new(pool.clone(), txq, tx, c.clone());
         let stack = Stack::new(&scfg, c.clone());
         let worker = Worker::new(
             w,
-            WorkerPorts { rx },
+            WorkerPorts { rx: rxq },
             io,
             stack,
-            PeerLinks { from_peers: cons },
+            links,
             c,
-            stop.clone(),
             cfg.dataplane.burst,
             eal.tsc_hz(),
         );
-        let h = dpdk::lcore::launch(lcore, move || worker.run())
+        let stop = stop.clone();
+        let h = dpdk::lcore::launch(lcore, move || worker.run(stop))
             .map_err(|e| format!("worker {w}: {e}"))?;
         launched.push(h);
     }

@@ -71,6 +71,7 @@ drop_reasons! {
     DstBroadcast => "dst_broadcast", "IPv4 destination is the limited broadcast or a connected subnet's directed broadcast.";
     DstMulticast => "dst_multicast", "IPv4 destination is multicast (not handled).";
     Ipv4Fragment => "ipv4_fragment", "Fragment addressed to rvs itself (no reassembly).";
+    RedirectFull => "redirect_full", "Ring toward the session's owner worker full.";
 }
 
 /// Number of drop reasons.
@@ -137,6 +138,8 @@ events! {
     neigh_held,
     neigh_released,
     neigh_evicted,
+    redirected_out,
+    redirected_in,
     polls,
     busy_polls,
 }

@@ -19,4 +19,12 @@ pub trait Io {
     /// The core learned or refreshed a neighbour from the wire. Multi-worker adapters forward this
     /// to the other workers (which apply it with `Stack::neigh_update`); the default ignores it.
     fn neigh_learned(&mut self, _port: PortIdx, _ip: std::net::IpAddr, _mac: [u8; 6]) {}
+    /// Hand `pkt` (a frame received on `port`) to worker `worker`, which owns its session: the
+    /// adapter moves it over a lockless SPSC ring and the owner runs `Stack::handle` on it as if
+    /// it had received it. Returns false (and the caller counts `RedirectFull`) when the ring is
+    /// full or there is no such worker; the packet is dropped either way on failure.
+    fn redirect(&mut self, _worker: u16, _port: PortIdx, pkt: Self::Pkt) -> bool {
+        drop(pkt);
+        false
+    }
 }

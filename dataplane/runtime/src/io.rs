@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use dpdk::{Burst, Mbuf, Mempool, Producer, TxQueue, MAX_BURST};
+use dpdk::{Burst, Mbuf, MbufProducer, Mempool, Producer, TxQueue, MAX_BURST};
 use rvs_core::counters::{CoreCounters, DropReason};
 use rvs_core::io::{Io, PortIdx};
 use rvs_core::packet::PacketBuf;
@@ -76,12 +76,21 @@ impl NeighMsg {
     }
 }
 
-/// One worker's I/O: an mbuf pool for generated frames, a TX burst per port flushed at the end of
-/// each poll (or when full), and producers toward the peer workers.
+/// Producers from one worker toward the others.
+pub struct PeerSenders {
+    /// Neighbour updates, one ring per other worker.
+    pub neigh: Vec<Producer<NeighMsg>>,
+    /// Packet redirect rings indexed by worker id (`None` at this worker's own index).
+    pub redirect: Vec<Option<MbufProducer>>,
+}
+
+/// One worker's I/O: an mbuf pool for generated frames, a TX burst per port and a redirect burst
+/// per peer, flushed at the end of each poll (or when full), and producers toward the peers.
 pub struct WorkerIo {
     pool: Arc<Mempool>,
     pub(crate) tx: Vec<(TxQueue, Burst)>,
-    pub(crate) peers: Vec<Producer<NeighMsg>>,
+    neigh_peers: Vec<Producer<NeighMsg>>,
+    redirect: Vec<Option<(MbufProducer, Burst)>>,
     counters: Arc<CoreCounters>,
 }
 
@@ -89,15 +98,37 @@ impl WorkerIo {
     pub fn new(
         pool: Arc<Mempool>,
         txq: Vec<TxQueue>,
-        peers: Vec<Producer<NeighMsg>>,
+        peers: PeerSenders,
         counters: Arc<CoreCounters>,
     ) -> Self {
         let tx = txq.into_iter().map(|q| (q, Burst::new())).collect();
+        let redirect = peers
+            .redirect
+            .into_iter()
+            .map(|p| p.map(|p| (p, Burst::new())))
+            .collect();
         WorkerIo {
             pool,
             tx,
-            peers,
+            neigh_peers: peers.neigh,
+            redirect,
             counters,
+        }
+    }
+
+    /// Hand queued redirects to their owners; what a full ring refuses is freed and counted.
+    #[inline]
+    fn flush_redirects(&mut self) {
+        for (ring, b) in self.redirect.iter_mut().flatten() {
+            if b.is_empty() {
+                continue;
+            }
+            let n = ring.send_burst(b);
+            self.counters.redirected_out.add(n as u64);
+            for _ in 0..b.len() {
+                self.counters.count_drop(DropReason::RedirectFull);
+            }
+            b.clear();
         }
     }
 
@@ -118,9 +149,10 @@ impl WorkerIo {
         }
     }
 
-    /// Transmit everything queued on every port.
+    /// Transmit everything queued on every port and hand over queued redirects.
     #[inline]
     pub fn flush(&mut self) {
+        self.flush_redirects();
         for p in 0..self.tx.len() {
             self.flush_port(p);
         }
@@ -157,9 +189,25 @@ impl Io for WorkerIo {
 
     fn neigh_learned(&mut self, port: PortIdx, ip: IpAddr, mac: [u8; 6]) {
         let msg = [NeighMsg::new(port, ip, mac)];
-        for p in &mut self.peers {
+        for p in &mut self.neigh_peers {
             // A full ring loses a refresh; the peer resolves by ARP itself if it needs the entry.
             let _ = p.send_burst(&msg);
         }
+    }
+
+    #[inline]
+    fn redirect(&mut self, worker: u16, port: PortIdx, pkt: MbufPacket) -> bool {
+        let Some(Some((_, b))) = self.redirect.get_mut(worker as usize) else {
+            return false;
+        };
+        let mut m = pkt.0;
+        m.set_tag(port);
+        if b.len() >= TX_FLUSH_AT {
+            self.flush_redirects();
+        }
+        let Some(Some((_, b))) = self.redirect.get_mut(worker as usize) else {
+            return false;
+        };
+        b.push(m).is_ok()
     }
 }

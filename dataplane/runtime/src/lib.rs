@@ -8,5 +8,5 @@
 pub mod io;
 pub mod worker;
 
-pub use io::{MbufPacket, NeighMsg, WorkerIo};
+pub use io::{MbufPacket, NeighMsg, PeerSenders, WorkerIo};
 pub use worker::{PeerLinks, Worker, WorkerPorts};

@@ -4,21 +4,25 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dpdk::{Burst, Consumer, RxQueue};
+use dpdk::{Burst, Consumer, MbufConsumer, RxQueue};
 use rvs_core::counters::CoreCounters;
 use rvs_core::io::PortIdx;
 use rvs_core::Stack;
 
 use crate::io::{MbufPacket, NeighMsg, WorkerIo};
 
-/// The queues a worker owns: RX queue `w` and TX queue `w` of every port (index = PortIdx).
+/// The queues a worker owns: RX queue `w` of every port (index = PortIdx). Its TX queues live in
+/// its [`WorkerIo`].
 pub struct WorkerPorts {
     pub rx: Vec<RxQueue>,
 }
 
 /// Rings from the other workers to this one.
 pub struct PeerLinks {
-    pub from_peers: Vec<Consumer<NeighMsg>>,
+    /// Neighbour updates.
+    pub neigh: Vec<Consumer<NeighMsg>>,
+    /// Packets whose session this worker owns, each tagged with the port it came in on.
+    pub redirect: Vec<MbufConsumer>,
 }
 
 /// One worker: everything it touches on the packet path is its own.
@@ -27,11 +31,13 @@ pub struct Worker {
     rx: Vec<RxQueue>,
     io: WorkerIo,
     stack: Stack<MbufPacket>,
-    from_peers: Vec<Consumer<NeighMsg>>,
+    peers: PeerLinks,
     counters: Arc<CoreCounters>,
-    stop: Arc<AtomicBool>,
     burst: u16,
     tsc_per_ms: u64,
+    rxb: Burst,
+    last_timer_ms: u64,
+    polls_since_timer: u32,
 }
 
 /// Timers run once per this many polls (and at least once per millisecond of TSC time).
@@ -46,7 +52,6 @@ impl Worker {
         stack: Stack<MbufPacket>,
         peers: PeerLinks,
         counters: Arc<CoreCounters>,
-        stop: Arc<AtomicBool>,
         burst: u16,
         tsc_hz: u64,
     ) -> Self {
@@ -55,11 +60,13 @@ impl Worker {
             rx: ports.rx,
             io,
             stack,
-            from_peers: peers.from_peers,
+            peers,
             counters,
-            stop,
             burst,
             tsc_per_ms: (tsc_hz / 1000).max(1),
+            rxb: Burst::new(),
+            last_timer_ms: 0,
+            polls_since_timer: 0,
         }
     }
 
@@ -68,52 +75,74 @@ impl Worker {
         dpdk::eal::tsc() / self.tsc_per_ms
     }
 
-    /// Poll until the stop flag is raised. Returns 0.
-    pub fn run(mut self) -> i32 {
-        let mut burst = Burst::new();
-        let mut msgs = [MaybeUninit::<NeighMsg>::uninit(); 32];
+    /// Announce the worker's addresses (gratuitous ARP) before the first poll.
+    pub fn start(&mut self) {
         let now = self.now_ms();
         self.stack.on_start(&mut self.io, now);
         self.io.flush();
-        let mut last_timer_ms = now;
-        let mut polls_since_timer = 0u32;
-        while !self.stop.load(Ordering::Relaxed) {
-            let now = self.now_ms();
-            let mut got = 0usize;
-            for (p, q) in self.rx.iter_mut().enumerate() {
-                let n = q.rx_burst(&mut burst, self.burst);
-                if n == 0 {
-                    continue;
-                }
-                got += n;
-                self.counters.rx_packets.add(n as u64);
-                for m in burst.drain() {
-                    self.stack
-                        .handle(&mut self.io, p as PortIdx, MbufPacket(m), now);
-                }
+        self.last_timer_ms = now;
+    }
+
+    /// One iteration of the loop: RX a burst on every port and handle it, take packets and
+    /// neighbour updates from peers, run bounded timer work, flush TX. Returns packets received.
+    #[inline]
+    pub fn poll_once(&mut self) -> usize {
+        let now = self.now_ms();
+        let mut got = 0usize;
+        for (p, q) in self.rx.iter_mut().enumerate() {
+            let n = q.rx_burst(&mut self.rxb, self.burst);
+            if n == 0 {
+                continue;
             }
-            for c in &mut self.from_peers {
-                for m in c.recv_burst(&mut msgs) {
-                    self.stack.neigh_update(
-                        &mut self.io,
-                        m.port,
-                        m.ip(),
-                        rvs_core::MacAddr(m.mac),
-                        now,
-                    );
-                }
+            got += n;
+            self.counters.rx_packets.add(n as u64);
+            for m in self.rxb.drain() {
+                self.stack
+                    .handle(&mut self.io, p as PortIdx, MbufPacket(m), now);
             }
-            polls_since_timer += 1;
-            if polls_since_timer >= TIMER_EVERY_POLLS || now != last_timer_ms {
-                self.stack.poll_timers(&mut self.io, now);
-                polls_since_timer = 0;
-                last_timer_ms = now;
+        }
+        for c in &mut self.peers.redirect {
+            let n = c.recv_burst(&mut self.rxb, self.burst);
+            if n == 0 {
+                continue;
             }
-            self.io.flush();
-            self.counters.polls.inc();
-            if got > 0 {
-                self.counters.busy_polls.inc();
+            got += n;
+            self.counters.redirected_in.add(n as u64);
+            for (m, port) in self.rxb.drain_tagged() {
+                self.stack.handle(&mut self.io, port, MbufPacket(m), now);
             }
+        }
+        let mut msgs = [MaybeUninit::<NeighMsg>::uninit(); 16];
+        for c in &mut self.peers.neigh {
+            for m in c.recv_burst(&mut msgs) {
+                self.stack.neigh_update(
+                    &mut self.io,
+                    m.port,
+                    m.ip(),
+                    rvs_core::MacAddr(m.mac),
+                    now,
+                );
+            }
+        }
+        self.polls_since_timer += 1;
+        if self.polls_since_timer >= TIMER_EVERY_POLLS || now != self.last_timer_ms {
+            self.stack.poll_timers(&mut self.io, now);
+            self.polls_since_timer = 0;
+            self.last_timer_ms = now;
+        }
+        self.io.flush();
+        self.counters.polls.inc();
+        if got > 0 {
+            self.counters.busy_polls.inc();
+        }
+        got
+    }
+
+    /// Poll until `stop` is raised. Returns 0.
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> i32 {
+        self.start();
+        while !stop.load(Ordering::Relaxed) {
+            self.poll_once();
         }
         self.io.flush();
         0
