@@ -40,6 +40,19 @@ pub struct PortConf {
     pub rss: bool,
     pub mtu: Option<u16>,
     pub promiscuous: bool,
+    /// Toeplitz key to program when RSS is on (the port's default when None or not settable).
+    pub rss_key: Option<Vec<u8>>,
+}
+
+/// What the port's RSS does, for software that wants to predict the queue of a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RssInfo {
+    /// The Toeplitz key in use.
+    pub key: Vec<u8>,
+    /// Redirection table: queue of each hash bucket (index = hash % len).
+    pub reta: Vec<u16>,
+    /// Hash functions enabled (RTE_ETH_RSS_* bits).
+    pub hf: u64,
 }
 
 /// Link state.
@@ -136,9 +149,16 @@ impl Port {
         let mut ec = sys::rte_eth_conf::default();
         let rss_hf =
             (sys::RTE_ETH_RSS_IP | sys::RTE_ETH_RSS_TCP | sys::RTE_ETH_RSS_UDP) & info.rss_offloads;
+        let mut key = conf.rss_key.clone().unwrap_or_default();
         if conf.rss && conf.rx_queues > 1 && rss_hf != 0 {
             ec.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
             ec.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+            if !key.is_empty()
+                && (info.hash_key_size == 0 || key.len() == info.hash_key_size as usize)
+            {
+                ec.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
+                ec.rx_adv_conf.rss_conf.rss_key_len = key.len() as u8;
+            }
         }
         // SAFETY: valid config struct; the port is stopped.
         let ret =
@@ -196,6 +216,43 @@ impl Port {
             })?;
         }
         Ok(())
+    }
+
+    /// The RSS key, redirection table and hash functions in use, or None when the port does not
+    /// report them (most vdevs).
+    pub fn rss_info(&self) -> Option<RssInfo> {
+        let info = self.info().ok()?;
+        if info.reta_size == 0 || info.hash_key_size == 0 {
+            return None;
+        }
+        let mut key = vec![0u8; info.hash_key_size as usize];
+        let mut rc = sys::rte_eth_rss_conf {
+            rss_key: key.as_mut_ptr(),
+            rss_key_len: key.len() as u8,
+            ..Default::default()
+        };
+        // SAFETY: rss_key points at hash_key_size writable bytes.
+        if unsafe { sys::rte_eth_dev_rss_hash_conf_get(self.id, &mut rc) } != 0 || rc.rss_hf == 0 {
+            return None;
+        }
+        let group = sys::RTE_ETH_RETA_GROUP_SIZE as usize;
+        let n = info.reta_size as usize;
+        let mut entries = vec![sys::rte_eth_rss_reta_entry64::default(); n.div_ceil(group)];
+        for e in &mut entries {
+            e.mask = u64::MAX;
+        }
+        // SAFETY: entries covers reta_size buckets.
+        if unsafe { sys::rte_eth_dev_rss_reta_query(self.id, entries.as_mut_ptr(), info.reta_size) }
+            != 0
+        {
+            return None;
+        }
+        let reta = (0..n).map(|i| entries[i / group].reta[i % group]).collect();
+        Some(RssInfo {
+            key,
+            reta,
+            hf: rc.rss_hf,
+        })
     }
 
     pub fn start(&self) -> Result<()> {

@@ -41,6 +41,7 @@ fn eal_port_mbuf_ring_and_lcore() {
         rss: false,
         mtu: None,
         promiscuous: false,
+        rss_key: None,
     };
     port.configure(&conf, &pool).expect("configure");
     port.start().expect("start");

@@ -27,6 +27,14 @@ struct Args {
     check: bool,
 }
 
+/// The Toeplitz key rvs programs where the port lets it (Microsoft's default key), so that FULLNAT
+/// can pick local ports whose replies hash to the owning worker's queue.
+const RSS_KEY: [u8; 40] = [
+    0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca,
+    0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b,
+    0xbe, 0xac, 0x01, 0xfa,
+];
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -141,6 +149,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             rss: pc.rss,
             mtu: Some(pc.mtu),
             promiscuous: pc.promiscuous,
+            rss_key: Some(RSS_KEY.to_vec()),
         };
         port.configure(&conf, &pool)
             .map_err(|e| format!("port {:?}: {e}", pc.name))?;
