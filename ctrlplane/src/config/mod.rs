@@ -36,6 +36,10 @@ pub struct Config {
     pub ports: Vec<PortConfig>,
     /// The static routes (`[[route]]`), in file order.
     pub routes: Vec<RouteConfig>,
+    /// FULLNAT settings shared by all services (`[fullnat]`).
+    pub fullnat: FullnatConfig,
+    /// The virtual services (`[[service]]`), in file order; possibly none.
+    pub services: Vec<ServiceConfig>,
 }
 
 /// DPDK EAL settings: the `[eal]` table.
@@ -53,6 +57,11 @@ pub struct EalConfig {
     /// Extra raw EAL arguments appended to the generated ones (`args`,
     /// default none).
     pub args: Vec<String>,
+    /// An explicit lcore-to-CPU map for EAL `--lcores`, e.g. `0@0,1@0,2@1`
+    /// (`lcores`, default none). Comma-separated `LCORE` or `LCORE@CPU`
+    /// entries, each lcore once; it names the main lcore and every worker.
+    /// When set, [`args`](Self::args) passes `--lcores` instead of `-l`.
+    pub lcores: Option<String>,
 }
 
 /// Worker and packet-path settings: the `[dataplane]` table.
@@ -79,6 +88,9 @@ pub struct DataplaneConfig {
     /// ICMP error messages each worker may send per second
     /// (`icmp_ratelimit`, default 1000; 0 sends none).
     pub icmp_ratelimit: u32,
+    /// Size of each worker-to-worker packet redirect ring, in packets
+    /// (`redirect_ring`, power of two 64..=65536, default 1024).
+    pub redirect_ring: u32,
 }
 
 /// Neighbour (ARP / NDP) cache settings: the `[neighbour]` table.
@@ -99,6 +111,149 @@ pub struct NeighbourConfig {
     /// Probes sent before a next hop is declared unreachable (`max_probes`,
     /// default 3).
     pub max_probes: u32,
+}
+
+/// FULLNAT settings: the `[fullnat]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullnatConfig {
+    /// Sessions (connections) per worker core (`sessions`, 1..=2^26,
+    /// default 65536).
+    pub sessions: u32,
+    /// Insert the client's address as a TCP option (TOA) into the first
+    /// packets sent to the real server (`toa`, default true).
+    pub toa: bool,
+    /// Clamp the MSS of SYNs passing through to this value (`mss_clamp`,
+    /// 536..=9000, default none: leave it).
+    pub mss_clamp: Option<u16>,
+    /// Lowest local port used on a local address (`lport_min`, default 1025).
+    pub lport_min: u16,
+    /// Highest local port used on a local address (`lport_max`, default
+    /// 65535); greater than `lport_min`.
+    pub lport_max: u16,
+    /// Seconds a freed local port rests before it is used again
+    /// (`lport_reuse_delay_s`, 0..=86400, default 120).
+    pub lport_reuse_delay_s: u32,
+    /// Session timeouts (`[fullnat.timeouts]`).
+    pub timeouts: TimeoutsConfig,
+}
+
+/// Session timeouts in seconds, each 1..=2147483 (2^31 ms): the
+/// `[fullnat.timeouts]` table. The defaults are IPVS's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeoutsConfig {
+    /// An established TCP session (`tcp`, default 900).
+    pub tcp: u32,
+    /// A TCP session in FIN_WAIT (`tcpfin`, default 120).
+    pub tcpfin: u32,
+    /// A UDP session (`udp`, default 300).
+    pub udp: u32,
+    /// TCP SYN_SENT (`syn_sent`, default 120).
+    pub syn_sent: u32,
+    /// TCP SYN_RECV (`syn_recv`, default 60).
+    pub syn_recv: u32,
+    /// TCP CLOSE_WAIT (`close_wait`, default 60).
+    pub close_wait: u32,
+    /// TCP LAST_ACK (`last_ack`, default 30).
+    pub last_ack: u32,
+    /// TCP TIME_WAIT (`time_wait`, default 120).
+    pub time_wait: u32,
+    /// TCP CLOSE (`close`, default 10).
+    pub close: u32,
+}
+
+/// The layer-4 protocol of a virtual service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP (`"tcp"`).
+    Tcp,
+    /// UDP (`"udp"`).
+    Udp,
+}
+
+impl Proto {
+    /// The name as written in the configuration: `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a virtual service picks a real server for a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    /// Round robin (`"rr"`), ignoring weights other than 0 (which takes a
+    /// real server out of rotation).
+    Rr,
+    /// Weighted round robin (`"wrr"`).
+    Wrr,
+}
+
+impl Scheduler {
+    /// The name as written in the configuration: `rr` or `wrr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[service]]`: a FULLNAT virtual service. Clients connect to
+/// `vip:vport`; rvs forwards each session to a real server, from one of the
+/// local addresses (LIPs) as source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The protocol (`proto`, required).
+    pub proto: Proto,
+    /// The virtual IP address (`vip`, required). Unique with `proto` and
+    /// `vport`; not an address of a port, nor a local address.
+    pub vip: IpAddr,
+    /// The virtual port (`vport`, 1..=65535, required).
+    pub vport: u16,
+    /// The scheduler (`scheduler`, required).
+    pub scheduler: Scheduler,
+    /// Index into [`Config::ports`] of the port that owns the VIP (`port`;
+    /// by default the port whose connected subnet holds the VIP).
+    pub port: usize,
+    /// The local addresses sessions to the real servers are sent from
+    /// (`lips`, at least one, distinct): of the VIP's family, not port
+    /// addresses nor VIPs. Services may share them.
+    pub lips: Vec<IpAddr>,
+    /// Index into [`Config::ports`] of the port that owns the local
+    /// addresses (`lip_port`; by default the port whose connected subnet
+    /// holds the first of them, and then all of them must be in that port's
+    /// connected subnets).
+    pub lip_port: usize,
+    /// The real servers (`[[service.real]]`), in file order; at least one.
+    pub reals: Vec<RealConfig>,
+}
+
+/// One `[[service.real]]`: a real server of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealConfig {
+    /// The real server's address (`ip`, required): of the VIP's family and
+    /// reachable, i.e. in a connected subnet of a port or covered by a route.
+    pub ip: IpAddr,
+    /// The real server's port (`port`, 1..=65535, default the service's
+    /// `vport`). Unique with `ip` within the service.
+    pub port: u16,
+    /// The weight (`weight`, 0..=65535, default 1); 0 sends it no new
+    /// sessions.
+    pub weight: u32,
 }
 
 /// One `[[port]]`.
@@ -182,20 +337,27 @@ pub struct RouteConfig {
 }
 
 impl EalConfig {
-    /// The full EAL argv for `rte_eal_init`: `rvsd`, `-l main,workers...`,
+    /// The full EAL argv for `rte_eal_init`: `rvsd`, `-l main,workers...`
+    /// (or `--lcores` [`lcores`](Self::lcores) when that is set),
     /// `--main-lcore`, `--no-huge` when set, `-m`, `--no-pci` when no port is
     /// PCI, `--file-prefix` when set, each port's device arguments, then the
     /// extra [`args`](Self::args).
     pub fn args(&self, cfg: &Config) -> Vec<String> {
-        let mut lcores = vec![self.main_lcore.to_string()];
-        lcores.extend(cfg.dataplane.workers.iter().map(u32::to_string));
-        let mut argv = vec![
-            "rvsd".to_owned(),
-            "-l".to_owned(),
-            lcores.join(","),
-            "--main-lcore".to_owned(),
-            self.main_lcore.to_string(),
-        ];
+        let mut argv = vec!["rvsd".to_owned()];
+        match &self.lcores {
+            Some(map) => {
+                argv.push("--lcores".to_owned());
+                argv.push(map.clone());
+            }
+            None => {
+                let mut lcores = vec![self.main_lcore.to_string()];
+                lcores.extend(cfg.dataplane.workers.iter().map(u32::to_string));
+                argv.push("-l".to_owned());
+                argv.push(lcores.join(","));
+            }
+        }
+        argv.push("--main-lcore".to_owned());
+        argv.push(self.main_lcore.to_string());
         if self.no_huge {
             argv.push("--no-huge".to_owned());
         }
@@ -224,6 +386,7 @@ impl Default for EalConfig {
             no_huge: true,
             file_prefix: None,
             args: Vec::new(),
+            lcores: None,
         }
     }
 }
@@ -239,6 +402,37 @@ impl Default for DataplaneConfig {
             mbufs: 8191,
             mbuf_cache: 256,
             icmp_ratelimit: 1000,
+            redirect_ring: 1024,
+        }
+    }
+}
+
+impl Default for FullnatConfig {
+    fn default() -> Self {
+        FullnatConfig {
+            sessions: 65536,
+            toa: true,
+            mss_clamp: None,
+            lport_min: 1025,
+            lport_max: 65535,
+            lport_reuse_delay_s: 120,
+            timeouts: TimeoutsConfig::default(),
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            tcp: 900,
+            tcpfin: 120,
+            udp: 300,
+            syn_sent: 120,
+            syn_recv: 60,
+            close_wait: 60,
+            last_ack: 30,
+            time_wait: 120,
+            close: 10,
         }
     }
 }

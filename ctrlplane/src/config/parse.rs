@@ -1,13 +1,13 @@
 //! Typing and validation of the document tree into [`Config`].
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use super::tree::{self, Entry, Kind, Node};
 use super::{
-    Config, ConfigError, DataplaneConfig, Device, EalConfig, NeighbourConfig, PortConfig,
-    RouteConfig,
+    Config, ConfigError, DataplaneConfig, Device, EalConfig, FullnatConfig, NeighbourConfig,
+    PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig, TimeoutsConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -23,13 +23,23 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
         &cx,
         &root,
         String::new(),
-        &["eal", "dataplane", "neighbour", "port", "route"],
+        &[
+            "eal",
+            "dataplane",
+            "neighbour",
+            "fullnat",
+            "port",
+            "route",
+            "service",
+        ],
     )?;
 
     let eal_table = top.sub("eal")?;
     let eal = parse_eal(&eal_table)?;
     let dataplane = parse_dataplane(&top.sub("dataplane")?, &eal, &eal_table)?;
+    check_lcores(&eal_table, &eal, &dataplane)?;
     let neighbour = parse_neighbour(&top.sub("neighbour")?)?;
+    let fullnat = parse_fullnat(&top.sub("fullnat")?)?;
 
     let port_nodes = match top.get("port") {
         None => {
@@ -63,6 +73,15 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
         }
     }
 
+    let mut services = Vec::new();
+    if let Some(node) = top.get("service") {
+        let service_nodes = top.array_of_tables("service", node)?;
+        for (i, node) in service_nodes.iter().enumerate() {
+            let service = parse_service(&cx, node, i, &ports, &routes, &services)?;
+            services.push(service);
+        }
+    }
+
     Ok(Config {
         source: source.to_path_buf(),
         eal,
@@ -70,6 +89,8 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
         neighbour,
         ports,
         routes,
+        fullnat,
+        services,
     })
 }
 
@@ -220,7 +241,14 @@ impl<'a> Table<'a> {
     /// The sub-table `key` of the top level (an empty one when absent).
     fn sub(&self, key: &str) -> Result<Table<'a>> {
         let allowed: &[&str] = match key {
-            "eal" => &["main_lcore", "memory_mb", "no_huge", "file_prefix", "args"],
+            "eal" => &[
+                "main_lcore",
+                "memory_mb",
+                "no_huge",
+                "file_prefix",
+                "args",
+                "lcores",
+            ],
             "dataplane" => &[
                 "workers",
                 "ip_forward",
@@ -230,6 +258,7 @@ impl<'a> Table<'a> {
                 "mbufs",
                 "mbuf_cache",
                 "icmp_ratelimit",
+                "redirect_ring",
             ],
             "neighbour" => &[
                 "capacity",
@@ -239,8 +268,23 @@ impl<'a> Table<'a> {
                 "retrans_ms",
                 "max_probes",
             ],
+            "fullnat" => &[
+                "sessions",
+                "toa",
+                "mss_clamp",
+                "lport_min",
+                "lport_max",
+                "lport_reuse_delay_s",
+                "timeouts",
+            ],
             _ => &[],
         };
+        self.table(key, allowed)
+    }
+
+    /// The sub-table `key` that may hold only the `allowed` keys (an empty
+    /// one when absent).
+    fn table(&self, key: &str, allowed: &[&str]) -> Result<Table<'a>> {
         match self.get(key) {
             Some(node) => Table::new(self.cx, node, self.path(key), allowed),
             None => Ok(Table {
@@ -286,14 +330,28 @@ impl<'a> Table<'a> {
     fn array_of_tables(&self, key: &str, node: &'a Node) -> Result<&'a [Node]> {
         match &node.kind {
             Kind::Array(items) => Ok(items),
-            other => Err(self.cx.err(
-                node.pos,
-                self.path(key),
-                format!(
-                    "expected an array of tables ([[{key}]]), found {}",
-                    other.type_name()
-                ),
-            )),
+            other => {
+                // The header as written: the path without array indices.
+                let path = self.path(key);
+                let mut header = String::new();
+                let mut in_index = false;
+                for c in path.chars() {
+                    match c {
+                        '[' => in_index = true,
+                        ']' => in_index = false,
+                        c if !in_index => header.push(c),
+                        _ => {}
+                    }
+                }
+                Err(self.cx.err(
+                    node.pos,
+                    path,
+                    format!(
+                        "expected an array of tables ([[{header}]]), found {}",
+                        other.type_name()
+                    ),
+                ))
+            }
         }
     }
 
@@ -309,6 +367,38 @@ impl<'a> Table<'a> {
         match self.get(key) {
             None => Ok(default),
             Some(node) => as_int(self.cx, node, &self.path(key), key, min, max),
+        }
+    }
+
+    /// An optional integer in `min..=max`.
+    fn opt_int<T: TryFrom<i64>>(&self, key: &str, min: i64, max: i64) -> Result<Option<T>> {
+        self.get(key)
+            .map(|node| as_int(self.cx, node, &self.path(key), key, min, max))
+            .transpose()
+    }
+
+    /// The port named by the string `key`, if given; an error naming the
+    /// ports when there is no such port.
+    fn port_ref<'p>(
+        &self,
+        key: &str,
+        ports: &'p [PortConfig],
+    ) -> Result<Option<(usize, &'p PortConfig)>> {
+        let Some(name) = self.opt_str(key)? else {
+            return Ok(None);
+        };
+        match ports.iter().enumerate().find(|(_, p)| p.name == name) {
+            Some(found) => Ok(Some(found)),
+            None => {
+                let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+                Err(self.err(
+                    key,
+                    format!(
+                        "no port is named `{name}`; the ports are: {}",
+                        names.join(", ")
+                    ),
+                ))
+            }
         }
     }
 
@@ -415,13 +505,85 @@ fn parse_eal(t: &Table) -> Result<EalConfig> {
         }
         args.push(arg.to_owned());
     }
+    let lcores = match t.opt_str("lcores")? {
+        None => None,
+        Some(map) => {
+            parse_lcores(map).map_err(|m| t.err("lcores", m))?;
+            Some(map.to_owned())
+        }
+    };
     Ok(EalConfig {
         main_lcore: t.int("main_lcore", d.main_lcore, 0, MAX_LCORE)?,
         memory_mb: t.int("memory_mb", d.memory_mb, 1, 1 << 20)?,
         no_huge: t.bool("no_huge", d.no_huge)?,
         file_prefix,
         args,
+        lcores,
     })
+}
+
+/// The lcore ids of an EAL `--lcores` map: comma-separated `LCORE` or
+/// `LCORE@CPU` entries, each lcore once.
+fn parse_lcores(map: &str) -> std::result::Result<Vec<u32>, String> {
+    let id = |s: &str| -> Option<u32> {
+        if s.is_empty() || s.len() > 4 || !s.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok().filter(|&v| i64::from(v) <= MAX_LCORE)
+    };
+    let mut lcores: Vec<u32> = Vec::new();
+    for entry in map.split(',') {
+        let (lcore, cpu) = match entry.split_once('@') {
+            Some((l, c)) => (id(l), id(c).map(Some)),
+            None => (id(entry), Some(None)),
+        };
+        let (Some(lcore), Some(_)) = (lcore, cpu) else {
+            return Err(format!(
+                "lcores must be comma-separated LCORE or LCORE@CPU entries (ids 0..={MAX_LCORE}, no spaces) like \"0@0,1@0,2@1\"; {entry:?} is not one"
+            ));
+        };
+        if lcores.contains(&lcore) {
+            return Err(format!(
+                "lcore {lcore} appears twice in lcores {map:?}; each lcore is mapped once"
+            ));
+        }
+        lcores.push(lcore);
+    }
+    Ok(lcores)
+}
+
+/// Checks that `eal.lcores`, when given, maps the main lcore and every
+/// worker.
+fn check_lcores(t: &Table, eal: &EalConfig, dataplane: &DataplaneConfig) -> Result<()> {
+    let Some(map) = &eal.lcores else {
+        return Ok(());
+    };
+    let mapped = parse_lcores(map).map_err(|m| t.err("lcores", m))?;
+    let missing = |what: String| {
+        t.err(
+            "lcores",
+            format!(
+                "lcores {map:?} does not map {what}; the main lcore and every worker must be in it"
+            ),
+        )
+    };
+    if !mapped.contains(&eal.main_lcore) {
+        return Err(missing(format!(
+            "the main lcore {} (eal.main_lcore)",
+            eal.main_lcore
+        )));
+    }
+    if let Some((i, w)) = dataplane
+        .workers
+        .iter()
+        .enumerate()
+        .find(|(_, w)| !mapped.contains(w))
+    {
+        return Err(missing(format!(
+            "worker lcore {w} (dataplane.workers[{i}])"
+        )));
+    }
+    Ok(())
 }
 
 fn is_pow2_desc(v: u16) -> bool {
@@ -509,6 +671,15 @@ fn parse_dataplane(t: &Table, eal: &EalConfig, eal_table: &Table) -> Result<Data
             ),
         ));
     }
+    let redirect_ring: u32 = t.int("redirect_ring", d.redirect_ring, 0, i64::from(u32::MAX))?;
+    if !redirect_ring.is_power_of_two() || !(64..=65536).contains(&redirect_ring) {
+        return Err(t.err(
+            "redirect_ring",
+            format!(
+                "redirect_ring must be a power of two between 64 and 65536, got {redirect_ring}"
+            ),
+        ));
+    }
     Ok(DataplaneConfig {
         workers,
         ip_forward: t.bool("ip_forward", d.ip_forward)?,
@@ -518,6 +689,64 @@ fn parse_dataplane(t: &Table, eal: &EalConfig, eal_table: &Table) -> Result<Data
         mbufs,
         mbuf_cache,
         icmp_ratelimit: t.int("icmp_ratelimit", d.icmp_ratelimit, 0, 1_000_000)?,
+        redirect_ring,
+    })
+}
+
+/// Longest session timeout in seconds: 2^31 ms.
+const MAX_TIMEOUT_S: i64 = (1 << 31) / 1000;
+
+const TIMEOUT_KEYS: &[&str] = &[
+    "tcp",
+    "tcpfin",
+    "udp",
+    "syn_sent",
+    "syn_recv",
+    "close_wait",
+    "last_ack",
+    "time_wait",
+    "close",
+];
+
+fn parse_fullnat(t: &Table) -> Result<FullnatConfig> {
+    let d = FullnatConfig::default();
+    let lport_min: u16 = t.int("lport_min", d.lport_min, 1, 65535)?;
+    let lport_max: u16 = t.int("lport_max", d.lport_max, 1, 65535)?;
+    if lport_min >= lport_max {
+        return Err(if t.get("lport_max").is_some() {
+            t.err(
+                "lport_max",
+                format!("lport_max must be greater than lport_min ({lport_min}), got {lport_max}"),
+            )
+        } else {
+            t.err(
+                "lport_min",
+                format!("lport_min must be less than lport_max ({lport_max}), got {lport_min}"),
+            )
+        });
+    }
+    let tt = t.table("timeouts", TIMEOUT_KEYS)?;
+    let dt = d.timeouts;
+    let timeout = |key: &str, default: u32| tt.int(key, default, 1, MAX_TIMEOUT_S);
+    let timeouts = TimeoutsConfig {
+        tcp: timeout("tcp", dt.tcp)?,
+        tcpfin: timeout("tcpfin", dt.tcpfin)?,
+        udp: timeout("udp", dt.udp)?,
+        syn_sent: timeout("syn_sent", dt.syn_sent)?,
+        syn_recv: timeout("syn_recv", dt.syn_recv)?,
+        close_wait: timeout("close_wait", dt.close_wait)?,
+        last_ack: timeout("last_ack", dt.last_ack)?,
+        time_wait: timeout("time_wait", dt.time_wait)?,
+        close: timeout("close", dt.close)?,
+    };
+    Ok(FullnatConfig {
+        sessions: t.int("sessions", d.sessions, 1, 1 << 26)?,
+        toa: t.bool("toa", d.toa)?,
+        mss_clamp: t.opt_int("mss_clamp", 536, 9000)?,
+        lport_min,
+        lport_max,
+        lport_reuse_delay_s: t.int("lport_reuse_delay_s", d.lport_reuse_delay_s, 0, 86_400)?,
+        timeouts,
     })
 }
 
@@ -663,22 +892,7 @@ fn parse_route(
         ));
     }
 
-    let port = match t.opt_str("port")? {
-        None => None,
-        Some(name) => match ports.iter().enumerate().find(|(_, p)| p.name == name) {
-            Some(found) => Some(found),
-            None => {
-                let names: Vec<&str> = ports.iter().map(|p| p.name.as_str()).collect();
-                return Err(t.err(
-                    "port",
-                    format!(
-                        "no port is named `{name}`; the ports are: {}",
-                        names.join(", ")
-                    ),
-                ));
-            }
-        },
-    };
+    let port = t.port_ref("port", ports)?;
 
     let via = match t.opt_str("via")? {
         None => None,
@@ -744,7 +958,15 @@ fn parse_route(
                     }
                     idx
                 }
-                None => port_for_via(ports, via).map_err(|m| t.err("via", m))?,
+                None => port_for_addr(ports, "via", via).map_err(|m| {
+                    t.err(
+                        "via",
+                        match m {
+                            NoPort::Ambiguous(m) => format!("{m}; say which with `port`"),
+                            NoPort::None(m) => m,
+                        },
+                    )
+                })?,
             }
         }
     };
@@ -752,8 +974,337 @@ fn parse_route(
     Ok(RouteConfig { prefix, via, port })
 }
 
-/// The port whose connected subnet holds `via` (longest prefix).
-fn port_for_via(ports: &[PortConfig], via: IpAddr) -> std::result::Result<usize, String> {
+const SERVICE_KEYS: &[&str] = &[
+    "proto",
+    "vip",
+    "vport",
+    "scheduler",
+    "port",
+    "lips",
+    "lip_port",
+    "real",
+];
+
+/// The schedulers rvs implements.
+const SCHEDULERS: &str = "rr, wrr";
+
+/// LVS schedulers rvs does not implement yet.
+const LATER_SCHEDULERS: &[&str] = &[
+    "lc", "wlc", "sh", "dh", "sed", "nq", "lblc", "lblcr", "fo", "ovf", "mh", "twos",
+];
+
+fn parse_service(
+    cx: &Cx,
+    node: &Node,
+    i: usize,
+    ports: &[PortConfig],
+    routes: &[RouteConfig],
+    earlier: &[ServiceConfig],
+) -> Result<ServiceConfig> {
+    let t = Table::new(cx, node, format!("service[{i}]"), SERVICE_KEYS)?;
+
+    let proto_node = t.required("proto", "\"tcp\" or \"udp\"")?;
+    let proto = match as_str(cx, proto_node, &t.path("proto"))? {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => {
+            return Err(t.err(
+                "proto",
+                format!("proto must be \"tcp\" or \"udp\", got {other:?}"),
+            ))
+        }
+    };
+
+    let vip_node = t.required("vip", "the virtual IP address, like \"203.0.113.10\"")?;
+    let vip = ip_value(cx, vip_node, &t.path("vip"), "vip")?;
+    if let Some(p) = port_owning(ports, vip) {
+        return Err(t.err(
+            "vip",
+            format!(
+                "vip {vip} is an address of port `{}`; a VIP must be an address of its own",
+                p.name
+            ),
+        ));
+    }
+    if let Some(j) = earlier.iter().position(|s| s.lips.contains(&vip)) {
+        return Err(t.err(
+            "vip",
+            format!(
+                "vip {vip} is a local address (lips) of service[{j}]; VIPs and local addresses must differ"
+            ),
+        ));
+    }
+
+    let vport_node = t.required("vport", "the virtual port, 1..=65535")?;
+    let vport: u16 = as_int(cx, vport_node, &t.path("vport"), "vport", 1, 65535)?;
+    if let Some(j) = earlier
+        .iter()
+        .position(|s| s.proto == proto && s.vip == vip && s.vport == vport)
+    {
+        return Err(t.err(
+            "vip",
+            format!(
+                "service {proto} {} is already defined by service[{j}]",
+                SocketAddr::new(vip, vport)
+            ),
+        ));
+    }
+
+    let scheduler_node = t.required("scheduler", SCHEDULERS)?;
+    let scheduler = match as_str(cx, scheduler_node, &t.path("scheduler"))? {
+        "rr" => Scheduler::Rr,
+        "wrr" => Scheduler::Wrr,
+        later if LATER_SCHEDULERS.contains(&later) => {
+            return Err(t.err(
+                "scheduler",
+                format!(
+                    "scheduler `{later}` is not supported yet; supported schedulers: {SCHEDULERS}"
+                ),
+            ))
+        }
+        other => {
+            return Err(t.err(
+                "scheduler",
+                format!("unknown scheduler {other:?}; supported schedulers: {SCHEDULERS}"),
+            ))
+        }
+    };
+
+    let port = match t.port_ref("port", ports)? {
+        Some((idx, _)) => idx,
+        None => port_for_addr(ports, "vip", vip).map_err(|m| {
+            let (NoPort::Ambiguous(m) | NoPort::None(m)) = m;
+            t.err(
+                "port",
+                format!("{m}; say which port owns the VIP with `port`"),
+            )
+        })?,
+    };
+
+    let lips_node = t.required("lips", "the local addresses, like [\"198.51.100.2\"]")?;
+    let lip_items = t.array("lips")?.unwrap_or_default();
+    if lip_items.is_empty() {
+        return Err(cx.err(
+            lips_node.pos,
+            t.path("lips"),
+            "lips must list at least one local address, like [\"198.51.100.2\"]",
+        ));
+    }
+    let mut lips: Vec<IpAddr> = Vec::new();
+    for (node, path) in &lip_items {
+        let lip = ip_value(cx, node, path, "a local address")?;
+        let bad = |m: String| cx.err(node.pos, path, m);
+        if lip.is_ipv4() != vip.is_ipv4() {
+            return Err(bad(nat64("local address", lip, vip)));
+        }
+        if let Some(j) = lips.iter().position(|&l| l == lip) {
+            return Err(bad(format!(
+                "local address {lip} is listed twice (also {}.lips[{j}])",
+                t.path
+            )));
+        }
+        if lip == vip {
+            return Err(bad(format!(
+                "local address {lip} is the vip of this service; VIPs and local addresses must differ"
+            )));
+        }
+        if let Some(p) = port_owning(ports, lip) {
+            return Err(bad(format!(
+                "local address {lip} is an address of port `{}`; a local address must be an address of its own",
+                p.name
+            )));
+        }
+        if let Some(j) = earlier.iter().position(|s| s.vip == lip) {
+            return Err(bad(format!(
+                "local address {lip} is the vip of service[{j}]; VIPs and local addresses must differ"
+            )));
+        }
+        lips.push(lip);
+    }
+
+    let lip_port = match t.port_ref("lip_port", ports)? {
+        Some((idx, _)) => idx,
+        None => {
+            let first = lips.first().copied().unwrap_or(vip);
+            let idx = port_for_addr(ports, "local address", first).map_err(|m| {
+                let (NoPort::Ambiguous(m) | NoPort::None(m)) = m;
+                t.err(
+                    "lip_port",
+                    format!("{m}; say which port owns the local addresses with `lip_port`"),
+                )
+            })?;
+            if let Some(p) = ports.get(idx) {
+                for ((node, path), &lip) in lip_items.iter().zip(&lips) {
+                    if !p.addresses.iter().any(|&(a, l)| contains(a, l, lip)) {
+                        return Err(cx.err(
+                            node.pos,
+                            path,
+                            format!(
+                                "local address {lip} is not in a connected subnet of port `{}` ({}), the port of {first}; all local addresses must be on one port's subnets (or set `lip_port`)",
+                                p.name,
+                                subnets(p)
+                            ),
+                        ));
+                    }
+                }
+            }
+            idx
+        }
+    };
+
+    let reals_node = t.get("real").ok_or_else(|| {
+        t.err(
+            "real",
+            "at least one [[service.real]] is required; none is given",
+        )
+    })?;
+    let real_nodes = t.array_of_tables("real", reals_node)?;
+    if real_nodes.is_empty() {
+        return Err(cx.err(
+            reals_node.pos,
+            t.path("real"),
+            "at least one [[service.real]] is required; none is given",
+        ));
+    }
+    let mut reals: Vec<RealConfig> = Vec::new();
+    for (k, node) in real_nodes.iter().enumerate() {
+        let rt = Table::new(
+            cx,
+            node,
+            format!("{}[{k}]", t.path("real")),
+            &["ip", "port", "weight"],
+        )?;
+        let ip_node = rt.required("ip", "the real server's address, like \"198.51.100.11\"")?;
+        let ip = ip_value(cx, ip_node, &rt.path("ip"), "ip")?;
+        if ip.is_ipv4() != vip.is_ipv4() {
+            return Err(rt.err("ip", nat64("real server", ip, vip)));
+        }
+        if let Some(p) = port_owning(ports, ip) {
+            return Err(rt.err(
+                "ip",
+                format!(
+                    "real server {ip} is an address of rvs itself (port `{}`); a real server must be another host",
+                    p.name
+                ),
+            ));
+        }
+        if ip == vip {
+            return Err(rt.err("ip", format!("real server {ip} is the vip of this service")));
+        }
+        if let Some(j) = lips.iter().position(|&l| l == ip) {
+            return Err(rt.err(
+                "ip",
+                format!(
+                    "real server {ip} is a local address of this service ({}.lips[{j}])",
+                    t.path
+                ),
+            ));
+        }
+        let port: u16 = rt.int("port", vport, 1, 65535)?;
+        let weight: u32 = rt.int("weight", 1, 0, 65535)?;
+        if let Some(j) = reals.iter().position(|r| r.ip == ip && r.port == port) {
+            return Err(rt.err(
+                "ip",
+                format!(
+                    "real server {} is already listed as {}[{j}]",
+                    SocketAddr::new(ip, port),
+                    t.path("real")
+                ),
+            ));
+        }
+        let connected = ports
+            .iter()
+            .any(|p| p.addresses.iter().any(|&(a, l)| contains(a, l, ip)));
+        let routed = routes.iter().any(|r| contains(r.prefix.0, r.prefix.1, ip));
+        if !connected && !routed {
+            return Err(rt.err(
+                "ip",
+                format!(
+                    "real server {ip} is not reachable: it is in no connected subnet of a port ({}) and no [[route]] covers it",
+                    all_subnets(ports)
+                ),
+            ));
+        }
+        reals.push(RealConfig { ip, port, weight });
+    }
+
+    Ok(ServiceConfig {
+        proto,
+        vip,
+        vport,
+        scheduler,
+        port,
+        lips,
+        lip_port,
+        reals,
+    })
+}
+
+/// A string value that is a unicast IP address; `what` names it in
+/// messages.
+fn ip_value(cx: &Cx, node: &Node, path: &str, what: &str) -> Result<IpAddr> {
+    let s = as_str(cx, node, path)?;
+    let a: IpAddr = s.parse().map_err(|_| {
+        cx.err(
+            node.pos,
+            path,
+            format!("{what} must be an IP address like \"203.0.113.10\" or \"2001:db8::10\" (no prefix length), got {s:?}"),
+        )
+    })?;
+    if !is_unicast(a) {
+        return Err(cx.err(
+            node.pos,
+            path,
+            format!("{what} must be a unicast address, got {a}"),
+        ));
+    }
+    Ok(a)
+}
+
+/// The message for an address of the wrong family for `vip`.
+fn nat64(what: &str, a: IpAddr, vip: IpAddr) -> String {
+    format!(
+        "{what} {a} is {} but the vip {vip} is {}: NAT64 is not supported yet; local and real server addresses must be of the VIP's family",
+        family(a),
+        family(vip)
+    )
+}
+
+fn is_unicast(a: IpAddr) -> bool {
+    !(a.is_unspecified() || a.is_multicast() || a == IpAddr::V4(Ipv4Addr::BROADCAST))
+}
+
+/// The port that has `a` as one of its addresses.
+fn port_owning(ports: &[PortConfig], a: IpAddr) -> Option<&PortConfig> {
+    ports
+        .iter()
+        .find(|p| p.addresses.iter().any(|&(pa, _)| pa == a))
+}
+
+/// Every port's connected subnets, for messages.
+fn all_subnets(ports: &[PortConfig]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("`{}`: {}", p.name, subnets(p)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why [`port_for_addr`] found no port: the message, without advice.
+enum NoPort {
+    /// Two ports have equally long matching subnets.
+    Ambiguous(String),
+    /// No port has a matching subnet.
+    None(String),
+}
+
+/// The port whose connected subnet holds `via` (longest prefix); `what`
+/// names the address in messages (`via`, `vip`, ...).
+fn port_for_addr(
+    ports: &[PortConfig],
+    what: &str,
+    via: IpAddr,
+) -> std::result::Result<usize, NoPort> {
     let mut best: Option<(u8, usize)> = None;
     // Two ports with the same longest match: their names.
     let mut tie: Option<(&str, &str)> = None;
@@ -776,22 +1327,16 @@ fn port_for_via(ports: &[PortConfig], via: IpAddr) -> std::result::Result<usize,
         }
     }
     if let Some((a, b)) = tie {
-        return Err(format!(
-            "via {via} is in connected subnets of both port `{a}` and port `{b}`; say which with `port`"
-        ));
+        return Err(NoPort::Ambiguous(format!(
+            "{what} {via} is in connected subnets of both port `{a}` and port `{b}`"
+        )));
     }
     match best {
         Some((_, idx)) => Ok(idx),
-        None => {
-            let all: Vec<String> = ports
-                .iter()
-                .map(|p| format!("`{}`: {}", p.name, subnets(p)))
-                .collect();
-            Err(format!(
-                "via {via} is not in a connected subnet of any port ({})",
-                all.join("; ")
-            ))
-        }
+        None => Err(NoPort::None(format!(
+            "{what} {via} is not in a connected subnet of any port ({})",
+            all_subnets(ports)
+        ))),
     }
 }
 

@@ -102,6 +102,7 @@ fn full_config() {
             no_huge: true,
             file_prefix: Some("rvs".into()),
             args: vec!["--log-level".into(), "lib.eal:notice".into()],
+            lcores: None,
         }
     );
     assert_eq!(
@@ -115,6 +116,7 @@ fn full_config() {
             mbufs: 16383,
             mbuf_cache: 128,
             icmp_ratelimit: 50,
+            redirect_ring: 1024,
         }
     );
     assert_eq!(
@@ -218,6 +220,10 @@ fn defaults() {
     assert_eq!((cfg.dataplane.rx_desc, cfg.dataplane.tx_desc), (1024, 1024));
     assert_eq!((cfg.dataplane.mbufs, cfg.dataplane.mbuf_cache), (8191, 256));
     assert_eq!(cfg.dataplane.icmp_ratelimit, 1000);
+    assert_eq!(cfg.dataplane.redirect_ring, 1024);
+    assert_eq!(cfg.eal.lcores, None);
+    assert_eq!(cfg.fullnat, FullnatConfig::default());
+    assert!(cfg.services.is_empty());
     assert_eq!(
         cfg.neighbour,
         NeighbourConfig {
@@ -302,7 +308,7 @@ fn unknown_keys() {
     let msg = error_at(&format!("colour = 1\n{BASE}"), 1, 1, "colour");
     assert!(msg.contains("unknown key `colour`"), "{msg}");
     assert!(
-        msg.contains("eal, dataplane, neighbour, port, route"),
+        msg.contains("eal, dataplane, neighbour, fullnat, port, route, service"),
         "{msg}"
     );
     error_at(&format!("{BASE}[eal]\nhuge = true\n"), 6, 1, "eal.huge");
@@ -430,6 +436,24 @@ fn value_ranges() {
         ("[eal]\nmemory_mb = 0\n", "eal.memory_mb", 13, "memory_mb must be between 1 and 1048576, got 0"),
         ("[eal]\nmain_lcore = 1024\n", "eal.main_lcore", 14, "main_lcore must be between 0 and 1023, got 1024"),
         ("[neighbour]\nmax_probes = 0\n", "neighbour.max_probes", 14, "max_probes must be between 1 and 255, got 0"),
+        ("[dataplane]\nredirect_ring = 1000\n", "dataplane.redirect_ring", 17, "redirect_ring must be a power of two between 64 and 65536, got 1000"),
+        ("[dataplane]\nredirect_ring = 32\n", "dataplane.redirect_ring", 17, "redirect_ring must be a power of two between 64 and 65536, got 32"),
+        ("[dataplane]\nredirect_ring = 131072\n", "dataplane.redirect_ring", 17, "redirect_ring must be a power of two between 64 and 65536, got 131072"),
+        ("[dataplane]\nredirect_ring = -1\n", "dataplane.redirect_ring", 17, "redirect_ring must be between 0 and 4294967295, got -1"),
+        ("[fullnat]\nsessions = 0\n", "fullnat.sessions", 12, "sessions must be between 1 and 67108864, got 0"),
+        ("[fullnat]\nsessions = 67108865\n", "fullnat.sessions", 12, "sessions must be between 1 and 67108864, got 67108865"),
+        ("[fullnat]\nmss_clamp = 535\n", "fullnat.mss_clamp", 13, "mss_clamp must be between 536 and 9000, got 535"),
+        ("[fullnat]\nmss_clamp = 9001\n", "fullnat.mss_clamp", 13, "mss_clamp must be between 536 and 9000, got 9001"),
+        ("[fullnat]\nlport_min = 0\n", "fullnat.lport_min", 13, "lport_min must be between 1 and 65535, got 0"),
+        ("[fullnat]\nlport_max = 65536\n", "fullnat.lport_max", 13, "lport_max must be between 1 and 65535, got 65536"),
+        ("[fullnat]\nlport_min = 2000\nlport_max = 2000\n", "fullnat.lport_max", 13, "lport_max must be greater than lport_min (2000), got 2000"),
+        ("[fullnat]\nlport_max = 1024\n", "fullnat.lport_max", 13, "lport_max must be greater than lport_min (1025), got 1024"),
+        ("[fullnat]\nlport_min = 65535\n", "fullnat.lport_min", 13, "lport_min must be less than lport_max (65535), got 65535"),
+        ("[fullnat]\nlport_reuse_delay_s = 86401\n", "fullnat.lport_reuse_delay_s", 23, "lport_reuse_delay_s must be between 0 and 86400, got 86401"),
+        ("[fullnat]\ntoa = \"yes\"\n", "fullnat.toa", 7, "expected a boolean (true or false), found a string"),
+        ("[fullnat.timeouts]\ntcp = 0\n", "fullnat.timeouts.tcp", 7, "tcp must be between 1 and 2147483, got 0"),
+        ("[fullnat.timeouts]\nclose = 2147484\n", "fullnat.timeouts.close", 9, "close must be between 1 and 2147483, got 2147484"),
+        ("[fullnat.timeouts]\ntime_wait = 1.5\n", "fullnat.timeouts.time_wait", 13, "expected an integer, found a float"),
         ("[neighbour]\ngc_stale_ms = 1000\n", "neighbour.gc_stale_ms", 15, "gc_stale_ms must not be less than reachable_ms (30000), got 1000"),
     ];
     for &(head, key, col, want) in cases {
@@ -801,7 +825,13 @@ fn device_helpers() {
 /// Arbitrary (mangled) input never panics.
 #[test]
 fn no_panics_on_mangled_input() {
-    let bytes: Vec<char> = FULL.chars().collect();
+    for text in [FULL, SVC] {
+        mangle(text);
+    }
+}
+
+fn mangle(text: &str) {
+    let bytes: Vec<char> = text.chars().collect();
     for cut in (0..bytes.len()).step_by(7) {
         let text: String = bytes[..cut].iter().collect();
         let _ = parse(&text);
@@ -830,4 +860,452 @@ fn example_configs_parse() {
         }
     }
     assert!(found > 0, "no *.toml in {}", dir.display());
+}
+
+#[test]
+fn fullnat_settings() {
+    let text = format!(
+        "[fullnat]\nsessions = 1024\ntoa = false\nmss_clamp = 1400\nlport_min = 2000\n\
+         lport_max = 3000\nlport_reuse_delay_s = 0\n\
+         [fullnat.timeouts]\ntcp = 1\ntcpfin = 2\nudp = 3\nsyn_sent = 4\nsyn_recv = 5\n\
+         close_wait = 6\nlast_ack = 7\ntime_wait = 8\nclose = 2147483\n{BASE}"
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(
+        cfg.fullnat,
+        FullnatConfig {
+            sessions: 1024,
+            toa: false,
+            mss_clamp: Some(1400),
+            lport_min: 2000,
+            lport_max: 3000,
+            lport_reuse_delay_s: 0,
+            timeouts: TimeoutsConfig {
+                tcp: 1,
+                tcpfin: 2,
+                udp: 3,
+                syn_sent: 4,
+                syn_recv: 5,
+                close_wait: 6,
+                last_ack: 7,
+                time_wait: 8,
+                close: 2147483,
+            },
+        }
+    );
+    // Defaults: IPVS's timeouts.
+    let d = FullnatConfig::default();
+    assert_eq!(
+        (d.sessions, d.toa, d.mss_clamp, d.lport_min, d.lport_max),
+        (65536, true, None, 1025, 65535)
+    );
+    assert_eq!(d.lport_reuse_delay_s, 120);
+    assert_eq!(
+        d.timeouts,
+        TimeoutsConfig {
+            tcp: 900,
+            tcpfin: 120,
+            udp: 300,
+            syn_sent: 120,
+            syn_recv: 60,
+            close_wait: 60,
+            last_ack: 30,
+            time_wait: 120,
+            close: 10,
+        }
+    );
+    // Partial tables keep the other defaults; inline and dotted forms work.
+    let cfg = parse(&format!(
+        "fullnat = {{ toa = false, timeouts = {{ udp = 30 }} }}\n{BASE}"
+    ))
+    .unwrap();
+    assert!(!cfg.fullnat.toa);
+    assert_eq!(cfg.fullnat.timeouts.udp, 30);
+    assert_eq!(cfg.fullnat.timeouts.tcp, 900);
+    assert_eq!(cfg.fullnat.sessions, 65536);
+    let cfg = parse(&format!("fullnat.timeouts.tcp = 60\n{BASE}")).unwrap();
+    assert_eq!(cfg.fullnat.timeouts.tcp, 60);
+    // Unknown keys and wrong types.
+    let msg = error_at(
+        &format!("[fullnat]\nsesions = 1\n{BASE}"),
+        2,
+        1,
+        "fullnat.sesions",
+    );
+    assert!(
+        msg.contains("allowed keys here: sessions, toa, mss_clamp"),
+        "{msg}"
+    );
+    let msg = error_at(
+        &format!("[fullnat.timeouts]\nestablished = 1\n{BASE}"),
+        2,
+        1,
+        "fullnat.timeouts.established",
+    );
+    assert!(
+        msg.ends_with(
+            "tcp, tcpfin, udp, syn_sent, syn_recv, close_wait, last_ack, time_wait, close"
+        ),
+        "{msg}"
+    );
+    let msg = error_at(
+        &format!("[fullnat]\ntimeouts = 5\n{BASE}"),
+        2,
+        12,
+        "fullnat.timeouts",
+    );
+    assert_eq!(msg, "expected a table, found an integer");
+    error_at(&format!("fullnat = []\n{BASE}"), 1, 11, "fullnat");
+}
+
+#[test]
+fn lcores() {
+    let text = format!("[eal]\nlcores = \"0@0,1@0,2@1\"\n[dataplane]\nworkers = [1, 2]\n{BASE}");
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.eal.lcores.as_deref(), Some("0@0,1@0,2@1"));
+    assert_eq!(
+        cfg.eal_args()[..5],
+        ["rvsd", "--lcores", "0@0,1@0,2@1", "--main-lcore", "0"]
+    );
+    assert!(!cfg.eal_args().contains(&"-l".to_owned()));
+    // Plain ids, extra lcores and a non-default main lcore are fine.
+    let text = format!("[eal]\nmain_lcore = 3\nlcores = \"3,1@0,7\"\n{BASE}");
+    let cfg = parse(&text).unwrap();
+    assert_eq!(
+        cfg.eal_args()[..5],
+        ["rvsd", "--lcores", "3,1@0,7", "--main-lcore", "3"]
+    );
+
+    let bad = |lcores: &str| {
+        error_at(
+            &format!("[eal]\nlcores = {lcores:?}\n{BASE}"),
+            2,
+            10,
+            "eal.lcores",
+        )
+    };
+    let msg = bad("0@0,1@x");
+    assert_eq!(
+        msg,
+        "lcores must be comma-separated LCORE or LCORE@CPU entries (ids 0..=1023, no spaces) like \"0@0,1@0,2@1\"; \"1@x\" is not one"
+    );
+    for s in [
+        "", "0,", "0, 1", "0-1@0", "(0,1)@0", "0@0@1", "1024,0,1", "0,1@1024", "@0,0,1", "+1,0",
+    ] {
+        let msg = bad(s);
+        assert!(
+            msg.starts_with("lcores must be comma-separated"),
+            "{s}: {msg}"
+        );
+    }
+    assert_eq!(
+        bad("0@0,1@0,1@1"),
+        "lcore 1 appears twice in lcores \"0@0,1@0,1@1\"; each lcore is mapped once"
+    );
+    assert_eq!(
+        bad("1@0,2@1"),
+        "lcores \"1@0,2@1\" does not map the main lcore 0 (eal.main_lcore); the main lcore and every worker must be in it"
+    );
+    let msg = error_at(
+        &format!("[dataplane]\nworkers = [1, 2]\n[eal]\nlcores = \"0@0,1@0\"\n{BASE}"),
+        4,
+        10,
+        "eal.lcores",
+    );
+    assert_eq!(
+        msg,
+        "lcores \"0@0,1@0\" does not map worker lcore 2 (dataplane.workers[1]); the main lcore and every worker must be in it"
+    );
+    error_at(&format!("[eal]\nlcores = 3\n{BASE}"), 2, 10, "eal.lcores");
+}
+
+/// A valid FULLNAT configuration to edit for service tests. Line 12 is the
+/// `[[service]]`; the two reals start at lines 19 and 22.
+const SVC: &str = r#"[[port]]
+name = "client"
+device = "net_null0"
+addresses = ["192.0.2.1/24"]
+[[port]]
+name = "servers"
+device = "net_null1"
+addresses = ["198.51.100.1/24"]
+[[route]]
+prefix = "10.0.0.0/8"
+via = "198.51.100.254"
+[[service]]
+proto = "tcp"
+vip = "203.0.113.10"
+vport = 80
+scheduler = "wrr"
+port = "client"
+lips = ["198.51.100.2", "198.51.100.3"]
+[[service.real]]
+ip = "198.51.100.11"
+weight = 3
+[[service.real]]
+ip = "10.1.2.3"
+port = 8080
+"#;
+
+/// `SVC` with the first `from` replaced by `to`.
+#[track_caller]
+fn svc(from: &str, to: &str) -> String {
+    assert!(SVC.contains(from), "{from:?} not in SVC");
+    SVC.replacen(from, to, 1)
+}
+
+#[test]
+fn services() {
+    let cfg = parse(SVC).unwrap();
+    assert_eq!(
+        cfg.services,
+        vec![ServiceConfig {
+            proto: Proto::Tcp,
+            vip: ip("203.0.113.10"),
+            vport: 80,
+            scheduler: Scheduler::Wrr,
+            port: 0,
+            lips: vec![ip("198.51.100.2"), ip("198.51.100.3")],
+            lip_port: 1,
+            reals: vec![
+                RealConfig {
+                    ip: ip("198.51.100.11"),
+                    port: 80,
+                    weight: 3,
+                },
+                RealConfig {
+                    ip: ip("10.1.2.3"),
+                    port: 8080,
+                    weight: 1,
+                },
+            ],
+        }]
+    );
+    assert_eq!(Proto::Udp.as_str(), "udp");
+    assert_eq!(Proto::Tcp.to_string(), "tcp");
+    assert_eq!(Scheduler::Rr.as_str(), "rr");
+    assert_eq!(Scheduler::Wrr.to_string(), "wrr");
+
+    // More services: same VIP and port on the other protocol, same VIP on
+    // another port, LIPs shared; weight 0 and 65535; explicit lip_port with
+    // LIPs outside its subnets; the VIP's port derived from its subnet.
+    let text = format!(
+        "{SVC}[[service]]\nproto = \"udp\"\nvip = \"203.0.113.10\"\nvport = 80\nscheduler = \"rr\"\n\
+         port = \"client\"\nlips = [\"198.51.100.3\", \"172.16.0.1\"]\nlip_port = \"servers\"\n\
+         [[service.real]]\nip = \"198.51.100.11\"\nweight = 0\n\
+         [[service.real]]\nip = \"198.51.100.11\"\nport = 81\nweight = 65535\n\
+         [[service]]\nproto = \"tcp\"\nvip = \"192.0.2.10\"\nvport = 443\nscheduler = \"rr\"\n\
+         lips = [\"198.51.100.2\"]\n[[service.real]]\nip = \"198.51.100.12\"\n"
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.services.len(), 3);
+    let udp = &cfg.services[1];
+    assert_eq!((udp.proto, udp.scheduler), (Proto::Udp, Scheduler::Rr));
+    assert_eq!((udp.port, udp.lip_port), (0, 1));
+    assert_eq!(udp.lips, vec![ip("198.51.100.3"), ip("172.16.0.1")]);
+    assert_eq!(
+        udp.reals,
+        vec![
+            RealConfig {
+                ip: ip("198.51.100.11"),
+                port: 80,
+                weight: 0
+            },
+            RealConfig {
+                ip: ip("198.51.100.11"),
+                port: 81,
+                weight: 65535
+            },
+        ]
+    );
+    assert_eq!((cfg.services[2].port, cfg.services[2].lip_port), (0, 1));
+
+    // IPv6 end to end; a default route makes any real server reachable.
+    let text = "[[port]]\nname = \"a\"\ndevice = \"net_null0\"\naddresses = [\"2001:db8::1/64\"]\n\
+                [[route]]\nprefix = \"::/0\"\nvia = \"2001:db8::fe\"\n\
+                [[service]]\nproto = \"tcp\"\nvip = \"2001:db8::10\"\nvport = 80\nscheduler = \"wrr\"\n\
+                lips = [\"2001:db8::2\"]\n[[service.real]]\nip = \"2001:db8:ffff::1\"\n";
+    let cfg = parse(text).unwrap();
+    assert_eq!(cfg.services[0].vip, ip("2001:db8::10"));
+    assert_eq!(cfg.services[0].reals[0].ip, ip("2001:db8:ffff::1"));
+
+    // Inline tables work too; errors in them are located.
+    let text = format!(
+        "service = [{{ proto = \"tcp\", vip = \"192.0.2.9\", vport = 80, scheduler = \"rr\", lips = [\"192.0.2.8\"], real = [{{ ip = \"192.0.2.20\", weight = -1 }}] }}]\n{BASE}"
+    );
+    let msg = error_at(&text, 1, 138, "service[0].real[0].weight");
+    assert_eq!(msg, "weight must be between 0 and 65535, got -1");
+}
+
+#[test]
+fn service_fields() {
+    let cases: &[(&str, &str, usize, usize, &str, &str)] = &[
+        ("proto = \"tcp\"", "proto = \"sctp\"", 13, 9, "service[0].proto", "proto must be \"tcp\" or \"udp\", got \"sctp\""),
+        ("proto = \"tcp\"", "proto = \"TCP\"", 13, 9, "service[0].proto", "proto must be \"tcp\" or \"udp\", got \"TCP\""),
+        ("proto = \"tcp\"", "proto = 6", 13, 9, "service[0].proto", "expected a string, found an integer"),
+        ("proto = \"tcp\"", "", 12, 1, "service[0].proto", "missing required key `proto` (\"tcp\" or \"udp\")"),
+        ("vip = \"203.0.113.10\"", "vip = \"203.0.113.10/32\"", 14, 7, "service[0].vip", "vip must be an IP address like \"203.0.113.10\" or \"2001:db8::10\" (no prefix length), got \"203.0.113.10/32\""),
+        ("vip = \"203.0.113.10\"", "vip = \"0.0.0.0\"", 14, 7, "service[0].vip", "vip must be a unicast address, got 0.0.0.0"),
+        ("vip = \"203.0.113.10\"", "vip = \"ff02::1\"", 14, 7, "service[0].vip", "vip must be a unicast address, got ff02::1"),
+        ("vip = \"203.0.113.10\"", "vip = \"192.0.2.1\"", 14, 7, "service[0].vip", "vip 192.0.2.1 is an address of port `client`; a VIP must be an address of its own"),
+        ("vip = \"203.0.113.10\"", "", 12, 1, "service[0].vip", "missing required key `vip` (the virtual IP address, like \"203.0.113.10\")"),
+        ("vport = 80", "vport = 0", 15, 9, "service[0].vport", "vport must be between 1 and 65535, got 0"),
+        ("vport = 80", "vport = 65536", 15, 9, "service[0].vport", "vport must be between 1 and 65535, got 65536"),
+        ("vport = 80", "vport = \"80\"", 15, 9, "service[0].vport", "expected an integer, found a string"),
+        ("scheduler = \"wrr\"", "scheduler = \"wlc\"", 16, 13, "service[0].scheduler", "scheduler `wlc` is not supported yet; supported schedulers: rr, wrr"),
+        ("scheduler = \"wrr\"", "scheduler = \"twos\"", 16, 13, "service[0].scheduler", "scheduler `twos` is not supported yet; supported schedulers: rr, wrr"),
+        ("scheduler = \"wrr\"", "scheduler = \"random\"", 16, 13, "service[0].scheduler", "unknown scheduler \"random\"; supported schedulers: rr, wrr"),
+        ("scheduler = \"wrr\"", "", 12, 1, "service[0].scheduler", "missing required key `scheduler` (rr, wrr)"),
+        ("port = \"client\"", "port = \"clients\"", 17, 8, "service[0].port", "no port is named `clients`; the ports are: client, servers"),
+        ("port = \"client\"", "", 12, 1, "service[0].port", "vip 203.0.113.10 is not in a connected subnet of any port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); say which port owns the VIP with `port`"),
+        ("lips = [\"198.51.100.2\", \"198.51.100.3\"]", "lips = []", 18, 8, "service[0].lips", "lips must list at least one local address, like [\"198.51.100.2\"]"),
+        ("lips = [\"198.51.100.2\", \"198.51.100.3\"]", "lips = \"198.51.100.2\"", 18, 8, "service[0].lips", "expected an array, found a string"),
+        ("lips = [\"198.51.100.2\", \"198.51.100.3\"]", "", 12, 1, "service[0].lips", "missing required key `lips` (the local addresses, like [\"198.51.100.2\"])"),
+        ("\"198.51.100.3\"]", "\"198.51.100.2\"]", 18, 25, "service[0].lips[1]", "local address 198.51.100.2 is listed twice (also service[0].lips[0])"),
+        ("\"198.51.100.3\"]", "\"198.51.100.1\"]", 18, 25, "service[0].lips[1]", "local address 198.51.100.1 is an address of port `servers`; a local address must be an address of its own"),
+        ("\"198.51.100.3\"]", "\"203.0.113.10\"]", 18, 25, "service[0].lips[1]", "local address 203.0.113.10 is the vip of this service; VIPs and local addresses must differ"),
+        ("\"198.51.100.3\"]", "\"2001:db8::3\"]", 18, 25, "service[0].lips[1]", "local address 2001:db8::3 is IPv6 but the vip 203.0.113.10 is IPv4: NAT64 is not supported yet; local and real server addresses must be of the VIP's family"),
+        ("\"198.51.100.3\"]", "\"198.51.100.3/24\"]", 18, 25, "service[0].lips[1]", "a local address must be an IP address like \"203.0.113.10\" or \"2001:db8::10\" (no prefix length), got \"198.51.100.3/24\""),
+        ("\"198.51.100.3\"]", "\"255.255.255.255\"]", 18, 25, "service[0].lips[1]", "a local address must be a unicast address, got 255.255.255.255"),
+        ("\"198.51.100.3\"]", "3]", 18, 25, "service[0].lips[1]", "expected a string, found an integer"),
+        ("\"198.51.100.3\"]", "\"192.0.2.3\"]", 18, 25, "service[0].lips[1]", "local address 192.0.2.3 is not in a connected subnet of port `servers` (198.51.100.0/24), the port of 198.51.100.2; all local addresses must be on one port's subnets (or set `lip_port`)"),
+        ("lips = [\"198.51.100.2\"", "lips = [\"172.16.0.2\"", 12, 1, "service[0].lip_port", "local address 172.16.0.2 is not in a connected subnet of any port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); say which port owns the local addresses with `lip_port`"),
+        ("port = \"client\"", "port = \"client\"\nlip_port = \"s\"", 18, 12, "service[0].lip_port", "no port is named `s`; the ports are: client, servers"),
+        ("port = \"client\"", "port = \"client\"\nlip_port = 1", 18, 12, "service[0].lip_port", "expected a string, found an integer"),
+        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, port, lips, lip_port, real"),
+        ("ip = \"198.51.100.11\"", "ip = \"2001:db8::11\"", 20, 6, "service[0].real[0].ip", "real server 2001:db8::11 is IPv6 but the vip 203.0.113.10 is IPv4: NAT64 is not supported yet; local and real server addresses must be of the VIP's family"),
+        ("ip = \"198.51.100.11\"", "ip = \"198.51.100.1\"", 20, 6, "service[0].real[0].ip", "real server 198.51.100.1 is an address of rvs itself (port `servers`); a real server must be another host"),
+        ("ip = \"198.51.100.11\"", "ip = \"203.0.113.10\"", 20, 6, "service[0].real[0].ip", "real server 203.0.113.10 is the vip of this service"),
+        ("ip = \"198.51.100.11\"", "ip = \"198.51.100.3\"", 20, 6, "service[0].real[0].ip", "real server 198.51.100.3 is a local address of this service (service[0].lips[1])"),
+        ("ip = \"198.51.100.11\"", "ip = \"198.51.100.11:80\"", 20, 6, "service[0].real[0].ip", "ip must be an IP address like \"203.0.113.10\" or \"2001:db8::10\" (no prefix length), got \"198.51.100.11:80\""),
+        ("ip = \"198.51.100.11\"", "ip = \"224.0.0.5\"", 20, 6, "service[0].real[0].ip", "ip must be a unicast address, got 224.0.0.5"),
+        ("ip = \"198.51.100.11\"", "", 19, 1, "service[0].real[0].ip", "missing required key `ip` (the real server's address, like \"198.51.100.11\")"),
+        ("ip = \"10.1.2.3\"", "ip = \"172.16.1.1\"", 23, 6, "service[0].real[1].ip", "real server 172.16.1.1 is not reachable: it is in no connected subnet of a port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24) and no [[route]] covers it"),
+        ("ip = \"10.1.2.3\"\nport = 8080", "ip = \"198.51.100.11\"\nport = 80", 23, 6, "service[0].real[1].ip", "real server 198.51.100.11:80 is already listed as service[0].real[0]"),
+        ("ip = \"10.1.2.3\"\nport = 8080", "ip = \"198.51.100.11\"", 23, 6, "service[0].real[1].ip", "real server 198.51.100.11:80 is already listed as service[0].real[0]"),
+        ("port = 8080", "port = 0", 24, 8, "service[0].real[1].port", "port must be between 1 and 65535, got 0"),
+        ("port = 8080", "port = \"http\"", 24, 8, "service[0].real[1].port", "expected an integer, found a string"),
+        ("weight = 3", "weight = 65536", 21, 10, "service[0].real[0].weight", "weight must be between 0 and 65535, got 65536"),
+        ("weight = 3", "weight = 1.5", 21, 10, "service[0].real[0].weight", "expected an integer, found a float"),
+        ("weight = 3", "wieght = 3", 21, 1, "service[0].real[0].wieght", "unknown key `wieght`; allowed keys here: ip, port, weight"),
+    ];
+    for &(from, to, line, col, key, want) in cases {
+        let msg = error_at(&svc(from, to), line, col, key);
+        assert_eq!(msg, want, "{from:?} -> {to:?}");
+    }
+}
+
+#[test]
+fn service_sets() {
+    // No real server.
+    let text = &SVC[..SVC.find("[[service.real]]").unwrap()];
+    let msg = error_at(text, 12, 1, "service[0].real");
+    assert_eq!(
+        msg,
+        "at least one [[service.real]] is required; none is given"
+    );
+    let msg = error_at(&format!("{text}real = []\n"), 19, 8, "service[0].real");
+    assert_eq!(
+        msg,
+        "at least one [[service.real]] is required; none is given"
+    );
+    let msg = error_at(&format!("{text}real = 1\n"), 19, 8, "service[0].real");
+    assert_eq!(
+        msg,
+        "expected an array of tables ([[service.real]]), found an integer"
+    );
+    error_at(&format!("{text}[service.real]\n"), 19, 1, "service[0].real");
+    let msg = error_at(&format!("{BASE}[service]\n"), 5, 1, "service");
+    assert_eq!(
+        msg,
+        "expected an array of tables ([[service]]), found a table"
+    );
+
+    // Line 25 is the second [[service]]; its vip on 27, lips on 31.
+    let second = |proto: &str, vip: &str, vport: u16, lips: &str| {
+        format!(
+            "{SVC}[[service]]\nproto = \"{proto}\"\nvip = \"{vip}\"\nvport = {vport}\n\
+             scheduler = \"rr\"\nport = \"client\"\nlips = [{lips}]\n\
+             [[service.real]]\nip = \"198.51.100.11\"\n"
+        )
+    };
+    assert!(parse(&second("tcp", "203.0.113.10", 81, "\"198.51.100.2\"")).is_ok());
+    let msg = error_at(
+        &second("tcp", "203.0.113.10", 80, "\"198.51.100.9\""),
+        27,
+        7,
+        "service[1].vip",
+    );
+    assert_eq!(
+        msg,
+        "service tcp 203.0.113.10:80 is already defined by service[0]"
+    );
+    let msg = error_at(
+        &second("tcp", "198.51.100.3", 80, "\"198.51.100.9\""),
+        27,
+        7,
+        "service[1].vip",
+    );
+    assert_eq!(
+        msg,
+        "vip 198.51.100.3 is a local address (lips) of service[0]; VIPs and local addresses must differ"
+    );
+    let msg = error_at(
+        &second(
+            "udp",
+            "203.0.113.11",
+            80,
+            "\"198.51.100.2\", \"203.0.113.10\"",
+        ),
+        31,
+        25,
+        "service[1].lips[1]",
+    );
+    assert_eq!(
+        msg,
+        "local address 203.0.113.10 is the vip of service[0]; VIPs and local addresses must differ"
+    );
+
+    // IPv6 duplicates show bracketed socket addresses.
+    let v6 = "[[port]]\nname = \"a\"\ndevice = \"net_null0\"\naddresses = [\"2001:db8::1/64\"]\n\
+              [[service]]\nproto = \"udp\"\nvip = \"2001:db8::10\"\nvport = 53\nscheduler = \"rr\"\n\
+              lips = [\"2001:db8::2\"]\n[[service.real]]\nip = \"2001:db8::11\"\n\
+              [[service.real]]\nip = \"2001:db8::11\"\nport = 53\n";
+    let msg = error_at(v6, 14, 6, "service[0].real[1].ip");
+    assert_eq!(
+        msg,
+        "real server [2001:db8::11]:53 is already listed as service[0].real[0]"
+    );
+
+    // VIP in connected subnets of two ports: ambiguous without `port`.
+    let two = "[[port]]\nname = \"a\"\ndevice = \"net_null0\"\naddresses = [\"192.0.2.1/24\"]\n\
+               [[port]]\nname = \"b\"\ndevice = \"net_null1\"\naddresses = [\"192.0.2.2/24\"]\n\
+               [[service]]\nproto = \"tcp\"\nvip = \"192.0.2.10\"\nvport = 80\nscheduler = \"rr\"\n\
+               port = \"b\"\nlips = [\"192.0.2.11\"]\nlip_port = \"a\"\n[[service.real]]\nip = \"192.0.2.20\"\n";
+    let cfg = parse(two).unwrap();
+    assert_eq!((cfg.services[0].port, cfg.services[0].lip_port), (1, 0));
+    let msg = error_at(&two.replace("port = \"b\"\n", ""), 9, 1, "service[0].port");
+    assert_eq!(
+        msg,
+        "vip 192.0.2.10 is in connected subnets of both port `a` and port `b`; say which port owns the VIP with `port`"
+    );
+    let msg = error_at(
+        &two.replace("lip_port = \"a\"\n", ""),
+        9,
+        1,
+        "service[0].lip_port",
+    );
+    assert_eq!(
+        msg,
+        "local address 192.0.2.11 is in connected subnets of both port `a` and port `b`; say which port owns the local addresses with `lip_port`"
+    );
+}
+
+#[test]
+fn service_display() {
+    let e = parse(&svc("weight = 3", "weight = 70000")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "test.toml:21:10: service[0].real[0].weight: weight must be between 0 and 65535, got 70000"
+    );
 }
