@@ -65,6 +65,10 @@ fn main() {
         }
     }
 
+    // The net_ring PMD's constructor API (rte_eth_from_rings, used by the benchmark harness) is not
+    // in the shared `pkg-config --libs` list; it lives next to the other DPDK libraries.
+    println!("cargo:rustc-link-lib=dylib=rte_net_ring");
+
     // Debian may carry several LLVMs; bindgen must use the libclang that matches the system clang.
     if env::var_os("LIBCLANG_PATH").is_none() && PathBuf::from("/usr/lib/llvm-14/lib").exists() {
         env::set_var("LIBCLANG_PATH", "/usr/lib/llvm-14/lib");
@@ -96,6 +100,7 @@ fn main() {
         .allowlist_function("rte_eth_(promiscuous_enable|promiscuous_disable|allmulticast_enable)")
         .allowlist_function("rte_eth_(rx_burst|tx_burst|dev_rss_hash_conf_get|dev_rss_hash_update|dev_rss_reta_update|dev_rss_reta_query)")
         .allowlist_function("rte_ring_(create|create_elem|free|count|free_count)")
+        .allowlist_function("rte_eth_from_rings")
         .allowlist_function("rte_ring_(enqueue_burst_elem|dequeue_burst_elem|sp_enqueue_burst_elem|sc_dequeue_burst_elem)")
         .allowlist_function("rvs_.*")
         .allowlist_var("RTE_ETH_(RX|TX)_OFFLOAD_.*|RTE_ETH_RSS_.*|RTE_ETH_MQ_.*|RTE_ETH_LINK_.*|RTE_ETH_SPEED_.*")

@@ -10,6 +10,7 @@
 #include <rte_ethdev.h>
 #include <rte_ring.h>
 #include <rte_ring_elem.h>
+#include <rte_eth_ring.h>
 
 /* C thread-locals and macros that bindgen cannot reach (see csrc/helpers.c). */
 int rvs_rte_errno(void);

@@ -24,7 +24,7 @@ pub use eal::Eal;
 pub use error::{Error, Result};
 pub use mbuf::{Burst, Mbuf, MAX_BURST};
 pub use mempool::Mempool;
-pub use port::{DevInfo, Link, Port, PortConf, PortStats, RssInfo, RxQueue, TxQueue};
+pub use port::{DevInfo, Link, Port, PortConf, PortStats, RingPort, RssInfo, RxQueue, TxQueue};
 pub use ring::{Consumer, MbufConsumer, MbufProducer, Producer};
 
 /// The DPDK version this crate was built against (from pkg-config).

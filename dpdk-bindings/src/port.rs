@@ -5,6 +5,7 @@ use std::ffi::{CStr, CString};
 use crate::error::{check, Error, Result};
 use crate::mbuf::Burst;
 use crate::mempool::Mempool;
+use crate::ring::{spsc_mbuf, MbufConsumer, MbufProducer};
 use crate::sys;
 
 /// A DPDK ethdev port. Cheap to copy (an id); lifetime management is the caller's (configure,
@@ -89,6 +90,57 @@ impl Port {
             ret,
         )?;
         Ok(Port { id })
+    }
+
+    /// Create a net_ring port over fresh SPSC rte_rings: `queues` RX and `queues` TX queues of
+    /// `size` mbufs each, named after `name`. Returns the port (still to be configured with at
+    /// most `queues` queues, and started) with the far ends of its rings: per queue, the producer
+    /// that feeds its RX ring (the port's RX queue is the consumer) and the consumer that drains
+    /// its TX ring (the port's TX queue is the producer). Exactly one thread may hold each half.
+    ///
+    /// This is how a generator drives the production RX/TX path without a NIC (benchmarks,
+    /// tests). The rings live until the process exits, since the port may be polled until then.
+    pub fn from_rings(name: &str, queues: u16, size: u32) -> Result<RingPort> {
+        let cname =
+            CString::new(name).map_err(|_| Error::other("rte_eth_from_rings", "bad name"))?;
+        let mut feed = Vec::with_capacity(queues as usize);
+        let mut drain = Vec::with_capacity(queues as usize);
+        let mut rx_rings = Vec::with_capacity(queues as usize);
+        let mut tx_rings = Vec::with_capacity(queues as usize);
+        for q in 0..queues {
+            // The port is the consumer of the RX ring: its consumer half is not needed here.
+            let (p, _) = spsc_mbuf(&format!("{name}_r{q}"), size)?;
+            p.keep_for_process();
+            rx_rings.push(p.raw_ring());
+            feed.push(p);
+            // The port is the producer of the TX ring.
+            let (p, c) = spsc_mbuf(&format!("{name}_t{q}"), size)?;
+            p.keep_for_process();
+            tx_rings.push(p.raw_ring());
+            drain.push(c);
+        }
+        // SAFETY: plain query of the calling thread's NUMA socket.
+        let socket = unsafe { sys::rte_socket_id() };
+        // SAFETY: valid C string; both arrays hold `queues` valid rings that are never freed (see
+        // keep_for_process); DPDK copies the name and the arrays.
+        let ret = unsafe {
+            sys::rte_eth_from_rings(
+                cname.as_ptr(),
+                rx_rings.as_ptr(),
+                queues as u32,
+                tx_rings.as_ptr(),
+                queues as u32,
+                socket,
+            )
+        };
+        if ret < 0 {
+            return Err(Error::from_errno(format!("rte_eth_from_rings({name})")));
+        }
+        Ok(RingPort {
+            port: Port { id: ret as u16 },
+            feed,
+            drain,
+        })
     }
 
     /// Number of ports EAL probed.
@@ -383,6 +435,15 @@ impl Port {
             queue: q,
         }
     }
+}
+
+/// A net_ring port and the far ends of its rings (see [`Port::from_rings`]).
+pub struct RingPort {
+    pub port: Port,
+    /// Per queue: enqueue here what the port's RX queue should receive.
+    pub feed: Vec<MbufProducer>,
+    /// Per queue: dequeue here what the port's TX queue transmitted.
+    pub drain: Vec<MbufConsumer>,
 }
 
 /// One RX queue of a port, polled by its owning worker.

@@ -130,6 +130,17 @@ pub fn spsc_mbuf(name: &str, size: u32) -> Result<(MbufProducer, MbufConsumer)> 
 }
 
 impl MbufProducer {
+    /// The raw ring, for handing its other end to a PMD (net_ring, see [`crate::Port::from_rings`]).
+    pub(crate) fn raw_ring(&self) -> *mut sys::rte_ring {
+        self.ring.0.as_ptr()
+    }
+
+    /// Keep the ring allocated for the rest of the process whatever happens to the halves: a
+    /// port that polls it cannot be told when they are dropped.
+    pub(crate) fn keep_for_process(&self) {
+        std::mem::forget(self.ring.clone());
+    }
+
     /// Enqueue what fits from the front of `burst`; the rest stays in it. Returns how many.
     #[inline]
     pub fn send_burst(&mut self, burst: &mut Burst) -> usize {

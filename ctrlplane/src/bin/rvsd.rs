@@ -11,8 +11,9 @@ use clap::Parser;
 use rvs_core::addr::{MacAddr, Prefix};
 use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
 use rvs_core::io::PortIdx;
+use rvs_core::config::{DestConf, FullnatConf, Proto, RssConf, Sched, ServiceConf, Timeouts};
 use rvs_core::{NeighConf, PortConf, RouteConf, Stack, StackConfig};
-use rvs_ctrlplane::config::Config;
+use rvs_ctrlplane::config::{self, Config};
 use rvs_dataplane::{NeighMsg, PeerLinks, PeerSenders, Worker, WorkerIo, WorkerPorts};
 
 /// rvs — Rust Virtual Server, a DPDK layer-4 load-balancing gateway.
@@ -81,9 +82,75 @@ fn main() -> ExitCode {
     }
 }
 
-fn stack_config(cfg: &Config, macs: &[[u8; 6]]) -> StackConfig {
+/// FULLNAT settings for the core; `rss` describes the LIP port's RSS when it has one.
+fn fullnat_config(cfg: &Config, rss: Option<RssConf>) -> FullnatConf {
+    let f = &cfg.fullnat;
+    let t = &f.timeouts;
+    let ms = |s: u32| s as u64 * 1000;
+    let d = Timeouts::default();
+    FullnatConf {
+        sessions: f.sessions,
+        max_dests: (cfg.services.iter().map(|s| s.reals.len()).sum::<usize>() as u32).max(1),
+        timeouts: Timeouts {
+            tcp_established: ms(t.tcp),
+            tcp_syn_sent: ms(t.syn_sent),
+            tcp_syn_recv: ms(t.syn_recv),
+            tcp_fin_wait: ms(t.tcpfin),
+            tcp_time_wait: ms(t.time_wait),
+            tcp_close: ms(t.close),
+            tcp_close_wait: ms(t.close_wait),
+            tcp_last_ack: ms(t.last_ack),
+            udp: ms(t.udp),
+            ..d
+        },
+        toa: f.toa,
+        mss_clamp: f.mss_clamp,
+        lport_min: f.lport_min,
+        lport_max: f.lport_max,
+        lport_reuse_delay_ms: f.lport_reuse_delay_s as u64 * 1000,
+        rss,
+    }
+}
+
+/// Virtual services for the core. Real servers get dest ids in config order (0, 1, ...), which
+/// index the per-core per-real-server counters.
+fn services(cfg: &Config) -> Vec<ServiceConf> {
+    let mut next_id = 0u32;
+    cfg.services
+        .iter()
+        .map(|s| ServiceConf {
+            proto: match s.proto {
+                config::Proto::Tcp => Proto::Tcp,
+                config::Proto::Udp => Proto::Udp,
+            },
+            vip: s.vip,
+            vport: s.vport,
+            vip_port: s.port as PortIdx,
+            sched: match s.scheduler {
+                config::Scheduler::Rr => Sched::Rr,
+                config::Scheduler::Wrr => Sched::Wrr,
+            },
+            dests: s
+                .reals
+                .iter()
+                .map(|r| {
+                    next_id += 1;
+                    DestConf { id: next_id - 1, rip: r.ip, rport: r.port, weight: r.weight }
+                })
+                .collect(),
+            lips: s.lips.clone(),
+            lip_port: s.lip_port as PortIdx,
+        })
+        .collect()
+}
+
+fn stack_config(cfg: &Config, macs: &[[u8; 6]], worker: u16, rss: Option<RssConf>) -> StackConfig {
     let n = &cfg.neighbour;
     StackConfig {
+        worker,
+        n_workers: cfg.dataplane.workers.len() as u16,
+        services: services(cfg),
+        fullnat: fullnat_config(cfg, rss),
         ports: cfg
             .ports
             .iter()
@@ -186,7 +253,17 @@ fn run(cfg: &Config) -> Result<(), String> {
         macs.push(mac);
     }
 
-    let scfg = stack_config(cfg, &macs);
+    // RSS of the port that receives real servers' replies (the LIP port), when it reports one:
+    // FULLNAT then picks lports whose replies hash to the owning worker's queue.
+    let lip_port = cfg.services.first().map(|s| s.lip_port);
+    let rss = lip_port.and_then(|p| ports[p].rss_info()).map(|r| RssConf { key: r.key, reta: r.reta });
+    match (&rss, lip_port) {
+        (Some(_), Some(p)) => println!("rvsd: port {p}: RSS known; lports chosen so replies hash to their worker"),
+        (None, Some(p)) if nq > 1 => {
+            println!("rvsd: port {p}: RSS not reported by the PMD; replies on the wrong worker are redirected")
+        }
+        _ => {}
+    }
     let stop = Arc::new(AtomicBool::new(false));
     install_signals();
 
@@ -211,7 +288,7 @@ fn run(cfg: &Config) -> Result<(), String> {
                 .map_err(|e| format!("ring: {e}"))?;
             tx.neigh.push(p);
             rx.neigh.push(c);
-            let (p, c) = dpdk::ring::spsc_mbuf(&format!("rvs_redir_{from}_{to}"), 1024)
+            let (p, c) = dpdk::ring::spsc_mbuf(&format!("rvs_redir_{from}_{to}"), cfg.dataplane.redirect_ring)
                 .map_err(|e| format!("ring: {e}"))?;
             tx.redirect[to] = Some(p);
             rx.redirect.push(c);
@@ -230,7 +307,8 @@ fn run(cfg: &Config) -> Result<(), String> {
         let rxq = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
         let txq = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
         let io = WorkerIo::new(pool.clone(), txq, tx, c.clone());
-        let stack = Stack::new(&scfg, c.clone());
+        let stack = Stack::try_new(&stack_config(cfg, &macs, w as u16, rss.clone()), c.clone())
+            .map_err(|e| format!("dataplane configuration: {e}"))?;
         let worker = Worker::new(
             w,
             WorkerPorts { rx: rxq },

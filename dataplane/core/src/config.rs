@@ -17,6 +17,15 @@ pub struct StackConfig {
     pub neigh: NeighConf,
     /// ICMP errors per second per core (token bucket, burst = one second's worth); 0 disables them.
     pub icmp_ratelimit_per_s: u32,
+    /// Index of the worker running this stack (0..n_workers). Worker `w` owns the lports with
+    /// `lport % n_workers == w`.
+    pub worker: u16,
+    /// Number of workers (at least 1).
+    pub n_workers: u16,
+    /// Virtual services (FULLNAT).
+    pub services: Vec<ServiceConf>,
+    /// FULLNAT settings (session table, timeouts, TOA, lports).
+    pub fullnat: FullnatConf,
 }
 
 impl Default for StackConfig {
@@ -27,6 +36,10 @@ impl Default for StackConfig {
             ip_forward: false,
             neigh: NeighConf::default(),
             icmp_ratelimit_per_s: 1000,
+            worker: 0,
+            n_workers: 1,
+            services: Vec::new(),
+            fullnat: FullnatConf::default(),
         }
     }
 }
@@ -81,6 +94,177 @@ impl Default for NeighConf {
             gc_stale_ms: 600_000,
             retrans_ms: 1_000,
             max_probes: 3,
+        }
+    }
+}
+
+/// Transport protocol of a virtual service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP (IP protocol 6).
+    Tcp,
+    /// UDP (IP protocol 17).
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+    /// The protocol with IP protocol number `n`, if rvs balances it.
+    pub const fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// Scheduler of a virtual service (IPVS names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Sched {
+    /// Round robin (`rr`): every dest with weight > 0 in turn.
+    #[default]
+    Rr,
+    /// Weighted round robin (`wrr`), IPVS's gcd/max-weight stepping.
+    Wrr,
+}
+
+/// One virtual service VIP:vport balanced in FULLNAT mode over `dests`, with client connections
+/// re-sourced from `lips`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConf {
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Virtual IP (owned by rvs on `vip_port`).
+    pub vip: IpAddr,
+    /// Virtual port.
+    pub vport: u16,
+    /// Port on which the VIP is owned (ARP answered, announced).
+    pub vip_port: PortIdx,
+    /// Scheduler.
+    pub sched: Sched,
+    /// Real servers.
+    pub dests: Vec<DestConf>,
+    /// Local addresses (FULLNAT sources toward the real servers), owned on `lip_port`.
+    pub lips: Vec<IpAddr>,
+    /// Port on which the LIPs are owned.
+    pub lip_port: PortIdx,
+}
+
+/// One real server RIP:rport of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestConf {
+    /// Stable id assigned by the control plane, `< FullnatConf::max_dests`; it indexes the per-core
+    /// per-dest counters ([`crate::Stack::dest_stats`]).
+    pub id: u32,
+    /// Real server address.
+    pub rip: IpAddr,
+    /// Real server port.
+    pub rport: u16,
+    /// Weight; 0 = quiesced (no new sessions, existing ones continue).
+    pub weight: u32,
+}
+
+/// Session timeouts in milliseconds, per TCP state (IPVS's defaults) and for UDP.
+/// `ipvsadm --set tcp tcpfin udp` maps to `tcp_established`, `tcp_fin_wait`, `udp`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// ESTABLISHED (900 s).
+    pub tcp_established: u64,
+    /// SYN_SENT (120 s).
+    pub tcp_syn_sent: u64,
+    /// SYN_RECV (60 s).
+    pub tcp_syn_recv: u64,
+    /// FIN_WAIT (120 s).
+    pub tcp_fin_wait: u64,
+    /// TIME_WAIT (120 s).
+    pub tcp_time_wait: u64,
+    /// CLOSE (10 s).
+    pub tcp_close: u64,
+    /// CLOSE_WAIT (60 s).
+    pub tcp_close_wait: u64,
+    /// LAST_ACK (30 s).
+    pub tcp_last_ack: u64,
+    /// LISTEN (120 s).
+    pub tcp_listen: u64,
+    /// SYNACK (120 s).
+    pub tcp_synack: u64,
+    /// NONE (2 s).
+    pub tcp_none: u64,
+    /// UDP (300 s).
+    pub udp: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_established: 900_000,
+            tcp_syn_sent: 120_000,
+            tcp_syn_recv: 60_000,
+            tcp_fin_wait: 120_000,
+            tcp_time_wait: 120_000,
+            tcp_close: 10_000,
+            tcp_close_wait: 60_000,
+            tcp_last_ack: 30_000,
+            tcp_listen: 120_000,
+            tcp_synack: 120_000,
+            tcp_none: 2_000,
+            udp: 300_000,
+        }
+    }
+}
+
+/// NIC receive-side-scaling parameters of the LIP ports, used to prefer lports whose replies the
+/// NIC steers to the owning worker's queue (queue index == worker index).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RssConf {
+    /// Toeplitz key (40 bytes for IPv4 TCP/UDP).
+    pub key: Vec<u8>,
+    /// Redirection table: queue per bucket (bucket = hash % len).
+    pub reta: Vec<u16>,
+}
+
+/// FULLNAT settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FullnatConf {
+    /// Session table capacity per core.
+    pub sessions: u32,
+    /// Size of the per-dest counter array (dest ids must be below it).
+    pub max_dests: u32,
+    /// Session timeouts.
+    pub timeouts: Timeouts,
+    /// Insert the TOA option (client address) into the handshake-completing ACK.
+    pub toa: bool,
+    /// Clamp the MSS option of SYN and SYN-ACK to this value.
+    pub mss_clamp: Option<u16>,
+    /// Lowest lport.
+    pub lport_min: u16,
+    /// Highest lport.
+    pub lport_max: u16,
+    /// A released lport is not reused before this delay (protects the real server's TIME_WAIT).
+    pub lport_reuse_delay_ms: u64,
+    /// RSS parameters of the LIP ports (None: lports are handed out in FIFO order only).
+    pub rss: Option<RssConf>,
+}
+
+impl Default for FullnatConf {
+    fn default() -> Self {
+        FullnatConf {
+            sessions: 65536,
+            max_dests: 4096,
+            timeouts: Timeouts::default(),
+            toa: true,
+            mss_clamp: None,
+            lport_min: 1025,
+            lport_max: 65535,
+            lport_reuse_delay_ms: 120_000,
+            rss: None,
         }
     }
 }

@@ -17,6 +17,16 @@ impl Counter {
     pub fn add(&self, n: u64) {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
+    /// Subtract `n` (gauges). Only the owning worker may call this (single writer).
+    #[inline(always)]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+    /// Subtract one. Only the owning worker may call this (single writer).
+    #[inline(always)]
+    pub fn dec(&self) {
+        self.sub(1)
+    }
     /// Add one. Only the owning worker may call this (single writer).
     #[inline(always)]
     pub fn inc(&self) {
@@ -72,6 +82,12 @@ drop_reasons! {
     DstMulticast => "dst_multicast", "IPv4 destination is multicast (not handled).";
     Ipv4Fragment => "ipv4_fragment", "Fragment addressed to rvs itself (no reassembly).";
     RedirectFull => "redirect_full", "Ring toward the session's owner worker full.";
+    NoSession => "no_session", "TCP/UDP to a LIP lport, or a TCP non-SYN to a service, with no session (IPVS behaviour).";
+    SessionTableFull => "session_table_full", "New session refused: this core's session table is full.";
+    LportExhausted => "lport_exhausted", "New session refused: no LIP has a free lport past its reuse delay.";
+    NoDest => "no_dest", "New session refused: the service has no dest with weight > 0.";
+    Ipv4FragmentVip => "ipv4_fragment_vip", "IPv4 fragment to a VIP (rvs does not reassemble).";
+    L4Malformed => "l4_malformed", "TCP/UDP header to a VIP or LIP truncated or with a bad data offset.";
 }
 
 /// Number of drop reasons.
@@ -142,6 +158,14 @@ events! {
     redirected_in,
     polls,
     busy_polls,
+    sessions_created,
+    sessions_expired,
+    fullnat_in,
+    fullnat_out,
+    toa_inserted,
+    toa_skipped,
+    mss_clamped,
+    icmp_translated,
 }
 
 impl CoreCounters {

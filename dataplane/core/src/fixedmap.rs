@@ -11,7 +11,7 @@ pub trait FixedKey: Copy + Eq {
 }
 
 #[inline]
-fn mix(mut x: u64) -> u64 {
+pub(crate) fn mix(mut x: u64) -> u64 {
     // splitmix64 finalizer.
     x ^= x >> 30;
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -21,7 +21,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 #[inline]
-fn ip_bits(ip: &IpAddr) -> u64 {
+pub(crate) fn ip_bits(ip: &IpAddr) -> u64 {
     match ip {
         IpAddr::V4(a) => u32::from(*a) as u64,
         IpAddr::V6(a) => {

@@ -10,14 +10,28 @@ pub mod checksum;
 pub mod config;
 pub mod counters;
 pub mod fixedmap;
+pub mod fullnat;
 pub mod io;
+pub mod lport;
 pub mod neigh;
 pub mod packet;
 pub mod route;
+pub mod sched;
+pub mod service;
+pub mod session;
 pub mod stack;
+pub mod tcp_state;
+pub mod timer;
+pub mod toeplitz;
 pub mod wire;
 
 pub use addr::{MacAddr, Prefix};
-pub use config::{NeighConf, PortConf, RouteConf, StackConfig};
+pub use config::{
+    DestConf, FullnatConf, NeighConf, PortConf, Proto, RouteConf, RssConf, Sched, ServiceConf,
+    StackConfig, Timeouts,
+};
+pub use fullnat::SessionInfo;
 pub use neigh::NeighState;
+pub use sched::DestStats;
 pub use stack::Stack;
+pub use tcp_state::TcpState;

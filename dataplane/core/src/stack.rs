@@ -1,14 +1,16 @@
 //! The per-core L2/L3 stack: Ethernet, ARP, IPv4 validation, ICMP echo and errors, forwarding,
 //! neighbour resolution.
 //!
-//! Every received frame ends in exactly one of: sent (`Io::send`), held (waiting for its next hop
-//! to resolve), consumed (ARP replies, counted in `arp_replies_rx`) or dropped (counted once under
-//! a [`DropReason`]). Generated frames (ARP requests, GARPs, ICMP errors) come from `Io::alloc`.
+//! Every received frame ends in exactly one of: sent (`Io::send`), redirected to the worker that
+//! owns its FULLNAT session (`Io::redirect`), held (waiting for its next hop to resolve),
+//! consumed (ARP replies, counted in `arp_replies_rx`) or dropped (counted once under a
+//! [`DropReason`]). Generated frames (ARP requests, GARPs, ICMP errors) come from `Io::alloc`.
 //!
 //! Allocation policy: [`Stack::try_new`] allocates everything (neighbour pool, hold slots, index,
-//! owned set of [`OWNED_CAPACITY`] addresses, routes). After it, `handle`, `poll_timers`,
-//! `neigh_update`, `add_owned` and `remove_owned` never allocate; only `on_start` does (it
-//! collects the owned addresses once).
+//! owned set of [`OWNED_CAPACITY`] addresses, routes, FULLNAT session table, timer wheel, lport
+//! FIFOs, per-dest counters). After it, `handle`, `poll_timers`, `neigh_update`, `add_owned` and
+//! `remove_owned` never allocate; only `on_start` (it collects the owned addresses once) and
+//! `set_services` (a control operation) do.
 //!
 //! Semantics follow Linux where the brief is silent: the route lookup happens before the TTL check
 //! (no route wins over TTL exceeded); transit packets received as link-layer broadcast are not
@@ -21,10 +23,12 @@ use crate::checksum::{checksum, update_u16};
 use crate::config::StackConfig;
 use crate::counters::{CoreCounters, DropReason};
 use crate::fixedmap::FixedMap;
+use crate::fullnat::Fullnat;
 use crate::io::{Io, PortIdx};
 use crate::neigh::{NeighState, NeighTable};
 use crate::packet::PacketBuf;
 use crate::route::{Route, RouteError, RouteTable};
+use crate::service::ServiceError;
 use crate::wire::*;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,6 +52,17 @@ pub enum ConfigError {
     TooManyAddrs,
     /// A static route is invalid.
     Route(RouteError),
+    /// A virtual service is invalid.
+    Service(ServiceError),
+    /// `n_workers` is 0 or `worker >= n_workers`.
+    Workers {
+        /// This worker.
+        worker: u16,
+        /// Number of workers.
+        n_workers: u16,
+    },
+    /// `lport_min > lport_max`.
+    LportRange,
 }
 
 impl fmt::Display for ConfigError {
@@ -58,6 +73,11 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::TooManyAddrs => write!(f, "more than {OWNED_CAPACITY} port addresses"),
             ConfigError::Route(e) => e.fmt(f),
+            ConfigError::Service(e) => e.fmt(f),
+            ConfigError::Workers { worker, n_workers } => {
+                write!(f, "worker {worker} of {n_workers} workers")
+            }
+            ConfigError::LportRange => write!(f, "lport_min > lport_max"),
         }
     }
 }
@@ -82,9 +102,9 @@ impl fmt::Display for OwnedError {
 }
 impl std::error::Error for OwnedError {}
 
-struct PortState {
+pub(crate) struct PortState {
     mac: MacAddr,
-    mtu: u16,
+    pub(crate) mtu: u16,
     addrs: Vec<Prefix>,
     /// Source of ICMP errors about packets received on this port (its first IPv4 address).
     icmp_src: Option<Ipv4Addr>,
@@ -126,9 +146,9 @@ impl TokenBucket {
 
 /// The L2/L3 stack of one worker core. `Send` when `P` is.
 pub struct Stack<P: PacketBuf> {
-    counters: Arc<CoreCounters>,
-    ports: Vec<PortState>,
-    routes: RouteTable,
+    pub(crate) counters: Arc<CoreCounters>,
+    pub(crate) ports: Vec<PortState>,
+    pub(crate) routes: RouteTable,
     ip_forward: bool,
     neigh: NeighTable<P>,
     /// Owned address → mask of the ports it is owned on.
@@ -137,6 +157,8 @@ pub struct Stack<P: PacketBuf> {
     bcast: Vec<Ipv4Addr>,
     icmp_bucket: TokenBucket,
     ip_id: u16,
+    /// FULLNAT services, sessions, lports, timers.
+    pub(crate) fnat: Fullnat,
 }
 
 impl<P: PacketBuf> Stack<P> {
@@ -145,7 +167,17 @@ impl<P: PacketBuf> Stack<P> {
         if cfg.ports.len() > MAX_PORTS {
             return Err(ConfigError::TooManyPorts(cfg.ports.len()));
         }
+        if cfg.n_workers == 0 || cfg.worker >= cfg.n_workers {
+            return Err(ConfigError::Workers {
+                worker: cfg.worker,
+                n_workers: cfg.n_workers,
+            });
+        }
+        if cfg.fullnat.lport_min > cfg.fullnat.lport_max {
+            return Err(ConfigError::LportRange);
+        }
         let routes = RouteTable::build(&cfg.ports, &cfg.routes).map_err(ConfigError::Route)?;
+        let fnat = Fullnat::new(cfg).map_err(ConfigError::Service)?;
         let mut owned = FixedMap::with_capacity(OWNED_CAPACITY);
         let mut bcast = Vec::new();
         let mut ports = Vec::with_capacity(cfg.ports.len());
@@ -172,7 +204,7 @@ impl<P: PacketBuf> Stack<P> {
                 icmp_src,
             });
         }
-        Ok(Stack {
+        let mut st = Stack {
             counters,
             ports,
             routes,
@@ -182,7 +214,36 @@ impl<P: PacketBuf> Stack<P> {
             bcast,
             icmp_bucket: TokenBucket::new(cfg.icmp_ratelimit_per_s),
             ip_id: 0,
-        })
+            fnat,
+        };
+        // VIPs and LIPs are owned (ARP answered, announced by on_start) on their ports.
+        for s in &cfg.services {
+            if !st.own_quiet(s.vip_port, s.vip) {
+                return Err(ConfigError::TooManyAddrs);
+            }
+            for l in &s.lips {
+                if !st.own_quiet(s.lip_port, *l) {
+                    return Err(ConfigError::TooManyAddrs);
+                }
+            }
+        }
+        Ok(st)
+    }
+
+    /// Own `ip` on `port` without announcing it. False when the owned set is full or the port
+    /// does not exist.
+    pub(crate) fn own_quiet(&mut self, port: PortIdx, ip: IpAddr) -> bool {
+        if port as usize >= self.ports.len() {
+            return false;
+        }
+        let bit = 1u64 << port;
+        match self.owned.get_mut(&ip) {
+            Some(m) => {
+                *m |= bit;
+                true
+            }
+            None => self.owned.insert(ip, bit).is_ok(),
+        }
     }
 
     /// Build a stack; panics on an invalid configuration (see [`Stack::try_new`]).
@@ -312,12 +373,12 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     #[inline]
-    fn count_drop(&self, reason: DropReason) {
+    pub(crate) fn count_drop(&self, reason: DropReason) {
         self.counters.count_drop(reason);
     }
 
     #[inline]
-    fn drop_pkt(&self, pkt: P, reason: DropReason) {
+    pub(crate) fn drop_pkt(&self, pkt: P, reason: DropReason) {
         drop(pkt);
         self.count_drop(reason);
     }
@@ -572,8 +633,10 @@ impl<P: PacketBuf> Stack<P> {
         self.counters.garp_sent.inc();
     }
 
-    /// Neighbour aging, ARP retransmits and failures; examines at most [`TIMER_SCAN`] entries.
+    /// Neighbour aging, ARP retransmits and failures (examines at most [`TIMER_SCAN`] entries),
+    /// then FULLNAT session expiry (at most [`crate::fullnat::EXPIRE_BUDGET`] sessions).
     pub fn poll_timers<I: Io<Pkt = P>>(&mut self, io: &mut I, now_ms: u64) {
+        self.fnat_expire(now_ms);
         let n = self.neigh.entries.len();
         for _ in 0..TIMER_SCAN.min(n) {
             let idx = self.neigh.scan_cursor;
@@ -645,7 +708,7 @@ impl<P: PacketBuf> Stack<P> {
             pkt.set_len(ETH_LEN + total); // strip Ethernet padding
         }
         if self.is_owned(IpAddr::V4(dst)) {
-            return self.local_input(io, pkt, ihl, now_ms);
+            return self.local_input(io, port, pkt, ihl, now_ms);
         }
         if dst.is_broadcast() || self.bcast.contains(&dst) {
             return self.drop_pkt(pkt, DropReason::DstBroadcast);
@@ -656,7 +719,17 @@ impl<P: PacketBuf> Stack<P> {
         self.forward(io, port, pkt, l2_bcast, ihl, now_ms)
     }
 
-    fn local_input<I: Io<Pkt = P>>(&mut self, io: &mut I, mut pkt: P, ihl: usize, now_ms: u64) {
+    fn local_input<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        now_ms: u64,
+    ) {
+        let Some(mut pkt) = self.fnat_input(io, port, pkt, ihl, now_ms) else {
+            return;
+        };
         let d = pkt.data();
         if be16(d, ip4::FRAG) & ip4::MF_OFFSET != 0 {
             return self.drop_pkt(pkt, DropReason::Ipv4Fragment);
@@ -782,7 +855,7 @@ impl<P: PacketBuf> Stack<P> {
 
     /// Resolve `nh` on `port` and send `pkt` (an IPv4 frame) or hold it. Returns true when it was
     /// sent or held.
-    fn neigh_output<I: Io<Pkt = P>>(
+    pub(crate) fn neigh_output<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         port: PortIdx,
@@ -839,7 +912,7 @@ impl<P: PacketBuf> Stack<P> {
     /// Send an ICMP error about `orig` (a validated IPv4 frame received on `in_port`) unless
     /// forbidden (about an ICMP error, a non-first fragment) or rate-limited.
     #[allow(clippy::too_many_arguments)]
-    fn icmp_error<I: Io<Pkt = P>>(
+    pub(crate) fn icmp_error<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         in_port: PortIdx,

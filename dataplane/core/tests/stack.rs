@@ -92,6 +92,7 @@ fn cfg() -> StackConfig {
         ip_forward: true,
         neigh: NeighConf::default(),
         icmp_ratelimit_per_s: 1000,
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,928 @@
+//! FULLNAT: the per-worker session state and the packet path of `Stack` for virtual services.
+//!
+//! Client → VIP:vport packets (inbound) are matched to a session by (proto, CIP, cport, VIP,
+//! vport), or create one (TCP: only a SYN without ACK/RST/FIN, as IPVS; UDP: any packet): the
+//! service's scheduler picks a dest (RIP:rport), the lport allocator a LIP:lport. The packet is
+//! rewritten to LIP:lport → RIP:rport (TTL decremented, checksums updated incrementally per RFC
+//! 1624; a UDP checksum of 0 stays 0) and leaves through the normal output path (route lookup,
+//! neighbour resolution, Ethernet rewrite). Replies to LIP:lport (outbound) are first sent to the
+//! worker owning the lport (`lport % n_workers`), before any table lookup, then matched by (proto,
+//! RIP, rport, LIP, lport) and rewritten to VIP:vport → CIP:cport.
+//!
+//! TCP sessions follow IPVS's state table ([`crate::tcp_state`]) with per-state timeouts; the
+//! client's ACK that completes the handshake (SYN_RECV → ESTABLISHED) gets the TOA option (kind
+//! 254, len 8: client port and address) inserted at the start of the options, once per session.
+//! rvs never changes sequence numbers, so timestamps and SACK pass through untouched; sharing a
+//! LIP among clients is safe with timestamps because Linux ≥ 4.12 has no `tcp_tw_recycle`.
+//!
+//! ICMP errors (destination unreachable, time exceeded) about a session's packet are translated
+//! to the other side. A frag-needed MTU coming from the real-server side is lowered by 8 while
+//! the session may still carry TOA (TCP, TOA on, not yet inserted). Limitations (documented
+//! deviations): fragments to a VIP are dropped (`ipv4_fragment_vip`, no reassembly); ICMP errors
+//! from the client side are only translated on the worker that holds the session (the ICMP packet
+//! may be steered to another queue; it is then handled locally as an unhandled ICMP).
+
+use crate::checksum::{checksum, update_u16, update_u32};
+use crate::config::{FullnatConf, Proto, ServiceConf, StackConfig};
+use crate::counters::DropReason;
+use crate::io::{Io, PortIdx};
+use crate::lport::LportAlloc;
+use crate::packet::PacketBuf;
+use crate::sched::DestStats;
+use crate::service::{ServiceError, Services};
+use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
+use crate::stack::Stack;
+use crate::tcp_state::{flags, Dir, TcpState};
+use crate::timer::TimerWheel;
+use crate::wire::*;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+/// TCP option kind of TOA.
+pub const TCPOPT_TOA: u8 = 254;
+/// Length of the TOA option.
+pub const TCPOLEN_TOA: usize = 8;
+/// Sessions expired (examined) at most per `poll_timers` call.
+pub const EXPIRE_BUDGET: usize = 256;
+/// Timer-wheel ticks advanced at most per `poll_timers` call (one revolution: reading 4096 slot
+/// heads is cheap, and it lets a worker catch up 409.6 s per call).
+pub const EXPIRE_MAX_TICKS: usize = WHEEL_SLOTS;
+/// Timer-wheel tick.
+pub const TICK_MS: u64 = 100;
+/// Timer-wheel slots (horizon 409.6 s; longer timeouts are re-filed lazily).
+pub const WHEEL_SLOTS: usize = 4096;
+
+/// A session as the control plane and tests see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Protocol.
+    pub proto: Proto,
+    /// Client.
+    pub cip: Ipv4Addr,
+    /// Client port.
+    pub cport: u16,
+    /// VIP.
+    pub vip: Ipv4Addr,
+    /// vport.
+    pub vport: u16,
+    /// LIP.
+    pub lip: Ipv4Addr,
+    /// lport.
+    pub lport: u16,
+    /// Real server.
+    pub rip: Ipv4Addr,
+    /// Real server port.
+    pub rport: u16,
+    /// Dest id.
+    pub dest: u32,
+    /// TCP state (None for UDP).
+    pub tcp_state: Option<TcpState>,
+    /// Expiry time (ms).
+    pub expires_ms: u64,
+    /// TOA inserted or skipped already.
+    pub toa_done: bool,
+}
+
+impl SessionInfo {
+    fn from(s: &Session<Ipv4Addr>) -> Self {
+        let tcp = s.proto == PROTO_TCP;
+        SessionInfo {
+            proto: if tcp { Proto::Tcp } else { Proto::Udp },
+            cip: s.cip,
+            cport: s.cport,
+            vip: s.vip,
+            vport: s.vport,
+            lip: s.lip,
+            lport: s.lport,
+            rip: s.rip,
+            rport: s.rport,
+            dest: s.dest,
+            tcp_state: tcp.then(|| TcpState::from_u8(s.state)),
+            expires_ms: s.expires_ms,
+            toa_done: s.flags & F_TOA_DONE != 0,
+        }
+    }
+}
+
+/// FULLNAT state of one worker.
+pub(crate) struct Fullnat {
+    pub(crate) conf: FullnatConf,
+    pub(crate) worker: u16,
+    pub(crate) services: Services,
+    pub(crate) sessions: SessionTable<Ipv4Addr>,
+    pub(crate) wheel: TimerWheel,
+    pub(crate) lports: LportAlloc,
+    pub(crate) dest_stats: Box<[DestStats]>,
+}
+
+impl Fullnat {
+    pub(crate) fn new(cfg: &StackConfig) -> Result<Self, ServiceError> {
+        let f = &cfg.fullnat;
+        let mut lports = LportAlloc::new(
+            cfg.worker,
+            cfg.n_workers,
+            f.lport_min,
+            f.lport_max,
+            f.lport_reuse_delay_ms,
+            f.rss.clone(),
+        );
+        let services = Services::build(&cfg.services, f.max_dests, cfg.ports.len(), &mut lports)?;
+        let dest_stats: Box<[DestStats]> = (0..f.max_dests).map(|_| DestStats::default()).collect();
+        Ok(Fullnat {
+            conf: f.clone(),
+            worker: cfg.worker,
+            services,
+            sessions: SessionTable::new(f.sessions),
+            wheel: TimerWheel::new(f.sessions as usize, WHEEL_SLOTS, TICK_MS),
+            lports,
+            dest_stats,
+        })
+    }
+
+    /// Move the session's active/inactive accounting to `established`.
+    #[inline]
+    fn set_active(&mut self, idx: u32, established: bool) {
+        let s = self.sessions.get_mut(idx);
+        let Some(st) = self.dest_stats.get(s.dest as usize) else {
+            return;
+        };
+        let active = s.flags & F_ACTIVE != 0;
+        if established && !active {
+            s.flags |= F_ACTIVE;
+            st.active.inc();
+            st.inactive.dec();
+        } else if !established && active {
+            s.flags &= !F_ACTIVE;
+            st.active.dec();
+            st.inactive.inc();
+        }
+    }
+}
+
+// ------------------------------------------------------------------------- header rewriting
+
+#[inline(always)]
+fn be32(d: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]])
+}
+
+#[inline(always)]
+fn put32(d: &mut [u8], off: usize, v: u32) {
+    d[off..off + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Offset (from the L4 header) of the TCP or UDP checksum.
+#[inline(always)]
+fn l4_csum_off(proto: u8) -> usize {
+    if proto == PROTO_TCP {
+        16
+    } else {
+        6
+    }
+}
+
+/// Rewrite the addresses and ports of the IPv4 TCP/UDP packet in `d` (a frame; IP header at
+/// [`ETH_LEN`], `ihl` bytes), decrement its TTL and update the IP and L4 checksums incrementally.
+/// A UDP checksum of 0 (none) stays 0.
+pub fn rewrite_v4(
+    d: &mut [u8],
+    ihl: usize,
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) {
+    let l4 = ETH_LEN + ihl;
+    let (osrc, odst) = (be32(d, ip4::SRC), be32(d, ip4::DST));
+    let (nsrc, ndst) = (u32::from(src), u32::from(dst));
+    let old_ttl = be16(d, ip4::TTL);
+    d[ip4::TTL] = d[ip4::TTL].wrapping_sub(1);
+    let mut c = be16(d, ip4::CSUM);
+    c = update_u32(c, osrc, nsrc);
+    c = update_u32(c, odst, ndst);
+    c = update_u16(c, old_ttl, be16(d, ip4::TTL));
+    put16(d, ip4::CSUM, c);
+    put32(d, ip4::SRC, nsrc);
+    put32(d, ip4::DST, ndst);
+    let (osp, odp) = (be16(d, l4), be16(d, l4 + 2));
+    put16(d, l4, sport);
+    put16(d, l4 + 2, dport);
+    let co = l4 + l4_csum_off(proto);
+    let c = be16(d, co);
+    if proto == PROTO_UDP && c == 0 {
+        return;
+    }
+    let mut c = update_u32(c, osrc, nsrc);
+    c = update_u32(c, odst, ndst);
+    c = update_u16(c, osp, sport);
+    c = update_u16(c, odp, dport);
+    if proto == PROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    put16(d, co, c);
+}
+
+/// Insert the TOA option `[254, 8, sport, saddr]` (the packet's current source, i.e. the client)
+/// at the start of the TCP options of `pkt`. Returns false, changing nothing, when the data
+/// offset would exceed 60 bytes, the IP packet would exceed `mtu`, or the buffer is too small.
+pub fn insert_toa<P: PacketBuf>(pkt: &mut P, ihl: usize, mtu: u16) -> bool {
+    let l4 = ETH_LEN + ihl;
+    let len = pkt.len();
+    let d = pkt.data();
+    let doff = (d[l4 + 12] >> 4) as usize * 4;
+    let total = be16(d, ip4::TOTAL_LEN) as usize;
+    if doff + TCPOLEN_TOA > 60
+        || total + TCPOLEN_TOA > mtu as usize
+        || len + TCPOLEN_TOA > pkt.capacity()
+        || ETH_LEN + total != len
+    {
+        return false;
+    }
+    let cport = be16(d, l4).to_be_bytes();
+    let opt = [
+        TCPOPT_TOA,
+        TCPOLEN_TOA as u8,
+        cport[0],
+        cport[1],
+        d[ip4::SRC],
+        d[ip4::SRC + 1],
+        d[ip4::SRC + 2],
+        d[ip4::SRC + 3],
+    ];
+    let old_w12 = be16(d, l4 + 12);
+    if !pkt.set_len(len + TCPOLEN_TOA) {
+        return false;
+    }
+    let d = pkt.data_mut();
+    d.copy_within(l4 + 20..len, l4 + 20 + TCPOLEN_TOA);
+    d[l4 + 20..l4 + 20 + TCPOLEN_TOA].copy_from_slice(&opt);
+    d[l4 + 12] += (TCPOLEN_TOA as u8 / 4) << 4;
+    let new_total = (total + TCPOLEN_TOA) as u16;
+    let c = update_u16(be16(d, ip4::CSUM), total as u16, new_total);
+    put16(d, ip4::TOTAL_LEN, new_total);
+    put16(d, ip4::CSUM, c);
+    let tcp_len = (total - ihl) as u16;
+    let mut c = be16(d, l4 + 16);
+    c = update_u16(c, old_w12, be16(d, l4 + 12));
+    c = update_u16(c, tcp_len, tcp_len + TCPOLEN_TOA as u16);
+    for w in opt.chunks_exact(2) {
+        c = update_u16(c, 0, u16::from_be_bytes([w[0], w[1]]));
+    }
+    put16(d, l4 + 16, c);
+    true
+}
+
+/// Lower the MSS option of the TCP segment in `d` to `clamp` if larger (checksum updated).
+/// Returns true when it changed.
+pub fn clamp_mss(d: &mut [u8], ihl: usize, clamp: u16) -> bool {
+    let l4 = ETH_LEN + ihl;
+    let end = (l4 + (d[l4 + 12] >> 4) as usize * 4).min(d.len());
+    let mut i = l4 + 20;
+    while i < end {
+        match d[i] {
+            0 => break,
+            1 => {
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if i + 1 >= end {
+            break;
+        }
+        let ol = d[i + 1] as usize;
+        if ol < 2 || i + ol > end {
+            break;
+        }
+        if d[i] == 2 && ol == 4 {
+            let m = be16(d, i + 2);
+            if m <= clamp {
+                return false;
+            }
+            put16(d, i + 2, clamp);
+            // A 16-bit field at an odd offset adds byte-swapped to the ones'-complement sum.
+            let (o, n) = if (i + 2 - l4) % 2 == 1 {
+                (m.swap_bytes(), clamp.swap_bytes())
+            } else {
+                (m, clamp)
+            };
+            let c = update_u16(be16(d, l4 + 16), o, n);
+            put16(d, l4 + 16, c);
+            return true;
+        }
+        i += ol;
+    }
+    false
+}
+
+// ------------------------------------------------------------------------- packet path
+
+impl<P: PacketBuf> Stack<P> {
+    /// FULLNAT dispatch of a validated IPv4 packet to an owned address. Returns the packet when
+    /// it is not FULLNAT traffic (local handling continues).
+    pub(crate) fn fnat_input<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        now_ms: u64,
+    ) -> Option<P> {
+        let d = pkt.data();
+        let dst = ipv4_at(d, ip4::DST);
+        let dst_ip = IpAddr::V4(dst);
+        let proto = d[ip4::PROTO];
+        if be16(d, ip4::FRAG) & ip4::MF_OFFSET != 0 {
+            if self.fnat.services.is_vip(dst_ip) {
+                self.drop_pkt(pkt, DropReason::Ipv4FragmentVip);
+                return None;
+            }
+            return Some(pkt);
+        }
+        if proto == PROTO_ICMP {
+            return self.fnat_icmp(io, port, pkt, ihl, now_ms);
+        }
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return Some(pkt);
+        }
+        let lip_pool = self.fnat.lports.pool_of(dst_ip);
+        let is_vip = self.fnat.services.is_vip(dst_ip);
+        if lip_pool.is_none() && !is_vip && self.fnat.sessions.is_empty() {
+            return Some(pkt);
+        }
+        let l4 = ETH_LEN + ihl;
+        let l4_len = d.len() - l4;
+        let hdr_ok = if proto == PROTO_TCP {
+            l4_len >= 20 && {
+                let doff = (d[l4 + 12] >> 4) as usize * 4;
+                doff >= 20 && doff <= l4_len
+            }
+        } else {
+            l4_len >= 8
+        };
+        if !hdr_ok {
+            if lip_pool.is_some() || is_vip {
+                self.drop_pkt(pkt, DropReason::L4Malformed);
+                return None;
+            }
+            return Some(pkt);
+        }
+        let src = ipv4_at(d, ip4::SRC);
+        let (sport, dport) = (be16(d, l4), be16(d, l4 + 2));
+        if lip_pool.is_some() && self.fnat.lports.in_range(dport) {
+            // Reply from a real server: the lport's owner handles it, decided before any lookup.
+            let owner = self.fnat.lports.owner(dport);
+            if owner != self.fnat.worker {
+                self.fnat_redirect(io, owner, port, pkt);
+                return None;
+            }
+            match self.fnat.sessions.lookup_out(proto, src, sport, dst, dport) {
+                Some(idx) => self.fnat_out(io, port, pkt, ihl, idx, now_ms),
+                None => self.drop_pkt(pkt, DropReason::NoSession),
+            }
+            return None;
+        }
+        if let Some(idx) = self.fnat.sessions.lookup_in(proto, src, sport, dst, dport) {
+            self.fnat_in(io, port, pkt, ihl, idx, now_ms);
+            return None;
+        }
+        match self.fnat.services.lookup(proto, dst_ip, dport) {
+            Some(svc) => {
+                self.fnat_new(io, port, pkt, ihl, svc as usize, now_ms);
+                None
+            }
+            None => Some(pkt),
+        }
+    }
+
+    fn fnat_redirect<I: Io<Pkt = P>>(&self, io: &mut I, owner: u16, port: PortIdx, pkt: P) {
+        if io.redirect(owner, port, pkt) {
+            self.counters.redirected_out.inc();
+        } else {
+            self.count_drop(DropReason::RedirectFull);
+        }
+    }
+
+    /// First packet of a flow to a service: schedule, allocate LIP:lport, create the session.
+    fn fnat_new<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        svc: usize,
+        now_ms: u64,
+    ) {
+        let d = pkt.data();
+        let l4 = ETH_LEN + ihl;
+        let proto = d[ip4::PROTO];
+        if proto == PROTO_TCP {
+            let f = d[l4 + 13] & (flags::SYN | flags::ACK | flags::RST | flags::FIN);
+            if f != flags::SYN {
+                return self.drop_pkt(pkt, DropReason::NoSession);
+            }
+        }
+        if self.fnat.sessions.is_full() {
+            return self.drop_pkt(pkt, DropReason::SessionTableFull);
+        }
+        let f = &mut self.fnat;
+        let s = &mut f.services.list[svc];
+        let Some(di) = s.sched.pick(&s.dests, &f.dest_stats) else {
+            return self.drop_pkt(pkt, DropReason::NoDest);
+        };
+        let dest = s.dests[di];
+        let start = s.lip_cursor;
+        s.lip_cursor = (start + 1) % s.lips.len().max(1);
+        let Some((li, lport)) = f.lports.alloc(&s.lips, start, dest.rip, dest.rport, now_ms) else {
+            return self.drop_pkt(pkt, DropReason::LportExhausted);
+        };
+        let pool = s.lips[li];
+        let (Some(IpAddr::V4(lip)), IpAddr::V4(rip)) =
+            (f.lports.get(pool).map(|p| p.lip), dest.rip)
+        else {
+            // Services are validated IPv4-only.
+            f.lports.unalloc(pool, lport);
+            return self.drop_pkt(pkt, DropReason::NoDest);
+        };
+        let mut sess = Session::new(
+            proto,
+            ipv4_at(d, ip4::SRC),
+            be16(d, l4),
+            ipv4_at(d, ip4::DST),
+            be16(d, l4 + 2),
+            lip,
+            lport,
+            rip,
+            dest.rport,
+        );
+        sess.dest = dest.id;
+        sess.lip_pool = pool;
+        sess.state = TcpState::None as u8;
+        let timeout = if proto == PROTO_TCP {
+            f.conf.timeouts.tcp_none
+        } else {
+            f.conf.timeouts.udp
+        };
+        sess.expires_ms = now_ms + timeout;
+        let Ok(idx) = f.sessions.insert(sess) else {
+            f.lports.unalloc(pool, lport);
+            return self.drop_pkt(pkt, DropReason::SessionTableFull);
+        };
+        f.wheel.schedule(idx, sess.expires_ms);
+        if let Some(st) = f.dest_stats.get(dest.id as usize) {
+            st.conns.inc();
+            st.inactive.inc();
+        }
+        self.counters.sessions_created.inc();
+        self.fnat_in(io, port, pkt, ihl, idx, now_ms);
+    }
+
+    /// Update the session's TCP state and expiry for a packet in direction `dir`. Returns
+    /// (old state, new state) for TCP.
+    #[inline]
+    fn fnat_track(
+        &mut self,
+        idx: u32,
+        dir: Dir,
+        proto: u8,
+        tcp_flags: u8,
+        now_ms: u64,
+    ) -> (TcpState, TcpState) {
+        let f = &mut self.fnat;
+        let s = f.sessions.get_mut(idx);
+        if proto != PROTO_TCP {
+            s.expires_ms = now_ms + f.conf.timeouts.udp;
+            return (TcpState::None, TcpState::None);
+        }
+        let old = TcpState::from_u8(s.state);
+        let new = old.next(dir, tcp_flags);
+        s.expires_ms = now_ms + new.timeout_ms(&f.conf.timeouts);
+        let exp = s.expires_ms;
+        if new != old {
+            s.state = new as u8;
+            if dir == Dir::Input && new == TcpState::SynRecv {
+                // A new connection reusing the session (client port reuse after FIN/RST, as
+                // IPVS with conn_reuse_mode=0): it gets its own TOA.
+                s.flags &= !F_TOA_DONE;
+            }
+            f.set_active(idx, new == TcpState::Established);
+            // A shorter timeout must move the timer earlier; a longer one is found lazily.
+            f.wheel.advance_to(idx, exp);
+        }
+        (old, new)
+    }
+
+    /// Client → real server packet of session `idx`.
+    fn fnat_in<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        in_port: PortIdx,
+        mut pkt: P,
+        ihl: usize,
+        idx: u32,
+        now_ms: u64,
+    ) {
+        let d = pkt.data();
+        let l4 = ETH_LEN + ihl;
+        let proto = d[ip4::PROTO];
+        let total = be16(d, ip4::TOTAL_LEN);
+        let tcp_flags = if proto == PROTO_TCP { d[l4 + 13] } else { 0 };
+        let (old, new) = self.fnat_track(idx, Dir::Input, proto, tcp_flags, now_ms);
+        let s = *self.fnat.sessions.get(idx);
+        if let Some(st) = self.fnat.dest_stats.get(s.dest as usize) {
+            st.inpkts.inc();
+            st.inbytes.add(total as u64);
+        }
+        let toa = proto == PROTO_TCP
+            && self.fnat.conf.toa
+            && s.flags & F_TOA_DONE == 0
+            && old == TcpState::SynRecv
+            && new == TcpState::Established;
+        let Some(route) = self.routes.lookup(IpAddr::V4(s.rip)).copied() else {
+            return self.drop_pkt(pkt, DropReason::NoRoute);
+        };
+        if d[ip4::TTL] <= 1 {
+            self.icmp_error(io, in_port, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
+            return self.drop_pkt(pkt, DropReason::TtlExceeded);
+        }
+        let mtu = self.ports[route.port as usize].mtu;
+        if total > mtu {
+            if be16(d, ip4::FRAG) & ip4::DF != 0 {
+                let m = mtu;
+                self.icmp_error(
+                    io,
+                    in_port,
+                    d,
+                    ihl,
+                    ICMP_DEST_UNREACH,
+                    ICMP_FRAG_NEEDED,
+                    m,
+                    now_ms,
+                );
+            }
+            return self.drop_pkt(pkt, DropReason::MtuExceeded);
+        }
+        if let Some(clamp) = self.fnat.conf.mss_clamp {
+            if tcp_flags & flags::SYN != 0 && clamp_mss(pkt.data_mut(), ihl, clamp) {
+                self.counters.mss_clamped.inc();
+            }
+        }
+        if toa {
+            self.fnat.sessions.get_mut(idx).flags |= F_TOA_DONE;
+            if insert_toa(&mut pkt, ihl, mtu) {
+                self.counters.toa_inserted.inc();
+            } else {
+                self.counters.toa_skipped.inc();
+            }
+        }
+        rewrite_v4(pkt.data_mut(), ihl, proto, s.lip, s.rip, s.lport, s.rport);
+        let nh = route.next_hop(IpAddr::V4(s.rip));
+        if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
+            self.counters.fullnat_in.inc();
+        }
+    }
+
+    /// Real server → client packet of session `idx`.
+    fn fnat_out<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        in_port: PortIdx,
+        mut pkt: P,
+        ihl: usize,
+        idx: u32,
+        now_ms: u64,
+    ) {
+        let d = pkt.data();
+        let l4 = ETH_LEN + ihl;
+        let proto = d[ip4::PROTO];
+        let total = be16(d, ip4::TOTAL_LEN);
+        let tcp_flags = if proto == PROTO_TCP { d[l4 + 13] } else { 0 };
+        self.fnat_track(idx, Dir::Output, proto, tcp_flags, now_ms);
+        let s = *self.fnat.sessions.get(idx);
+        if let Some(st) = self.fnat.dest_stats.get(s.dest as usize) {
+            st.outpkts.inc();
+            st.outbytes.add(total as u64);
+        }
+        let Some(route) = self.routes.lookup(IpAddr::V4(s.cip)).copied() else {
+            return self.drop_pkt(pkt, DropReason::NoRoute);
+        };
+        if d[ip4::TTL] <= 1 {
+            self.icmp_error(io, in_port, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
+            return self.drop_pkt(pkt, DropReason::TtlExceeded);
+        }
+        let mtu = self.ports[route.port as usize].mtu;
+        if total > mtu {
+            if be16(d, ip4::FRAG) & ip4::DF != 0 {
+                self.icmp_error(
+                    io,
+                    in_port,
+                    d,
+                    ihl,
+                    ICMP_DEST_UNREACH,
+                    ICMP_FRAG_NEEDED,
+                    mtu,
+                    now_ms,
+                );
+            }
+            return self.drop_pkt(pkt, DropReason::MtuExceeded);
+        }
+        if let Some(clamp) = self.fnat.conf.mss_clamp {
+            if tcp_flags & flags::SYN != 0 && clamp_mss(pkt.data_mut(), ihl, clamp) {
+                self.counters.mss_clamped.inc();
+            }
+        }
+        rewrite_v4(pkt.data_mut(), ihl, proto, s.vip, s.cip, s.vport, s.cport);
+        let nh = route.next_hop(IpAddr::V4(s.cip));
+        if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
+            self.counters.fullnat_out.inc();
+        }
+    }
+
+    /// ICMP error to an owned address: translate it when it quotes a session's packet.
+    fn fnat_icmp<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        now_ms: u64,
+    ) -> Option<P> {
+        let d = pkt.data();
+        let ic = ETH_LEN + ihl;
+        let end = d.len();
+        if end < ic + 8 + 20 + 8 {
+            return Some(pkt);
+        }
+        let ty = d[ic];
+        if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED {
+            return Some(pkt);
+        }
+        let inner = ic + 8;
+        let iihl = (d[inner] & 0xf) as usize * 4;
+        if d[inner] >> 4 != 4 || iihl < 20 || inner + iihl + 8 > end {
+            return Some(pkt);
+        }
+        let iproto = d[inner + 9];
+        if (iproto != PROTO_TCP && iproto != PROTO_UDP)
+            || be16(d, inner + 6) & ip4::OFFSET != 0
+            || checksum(&d[ic..end]) != 0
+        {
+            return Some(pkt);
+        }
+        let il4 = inner + iihl;
+        let (isrc, idst) = (ipv4_at(d, inner + 12), ipv4_at(d, inner + 16));
+        let (isport, idport) = (be16(d, il4), be16(d, il4 + 2));
+        let dst = ipv4_at(d, ip4::DST);
+        if isrc == dst
+            && self.fnat.lports.pool_of(IpAddr::V4(dst)).is_some()
+            && self.fnat.lports.in_range(isport)
+        {
+            // From the real-server side, quoting LIP:lport → RIP:rport.
+            let owner = self.fnat.lports.owner(isport);
+            if owner != self.fnat.worker {
+                self.fnat_redirect(io, owner, port, pkt);
+                return None;
+            }
+            let Some(idx) = self
+                .fnat
+                .sessions
+                .lookup_out(iproto, idst, idport, isrc, isport)
+            else {
+                return Some(pkt);
+            };
+            let s = *self.fnat.sessions.get(idx);
+            let toa_pending =
+                iproto == PROTO_TCP && self.fnat.conf.toa && s.flags & F_TOA_DONE == 0;
+            let t = Translate {
+                osrc: s.vip,
+                odst: s.cip,
+                isrc: s.cip,
+                isport: s.cport,
+                idst: s.vip,
+                idport: s.vport,
+                mtu_sub: if toa_pending { TCPOLEN_TOA as u16 } else { 0 },
+            };
+            self.icmp_translate(io, pkt, ihl, iihl, t, now_ms);
+            return None;
+        }
+        if isrc == dst {
+            // From the client side, quoting VIP:vport → CIP:cport.
+            let Some(idx) = self
+                .fnat
+                .sessions
+                .lookup_in(iproto, idst, idport, isrc, isport)
+            else {
+                return Some(pkt);
+            };
+            let s = *self.fnat.sessions.get(idx);
+            let t = Translate {
+                osrc: s.lip,
+                odst: s.rip,
+                isrc: s.rip,
+                isport: s.rport,
+                idst: s.lip,
+                idport: s.lport,
+                mtu_sub: 0,
+            };
+            self.icmp_translate(io, pkt, ihl, iihl, t, now_ms);
+            return None;
+        }
+        Some(pkt)
+    }
+
+    fn icmp_translate<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        mut pkt: P,
+        ihl: usize,
+        iihl: usize,
+        t: Translate,
+        now_ms: u64,
+    ) {
+        let d = pkt.data();
+        if d[ip4::TTL] <= 1 {
+            return self.drop_pkt(pkt, DropReason::TtlExceeded);
+        }
+        let Some(route) = self.routes.lookup(IpAddr::V4(t.odst)).copied() else {
+            return self.drop_pkt(pkt, DropReason::NoRoute);
+        };
+        if be16(d, ip4::TOTAL_LEN) > self.ports[route.port as usize].mtu {
+            return self.drop_pkt(pkt, DropReason::MtuExceeded);
+        }
+        let d = pkt.data_mut();
+        let end = d.len();
+        let ic = ETH_LEN + ihl;
+        let inner = ic + 8;
+        let il4 = inner + iihl;
+        let iproto = d[inner + 9];
+        // Inner IP header.
+        let (oisrc, oidst) = (be32(d, inner + 12), be32(d, inner + 16));
+        let (nisrc, nidst) = (u32::from(t.isrc), u32::from(t.idst));
+        let mut c = be16(d, inner + 10);
+        c = update_u32(c, oisrc, nisrc);
+        c = update_u32(c, oidst, nidst);
+        put16(d, inner + 10, c);
+        put32(d, inner + 12, nisrc);
+        put32(d, inner + 16, nidst);
+        // Inner ports and L4 checksum (when quoted).
+        let (osp, odp) = (be16(d, il4), be16(d, il4 + 2));
+        put16(d, il4, t.isport);
+        put16(d, il4 + 2, t.idport);
+        let co = il4 + l4_csum_off(iproto);
+        if co + 2 <= end {
+            let c = be16(d, co);
+            if !(iproto == PROTO_UDP && c == 0) {
+                let mut c = update_u32(c, oisrc, nisrc);
+                c = update_u32(c, oidst, nidst);
+                c = update_u16(c, osp, t.isport);
+                c = update_u16(c, odp, t.idport);
+                if iproto == PROTO_UDP && c == 0 {
+                    c = 0xffff;
+                }
+                put16(d, co, c);
+            }
+        }
+        if d[ic] == ICMP_DEST_UNREACH && d[ic + 1] == ICMP_FRAG_NEEDED && t.mtu_sub > 0 {
+            let m = be16(d, ic + 6);
+            if m > 68 + t.mtu_sub {
+                put16(d, ic + 6, m - t.mtu_sub);
+            }
+        }
+        put16(d, ic + 2, 0);
+        let c = checksum(&d[ic..end]);
+        put16(d, ic + 2, c);
+        // Outer header.
+        let (osrc, odst) = (be32(d, ip4::SRC), be32(d, ip4::DST));
+        let (nsrc, ndst) = (u32::from(t.osrc), u32::from(t.odst));
+        let old_ttl = be16(d, ip4::TTL);
+        d[ip4::TTL] -= 1;
+        let mut c = be16(d, ip4::CSUM);
+        c = update_u32(c, osrc, nsrc);
+        c = update_u32(c, odst, ndst);
+        c = update_u16(c, old_ttl, be16(d, ip4::TTL));
+        put16(d, ip4::CSUM, c);
+        put32(d, ip4::SRC, nsrc);
+        put32(d, ip4::DST, ndst);
+        let nh = route.next_hop(IpAddr::V4(t.odst));
+        if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
+            self.counters.icmp_translated.inc();
+        }
+    }
+
+    /// Expire due sessions: at most [`EXPIRE_BUDGET`] examined and [`EXPIRE_MAX_TICKS`] wheel
+    /// ticks per call. Frees the entry and both index entries, returns the lport to its FIFO
+    /// (reusable after the reuse delay) and fixes the dest's active/inactive counts.
+    pub(crate) fn fnat_expire(&mut self, now_ms: u64) {
+        let f = &mut self.fnat;
+        let sessions = &mut f.sessions;
+        let lports = &mut f.lports;
+        let stats = &f.dest_stats;
+        let counters = &self.counters;
+        f.wheel
+            .expire(now_ms, EXPIRE_BUDGET, EXPIRE_MAX_TICKS, |idx| {
+                let s = sessions.get(idx);
+                if s.flags & F_USED == 0 {
+                    return None;
+                }
+                if s.expires_ms > now_ms {
+                    return Some(s.expires_ms);
+                }
+                let s = sessions.remove(idx)?;
+                lports.release(s.lip_pool, s.lport, now_ms);
+                if let Some(st) = stats.get(s.dest as usize) {
+                    if s.flags & F_ACTIVE != 0 {
+                        st.active.dec();
+                    } else {
+                        st.inactive.dec();
+                    }
+                }
+                counters.sessions_expired.inc();
+                None
+            });
+    }
+
+    /// Replace the service set (control operation; allocates). Existing sessions are untouched:
+    /// they keep their RIP:rport, LIP:lport and dest id until they expire, even if their service
+    /// or dest is gone; only new sessions use the new set. New VIPs and LIPs are added to the
+    /// owned set (without a gratuitous ARP: call [`Stack::add_owned`] first to announce them);
+    /// addresses no longer used stay owned until [`Stack::remove_owned`]. Scheduler state is
+    /// reset. On error nothing changes.
+    pub fn set_services(&mut self, services: &[ServiceConf]) -> Result<(), ServiceError> {
+        let f = &mut self.fnat;
+        let svcs = Services::build(services, f.conf.max_dests, self.ports.len(), &mut f.lports)?;
+        f.services = svcs;
+        for s in services {
+            self.own_quiet(s.vip_port, s.vip);
+            for l in &s.lips {
+                self.own_quiet(s.lip_port, *l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sessions on this worker.
+    pub fn session_count(&self) -> usize {
+        self.fnat.sessions.len()
+    }
+
+    /// Session table capacity of this worker.
+    pub fn session_capacity(&self) -> usize {
+        self.fnat.sessions.capacity()
+    }
+
+    /// Bytes per session of the table (entry + index heads).
+    pub fn session_bytes(&self) -> usize {
+        self.fnat.sessions.bytes_per_session()
+    }
+
+    /// Per-core counters of dest `id` (None when `id >= max_dests`).
+    pub fn dest_stats(&self, id: u32) -> Option<&DestStats> {
+        self.fnat.dest_stats.get(id as usize)
+    }
+
+    /// The session of client CIP:cport → VIP:vport.
+    pub fn session_by_client(
+        &self,
+        proto: Proto,
+        cip: Ipv4Addr,
+        cport: u16,
+        vip: Ipv4Addr,
+        vport: u16,
+    ) -> Option<SessionInfo> {
+        let idx = self
+            .fnat
+            .sessions
+            .lookup_in(proto.number(), cip, cport, vip, vport)?;
+        Some(SessionInfo::from(self.fnat.sessions.get(idx)))
+    }
+
+    /// Every session (control path: allocates).
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.fnat
+            .sessions
+            .iter()
+            .map(|(_, s)| SessionInfo::from(s))
+            .collect()
+    }
+
+    /// Number of services.
+    pub fn service_count(&self) -> usize {
+        self.fnat.services.len()
+    }
+}
+
+/// Addresses of a translated ICMP error.
+#[derive(Clone, Copy)]
+struct Translate {
+    osrc: Ipv4Addr,
+    odst: Ipv4Addr,
+    isrc: Ipv4Addr,
+    isport: u16,
+    idst: Ipv4Addr,
+    idport: u16,
+    mtu_sub: u16,
+}

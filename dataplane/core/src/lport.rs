@@ -1,0 +1,250 @@
+//! LIP:lport allocation for FULLNAT sessions.
+//!
+//! Worker `w` of `n` owns the lports with `lport % n == w`, so the owner of a reply (to LIP:lport)
+//! is computable from the packet alone. Each worker keeps, per LIP, a FIFO of its free lports with
+//! the time each becomes reusable: a released lport goes to the tail and is not handed out before
+//! `reuse_delay_ms` (the real server may hold RIP:rport ↔ LIP:lport in TIME_WAIT). Allocation
+//! takes the head of the first LIP (rotating over the service's LIPs) whose head is ready.
+//!
+//! With [`RssConf`], allocation prefers (up to [`RSS_TRIES`] ready ports per LIP, rotated to the
+//! tail when they do not fit) an lport whose reply tuple the NIC steers to this worker's queue,
+//! and falls back to any ready lport.
+//!
+//! Pools are created by the control path ([`LportAlloc::pool`]) and never removed, so sessions
+//! keep a stable pool index across service updates.
+
+use crate::config::RssConf;
+use crate::fixedmap::FixedMap;
+use crate::toeplitz::rss_ipv4_l4;
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Ready lports examined per LIP for an RSS match.
+pub const RSS_TRIES: usize = 8;
+/// Most LIPs (pools) per worker.
+pub const MAX_LIPS: usize = 1024;
+
+/// Free lports of one LIP on one worker.
+pub struct LipPool {
+    /// The LIP.
+    pub lip: IpAddr,
+    /// (lport, reusable from this time in ms), oldest release first.
+    free: VecDeque<(u16, u64)>,
+}
+
+impl LipPool {
+    /// Free lports (ready or not).
+    pub fn free_len(&self) -> usize {
+        self.free.len()
+    }
+}
+
+/// The lport allocator of one worker.
+pub struct LportAlloc {
+    pools: Vec<LipPool>,
+    by_lip: FixedMap<IpAddr, u16>,
+    worker: u16,
+    n_workers: u16,
+    min: u16,
+    max: u16,
+    reuse_delay_ms: u64,
+    rss: Option<RssConf>,
+}
+
+impl LportAlloc {
+    /// An allocator without pools.
+    pub fn new(
+        worker: u16,
+        n_workers: u16,
+        min: u16,
+        max: u16,
+        reuse_delay_ms: u64,
+        rss: Option<RssConf>,
+    ) -> Self {
+        LportAlloc {
+            pools: Vec::new(),
+            by_lip: FixedMap::with_capacity(MAX_LIPS),
+            worker,
+            n_workers: n_workers.max(1),
+            min,
+            max,
+            reuse_delay_ms,
+            rss: rss.filter(|r| !r.reta.is_empty()),
+        }
+    }
+
+    /// The worker owning `lport`.
+    #[inline]
+    pub fn owner(&self, lport: u16) -> u16 {
+        lport % self.n_workers
+    }
+
+    /// True when `lport` is in the configured lport range.
+    #[inline]
+    pub fn in_range(&self, lport: u16) -> bool {
+        (self.min..=self.max).contains(&lport)
+    }
+
+    /// Pool index of `lip`, if it is a LIP.
+    #[inline]
+    pub fn pool_of(&self, lip: IpAddr) -> Option<u16> {
+        self.by_lip.get(&lip).copied()
+    }
+
+    /// The pool of `lip`, created (allocating its FIFO) when new. Control path. None when
+    /// [`MAX_LIPS`] pools exist.
+    pub fn pool(&mut self, lip: IpAddr) -> Option<u16> {
+        if let Some(i) = self.pool_of(lip) {
+            return Some(i);
+        }
+        if self.pools.len() >= MAX_LIPS {
+            return None;
+        }
+        let idx = self.pools.len() as u16;
+        let free: VecDeque<(u16, u64)> = (self.min..=self.max)
+            .filter(|p| p % self.n_workers == self.worker)
+            .map(|p| (p, 0))
+            .collect();
+        self.pools.push(LipPool { lip, free });
+        self.by_lip.insert(lip, idx).ok()?;
+        Some(idx)
+    }
+
+    /// Pool `i`.
+    pub fn get(&self, i: u16) -> Option<&LipPool> {
+        self.pools.get(i as usize)
+    }
+
+    /// Allocate an lport on one of `pools` (tried in order from `start`) for a session toward
+    /// `rip:rport`. Returns (index into `pools`, lport), or None when every LIP's FIFO head is
+    /// still in its reuse delay (or empty). Never allocates.
+    pub fn alloc(
+        &mut self,
+        pools: &[u16],
+        start: usize,
+        rip: IpAddr,
+        rport: u16,
+        now_ms: u64,
+    ) -> Option<(usize, u16)> {
+        let n = pools.len();
+        for k in 0..n {
+            let pi = (start + k) % n;
+            let Some(pool) = self.pools.get_mut(pools[pi] as usize) else {
+                continue;
+            };
+            let Some(&(_, ready)) = pool.free.front() else {
+                continue;
+            };
+            if ready > now_ms {
+                continue;
+            }
+            if let (Some(rss), IpAddr::V4(r4), IpAddr::V4(l4)) = (&self.rss, rip, pool.lip) {
+                for _ in 0..RSS_TRIES.min(pool.free.len()) {
+                    let (port, ready) = pool.free[0];
+                    if ready > now_ms {
+                        break;
+                    }
+                    if rss_queue(rss, r4, l4, rport, port) == self.worker {
+                        pool.free.pop_front();
+                        return Some((pi, port));
+                    }
+                    // Rotate: stays free, just behind the others (capacity is never exceeded).
+                    let e = pool.free.pop_front()?;
+                    pool.free.push_back(e);
+                }
+                // Fall back to any ready port.
+                if pool.free.front().is_some_and(|&(_, r)| r <= now_ms) {
+                    return pool.free.pop_front().map(|(p, _)| (pi, p));
+                }
+                continue;
+            }
+            return pool.free.pop_front().map(|(p, _)| (pi, p));
+        }
+        None
+    }
+
+    /// Give `lport` back to pool `pool`: reusable from `now_ms + reuse_delay_ms`.
+    #[inline]
+    pub fn release(&mut self, pool: u16, lport: u16, now_ms: u64) {
+        if let Some(p) = self.pools.get_mut(pool as usize) {
+            // The FIFO was created with room for every port it owns: never reallocates.
+            if p.free.len() < p.free.capacity() {
+                p.free
+                    .push_back((lport, now_ms.saturating_add(self.reuse_delay_ms)));
+            }
+        }
+    }
+
+    /// Give back an lport that was allocated but never used (immediately reusable, at the head).
+    #[inline]
+    pub fn unalloc(&mut self, pool: u16, lport: u16) {
+        if let Some(p) = self.pools.get_mut(pool as usize) {
+            if p.free.len() < p.free.capacity() {
+                p.free.push_front((lport, 0));
+            }
+        }
+    }
+}
+
+/// RSS queue of the reply tuple RIP:rport → LIP:lport.
+#[inline]
+pub fn rss_queue(rss: &RssConf, rip: Ipv4Addr, lip: Ipv4Addr, rport: u16, lport: u16) -> u16 {
+    let h = rss_ipv4_l4(&rss.key, rip, lip, rport, lport);
+    rss.reta[h as usize % rss.reta.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ownership_fifo_and_reuse_delay() {
+        let mut a = LportAlloc::new(1, 2, 1000, 1009, 5000, None);
+        let l1 = a.pool(ip("10.0.0.1")).unwrap();
+        assert_eq!(a.pool(ip("10.0.0.1")), Some(l1));
+        assert_eq!(a.get(l1).unwrap().free_len(), 5);
+        let rip = ip("10.1.0.1");
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            let (_, p) = a.alloc(&[l1], 0, rip, 80, 0).unwrap();
+            assert_eq!(a.owner(p), 1);
+            got.push(p);
+        }
+        assert_eq!(got, vec![1001, 1003, 1005, 1007, 1009]);
+        assert!(a.alloc(&[l1], 0, rip, 80, 0).is_none());
+        a.release(l1, 1003, 100);
+        assert!(a.alloc(&[l1], 0, rip, 80, 5099).is_none());
+        assert_eq!(a.alloc(&[l1], 0, rip, 80, 5100), Some((0, 1003)));
+        // A second LIP is used when the first one's head is too young.
+        let l2 = a.pool(ip("10.0.0.2")).unwrap();
+        a.release(l1, 1005, 6000);
+        assert_eq!(a.alloc(&[l1, l2], 0, rip, 80, 6001), Some((1, 1001)));
+    }
+
+    #[test]
+    fn rss_preference() {
+        let rss = RssConf {
+            key: crate::toeplitz::MS_KEY.to_vec(),
+            reta: (0..128).map(|i| i % 4).collect(),
+        };
+        let mut a = LportAlloc::new(0, 1, 1025, 65535, 0, Some(rss.clone()));
+        let lip = ip("192.0.2.100");
+        let p = a.pool(lip).unwrap();
+        let (IpAddr::V4(r4), IpAddr::V4(l4)) = (ip("10.1.0.5"), lip) else {
+            unreachable!()
+        };
+        let mut hits = 0;
+        for _ in 0..100 {
+            let (_, port) = a.alloc(&[p], 0, IpAddr::V4(r4), 8080, 0).unwrap();
+            if rss_queue(&rss, r4, l4, 8080, port) == 0 {
+                hits += 1;
+            }
+        }
+        // 1 in 4 at random; with 8 tries nearly always a match.
+        assert!(hits > 80, "{hits}");
+    }
+}

@@ -1,0 +1,197 @@
+//! The virtual-service set of one worker: O(1) lookup by (proto, VIP, vport) and per-service
+//! scheduler state.
+//!
+//! Built from `&[ServiceConf]` at start and rebuilt by `Stack::set_services` (a control
+//! operation, which may allocate). Rebuilding never touches sessions: an existing session keeps
+//! its RIP:rport and LIP:lport (and its dest id for the counters) until it expires, even when its
+//! service or dest was removed; only new sessions see the new set.
+
+use crate::config::{Proto, ServiceConf};
+use crate::fixedmap::{ip_bits, mix, FixedKey, FixedMap};
+use crate::io::PortIdx;
+use crate::lport::LportAlloc;
+use crate::sched::{Dest, Scheduler};
+use std::net::IpAddr;
+
+/// Lookup key of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvcKey {
+    /// IP protocol number.
+    pub proto: u8,
+    /// VIP.
+    pub vip: IpAddr,
+    /// vport.
+    pub vport: u16,
+}
+
+impl FixedKey for SvcKey {
+    fn hash64(&self) -> u64 {
+        mix(ip_bits(&self.vip) ^ ((self.vport as u64) << 40) ^ ((self.proto as u64) << 56))
+    }
+}
+
+/// One service at run time.
+pub struct Service {
+    /// Protocol.
+    pub proto: Proto,
+    /// VIP.
+    pub vip: IpAddr,
+    /// vport.
+    pub vport: u16,
+    /// Port the VIP is owned on.
+    pub vip_port: PortIdx,
+    /// Real servers.
+    pub dests: Vec<Dest>,
+    /// Scheduler state (this worker's).
+    pub sched: Scheduler,
+    /// Lport pools of the service's LIPs.
+    pub lips: Vec<u16>,
+    /// Next LIP to try first (rotates per new session).
+    pub lip_cursor: usize,
+}
+
+/// Invalid service configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceError {
+    /// The same (proto, VIP, vport) twice.
+    Duplicate(SvcKey),
+    /// A dest id is not below `max_dests`.
+    DestId(u32),
+    /// VIP, LIP or RIP is IPv6 (not supported yet).
+    Ipv6,
+    /// A service has no LIP.
+    NoLip(SvcKey),
+    /// Too many LIPs over all services.
+    TooManyLips,
+    /// `vip_port` or `lip_port` is not a configured port.
+    BadPort(PortIdx),
+}
+
+impl std::fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceError::Duplicate(k) => {
+                write!(
+                    f,
+                    "duplicate service {}:{} (proto {})",
+                    k.vip, k.vport, k.proto
+                )
+            }
+            ServiceError::DestId(id) => write!(f, "dest id {id} not below max_dests"),
+            ServiceError::Ipv6 => write!(f, "IPv6 services are not supported yet"),
+            ServiceError::NoLip(k) => write!(f, "service {}:{} has no LIP", k.vip, k.vport),
+            ServiceError::TooManyLips => write!(f, "too many LIPs"),
+            ServiceError::BadPort(p) => write!(f, "no port {p}"),
+        }
+    }
+}
+impl std::error::Error for ServiceError {}
+
+/// The service set.
+pub struct Services {
+    map: FixedMap<SvcKey, u32>,
+    /// Services, indexed by the map's values.
+    pub list: Vec<Service>,
+    vips: FixedMap<IpAddr, ()>,
+}
+
+impl Services {
+    /// An empty set.
+    pub fn empty() -> Self {
+        Services {
+            map: FixedMap::with_capacity(1),
+            list: Vec::new(),
+            vips: FixedMap::with_capacity(1),
+        }
+    }
+
+    /// Build from configuration, registering LIPs with `lports` (pools are kept across rebuilds).
+    pub fn build(
+        confs: &[ServiceConf],
+        max_dests: u32,
+        n_ports: usize,
+        lports: &mut LportAlloc,
+    ) -> Result<Services, ServiceError> {
+        let mut map = FixedMap::with_capacity(confs.len());
+        let mut vips = FixedMap::with_capacity(confs.len());
+        let mut list = Vec::with_capacity(confs.len());
+        for c in confs {
+            let key = SvcKey {
+                proto: c.proto.number(),
+                vip: c.vip,
+                vport: c.vport,
+            };
+            if map.get(&key).is_some() {
+                return Err(ServiceError::Duplicate(key));
+            }
+            for p in [c.vip_port, c.lip_port] {
+                if p as usize >= n_ports {
+                    return Err(ServiceError::BadPort(p));
+                }
+            }
+            if c.vip.is_ipv6()
+                || c.lips.iter().any(|l| l.is_ipv6())
+                || c.dests.iter().any(|d| d.rip.is_ipv6())
+            {
+                return Err(ServiceError::Ipv6);
+            }
+            if c.lips.is_empty() {
+                return Err(ServiceError::NoLip(key));
+            }
+            let mut dests = Vec::with_capacity(c.dests.len());
+            for d in &c.dests {
+                if d.id >= max_dests {
+                    return Err(ServiceError::DestId(d.id));
+                }
+                dests.push(Dest {
+                    id: d.id,
+                    rip: d.rip,
+                    rport: d.rport,
+                    weight: d.weight,
+                });
+            }
+            let mut lips = Vec::with_capacity(c.lips.len());
+            for l in &c.lips {
+                lips.push(lports.pool(*l).ok_or(ServiceError::TooManyLips)?);
+            }
+            let _ = map.insert(key, list.len() as u32);
+            let _ = vips.insert(c.vip, ());
+            list.push(Service {
+                proto: c.proto,
+                vip: c.vip,
+                vport: c.vport,
+                vip_port: c.vip_port,
+                sched: Scheduler::new(c.sched, &dests),
+                dests,
+                lips,
+                lip_cursor: 0,
+            });
+        }
+        Ok(Services { map, list, vips })
+    }
+
+    /// The service index of (proto, VIP, vport).
+    #[inline]
+    pub fn lookup(&self, proto: u8, vip: IpAddr, vport: u16) -> Option<u32> {
+        if self.list.is_empty() {
+            return None;
+        }
+        self.map.get(&SvcKey { proto, vip, vport }).copied()
+    }
+
+    /// True when `ip` is the VIP of some service.
+    #[inline]
+    pub fn is_vip(&self, ip: IpAddr) -> bool {
+        !self.list.is_empty() && self.vips.get(&ip).is_some()
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// True when there is no service.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}

@@ -1,0 +1,199 @@
+//! IPVS-style TCP connection state tracking (the `tcp_states` table of ip_vs_proto_tcp.c).
+//!
+//! A FULLNAT director sees both directions, so it uses the INPUT (client → real server) and
+//! OUTPUT (real server → client) halves of the table; the INPUT-ONLY half (DR/TUN, where replies
+//! bypass the director) is not needed. The flags of a segment select one row with the priority
+//! RST > SYN > FIN > ACK; a segment with none of them changes nothing.
+
+use crate::config::Timeouts;
+
+/// TCP session state (IPVS's `IP_VS_TCP_S_*`, same order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TcpState {
+    /// No state yet.
+    None = 0,
+    /// Handshake completed.
+    Established = 1,
+    /// SYN seen from the real server side.
+    SynSent = 2,
+    /// SYN seen from the client.
+    SynRecv = 3,
+    /// FIN seen from the real server.
+    FinWait = 4,
+    /// Both FINs seen.
+    TimeWait = 5,
+    /// Closed (RST, or FIN before establishment).
+    Close = 6,
+    /// FIN seen from the client.
+    CloseWait = 7,
+    /// Last ACK pending.
+    LastAck = 8,
+    /// Listen.
+    Listen = 9,
+    /// SYN-ACK (SYN-proxy; unused by the plain table).
+    SynAck = 10,
+}
+
+/// Direction of a segment relative to the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// Client → real server (received on the VIP).
+    Input,
+    /// Real server → client (received on the LIP).
+    Output,
+}
+
+impl TcpState {
+    /// Every state, indexed by its `u8` value.
+    pub const ALL: [TcpState; 11] = [
+        TcpState::None,
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::SynAck,
+    ];
+
+    /// The state with value `v` (unknown values map to `Close`).
+    #[inline]
+    pub fn from_u8(v: u8) -> TcpState {
+        *Self::ALL.get(v as usize).unwrap_or(&TcpState::Close)
+    }
+
+    /// IPVS's name of the state.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::None => "NONE",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::SynAck => "SYNACK",
+        }
+    }
+
+    /// Timeout of a session in this state.
+    pub fn timeout_ms(self, t: &Timeouts) -> u64 {
+        match self {
+            TcpState::None => t.tcp_none,
+            TcpState::Established => t.tcp_established,
+            TcpState::SynSent => t.tcp_syn_sent,
+            TcpState::SynRecv => t.tcp_syn_recv,
+            TcpState::FinWait => t.tcp_fin_wait,
+            TcpState::TimeWait => t.tcp_time_wait,
+            TcpState::Close => t.tcp_close,
+            TcpState::CloseWait => t.tcp_close_wait,
+            TcpState::LastAck => t.tcp_last_ack,
+            TcpState::Listen => t.tcp_listen,
+            TcpState::SynAck => t.tcp_synack,
+        }
+    }
+
+    /// Next state after a segment with TCP `flags` (the header's flag byte) in direction `dir`.
+    #[inline]
+    pub fn next(self, dir: Dir, flags: u8) -> TcpState {
+        let Some(row) = flag_row(flags) else {
+            return self;
+        };
+        let half = match dir {
+            Dir::Input => 0,
+            Dir::Output => 4,
+        };
+        TCP_STATES[half + row][self as usize]
+    }
+}
+
+/// TCP flag bits.
+pub mod flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
+
+/// Row of the table for `flags` (IPVS's `tcp_state_idx`): RST > SYN > FIN > ACK.
+#[inline]
+fn flag_row(f: u8) -> Option<usize> {
+    if f & flags::RST != 0 {
+        Some(3)
+    } else if f & flags::SYN != 0 {
+        Some(0)
+    } else if f & flags::FIN != 0 {
+        Some(1)
+    } else if f & flags::ACK != 0 {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+use TcpState::{
+    Close as SCL, CloseWait as SCW, Established as SES, FinWait as SFW, LastAck as SLA,
+    Listen as SLI, SynRecv as SSR, SynSent as SSS, TimeWait as STW,
+};
+
+/// IPVS `tcp_states`, INPUT then OUTPUT; rows syn, fin, ack, rst; columns
+/// sNO sES sSS sSR sFW sTW sCL sCW sLA sLI sSA.
+#[rustfmt::skip]
+const TCP_STATES: [[TcpState; 11]; 8] = [
+    // INPUT
+    /*syn*/ [SSR, SES, SES, SSR, SSR, SSR, SSR, SSR, SSR, SSR, SSR],
+    /*fin*/ [SCL, SCW, SSS, STW, STW, STW, SCL, SCW, SLA, SLI, STW],
+    /*ack*/ [SCL, SES, SSS, SES, SFW, STW, SCL, SCW, SCL, SLI, SES],
+    /*rst*/ [SCL, SCL, SCL, SSR, SCL, SCL, SCL, SCL, SLA, SLI, SSR],
+    // OUTPUT
+    /*syn*/ [SSS, SES, SSS, SSR, SSS, SSS, SSS, SSS, SSS, SLI, SSR],
+    /*fin*/ [STW, SFW, SSS, STW, SFW, STW, SCL, STW, SLA, SLI, STW],
+    /*ack*/ [SES, SES, SSS, SES, SFW, STW, SCL, SCW, SLA, SES, SES],
+    /*rst*/ [SCL, SCL, SSS, SCL, SCL, STW, SCL, SCL, SCL, SCL, SCL],
+];
+
+#[cfg(test)]
+mod tests {
+    use super::flags::*;
+    use super::*;
+
+    #[test]
+    fn handshake_and_close() {
+        let s = TcpState::None.next(Dir::Input, SYN);
+        assert_eq!(s, TcpState::SynRecv);
+        let s = s.next(Dir::Output, SYN | ACK);
+        assert_eq!(s, TcpState::SynRecv);
+        let s = s.next(Dir::Input, ACK);
+        assert_eq!(s, TcpState::Established);
+        assert_eq!(s.next(Dir::Input, FIN | ACK), TcpState::CloseWait);
+        assert_eq!(s.next(Dir::Output, FIN | ACK), TcpState::FinWait);
+        assert_eq!(
+            s.next(Dir::Output, FIN | ACK).next(Dir::Input, FIN | ACK),
+            TcpState::TimeWait
+        );
+        assert_eq!(s.next(Dir::Input, RST | ACK), TcpState::Close);
+        assert_eq!(s.next(Dir::Input, 0), TcpState::Established);
+        // INPUT ack from NONE closes (IPVS).
+        assert_eq!(TcpState::None.next(Dir::Input, ACK), TcpState::Close);
+        // RST in SYN_RECV from the client keeps SYN_RECV (IPVS).
+        assert_eq!(TcpState::SynRecv.next(Dir::Input, RST), TcpState::SynRecv);
+        assert_eq!(TcpState::SynRecv.next(Dir::Output, RST), TcpState::Close);
+        let t = Timeouts::default();
+        assert_eq!(TcpState::Established.timeout_ms(&t), 900_000);
+        assert_eq!(TcpState::None.timeout_ms(&t), 2_000);
+        for (i, s) in TcpState::ALL.iter().enumerate() {
+            assert_eq!(TcpState::from_u8(i as u8), *s);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! A hashed timer wheel over a fixed set of items (session slots), with lazy rescheduling.
+//!
+//! Each item sits in at most one slot list (intrusive doubly linked, links in a parallel array:
+//! 12 bytes per item). An item is filed under tick `ceil(expiry / tick_ms)`, clamped to the
+//! wheel's horizon; when its slot comes up, the owner checks the item's real expiry and either
+//! frees it or files it again (so pushing an expiry later costs nothing per packet: the owner just
+//! stores the new time). Only moving an expiry *earlier* needs [`TimerWheel::schedule`] again.
+//! [`TimerWheel::expire`] does bounded work per call.
+
+/// No item.
+pub const NIL: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    next: u32,
+    prev: u32,
+    /// Tick the item is filed under (NIL: not filed).
+    tick: u32,
+}
+
+/// The wheel.
+pub struct TimerWheel {
+    heads: Vec<u32>,
+    links: Vec<Link>,
+    mask: u64,
+    tick_ms: u64,
+    /// Next tick to process.
+    cur: u64,
+    len: usize,
+}
+
+impl TimerWheel {
+    /// A wheel for items `0..items` with `slots` (rounded up to a power of two) of `tick_ms` each.
+    pub fn new(items: usize, slots: usize, tick_ms: u64) -> Self {
+        let slots = slots.max(2).next_power_of_two();
+        TimerWheel {
+            heads: vec![NIL; slots],
+            links: vec![
+                Link {
+                    next: NIL,
+                    prev: NIL,
+                    tick: NIL,
+                };
+                items
+            ],
+            mask: slots as u64 - 1,
+            tick_ms: tick_ms.max(1),
+            cur: 0,
+            len: 0,
+        }
+    }
+
+    /// Items filed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no item is filed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The time (ms) at which `item`'s slot comes up, if filed.
+    pub fn filed_ms(&self, item: u32) -> Option<u64> {
+        let l = self.links.get(item as usize)?;
+        (l.tick != NIL).then(|| l.tick as u64 * self.tick_ms)
+    }
+
+    /// Take `item` out of its slot (no-op when not filed).
+    #[inline]
+    pub fn cancel(&mut self, item: u32) {
+        let Some(l) = self.links.get(item as usize).copied() else {
+            return;
+        };
+        if l.tick == NIL {
+            return;
+        }
+        if l.prev != NIL {
+            self.links[l.prev as usize].next = l.next;
+        } else {
+            self.heads[(l.tick as u64 & self.mask) as usize] = l.next;
+        }
+        if l.next != NIL {
+            self.links[l.next as usize].prev = l.prev;
+        }
+        self.links[item as usize] = Link {
+            next: NIL,
+            prev: NIL,
+            tick: NIL,
+        };
+        self.len -= 1;
+    }
+
+    /// File `item` to come up at (or just after) `expires_ms`, moving it if it was filed.
+    #[inline]
+    pub fn schedule(&mut self, item: u32, expires_ms: u64) {
+        if item as usize >= self.links.len() {
+            return;
+        }
+        self.cancel(item);
+        let slots = self.mask + 1;
+        let t = expires_ms
+            .div_ceil(self.tick_ms)
+            .clamp(self.cur, self.cur + slots - 1);
+        let slot = (t & self.mask) as usize;
+        let head = self.heads[slot];
+        self.links[item as usize] = Link {
+            next: head,
+            prev: NIL,
+            tick: t as u32,
+        };
+        if head != NIL {
+            self.links[head as usize].prev = item;
+        }
+        self.heads[slot] = item;
+        self.len += 1;
+    }
+
+    /// Re-file `item` only if `expires_ms` is earlier than the time it is filed at (the cheap
+    /// per-packet path: later expiries are handled lazily when the slot comes up).
+    #[inline]
+    pub fn advance_to(&mut self, item: u32, expires_ms: u64) {
+        match self.filed_ms(item) {
+            Some(at) if at <= expires_ms.div_ceil(self.tick_ms) * self.tick_ms => {}
+            _ => self.schedule(item, expires_ms),
+        }
+    }
+
+    /// Process due slots up to `now_ms`: every item whose slot comes up is taken out and passed
+    /// to `f`, which returns `Some(expiry)` to file it again (not due yet) or `None` (freed).
+    /// Examines at most `max_items` items and `max_ticks` slots. Returns the items freed.
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        max_items: usize,
+        max_ticks: usize,
+        mut f: impl FnMut(u32) -> Option<u64>,
+    ) -> usize {
+        let now_tick = now_ms / self.tick_ms;
+        if self.len == 0 {
+            self.cur = self.cur.max(now_tick);
+            return 0;
+        }
+        let mut work = 0;
+        let mut freed = 0;
+        let mut ticks = 0;
+        while self.cur <= now_tick && ticks < max_ticks {
+            let slot = (self.cur & self.mask) as usize;
+            loop {
+                let item = self.heads[slot];
+                if item == NIL {
+                    break;
+                }
+                if work >= max_items {
+                    return freed;
+                }
+                work += 1;
+                self.cancel(item);
+                match f(item) {
+                    // Later than now: files under a tick > now_tick >= cur, never this slot.
+                    Some(exp) => self.schedule(item, exp.max(now_ms + 1)),
+                    None => freed += 1,
+                }
+            }
+            self.cur += 1;
+            ticks += 1;
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_order_lazily_and_bounded() {
+        let mut w = TimerWheel::new(100, 16, 10);
+        let mut exp = [0u64; 100];
+        for (i, e) in exp.iter_mut().enumerate() {
+            *e = 1000 + i as u64 * 3;
+            w.schedule(i as u32, *e);
+        }
+        assert_eq!(w.len(), 100);
+        // Push item 0 later lazily (no reschedule), item 99 earlier.
+        exp[0] = 5000;
+        exp[99] = 50;
+        w.advance_to(99, 50);
+        let mut freed = Vec::new();
+        let mut now = 0;
+        while now <= 6000 {
+            let n = w.expire(now, 7, 1000, |i| {
+                if exp[i as usize] <= now {
+                    freed.push((i, now));
+                    None
+                } else {
+                    Some(exp[i as usize])
+                }
+            });
+            assert!(n <= 7);
+            now += 5;
+        }
+        assert!(w.is_empty());
+        assert_eq!(freed.len(), 100);
+        for &(i, at) in &freed {
+            assert!(exp[i as usize] <= at, "{i} freed at {at}");
+        }
+        assert_eq!(freed[0].0, 99);
+        assert_eq!(freed.last().unwrap().0, 0);
+        w.schedule(3, 10);
+        w.cancel(3);
+        assert!(w.is_empty());
+    }
+}

@@ -1,0 +1,563 @@
+//! The device under test, the generator that feeds it, and the measuring loops.
+//!
+//! Every trace runs over fresh net_ring ports ([`dpdk::Port::from_rings`]): the generator enqueues
+//! frames on the RX ring of port 0 and dequeues whatever any port transmitted, so the device under
+//! test goes through the real `rte_eth_rx_burst`/`rte_eth_tx_burst` of an ethdev. For rvs the device
+//! is the production [`Worker`] (`poll_once`: RX burst per port → `Stack::handle` → TX flush); for
+//! the baseline it is [`IoFwd`] (RX burst → TX burst on the same port, no processing).
+//!
+//! Where the generator runs is a [`GenMode`]: on its own lcore (`Lcore`, the default: the worker
+//! core does nothing but poll, as in production) or interleaved on the worker's core (`Inline`:
+//! generator step, then one timed poll; used on one core and under callgrind).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+use dpdk::{Burst, Mbuf, MbufConsumer, MbufProducer, Mempool, Port, PortConf, RxQueue, TxQueue};
+use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
+use rvs_core::Stack;
+use rvs_dataplane::{PeerLinks, PeerSenders, Worker, WorkerIo, WorkerPorts};
+
+use crate::trace::{Frame, Trace};
+
+/// Mbufs per RX/TX ring of the net_ring ports.
+pub const RING_SIZE: u32 = 1024;
+
+/// What is polled: the rvs worker or the bare io-forward baseline.
+pub trait Dut: Send {
+    /// Once, before the first poll.
+    fn start(&mut self) {}
+    /// One loop iteration; packets received.
+    fn poll(&mut self) -> usize;
+    /// The stack's counters (None for the baseline).
+    fn counters(&self) -> Option<CounterSnapshot> {
+        None
+    }
+}
+
+/// The production worker loop.
+pub struct RvsDut {
+    worker: Worker,
+    counters: Arc<CoreCounters>,
+}
+
+impl Dut for RvsDut {
+    fn start(&mut self) {
+        self.worker.start();
+    }
+    #[inline]
+    fn poll(&mut self) -> usize {
+        self.worker.poll_once()
+    }
+    fn counters(&self) -> Option<CounterSnapshot> {
+        Some(self.counters.snapshot())
+    }
+}
+
+/// The baseline: RX a burst on each port and TX it back on the same port, nothing else.
+pub struct IoFwd {
+    queues: Vec<(RxQueue, TxQueue)>,
+    burst: Burst,
+    max: u16,
+}
+
+impl Dut for IoFwd {
+    #[inline]
+    fn poll(&mut self) -> usize {
+        let mut got = 0;
+        for (rx, tx) in &mut self.queues {
+            let n = rx.rx_burst(&mut self.burst, self.max);
+            if n == 0 {
+                continue;
+            }
+            got += n;
+            tx.tx_burst(&mut self.burst);
+            self.burst.clear();
+        }
+        got
+    }
+}
+
+/// The generator of one worker: refills transmitted mbufs with the next trace frames (a memcpy of
+/// the frame, restoring whatever the worker rewrote) and feeds them to port 0's RX ring; tops up
+/// from the pool while the RX ring has room (packets the stack dropped or consumed went back to
+/// the pool).
+pub struct Generator {
+    feed: MbufProducer,
+    drain: Vec<MbufConsumer>,
+    frames: Arc<[Frame]>,
+    next: usize,
+    pool: Arc<Mempool>,
+    out: Burst,
+    back: Burst,
+    burst: u16,
+}
+
+impl Generator {
+    #[inline(always)]
+    fn refill(&mut self, mut m: Mbuf) -> Mbuf {
+        let f = &self.frames[self.next];
+        self.next += 1;
+        if self.next == self.frames.len() {
+            self.next = 0;
+        }
+        // A fixed 64-byte copy (inlined vector moves), then the frame's length.
+        if m.set_len(f.bytes.len()) {
+            m.data_mut().copy_from_slice(&f.bytes);
+            m.set_len(f.len);
+        }
+        m
+    }
+
+    /// One step: recycle what was transmitted, top up, enqueue. Returns packets enqueued.
+    #[inline]
+    pub fn step(&mut self) -> usize {
+        let burst = self.burst as usize;
+        // Always drain the TX rings (a full TX ring would count as drops in the worker); what
+        // does not fit in `out` (RX ring full) goes back to the pool.
+        for d in 0..self.drain.len() {
+            if self.drain[d].recv_burst(&mut self.back, self.burst) == 0 {
+                continue;
+            }
+            let mut back = std::mem::take(&mut self.back);
+            for m in back.drain() {
+                if self.out.len() + burst > dpdk::MAX_BURST {
+                    drop(m);
+                    continue;
+                }
+                let m = self.refill(m);
+                let _ = self.out.push(m);
+            }
+            self.back = back;
+        }
+        while self.out.len() < burst {
+            let Some(m) = self.pool.alloc() else { break };
+            let m = self.refill(m);
+            let _ = self.out.push(m);
+        }
+        self.feed.send_burst(&mut self.out)
+    }
+}
+
+/// Where the generator runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenMode {
+    /// On its own lcore, beside the worker's.
+    Lcore,
+    /// Interleaved on the worker's lcore: one generator step, then one (timed) poll.
+    Inline,
+}
+
+/// Which device a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Rvs,
+    IoFwd,
+}
+
+/// Shared run settings.
+#[derive(Clone, Debug)]
+pub struct RunConf {
+    pub burst: u16,
+    pub workers: usize,
+    pub lcores: Vec<u32>,
+    pub mode: GenMode,
+    pub warmup_ms: u64,
+    pub measure_ms: u64,
+}
+
+/// What one worker measured.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub pkts: u64,
+    pub polls: u64,
+    pub busy_polls: u64,
+    /// TSC ticks spent in polls that received packets.
+    pub busy_tsc: u64,
+    /// TSC ticks spent in generator steps (inline mode only).
+    pub gen_tsc: u64,
+    pub wall_tsc: u64,
+    /// The stack's success counter and total drops over the measured window (rvs only).
+    pub success: u64,
+    pub drops: u64,
+    /// The most frequent drop reason in the window, with its count.
+    pub top_drop: Option<(&'static str, u64)>,
+}
+
+/// One run: summed over workers.
+#[derive(Clone, Debug)]
+pub struct Result {
+    pub per_worker: Vec<Stats>,
+    pub tsc_hz: u64,
+}
+
+impl Result {
+    fn sum(&self, f: fn(&Stats) -> u64) -> u64 {
+        self.per_worker.iter().map(f).sum()
+    }
+    /// Packets received by all workers.
+    pub fn pkts(&self) -> u64 {
+        self.sum(|s| s.pkts)
+    }
+    /// Million packets per second, all workers together, over the wall time.
+    pub fn mpps(&self) -> f64 {
+        let wall = self
+            .per_worker
+            .iter()
+            .map(|s| s.wall_tsc)
+            .max()
+            .unwrap_or(1) as f64;
+        self.pkts() as f64 / (wall / self.tsc_hz as f64) / 1e6
+    }
+    /// Nanoseconds per packet in busy polls (per worker core).
+    pub fn ns_per_pkt(&self) -> f64 {
+        self.sum(|s| s.busy_tsc) as f64 * 1e9 / self.tsc_hz as f64 / self.pkts().max(1) as f64
+    }
+    /// Generator nanoseconds per packet (inline mode).
+    pub fn gen_ns_per_pkt(&self) -> f64 {
+        self.sum(|s| s.gen_tsc) as f64 * 1e9 / self.tsc_hz as f64 / self.pkts().max(1) as f64
+    }
+    /// Packets per busy poll (= burst when the worker is the bottleneck).
+    pub fn avg_burst(&self) -> f64 {
+        self.pkts() as f64 / self.sum(|s| s.busy_polls).max(1) as f64
+    }
+    /// Share of the wall time the worker spent in busy polls.
+    pub fn busy_share(&self) -> f64 {
+        self.sum(|s| s.busy_tsc) as f64 / self.sum(|s| s.wall_tsc).max(1) as f64
+    }
+    /// Share of received packets that ended as the trace expects.
+    pub fn success_share(&self) -> f64 {
+        self.sum(|s| s.success) as f64 / self.pkts().max(1) as f64
+    }
+    pub fn drops(&self) -> u64 {
+        self.sum(|s| s.drops)
+    }
+    /// The most frequent drop reason (of the worker that dropped most).
+    pub fn top_drop(&self) -> Option<(&'static str, u64)> {
+        self.per_worker
+            .iter()
+            .filter_map(|s| s.top_drop)
+            .max_by_key(|&(_, n)| n)
+    }
+}
+
+static PORT_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Net_ring ports for one run (configured and started, `queues` queues each).
+fn ring_ports(
+    n: usize,
+    queues: u16,
+    pool: &Mempool,
+) -> std::result::Result<Vec<dpdk::RingPort>, String> {
+    (0..n)
+        .map(|_| {
+            let name = format!("bp{}", PORT_SEQ.fetch_add(1, Ordering::Relaxed));
+            let rp = Port::from_rings(&name, queues, RING_SIZE).map_err(|e| e.to_string())?;
+            let conf = PortConf {
+                rx_queues: queues,
+                tx_queues: queues,
+                rx_desc: RING_SIZE as u16,
+                tx_desc: RING_SIZE as u16,
+                rss: false,
+                mtu: None,
+                promiscuous: false,
+                rss_key: None,
+            };
+            rp.port.configure(&conf, pool).map_err(|e| e.to_string())?;
+            rp.port.start().map_err(|e| e.to_string())?;
+            Ok(rp)
+        })
+        .collect()
+}
+
+/// Milliseconds on the worker's clock (same formula as `Worker`).
+fn now_ms(tsc_hz: u64) -> u64 {
+    dpdk::eal::tsc() / (tsc_hz / 1000).max(1)
+}
+
+/// Build the stack of one worker for `trace`, with its neighbours resolved and set-up applied.
+pub fn rvs_worker(
+    trace: &Trace,
+    w: usize,
+    nw: usize,
+    ports: &[Port],
+    pool: &Arc<Mempool>,
+    burst: u16,
+    tsc_hz: u64,
+) -> RvsDut {
+    let counters = Arc::new(CoreCounters::default());
+    let txq = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
+    let peers = PeerSenders {
+        neigh: Vec::new(),
+        redirect: (0..nw).map(|_| None).collect(),
+    };
+    let mut io = WorkerIo::new(pool.clone(), txq, peers, counters.clone());
+    let mut cfg = trace.stack.clone();
+    cfg.worker = w as u16;
+    cfg.n_workers = nw as u16;
+    let mut stack = Stack::new(&cfg, counters.clone());
+    let now = now_ms(tsc_hz);
+    for &(p, ip, mac) in &trace.neighbours {
+        stack.neigh_update(&mut io, p, ip, mac, now);
+    }
+    if let Some(setup) = trace.setup {
+        setup(&mut stack);
+    }
+    let rx = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
+    let links = PeerLinks {
+        neigh: Vec::new(),
+        redirect: Vec::new(),
+    };
+    let worker = Worker::new(
+        w,
+        WorkerPorts { rx },
+        io,
+        stack,
+        links,
+        counters.clone(),
+        burst,
+        tsc_hz,
+    );
+    RvsDut { worker, counters }
+}
+
+/// Everything one worker lcore (and its generator) needs for a run.
+pub struct Lane {
+    pub dut: Box<dyn Dut>,
+    pub gen: Generator,
+}
+
+/// Build the lanes (one per worker) of a run of `trace` on `device`.
+pub fn lanes(
+    trace: &Trace,
+    device: Device,
+    conf: &RunConf,
+    pool: &Arc<Mempool>,
+    tsc_hz: u64,
+) -> std::result::Result<Vec<Lane>, String> {
+    let nw = conf.workers;
+    let nports = match device {
+        Device::Rvs => trace.ports(),
+        Device::IoFwd => 1,
+    };
+    let mut rps = ring_ports(nports, nw as u16, pool)?;
+    let ports: Vec<Port> = rps.iter().map(|r| r.port).collect();
+    let frames: Arc<[Frame]> = trace.frames.clone().into();
+    // Per worker: the feed of port 0's RX ring and the drains of every port's TX ring.
+    let mut feeds: Vec<Option<MbufProducer>> = rps[0].feed.drain(..).map(Some).collect();
+    let mut drains: Vec<Vec<MbufConsumer>> = (0..nw).map(|_| Vec::new()).collect();
+    for rp in &mut rps {
+        for (w, c) in rp.drain.drain(..).enumerate() {
+            drains[w].push(c);
+        }
+    }
+    let mut out = Vec::with_capacity(nw);
+    for (w, drain) in drains.into_iter().enumerate() {
+        let dut: Box<dyn Dut> = match device {
+            Device::Rvs => Box::new(rvs_worker(trace, w, nw, &ports, pool, conf.burst, tsc_hz)),
+            Device::IoFwd => Box::new(IoFwd {
+                queues: ports
+                    .iter()
+                    .map(|p| (p.rx_queue(w as u16), p.tx_queue(w as u16)))
+                    .collect(),
+                burst: Burst::new(),
+                max: conf.burst,
+            }),
+        };
+        let gen = Generator {
+            feed: feeds[w].take().expect("one feed per worker"),
+            drain,
+            frames: frames.clone(),
+            next: w * frames.len() / nw,
+            pool: pool.clone(),
+            out: Burst::new(),
+            back: Burst::new(),
+            burst: conf.burst,
+        };
+        out.push(Lane { dut, gen });
+    }
+    Ok(out)
+}
+
+/// The timed loop of one worker: warm up, then measure for `measure_ms` of TSC time. In inline
+/// mode the generator steps before every poll (and is timed apart); in lcore mode it runs
+/// elsewhere until `done` reaches the number of workers.
+fn worker_loop(
+    dut: &mut dyn Dut,
+    mut gen: Option<&mut Generator>,
+    tsc_hz: u64,
+    warmup_ms: u64,
+    measure_ms: u64,
+    success: fn(&CounterSnapshot) -> u64,
+) -> Stats {
+    let ms = (tsc_hz / 1000).max(1);
+    dut.start();
+    let t0 = dpdk::eal::tsc();
+    let warm_end = t0 + warmup_ms * ms;
+    let mut s = Stats::default();
+    let mut measuring = false;
+    let mut m_start = 0;
+    let mut m_end = u64::MAX;
+    let mut before = CounterSnapshot::default();
+    loop {
+        let g0 = dpdk::eal::tsc();
+        if let Some(g) = gen.as_deref_mut() {
+            g.step();
+        }
+        let a = dpdk::eal::tsc();
+        let n = dut.poll();
+        let b = dpdk::eal::tsc();
+        if !measuring {
+            if b >= warm_end {
+                measuring = true;
+                m_start = b;
+                m_end = b + measure_ms * ms;
+                before = dut.counters().unwrap_or_default();
+            }
+            continue;
+        }
+        s.polls += 1;
+        s.gen_tsc += a - g0;
+        if n > 0 {
+            s.pkts += n as u64;
+            s.busy_polls += 1;
+            s.busy_tsc += b - a;
+        }
+        if b >= m_end {
+            s.wall_tsc = b - m_start;
+            break;
+        }
+    }
+    if let Some(after) = dut.counters() {
+        s.success = success(&after) - success(&before);
+        s.drops = after.total_drops() - before.total_drops();
+        s.top_drop = DropReason::ALL
+            .iter()
+            .map(|&r| (r.name(), after.dropped(r) - before.dropped(r)))
+            .filter(|&(_, n)| n > 0)
+            .max_by_key(|&(_, n)| n);
+    }
+    s
+}
+
+/// Generator loop on its own lcore until every worker is done.
+fn generator_loop(gen: &mut Generator, done: &AtomicUsize, workers: usize) {
+    while done.load(Ordering::Relaxed) < workers {
+        gen.step();
+    }
+}
+
+/// Run the lanes on the configured lcores (`conf.lcores[0]` is the calling, main lcore).
+pub fn run(
+    lanes: Vec<Lane>,
+    conf: &RunConf,
+    tsc_hz: u64,
+    success: fn(&CounterSnapshot) -> u64,
+) -> std::result::Result<Result, String> {
+    let nw = lanes.len();
+    let need = match conf.mode {
+        GenMode::Lcore => 2 * nw,
+        GenMode::Inline => nw,
+    };
+    if conf.lcores.len() < need {
+        return Err(format!(
+            "{nw} worker(s) with the generator {} need {need} lcores, {} given (--lcores)",
+            match conf.mode {
+                GenMode::Lcore => "on its own lcore",
+                GenMode::Inline => "inline",
+            },
+            conf.lcores.len()
+        ));
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel::<(usize, Stats)>();
+    let mut launched = Vec::new();
+    let mut main_job: Option<Box<dyn FnOnce() + Send>> = None;
+    let (warm, meas) = (conf.warmup_ms, conf.measure_ms);
+    for (w, lane) in lanes.into_iter().enumerate() {
+        let Lane { mut dut, mut gen } = lane;
+        let wjob: Box<dyn FnOnce() + Send> = match conf.mode {
+            GenMode::Inline => {
+                let tx = tx.clone();
+                let done = done.clone();
+                Box::new(move || {
+                    let s = worker_loop(dut.as_mut(), Some(&mut gen), tsc_hz, warm, meas, success);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    let _ = tx.send((w, s));
+                })
+            }
+            GenMode::Lcore => {
+                let done2 = done.clone();
+                let mut gjob = move || generator_loop(&mut gen, &done2, nw);
+                let glcore = conf.lcores[nw + w];
+                launched.push(
+                    dpdk::lcore::launch(glcore, move || {
+                        gjob();
+                        0
+                    })
+                    .map_err(|e| e.to_string())?,
+                );
+                let tx = tx.clone();
+                let done = done.clone();
+                Box::new(move || {
+                    let s = worker_loop(dut.as_mut(), None, tsc_hz, warm, meas, success);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    let _ = tx.send((w, s));
+                })
+            }
+        };
+        if w == 0 {
+            main_job = Some(wjob);
+        } else {
+            launched.push(
+                dpdk::lcore::launch(conf.lcores[w], move || {
+                    wjob();
+                    0
+                })
+                .map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    drop(tx);
+    if let Some(j) = main_job {
+        j();
+    }
+    for l in launched {
+        l.wait();
+    }
+    let mut per_worker = vec![Stats::default(); nw];
+    for (w, s) in rx.iter() {
+        per_worker[w] = s;
+    }
+    Ok(Result { per_worker, tsc_hz })
+}
+
+/// The dut poll callgrind counts (`--toggle-collect=rvs_bench_poll`).
+#[no_mangle]
+#[inline(never)]
+pub fn rvs_bench_poll(dut: &mut dyn Dut) -> usize {
+    dut.poll()
+}
+
+/// One measured region under callgrind (`--zero-before` / `--dump-after=rvs_bench_region`): inline
+/// generator steps and counted polls until `pkts` packets were received. Returns packets received.
+#[no_mangle]
+#[inline(never)]
+pub fn rvs_bench_region(lane: &mut Lane, pkts: u64) -> u64 {
+    let mut got = 0;
+    while got < pkts {
+        lane.gen.step();
+        got += rvs_bench_poll(lane.dut.as_mut()) as u64;
+    }
+    got
+}
+
+/// Warm up a lane for `pkts` packets outside the measured region.
+pub fn warm(lane: &mut Lane, pkts: u64) {
+    lane.dut.start();
+    let mut got = 0;
+    while got < pkts {
+        lane.gen.step();
+        got += lane.dut.poll() as u64;
+    }
+}

@@ -1,0 +1,451 @@
+//! rvs-bench: the rvs benchmark harness.
+//!
+//! `rvs-bench suite` (the default) runs, in one process and one EAL:
+//! - table memory: bytes the stack allocates at the configured sizes (counting global allocator
+//!   around `Stack::new`);
+//! - throughput: the bare io-forward baseline, then every trace through the production worker
+//!   loop, with the generator on its own lcore and interleaved on the worker's lcore;
+//! - instructions per packet: itself again under `valgrind --tool=callgrind` (`rvs-bench instr`,
+//!   single-threaded, fixed packet counts), the baseline's instructions subtracted;
+//!
+//! and prints one Markdown report (also written to `--out`). See perf/README.md.
+
+mod harness;
+mod report;
+mod trace;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dpdk::{Eal, Mempool};
+use rvs_core::counters::CoreCounters;
+use rvs_core::Stack;
+use rvs_dataplane::MbufPacket;
+
+use harness::{Device, GenMode, RunConf};
+use report::{InstrRow, MemRow, Report, ThroughputRow};
+use trace::{Env, Trace};
+
+/// Counts live heap bytes, to measure what `Stack::new` allocates.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only a counter is updated.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// rvs benchmark harness: traces through the production worker loop beside an io-forward baseline.
+#[derive(Parser, Debug)]
+#[command(name = "rvs-bench", version, about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Opts {
+    /// Traces to run (comma-separated): l3fwd, arp, icmp.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "l3fwd,arp,icmp",
+        global = true
+    )]
+    traces: Vec<String>,
+    /// Destination hosts of the forwarding trace (peers of the ARP/ICMP traces, at most 200).
+    #[arg(long, default_value_t = 256, global = true)]
+    hosts: usize,
+    /// RX burst size.
+    #[arg(long, default_value_t = 32, global = true)]
+    burst: u16,
+    /// Worker lcores.
+    #[arg(long, default_value_t = 1, global = true)]
+    workers: usize,
+    /// EAL lcores: workers first, then (generator on its own lcore) one generator per worker. The
+    /// first is the main lcore. Default: 0,1.
+    #[arg(long, value_delimiter = ',', default_value = "0,1", global = true)]
+    lcores: Vec<u32>,
+    /// Where the generator runs (suite: both, lcore first).
+    #[arg(long, value_enum, global = true)]
+    gen: Option<GenArg>,
+    /// Warm-up per throughput run, milliseconds.
+    #[arg(long, default_value_t = 200, global = true)]
+    warmup_ms: u64,
+    /// Measured time per throughput run, milliseconds.
+    #[arg(long, default_value_t = 1500, global = true)]
+    measure_ms: u64,
+    /// Packets per trace under callgrind (after as many again of warm-up).
+    #[arg(long, default_value_t = 20000, global = true)]
+    instr_pkts: u64,
+    /// Skip the callgrind pass.
+    #[arg(long, global = true)]
+    no_callgrind: bool,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "perf/results/latest.md", global = true)]
+    out: PathBuf,
+    /// Directory for callgrind's dump files (kept for callgrind_annotate).
+    #[arg(long, default_value = "perf/results/callgrind", global = true)]
+    callgrind_dir: PathBuf,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum GenArg {
+    Lcore,
+    Inline,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Everything: memory, throughput, callgrind pass; one report.
+    Suite,
+    /// Throughput only.
+    Throughput,
+    /// Single-threaded fixed-count regions for callgrind (what the suite runs under valgrind).
+    Instr,
+    /// Table memory only.
+    Mem,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let o = &args.opts;
+    let res = match args.cmd.unwrap_or(Cmd::Suite) {
+        Cmd::Suite => suite(o),
+        Cmd::Throughput => throughput_only(o),
+        Cmd::Instr => instr_child(o),
+        Cmd::Mem => {
+            let env = Env { hosts: o.hosts };
+            println!("{}", report::mem_table(&memory(&env)));
+            Ok(())
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rvs-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn traces(o: &Opts) -> Result<Vec<Trace>, String> {
+    let env = Env { hosts: o.hosts };
+    o.traces
+        .iter()
+        .map(|n| {
+            trace::kind(n)
+                .map(|k| (k.build)(&env))
+                .ok_or_else(|| format!("unknown trace {n:?}"))
+        })
+        .collect()
+}
+
+/// EAL arguments for this process (`lcores` as given, no hugepages, no PCI, a private prefix).
+fn eal_args(lcores: &[u32], mem_mb: u32) -> Vec<String> {
+    let l = lcores
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        "rvs-bench".into(),
+        "-l".into(),
+        l,
+        "--no-huge".into(),
+        "-m".into(),
+        mem_mb.to_string(),
+        "--no-pci".into(),
+        "--file-prefix".into(),
+        format!("rvsbench{}", std::process::id()),
+        "--log-level".into(),
+        "lib.eal:error".into(),
+    ]
+}
+
+fn pool(workers: usize) -> Result<Arc<Mempool>, String> {
+    let n = (8192 * workers.max(1) as u32).next_power_of_two() - 1;
+    Mempool::new_pktmbuf("rvsbench_mbufs", n, 256, -1)
+        .map(Arc::new)
+        .map_err(|e| format!("mbuf pool: {e}"))
+}
+
+/// Bytes the stack keeps allocated after `Stack::new`: at the default sizes, then with the
+/// neighbour table and the session table grown in turn (the slopes give bytes per entry).
+fn memory(env: &Env) -> Vec<MemRow> {
+    let base = (trace::kind("l3fwd").expect("l3fwd").build)(env).stack;
+    let (n0, s0) = (1024u32, base.fullnat.sessions);
+    [(n0, s0), (65536, s0), (n0, 4 * s0)]
+        .iter()
+        .map(|&(neigh, sessions)| {
+            let mut cfg = base.clone();
+            cfg.neigh.capacity = neigh;
+            cfg.fullnat.sessions = sessions;
+            let counters = Arc::new(CoreCounters::default());
+            let before = LIVE.load(Ordering::SeqCst);
+            let stack = Stack::<MbufPacket>::new(&cfg, counters);
+            let bytes = LIVE.load(Ordering::SeqCst) - before;
+            drop(stack);
+            MemRow {
+                neigh_capacity: neigh,
+                sessions,
+                hold_packets: cfg.neigh.hold_packets,
+                ports: cfg.ports.len(),
+                bytes: bytes.max(0) as u64,
+            }
+        })
+        .collect()
+}
+
+fn conf(o: &Opts, mode: GenMode) -> RunConf {
+    RunConf {
+        burst: o.burst,
+        workers: o.workers.max(1),
+        lcores: o.lcores.clone(),
+        mode,
+        warmup_ms: o.warmup_ms,
+        measure_ms: o.measure_ms,
+    }
+}
+
+/// Baseline then every trace, in each generator mode asked.
+fn throughput(o: &Opts, eal: &Eal, traces: &[Trace]) -> Result<Vec<ThroughputRow>, String> {
+    let pool = pool(o.workers)?;
+    let modes = match o.gen {
+        Some(GenArg::Lcore) => vec![GenMode::Lcore],
+        Some(GenArg::Inline) => vec![GenMode::Inline],
+        None => vec![GenMode::Lcore, GenMode::Inline],
+    };
+    let mut rows = Vec::new();
+    for mode in modes {
+        let c = conf(o, mode);
+        let runs = std::iter::once((Device::IoFwd, &traces[0]))
+            .chain(traces.iter().map(|t| (Device::Rvs, t)));
+        for (dev, t) in runs {
+            let lanes = harness::lanes(t, dev, &c, &pool, eal.tsc_hz())?;
+            let r = harness::run(lanes, &c, eal.tsc_hz(), t.success.1)?;
+            let row = ThroughputRow {
+                name: match dev {
+                    Device::IoFwd => "io-fwd (baseline)".into(),
+                    Device::Rvs => t.name.into(),
+                },
+                about: match dev {
+                    Device::IoFwd => "rx burst → tx burst, same port, no processing".into(),
+                    Device::Rvs => t.about.clone(),
+                },
+                success_name: match dev {
+                    Device::IoFwd => None,
+                    Device::Rvs => Some(t.success.0),
+                },
+                mode,
+                workers: c.workers,
+                result: r,
+            };
+            eprintln!("{}", report::progress(&row));
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn throughput_only(o: &Opts) -> Result<(), String> {
+    let traces = traces(o)?;
+    let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
+    let rows = throughput(o, &eal, &traces)?;
+    println!("{}", report::throughput_table(&rows));
+    Ok(())
+}
+
+/// What `rvs-bench instr` runs under callgrind: for the baseline then each trace, a warm-up and a
+/// measured region of `instr_pkts` packets, single-threaded, generator inline.
+fn instr_child(o: &Opts) -> Result<(), String> {
+    let traces = traces(o)?;
+    let eal = Eal::init(&eal_args(&o.lcores[..1], 256)).map_err(|e| format!("EAL: {e}"))?;
+    let pool = pool(1)?;
+    let mut c = conf(o, GenMode::Inline);
+    c.workers = 1;
+    let runs =
+        std::iter::once((Device::IoFwd, &traces[0])).chain(traces.iter().map(|t| (Device::Rvs, t)));
+    for (dev, t) in runs {
+        let mut lanes = harness::lanes(t, dev, &c, &pool, eal.tsc_hz())?;
+        let lane = &mut lanes[0];
+        harness::warm(lane, o.instr_pkts);
+        let n = harness::rvs_bench_region(lane, o.instr_pkts);
+        let name = match dev {
+            Device::IoFwd => "io-fwd",
+            Device::Rvs => t.name,
+        };
+        println!("region {name} {n}");
+    }
+    Ok(())
+}
+
+/// The callgrind command line for `exe` with dumps under `dir`.
+fn callgrind_cmd(exe: &str, dir: &str, o: &Opts) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        format!("--callgrind-out-file={dir}/cg.out"),
+        "--collect-atstart=no".into(),
+        "--toggle-collect=rvs_bench_poll".into(),
+        "--zero-before=rvs_bench_region".into(),
+        "--dump-after=rvs_bench_region".into(),
+        exe.into(),
+        "instr".into(),
+        "--traces".into(),
+        o.traces.join(","),
+        "--hosts".into(),
+        o.hosts.to_string(),
+        "--burst".into(),
+        o.burst.to_string(),
+        "--instr-pkts".into(),
+        o.instr_pkts.to_string(),
+        "--lcores".into(),
+        o.lcores[0].to_string(),
+    ]
+}
+
+/// Run this binary's `instr` under callgrind; one row per region.
+fn callgrind(o: &Opts) -> Result<(String, Vec<InstrRow>), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = &o.callgrind_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        if e.file_name().to_string_lossy().starts_with("cg.out") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let cmd = callgrind_cmd(&exe.to_string_lossy(), &dir.to_string_lossy(), o);
+    let shown = cmd.join(" ");
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map_err(|e| format!("valgrind: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "callgrind run failed: {}\n{}",
+            shown,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let regions: Vec<(String, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("region ")?.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+        })
+        .collect();
+    // Dumps are cg.out.1, cg.out.2, ... in region order (then a final one at exit).
+    let mut rows = Vec::new();
+    for (i, (name, pkts)) in regions.into_iter().enumerate() {
+        let f = dir.join(format!("cg.out.{}", i + 1));
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let total = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .ok_or_else(|| format!("{}: no totals line", f.display()))?;
+        let handle = annotate_inclusive(&f, "rvs_core::stack::Stack<P>::handle").unwrap_or(0);
+        rows.push(InstrRow {
+            name,
+            pkts,
+            instr: total,
+            handle,
+            file: f.display().to_string(),
+        });
+    }
+    Ok((shown, rows))
+}
+
+/// Inclusive instructions of the function named `func` (largest entry), from
+/// `callgrind_annotate --inclusive=yes`.
+fn annotate_inclusive(file: &std::path::Path, func: &str) -> Option<u64> {
+    let out = Command::new("callgrind_annotate")
+        .arg("--inclusive=yes")
+        .arg(file)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("%)") && l.contains(&format!(":{func} ")))
+        .filter_map(|l| l.split_whitespace().next()?.replace(',', "").parse().ok())
+        .max()
+}
+
+fn suite(o: &Opts) -> Result<(), String> {
+    let traces = traces(o)?;
+    let env = Env { hosts: o.hosts };
+    let mem = memory(&env);
+    let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
+    let rows = throughput(o, &eal, &traces)?;
+    let instr = if o.no_callgrind {
+        None
+    } else {
+        match callgrind(o) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("rvs-bench: callgrind pass skipped: {e}");
+                None
+            }
+        }
+    };
+    let rep = Report {
+        opts: format!(
+            "--hosts {} --burst {} --workers {} --lcores {} --warmup-ms {} --measure-ms {} --instr-pkts {}",
+            o.hosts,
+            o.burst,
+            o.workers,
+            o.lcores
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            o.warmup_ms,
+            o.measure_ms,
+            o.instr_pkts
+        ),
+        throughput: rows,
+        instr,
+        mem,
+    };
+    let md = rep.markdown();
+    println!("{md}");
+    if let Some(dir) = o.out.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&o.out, &md).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    eprintln!("rvs-bench: report written to {}", o.out.display());
+    Ok(())
+}

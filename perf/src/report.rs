@@ -1,0 +1,290 @@
+//! The Markdown report: machine, throughput beside the baseline, instructions per packet, memory.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use crate::harness::{GenMode, Result as RunResult};
+
+/// One throughput run.
+pub struct ThroughputRow {
+    pub name: String,
+    pub about: String,
+    /// The counter that must match the packets received (None: the baseline).
+    pub success_name: Option<&'static str>,
+    pub mode: GenMode,
+    pub workers: usize,
+    pub result: RunResult,
+}
+
+/// One callgrind region.
+pub struct InstrRow {
+    pub name: String,
+    pub pkts: u64,
+    /// Instructions inside the counted polls.
+    pub instr: u64,
+    /// Of which in `Stack::handle` (inclusive; 0 for the baseline).
+    pub handle: u64,
+    pub file: String,
+}
+
+/// Memory of one stack.
+pub struct MemRow {
+    pub neigh_capacity: u32,
+    pub sessions: u32,
+    pub hold_packets: u16,
+    pub ports: usize,
+    pub bytes: u64,
+}
+
+/// Everything the suite measured.
+pub struct Report {
+    pub opts: String,
+    pub throughput: Vec<ThroughputRow>,
+    pub instr: Option<(String, Vec<InstrRow>)>,
+    pub mem: Vec<MemRow>,
+}
+
+fn mode_name(m: GenMode) -> &'static str {
+    match m {
+        GenMode::Lcore => "generator on its own lcore",
+        GenMode::Inline => "generator inline on the worker lcore",
+    }
+}
+
+/// One line per finished run, for stderr while the suite runs.
+pub fn progress(r: &ThroughputRow) -> String {
+    format!(
+        "  {:<18} {:<6} {:>7.2} Mpps {:>7.1} ns/pkt busy, avg burst {:>5.1}",
+        r.name,
+        match r.mode {
+            GenMode::Lcore => "lcore",
+            GenMode::Inline => "inline",
+        },
+        r.result.mpps(),
+        r.result.ns_per_pkt(),
+        r.result.avg_burst()
+    )
+}
+
+/// The throughput tables, one per generator mode, each rvs row beside its baseline.
+pub fn throughput_table(rows: &[ThroughputRow]) -> String {
+    let mut s = String::new();
+    for mode in [GenMode::Lcore, GenMode::Inline] {
+        let rs: Vec<&ThroughputRow> = rows.iter().filter(|r| r.mode == mode).collect();
+        let Some(base) = rs.iter().find(|r| r.success_name.is_none()) else {
+            continue;
+        };
+        let (bm, bn) = (base.result.mpps(), base.result.ns_per_pkt());
+        let _ = writeln!(
+            s,
+            "\n**{}** ({} worker(s); Mpps over the wall time; ns/pkt = worker TSC in polls that \
+             received packets ÷ packets{})\n",
+            mode_name(mode),
+            base.workers,
+            if mode == GenMode::Inline {
+                "; generator time excluded"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "| trace | Mpps | × baseline | ns/pkt | − baseline ns | avg burst | worker busy | gen ns/pkt | outcome |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        for r in &rs {
+            let x = &r.result;
+            let mut outcome = match r.success_name {
+                None => "rx = tx".to_string(),
+                Some(n) => format!(
+                    "{:.1}% {n}, {} drops{}",
+                    100.0 * x.success_share(),
+                    x.drops(),
+                    x.top_drop()
+                        .map(|(r, c)| format!(" ({r} {c})"))
+                        .unwrap_or_default()
+                ),
+            };
+            if mode == GenMode::Lcore && x.busy_share() < 0.85 {
+                outcome.push_str("; **generator-bound** (worker idle part of the time)");
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.2} | {:.1} | {:+.1} | {:.1} | {:.0}% | {} | {} |",
+                r.name,
+                x.mpps(),
+                x.mpps() / bm,
+                x.ns_per_pkt(),
+                x.ns_per_pkt() - bn,
+                x.avg_burst(),
+                100.0 * x.busy_share(),
+                if mode == GenMode::Inline {
+                    format!("{:.1}", x.gen_ns_per_pkt())
+                } else {
+                    "—".into()
+                },
+                outcome
+            );
+        }
+    }
+    s
+}
+
+/// The instructions table.
+pub fn instr_table(cmd: &str, rows: &[InstrRow]) -> String {
+    let mut s = String::new();
+    let per = |r: &InstrRow| r.instr as f64 / r.pkts.max(1) as f64;
+    let hper = |r: &InstrRow| r.handle as f64 / r.pkts.max(1) as f64;
+    let base = rows
+        .iter()
+        .find(|r| r.name == "io-fwd")
+        .map(per)
+        .unwrap_or(0.0);
+    let _ = writeln!(
+        s,
+        "| trace | packets | instr/pkt (whole poll) | − baseline | of which in Stack::handle |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:+.1} | {} |",
+            r.name,
+            r.pkts,
+            per(r),
+            per(r) - base,
+            if r.handle > 0 {
+                format!("{:.1}", hper(r))
+            } else {
+                "—".into()
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nWhole poll = `Worker::poll_once` (RX burst, handle, timers, TX flush) or the baseline's \
+         RX→TX, generator excluded. Timer work runs once per TSC millisecond, i.e. on far more \
+         polls under valgrind than natively, and is in the whole-poll figure, not in `Stack::handle`."
+    );
+    let _ = writeln!(s, "\nCommand (run by the suite):\n\n```\n{cmd}\n```");
+    if let Some(r) = rows.iter().find(|r| r.name != "io-fwd") {
+        let _ = writeln!(
+            s,
+            "\nAnnotate a region: `callgrind_annotate --inclusive=yes {}`",
+            r.file
+        );
+    }
+    s
+}
+
+/// The memory table.
+pub fn mem_table(rows: &[MemRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| neighbour capacity | sessions | hold packets/entry | ports | bytes allocated by Stack::new | MiB |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.2} |",
+            r.neigh_capacity,
+            r.sessions,
+            r.hold_packets,
+            r.ports,
+            r.bytes,
+            r.bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    if let [a, b, c] = rows {
+        let per_neigh =
+            (b.bytes as f64 - a.bytes as f64) / (b.neigh_capacity - a.neigh_capacity) as f64;
+        let per_sess = (c.bytes as f64 - a.bytes as f64) / (c.sessions - a.sessions) as f64;
+        let _ = writeln!(
+            s,
+            "\nSlopes: {per_neigh:.1} bytes per neighbour entry, {per_sess:.1} bytes per session \
+             (FULLNAT session table and whatever it allocates per slot). Measured with a counting \
+             global allocator around `Stack::new` (live bytes after minus before)."
+        );
+    }
+    s
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Machine description: CPU model, CPUs, kernel, DPDK, rustc.
+pub fn machine() -> String {
+    let lscpu = sh("lscpu", &[]);
+    let field = |k: &str| {
+        lscpu
+            .lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "{} ({} CPUs, {}), kernel {}, DPDK {}, {}",
+        field("Model name:"),
+        field("CPU(s):"),
+        match field("Hypervisor vendor:").as_str() {
+            "?" => "bare metal".to_string(),
+            v => format!("{v} VM"),
+        },
+        sh("uname", &["-r"]),
+        dpdk::DPDK_VERSION,
+        sh("rustc", &["--version"])
+    )
+}
+
+impl Report {
+    /// The whole report.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# rvs benchmark\n");
+        let _ = writeln!(s, "- machine: {}", machine());
+        let _ = writeln!(
+            s,
+            "- date: {}; commit {}",
+            sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            sh("git", &["rev-parse", "--short", "HEAD"])
+        );
+        let _ = writeln!(
+            s,
+            "- command: `./scripts/bench` (= `rvs-bench suite {}`)",
+            self.opts
+        );
+        let _ = writeln!(
+            s,
+            "- frames: 64 bytes on the wire (60 in the mbuf), fed through net_ring ports into \
+             `Worker::poll_once`\n"
+        );
+        let _ = writeln!(s, "## Traces\n");
+        for r in self
+            .throughput
+            .iter()
+            .filter(|r| r.mode == self.throughput[0].mode)
+        {
+            let _ = writeln!(s, "- `{}`: {}", r.name, r.about);
+        }
+        let _ = writeln!(s, "\n## Throughput per worker core");
+        let _ = write!(s, "{}", throughput_table(&self.throughput));
+        let _ = writeln!(s, "\n## Instructions per packet (callgrind)\n");
+        match &self.instr {
+            Some((cmd, rows)) => {
+                let _ = write!(s, "{}", instr_table(cmd, rows));
+            }
+            None => {
+                let _ = writeln!(s, "not measured (valgrind missing or --no-callgrind)");
+            }
+        }
+        let _ = writeln!(s, "\n## Memory of the stack's tables\n");
+        let _ = write!(s, "{}", mem_table(&self.mem));
+        s
+    }
+}
