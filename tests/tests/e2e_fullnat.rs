@@ -213,10 +213,10 @@ fn fullnat_tcp_wrr_toa_checksums_bulk_and_udp() {
         "50 MB download intact"
     );
 
-    // UDP request/response through the UDP VIP.
+    // UDP request/response through the UDP VIP, each request from a new socket (a new session).
     let o = ns(
         &cl,
-        &format!("python3 -c \"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2)\nr=[]\nfor i in range(20):\n s.sendto(b'ping%d'%i,('{VIP}',7));r.append(s.recvfrom(2048)[0].decode())\nprint('\\n'.join(r))\""),
+        &format!("python3 -c \"import socket\nr=[]\nfor i in range(20):\n s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2)\n s.sendto(b'ping%d'%i,('{VIP}',7));r.append(s.recvfrom(2048)[0].decode())\nprint('\\n'.join(r))\""),
     );
     let replies = text(&o);
     assert!(o.status.success(), "UDP through the VIP: {replies}");

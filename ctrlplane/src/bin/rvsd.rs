@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use rvs_core::addr::{MacAddr, Prefix};
+use rvs_core::config::{DestConf, FullnatConf, Proto, RssConf, Sched, ServiceConf, Timeouts};
 use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
 use rvs_core::io::PortIdx;
-use rvs_core::config::{DestConf, FullnatConf, Proto, RssConf, Sched, ServiceConf, Timeouts};
 use rvs_core::{NeighConf, PortConf, RouteConf, Stack, StackConfig};
 use rvs_ctrlplane::config::{self, Config};
 use rvs_dataplane::{NeighMsg, PeerLinks, PeerSenders, Worker, WorkerIo, WorkerPorts};
@@ -31,9 +31,9 @@ struct Args {
 /// The Toeplitz key rvs programs where the port lets it (Microsoft's default key), so that FULLNAT
 /// can pick local ports whose replies hash to the owning worker's queue.
 const RSS_KEY: [u8; 40] = [
-    0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca,
-    0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b,
-    0xbe, 0xac, 0x01, 0xfa,
+    0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0,
+    0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c,
+    0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
 ];
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -135,7 +135,12 @@ fn services(cfg: &Config) -> Vec<ServiceConf> {
                 .iter()
                 .map(|r| {
                     next_id += 1;
-                    DestConf { id: next_id - 1, rip: r.ip, rport: r.port, weight: r.weight }
+                    DestConf {
+                        id: next_id - 1,
+                        rip: r.ip,
+                        rport: r.port,
+                        weight: r.weight,
+                    }
                 })
                 .collect(),
             lips: s.lips.clone(),
@@ -256,9 +261,14 @@ fn run(cfg: &Config) -> Result<(), String> {
     // RSS of the port that receives real servers' replies (the LIP port), when it reports one:
     // FULLNAT then picks lports whose replies hash to the owning worker's queue.
     let lip_port = cfg.services.first().map(|s| s.lip_port);
-    let rss = lip_port.and_then(|p| ports[p].rss_info()).map(|r| RssConf { key: r.key, reta: r.reta });
+    let rss = lip_port.and_then(|p| ports[p].rss_info()).map(|r| RssConf {
+        key: r.key,
+        reta: r.reta,
+    });
     match (&rss, lip_port) {
-        (Some(_), Some(p)) => println!("rvsd: port {p}: RSS known; lports chosen so replies hash to their worker"),
+        (Some(_), Some(p)) => {
+            println!("rvsd: port {p}: RSS known; lports chosen so replies hash to their worker")
+        }
         (None, Some(p)) if nq > 1 => {
             println!("rvsd: port {p}: RSS not reported by the PMD; replies on the wrong worker are redirected")
         }
@@ -288,8 +298,11 @@ fn run(cfg: &Config) -> Result<(), String> {
                 .map_err(|e| format!("ring: {e}"))?;
             tx.neigh.push(p);
             rx.neigh.push(c);
-            let (p, c) = dpdk::ring::spsc_mbuf(&format!("rvs_redir_{from}_{to}"), cfg.dataplane.redirect_ring)
-                .map_err(|e| format!("ring: {e}"))?;
+            let (p, c) = dpdk::ring::spsc_mbuf(
+                &format!("rvs_redir_{from}_{to}"),
+                cfg.dataplane.redirect_ring,
+            )
+            .map_err(|e| format!("ring: {e}"))?;
             tx.redirect[to] = Some(p);
             rx.redirect.push(c);
         }

@@ -123,8 +123,8 @@ impl WorkerIo {
             if b.is_empty() {
                 continue;
             }
-            let n = ring.send_burst(b);
-            self.counters.redirected_out.add(n as u64);
+            // The core counted them as redirected_out; those the ring refuses are lost here.
+            ring.send_burst(b);
             for _ in 0..b.len() {
                 self.counters.count_drop(DropReason::RedirectFull);
             }
