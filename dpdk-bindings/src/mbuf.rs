@@ -8,6 +8,7 @@ use crate::sys;
 pub const MAX_BURST: usize = 512;
 
 /// An owned, single-segment packet mbuf. Dropping it returns it to its pool.
+#[repr(transparent)]
 pub struct Mbuf(NonNull<sys::rte_mbuf>);
 
 // SAFETY: an mbuf is owned by exactly one wrapper at a time; moving it to another lcore (rings)
@@ -173,6 +174,14 @@ impl Burst {
         self.ptrs[self.len] = m.into_raw();
         self.len += 1;
         Ok(())
+    }
+
+    /// The mbufs in the burst, in order, without taking them out.
+    #[inline(always)]
+    pub fn as_slice(&self) -> &[Mbuf] {
+        // SAFETY: Mbuf is a repr(transparent) NonNull<rte_mbuf>, the same layout as the raw
+        // pointers stored here, and the first len slots hold valid, non-null, owned mbufs.
+        unsafe { std::slice::from_raw_parts(self.ptrs.as_ptr() as *const Mbuf, self.len) }
     }
 
     /// Take every mbuf out, in order.

@@ -143,6 +143,21 @@ pub struct SessionTable<A> {
     len: u32,
 }
 
+/// Hint the CPU to bring `v`'s cache line in; never faults, changes nothing.
+#[inline(always)]
+fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; the address is that of a live reference.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(
+            v as *const T as *const i8,
+            core::arch::x86_64::_MM_HINT_T0,
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 #[inline(always)]
 fn key_hash<A: SessAddr>(seed: u64, proto: u8, a: A, ap: u16, b: A, bp: u16) -> u64 {
     let x = a.hash_bits().rotate_left(32) ^ b.hash_bits() ^ seed;
@@ -226,6 +241,29 @@ impl<A: SessAddr> SessionTable<A> {
     #[inline(always)]
     fn out_bucket(&self, proto: u8, rip: A, rport: u16, lip: A, lport: u16) -> usize {
         (key_hash(self.seed, proto, rip, rport, lip, lport) & self.mask) as usize
+    }
+
+    /// Batched lookups, stage 1: prefetch the index slots where a packet with this tuple (source,
+    /// sport, destination, dport) would be found, as a client → VIP packet (inbound index) or as a
+    /// real server → LIP packet (outbound index). Both keys hash the same fields in the same order,
+    /// so they share the bucket number.
+    #[inline(always)]
+    pub fn prefetch_heads(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
+        let b = self.in_bucket(proto, src, sport, dst, dport);
+        prefetch(&self.in_heads[b]);
+        prefetch(&self.out_heads[b]);
+    }
+
+    /// Batched lookups, stage 2 (after stage 1 for the whole burst): prefetch the first entry of
+    /// both chains.
+    #[inline(always)]
+    pub fn prefetch_entries(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
+        let b = self.in_bucket(proto, src, sport, dst, dport);
+        for i in [self.in_heads[b], self.out_heads[b]] {
+            if i != NIL {
+                prefetch(&self.entries[i as usize]);
+            }
+        }
     }
 
     /// The session of a client → VIP packet.

@@ -383,6 +383,26 @@ impl<P: PacketBuf> Stack<P> {
         self.count_drop(reason);
     }
 
+    /// Batched session lookups: for every frame of a burst call `prefetch(frame, 0)`, then
+    /// `prefetch(frame, 1)`, then `handle` each. Stage 0 prefetches the session-index slots of the
+    /// frame's IPv4 TCP/UDP tuple, stage 1 the first session entries they point to, so the lookups
+    /// in `handle` find them in cache (they matter from ~100K sessions up). Cheap on anything else.
+    #[inline]
+    pub fn prefetch(&self, frame: &[u8], stage: u8) {
+        let Some((proto, src, sport, dst, dport)) = crate::wire::ipv4_l4_tuple(frame) else {
+            return;
+        };
+        if stage == 0 {
+            self.fnat
+                .sessions
+                .prefetch_heads(proto, src, sport, dst, dport);
+        } else {
+            self.fnat
+                .sessions
+                .prefetch_entries(proto, src, sport, dst, dport);
+        }
+    }
+
     /// Handle one received frame.
     pub fn handle<I: Io<Pkt = P>>(&mut self, io: &mut I, port: PortIdx, pkt: P, now_ms: u64) {
         let Some(ps) = self.ports.get(port as usize) else {

@@ -127,3 +127,65 @@ pub fn write_eth(d: &mut [u8], dst: MacAddr, src: MacAddr, ethertype: u16) {
 pub fn icmp_type_is_error(t: u8) -> bool {
     matches!(t, 3 | 4 | 5 | 11 | 12) || t > 18
 }
+
+/// The (protocol, source, source port, destination, destination port) of an Ethernet/IPv4 TCP or
+/// UDP frame, without validating more than the bounds it reads (a hint for prefetching only).
+#[inline(always)]
+pub fn ipv4_l4_tuple(f: &[u8]) -> Option<(u8, Ipv4Addr, u16, Ipv4Addr, u16)> {
+    if f.len() < ETH_LEN + 20 || u16::from_be_bytes([f[12], f[13]]) != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let proto = f[ETH_LEN + 9];
+    if proto != 6 && proto != 17 {
+        return None;
+    }
+    let l4 = ETH_LEN + ((f[ETH_LEN] & 0x0f) as usize) * 4;
+    if f.len() < l4 + 4 {
+        return None;
+    }
+    let a = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+    Some((
+        proto,
+        a(ETH_LEN + 12),
+        u16::from_be_bytes([f[l4], f[l4 + 1]]),
+        a(ETH_LEN + 16),
+        u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l4_tuple_of_tcp_udp_only() {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([192, 0, 2, 2], [203, 0, 113, 10], 64)
+            .tcp(40000, 80, 1, 1000)
+            .write(&mut f, b"")
+            .unwrap();
+        assert_eq!(
+            ipv4_l4_tuple(&f),
+            Some((
+                6,
+                Ipv4Addr::new(192, 0, 2, 2),
+                40000,
+                Ipv4Addr::new(203, 0, 113, 10),
+                80
+            ))
+        );
+        assert_eq!(
+            ipv4_l4_tuple(&f[..14 + 22]),
+            None,
+            "truncated before the ports"
+        );
+        let mut icmp = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([192, 0, 2, 2], [203, 0, 113, 10], 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut icmp, b"")
+            .unwrap();
+        assert_eq!(ipv4_l4_tuple(&icmp), None);
+    }
+}

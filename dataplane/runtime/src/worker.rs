@@ -96,6 +96,12 @@ impl Worker {
             }
             got += n;
             self.counters.rx_packets.add(n as u64);
+            // Batched session lookups: index slots for the whole burst, then the entries.
+            for stage in 0..2 {
+                for m in self.rxb.as_slice() {
+                    self.stack.prefetch(m.data(), stage);
+                }
+            }
             for m in self.rxb.drain() {
                 self.stack
                     .handle(&mut self.io, p as PortIdx, MbufPacket(m), now);
