@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use rvs_core::addr::{MacAddr, Prefix};
-use rvs_core::config::{DestConf, FullnatConf, Proto, RssConf, Sched, ServiceConf, Timeouts};
+use rvs_core::config::{DestConf, FullnatConf, Fwd, Proto, RssConf, Sched, ServiceConf, Timeouts};
 use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
 use rvs_core::io::PortIdx;
 use rvs_core::{NeighConf, PortConf, RouteConf, Stack, StackConfig};
@@ -140,6 +140,12 @@ fn services(cfg: &Config) -> Vec<ServiceConf> {
                         rip: r.ip,
                         rport: r.port,
                         weight: r.weight,
+                        fwd: match r.forward {
+                            config::Forward::FullNat => Fwd::FullNat,
+                            config::Forward::Nat => Fwd::Nat,
+                            config::Forward::Dr => Fwd::Dr,
+                            config::Forward::Tun => Fwd::Tun,
+                        },
                     }
                 })
                 .collect(),

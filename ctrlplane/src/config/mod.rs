@@ -212,9 +212,47 @@ impl fmt::Display for Scheduler {
     }
 }
 
-/// One `[[service]]`: a FULLNAT virtual service. Clients connect to
-/// `vip:vport`; rvs forwards each session to a real server, from one of the
-/// local addresses (LIPs) as source.
+/// How packets reach a real server (LVS's forwarding methods, chosen per
+/// real server as with ipvsadm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Forward {
+    /// FULLNAT (`"fullnat"`): source and destination translated; needs the
+    /// service's `lips`.
+    FullNat,
+    /// NAT / masquerading (`"nat"`, ipvsadm `-m`): destination translated;
+    /// the real server must route its replies through rvs.
+    Nat,
+    /// Direct routing (`"dr"`, ipvsadm `-g`): only the MAC changes; the real
+    /// server is on-link, owns the VIP and answers the client directly.
+    Dr,
+    /// IP-in-IP tunnelling (`"tun"`, ipvsadm `-i`): the real server
+    /// decapsulates and answers the client directly.
+    Tun,
+}
+
+impl Forward {
+    /// The name as written in the configuration: `fullnat`, `nat`, `dr` or
+    /// `tun`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forward::FullNat => "fullnat",
+            Forward::Nat => "nat",
+            Forward::Dr => "dr",
+            Forward::Tun => "tun",
+        }
+    }
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[service]]`: a virtual service. Clients connect to `vip:vport`;
+/// rvs forwards each session to a real server with that real server's
+/// forwarding method (FULLNAT ones from one of the local addresses, LIPs,
+/// as source).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     /// The protocol (`proto`, required).
@@ -226,17 +264,21 @@ pub struct ServiceConfig {
     pub vport: u16,
     /// The scheduler (`scheduler`, required).
     pub scheduler: Scheduler,
+    /// The default forwarding method of the service's real servers
+    /// (`forward`, default `fullnat`).
+    pub forward: Forward,
     /// Index into [`Config::ports`] of the port that owns the VIP (`port`;
     /// by default the port whose connected subnet holds the VIP).
     pub port: usize,
-    /// The local addresses sessions to the real servers are sent from
-    /// (`lips`, at least one, distinct): of the VIP's family, not port
-    /// addresses nor VIPs. Services may share them.
+    /// The local addresses FULLNAT sessions to the real servers are sent
+    /// from (`lips`, distinct): of the VIP's family, not port addresses nor
+    /// VIPs. Services may share them. Required (at least one) when some real
+    /// server is FULLNAT; may be absent otherwise.
     pub lips: Vec<IpAddr>,
     /// Index into [`Config::ports`] of the port that owns the local
     /// addresses (`lip_port`; by default the port whose connected subnet
     /// holds the first of them, and then all of them must be in that port's
-    /// connected subnets).
+    /// connected subnets; without local addresses, by default `port`).
     pub lip_port: usize,
     /// The real servers (`[[service.real]]`), in file order; at least one.
     pub reals: Vec<RealConfig>,
@@ -254,6 +296,10 @@ pub struct RealConfig {
     /// The weight (`weight`, 0..=65535, default 1); 0 sends it no new
     /// sessions.
     pub weight: u32,
+    /// The forwarding method (`forward`, default the service's). DR and TUN
+    /// cannot map ports (`port` must be the vport); DR needs the real server
+    /// in a connected subnet of a port.
+    pub forward: Forward,
 }
 
 /// One `[[port]]`.

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use super::tree::{self, Entry, Kind, Node};
 use super::{
-    Config, ConfigError, DataplaneConfig, Device, EalConfig, FullnatConfig, NeighbourConfig,
-    PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig, TimeoutsConfig,
+    Config, ConfigError, DataplaneConfig, Device, EalConfig, Forward, FullnatConfig,
+    NeighbourConfig, PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig,
+    TimeoutsConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -979,11 +980,32 @@ const SERVICE_KEYS: &[&str] = &[
     "vip",
     "vport",
     "scheduler",
+    "forward",
     "port",
     "lips",
     "lip_port",
     "real",
 ];
+
+/// The forwarding methods.
+const FORWARDS: &str = "\"fullnat\", \"nat\", \"dr\" or \"tun\"";
+
+/// The `forward` value of table `t`, `default` when absent.
+fn forward(t: &Table, default: Forward) -> Result<Forward> {
+    Ok(match t.opt_str("forward")? {
+        None => default,
+        Some("fullnat") => Forward::FullNat,
+        Some("nat") => Forward::Nat,
+        Some("dr") => Forward::Dr,
+        Some("tun") => Forward::Tun,
+        Some(other) => {
+            return Err(t.err(
+                "forward",
+                format!("forward must be {FORWARDS}, got {other:?}"),
+            ))
+        }
+    })
+}
 
 /// The schedulers rvs implements.
 const SCHEDULERS: &str = "rr, wrr";
@@ -1070,6 +1092,8 @@ fn parse_service(
         }
     };
 
+    let service_forward = forward(&t, Forward::FullNat)?;
+
     let port = match t.port_ref("port", ports)? {
         Some((idx, _)) => idx,
         None => port_for_addr(ports, "vip", vip).map_err(|m| {
@@ -1081,9 +1105,10 @@ fn parse_service(
         })?,
     };
 
-    let lips_node = t.required("lips", "the local addresses, like [\"198.51.100.2\"]")?;
+    // Required only when a real server is FULLNAT (checked after the reals).
+    const LIPS_WHAT: &str = "the local addresses, like [\"198.51.100.2\"]";
     let lip_items = t.array("lips")?.unwrap_or_default();
-    if lip_items.is_empty() {
+    if let (Some(lips_node), true) = (t.get("lips"), lip_items.is_empty()) {
         return Err(cx.err(
             lips_node.pos,
             t.path("lips"),
@@ -1124,6 +1149,7 @@ fn parse_service(
 
     let lip_port = match t.port_ref("lip_port", ports)? {
         Some((idx, _)) => idx,
+        None if lips.is_empty() => port,
         None => {
             let first = lips.first().copied().unwrap_or(vip);
             let idx = port_for_addr(ports, "local address", first).map_err(|m| {
@@ -1172,7 +1198,7 @@ fn parse_service(
             cx,
             node,
             format!("{}[{k}]", t.path("real")),
-            &["ip", "port", "weight"],
+            &["ip", "port", "weight", "forward"],
         )?;
         let ip_node = rt.required("ip", "the real server's address, like \"198.51.100.11\"")?;
         let ip = ip_value(cx, ip_node, &rt.path("ip"), "ip")?;
@@ -1202,6 +1228,7 @@ fn parse_service(
         }
         let port: u16 = rt.int("port", vport, 1, 65535)?;
         let weight: u32 = rt.int("weight", 1, 0, 65535)?;
+        let forward = forward(&rt, service_forward)?;
         if let Some(j) = reals.iter().position(|r| r.ip == ip && r.port == port) {
             return Err(rt.err(
                 "ip",
@@ -1225,7 +1252,32 @@ fn parse_service(
                 ),
             ));
         }
-        reals.push(RealConfig { ip, port, weight });
+        if matches!(forward, Forward::Dr | Forward::Tun) && port != vport {
+            return Err(rt.err(
+                "port",
+                format!(
+                    "port mapping is impossible with DR/TUN (real port {port} != vport {vport})"
+                ),
+            ));
+        }
+        if forward == Forward::Dr && !connected {
+            return Err(rt.err(
+                "ip",
+                format!(
+                    "real server {ip} is not in a connected subnet of a port ({}); DR needs the real server on the same link (use tun to reach it through a router)",
+                    all_subnets(ports)
+                ),
+            ));
+        }
+        reals.push(RealConfig {
+            ip,
+            port,
+            weight,
+            forward,
+        });
+    }
+    if lips.is_empty() && reals.iter().any(|r| r.forward == Forward::FullNat) {
+        t.required("lips", LIPS_WHAT)?;
     }
 
     Ok(ServiceConfig {
@@ -1233,6 +1285,7 @@ fn parse_service(
         vip,
         vport,
         scheduler,
+        forward: service_forward,
         port,
         lips,
         lip_port,

@@ -1064,6 +1064,7 @@ fn services() {
             vip: ip("203.0.113.10"),
             vport: 80,
             scheduler: Scheduler::Wrr,
+            forward: Forward::FullNat,
             port: 0,
             lips: vec![ip("198.51.100.2"), ip("198.51.100.3")],
             lip_port: 1,
@@ -1072,11 +1073,13 @@ fn services() {
                     ip: ip("198.51.100.11"),
                     port: 80,
                     weight: 3,
+                    forward: Forward::FullNat,
                 },
                 RealConfig {
                     ip: ip("10.1.2.3"),
                     port: 8080,
                     weight: 1,
+                    forward: Forward::FullNat,
                 },
             ],
         }]
@@ -1109,12 +1112,14 @@ fn services() {
             RealConfig {
                 ip: ip("198.51.100.11"),
                 port: 80,
-                weight: 0
+                weight: 0,
+                forward: Forward::FullNat,
             },
             RealConfig {
                 ip: ip("198.51.100.11"),
                 port: 81,
-                weight: 65535
+                weight: 65535,
+                forward: Forward::FullNat,
             },
         ]
     );
@@ -1172,7 +1177,7 @@ fn service_fields() {
         ("lips = [\"198.51.100.2\"", "lips = [\"172.16.0.2\"", 12, 1, "service[0].lip_port", "local address 172.16.0.2 is not in a connected subnet of any port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); say which port owns the local addresses with `lip_port`"),
         ("port = \"client\"", "port = \"client\"\nlip_port = \"s\"", 18, 12, "service[0].lip_port", "no port is named `s`; the ports are: client, servers"),
         ("port = \"client\"", "port = \"client\"\nlip_port = 1", 18, 12, "service[0].lip_port", "expected a string, found an integer"),
-        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, port, lips, lip_port, real"),
+        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, forward, port, lips, lip_port, real"),
         ("ip = \"198.51.100.11\"", "ip = \"2001:db8::11\"", 20, 6, "service[0].real[0].ip", "real server 2001:db8::11 is IPv6 but the vip 203.0.113.10 is IPv4: NAT64 is not supported yet; local and real server addresses must be of the VIP's family"),
         ("ip = \"198.51.100.11\"", "ip = \"198.51.100.1\"", 20, 6, "service[0].real[0].ip", "real server 198.51.100.1 is an address of rvs itself (port `servers`); a real server must be another host"),
         ("ip = \"198.51.100.11\"", "ip = \"203.0.113.10\"", 20, 6, "service[0].real[0].ip", "real server 203.0.113.10 is the vip of this service"),
@@ -1187,7 +1192,7 @@ fn service_fields() {
         ("port = 8080", "port = \"http\"", 24, 8, "service[0].real[1].port", "expected an integer, found a string"),
         ("weight = 3", "weight = 65536", 21, 10, "service[0].real[0].weight", "weight must be between 0 and 65535, got 65536"),
         ("weight = 3", "weight = 1.5", 21, 10, "service[0].real[0].weight", "expected an integer, found a float"),
-        ("weight = 3", "wieght = 3", 21, 1, "service[0].real[0].wieght", "unknown key `wieght`; allowed keys here: ip, port, weight"),
+        ("weight = 3", "wieght = 3", 21, 1, "service[0].real[0].wieght", "unknown key `wieght`; allowed keys here: ip, port, weight, forward"),
     ];
     for &(from, to, line, col, key, want) in cases {
         let msg = error_at(&svc(from, to), line, col, key);
@@ -1307,5 +1312,72 @@ fn service_display() {
     assert_eq!(
         e.to_string(),
         "test.toml:21:10: service[0].real[0].weight: weight must be between 0 and 65535, got 70000"
+    );
+}
+
+#[test]
+fn forwarding_methods() {
+    // Per real server, defaulting to the service's `forward`, itself "fullnat".
+    let cfg = parse(&svc("weight = 3", "weight = 3\nforward = \"dr\"")).unwrap();
+    let s = &cfg.services[0];
+    assert_eq!(s.forward, Forward::FullNat);
+    assert_eq!(
+        (s.reals[0].forward, s.reals[1].forward),
+        (Forward::Dr, Forward::FullNat)
+    );
+    let text = svc(
+        "scheduler = \"wrr\"",
+        "scheduler = \"wrr\"\nforward = \"nat\"",
+    );
+    let cfg = parse(&text.replacen("weight = 3", "weight = 3\nforward = \"tun\"", 1)).unwrap();
+    let s = &cfg.services[0];
+    assert_eq!(s.forward, Forward::Nat);
+    assert_eq!(
+        (s.reals[0].forward, s.reals[1].forward),
+        (Forward::Tun, Forward::Nat)
+    );
+    assert_eq!(Forward::FullNat.as_str(), "fullnat");
+    assert_eq!(Forward::Tun.to_string(), "tun");
+
+    // Without a FULLNAT real server, `lips` may be absent; lip_port is then
+    // the VIP's port.
+    let no_lips = svc(
+        "lips = [\"198.51.100.2\", \"198.51.100.3\"]",
+        "forward = \"nat\"",
+    );
+    let cfg = parse(&no_lips).unwrap();
+    let s = &cfg.services[0];
+    assert!(s.lips.is_empty());
+    assert_eq!((s.port, s.lip_port), (0, 0));
+    assert!(s.reals.iter().all(|r| r.forward == Forward::Nat));
+    // ... but one FULLNAT real server needs them.
+    let text = no_lips.replacen("weight = 3", "weight = 3\nforward = \"fullnat\"", 1);
+    let msg = error_at(&text, 12, 1, "service[0].lips");
+    assert_eq!(
+        msg,
+        "missing required key `lips` (the local addresses, like [\"198.51.100.2\"])"
+    );
+
+    let cases: &[(&str, &str, usize, usize, &str, &str)] = &[
+        ("port = 8080", "port = 8080\nforward = \"dr\"", 24, 8, "service[0].real[1].port", "port mapping is impossible with DR/TUN (real port 8080 != vport 80)"),
+        ("port = 8080", "forward = \"tun\"\nport = 8080", 25, 8, "service[0].real[1].port", "port mapping is impossible with DR/TUN (real port 8080 != vport 80)"),
+        ("scheduler = \"wrr\"", "scheduler = \"wrr\"\nforward = \"tun\"", 25, 8, "service[0].real[1].port", "port mapping is impossible with DR/TUN (real port 8080 != vport 80)"),
+        ("ip = \"10.1.2.3\"\nport = 8080", "ip = \"10.1.2.3\"\nforward = \"dr\"", 23, 6, "service[0].real[1].ip", "real server 10.1.2.3 is not in a connected subnet of a port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); DR needs the real server on the same link (use tun to reach it through a router)"),
+        ("weight = 3", "weight = 3\nforward = \"masq\"", 22, 11, "service[0].real[0].forward", "forward must be \"fullnat\", \"nat\", \"dr\" or \"tun\", got \"masq\""),
+        ("weight = 3", "weight = 3\nforward = 1", 22, 11, "service[0].real[0].forward", "expected a string, found an integer"),
+        ("scheduler = \"wrr\"", "scheduler = \"wrr\"\nforward = \"DR\"", 17, 11, "service[0].forward", "forward must be \"fullnat\", \"nat\", \"dr\" or \"tun\", got \"DR\""),
+    ];
+    for &(from, to, line, col, key, want) in cases {
+        let msg = error_at(&svc(from, to), line, col, key);
+        assert_eq!(msg, want, "{from:?} -> {to:?}");
+    }
+    // NAT keeps port mapping.
+    let cfg = parse(&svc("port = 8080", "port = 8080\nforward = \"nat\"")).unwrap();
+    assert_eq!(
+        (
+            cfg.services[0].reals[1].port,
+            cfg.services[0].reals[1].forward
+        ),
+        (8080, Forward::Nat)
     );
 }

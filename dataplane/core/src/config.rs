@@ -18,11 +18,12 @@ pub struct StackConfig {
     /// ICMP errors per second per core (token bucket, burst = one second's worth); 0 disables them.
     pub icmp_ratelimit_per_s: u32,
     /// Index of the worker running this stack (0..n_workers). Worker `w` owns the lports with
-    /// `lport % n_workers == w`.
+    /// `lport % n_workers == w`, and the NAT sessions of the clients with
+    /// [`crate::fwd::nat_owner`]`(CIP, cport, n_workers) == w`.
     pub worker: u16,
     /// Number of workers (at least 1).
     pub n_workers: u16,
-    /// Virtual services (FULLNAT).
+    /// Virtual services (FULLNAT, NAT, DR, TUN per real server).
     pub services: Vec<ServiceConf>,
     /// FULLNAT settings (session table, timeouts, TOA, lports).
     pub fullnat: FullnatConf,
@@ -135,8 +136,8 @@ pub enum Sched {
     Wrr,
 }
 
-/// One virtual service VIP:vport balanced in FULLNAT mode over `dests`, with client connections
-/// re-sourced from `lips`.
+/// One virtual service VIP:vport balanced over `dests`, each with its own forwarding method
+/// ([`Fwd`]); FULLNAT dests re-source client connections from `lips`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConf {
     /// Transport protocol.
@@ -151,10 +152,55 @@ pub struct ServiceConf {
     pub sched: Sched,
     /// Real servers.
     pub dests: Vec<DestConf>,
-    /// Local addresses (FULLNAT sources toward the real servers), owned on `lip_port`.
+    /// Local addresses (FULLNAT sources toward the real servers), owned on `lip_port`. Required
+    /// (non-empty) only when some dest is [`Fwd::FullNat`].
     pub lips: Vec<IpAddr>,
     /// Port on which the LIPs are owned.
     pub lip_port: PortIdx,
+}
+
+/// Forwarding method of a real server (ipvsadm's `-g`/`-i`/`-m`, plus FULLNAT), chosen per real
+/// server as in IPVS: one service may mix methods.
+///
+/// - `FullNat`: client CIP:cport → VIP:vport becomes LIP:lport → RIP:rport; replies come back to
+///   the LIP (the service needs `lips`).
+/// - `Nat` (masquerading, `-m`): the destination becomes RIP:rport (port mapping allowed), the
+///   source CIP:cport stays; the real server routes its replies through rvs, which restores
+///   VIP:vport as their source.
+/// - `Dr` (direct routing, `-g`): only the Ethernet header changes (the real server's MAC); the
+///   real server owns the VIP on a non-ARPing interface and answers the client directly.
+/// - `Tun` (IP-in-IP, `-i`): the packet is encapsulated in IPv4 DIP → RIP (protocol 4); the real
+///   server decapsulates and answers the client directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum Fwd {
+    /// FULLNAT (source and destination translated).
+    #[default]
+    FullNat = 0,
+    /// NAT / masquerading (destination translated, replies through rvs).
+    Nat = 1,
+    /// Direct routing (MAC rewrite only, replies bypass rvs).
+    Dr = 2,
+    /// IP-in-IP tunnelling (replies bypass rvs).
+    Tun = 3,
+}
+
+impl Fwd {
+    /// ipvsadm's name of the method (`FullNat`, `Masq`, `Route`, `Tunnel`).
+    pub const fn ipvs_name(self) -> &'static str {
+        match self {
+            Fwd::FullNat => "FullNat",
+            Fwd::Nat => "Masq",
+            Fwd::Dr => "Route",
+            Fwd::Tun => "Tunnel",
+        }
+    }
+
+    /// True for the methods where rvs sees only the client → real server direction (DR, TUN).
+    #[inline]
+    pub const fn input_only(self) -> bool {
+        matches!(self, Fwd::Dr | Fwd::Tun)
+    }
 }
 
 /// One real server RIP:rport of a service.
@@ -169,6 +215,9 @@ pub struct DestConf {
     pub rport: u16,
     /// Weight; 0 = quiesced (no new sessions, existing ones continue).
     pub weight: u32,
+    /// Forwarding method. DR and TUN cannot map ports (`rport` must equal the service's vport;
+    /// the control plane validates it, the core sends to `rport` as given).
+    pub fwd: Fwd,
 }
 
 /// Session timeouts in milliseconds, per TCP state (IPVS's defaults) and for UDP.

@@ -88,6 +88,7 @@ drop_reasons! {
     NoDest => "no_dest", "New session refused: the service has no dest with weight > 0.";
     Ipv4FragmentVip => "ipv4_fragment_vip", "IPv4 fragment to a VIP (rvs does not reassemble).";
     L4Malformed => "l4_malformed", "TCP/UDP header to a VIP or LIP truncated or with a bad data offset.";
+    TunNoRoom => "tun_no_room", "TUN: the buffer cannot hold the 20-byte outer IPv4 header.";
 }
 
 /// Number of drop reasons.
@@ -166,6 +167,10 @@ events! {
     toa_skipped,
     mss_clamped,
     icmp_translated,
+    nat_in,
+    nat_out,
+    dr_out,
+    tun_out,
 }
 
 impl CoreCounters {

@@ -15,6 +15,10 @@
 //! rvs never changes sequence numbers, so timestamps and SACK pass through untouched; sharing a
 //! LIP among clients is safe with timestamps because Linux ≥ 4.12 has no `tcp_tw_recycle`.
 //!
+//! The same session table, state tracking, timeouts and per-dest counters serve the NAT, DR and
+//! TUN forwarding methods ([`crate::config::Fwd`], chosen per dest); their packet handling is in
+//! [`crate::fwd`]. A new session takes its dest's method; `Stack::fnat_in` dispatches on it.
+//!
 //! ICMP errors (destination unreachable, time exceeded) about a session's packet are translated
 //! to the other side. A frag-needed MTU coming from the real-server side is lowered by 8 while
 //! the session may still carry TOA (TCP, TOA on, not yet inserted). Limitations (documented
@@ -23,7 +27,7 @@
 //! may be steered to another queue; it is then handled locally as an unhandled ICMP).
 
 use crate::checksum::{checksum, update_u16, update_u32};
-use crate::config::{FullnatConf, Proto, ServiceConf, StackConfig};
+use crate::config::{FullnatConf, Fwd, Proto, ServiceConf, StackConfig};
 use crate::counters::DropReason;
 use crate::io::{Io, PortIdx};
 use crate::lport::LportAlloc;
@@ -84,6 +88,8 @@ pub struct SessionInfo {
     pub expires_ms: u64,
     /// TOA inserted or skipped already.
     pub toa_done: bool,
+    /// Forwarding method (NAT, DR, TUN: `lip`:`lport` is the client's CIP:cport).
+    pub fwd: Fwd,
 }
 
 impl SessionInfo {
@@ -103,6 +109,7 @@ impl SessionInfo {
             tcp_state: tcp.then(|| TcpState::from_u8(s.state)),
             expires_ms: s.expires_ms,
             toa_done: s.flags & F_TOA_DONE != 0,
+            fwd: s.fwd,
         }
     }
 }
@@ -111,6 +118,10 @@ impl SessionInfo {
 pub(crate) struct Fullnat {
     pub(crate) conf: FullnatConf,
     pub(crate) worker: u16,
+    pub(crate) n_workers: u16,
+    /// Some service ever had a NAT dest (sticky: NAT sessions may outlive their service): transit
+    /// TCP/UDP/ICMP is checked for NAT replies.
+    pub(crate) nat_enabled: bool,
     pub(crate) services: Services,
     pub(crate) sessions: SessionTable<Ipv4Addr>,
     pub(crate) wheel: TimerWheel,
@@ -134,6 +145,8 @@ impl Fullnat {
         Ok(Fullnat {
             conf: f.clone(),
             worker: cfg.worker,
+            n_workers: cfg.n_workers,
+            nat_enabled: services.any_nat(),
             services,
             sessions: SessionTable::new(f.sessions),
             wheel: TimerWheel::new(f.sessions as usize, WHEEL_SLOTS, TICK_MS),
@@ -392,6 +405,15 @@ impl<P: PacketBuf> Stack<P> {
         }
         match self.fnat.services.lookup(proto, dst_ip, dport) {
             Some(svc) => {
+                if self.fnat.services.list[svc as usize].has_nat {
+                    // NAT replies reach the worker owning the client, so every session of a
+                    // service with a NAT dest lives there (decided before scheduling).
+                    let owner = crate::fwd::nat_owner(src, sport, self.fnat.n_workers);
+                    if owner != self.fnat.worker {
+                        self.fnat_redirect(io, owner, port, pkt);
+                        return None;
+                    }
+                }
                 self.fnat_new(io, port, pkt, ihl, svc as usize, now_ms);
                 None
             }
@@ -399,7 +421,13 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
-    fn fnat_redirect<I: Io<Pkt = P>>(&self, io: &mut I, owner: u16, port: PortIdx, pkt: P) {
+    pub(crate) fn fnat_redirect<I: Io<Pkt = P>>(
+        &self,
+        io: &mut I,
+        owner: u16,
+        port: PortIdx,
+        pkt: P,
+    ) {
         if io.redirect(owner, port, pkt) {
             self.counters.redirected_out.inc();
         } else {
@@ -407,7 +435,8 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
-    /// First packet of a flow to a service: schedule, allocate LIP:lport, create the session.
+    /// First packet of a flow to a service: schedule, allocate LIP:lport (FULLNAT dests only),
+    /// create the session.
     fn fnat_new<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
@@ -435,6 +464,26 @@ impl<P: PacketBuf> Stack<P> {
             return self.drop_pkt(pkt, DropReason::NoDest);
         };
         let dest = s.dests[di];
+        if dest.fwd != Fwd::FullNat {
+            let IpAddr::V4(rip) = dest.rip else {
+                return self.drop_pkt(pkt, DropReason::NoDest);
+            };
+            let (cip, cport) = (ipv4_at(d, ip4::SRC), be16(d, l4));
+            let mut sess = Session::new(
+                proto,
+                cip,
+                cport,
+                ipv4_at(d, ip4::DST),
+                be16(d, l4 + 2),
+                cip,
+                cport,
+                rip,
+                dest.rport,
+            );
+            sess.fwd = dest.fwd;
+            sess.lip_pool = u16::MAX;
+            return self.fnat_insert(io, port, pkt, ihl, sess, dest.id, now_ms);
+        }
         let start = s.lip_cursor;
         s.lip_cursor = (start + 1) % s.lips.len().max(1);
         let Some((li, lport)) = f.lports.alloc(&s.lips, start, dest.rip, dest.rport, now_ms) else {
@@ -459,8 +508,26 @@ impl<P: PacketBuf> Stack<P> {
             rip,
             dest.rport,
         );
-        sess.dest = dest.id;
         sess.lip_pool = pool;
+        self.fnat_insert(io, port, pkt, ihl, sess, dest.id, now_ms);
+    }
+
+    /// Insert the new session `sess` for dest `dest` (giving back its lport on failure), count
+    /// it and forward its first packet.
+    #[allow(clippy::too_many_arguments)]
+    fn fnat_insert<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        mut sess: Session<Ipv4Addr>,
+        dest: u32,
+        now_ms: u64,
+    ) {
+        let f = &mut self.fnat;
+        let proto = sess.proto;
+        sess.dest = dest;
         sess.state = TcpState::None as u8;
         let timeout = if proto == PROTO_TCP {
             f.conf.timeouts.tcp_none
@@ -469,11 +536,13 @@ impl<P: PacketBuf> Stack<P> {
         };
         sess.expires_ms = now_ms + timeout;
         let Ok(idx) = f.sessions.insert(sess) else {
-            f.lports.unalloc(pool, lport);
+            if sess.fwd == Fwd::FullNat {
+                f.lports.unalloc(sess.lip_pool, sess.lport);
+            }
             return self.drop_pkt(pkt, DropReason::SessionTableFull);
         };
         f.wheel.schedule(idx, sess.expires_ms);
-        if let Some(st) = f.dest_stats.get(dest.id as usize) {
+        if let Some(st) = f.dest_stats.get(dest as usize) {
             st.conns.inc();
             st.inactive.inc();
         }
@@ -499,12 +568,18 @@ impl<P: PacketBuf> Stack<P> {
             return (TcpState::None, TcpState::None);
         }
         let old = TcpState::from_u8(s.state);
+        // DR/TUN: replies are never seen, IPVS's INPUT-ONLY table.
+        let dir = if dir == Dir::Input && s.fwd.input_only() {
+            Dir::InputOnly
+        } else {
+            dir
+        };
         let new = old.next(dir, tcp_flags);
         s.expires_ms = now_ms + new.timeout_ms(&f.conf.timeouts);
         let exp = s.expires_ms;
         if new != old {
             s.state = new as u8;
-            if dir == Dir::Input && new == TcpState::SynRecv {
+            if dir != Dir::Output && new == TcpState::SynRecv {
                 // A new connection reusing the session (client port reuse after FIN/RST, as
                 // IPVS with conn_reuse_mode=0): it gets its own TOA.
                 s.flags &= !F_TOA_DONE;
@@ -516,8 +591,8 @@ impl<P: PacketBuf> Stack<P> {
         (old, new)
     }
 
-    /// Client → real server packet of session `idx`.
-    fn fnat_in<I: Io<Pkt = P>>(
+    /// Client → real server packet of session `idx` (any forwarding method).
+    pub(crate) fn fnat_in<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         in_port: PortIdx,
@@ -537,7 +612,14 @@ impl<P: PacketBuf> Stack<P> {
             st.inpkts.inc();
             st.inbytes.add(total as u64);
         }
-        let toa = proto == PROTO_TCP
+        match s.fwd {
+            Fwd::Dr => return self.dr_xmit(io, in_port, pkt, s.rip, now_ms),
+            Fwd::Tun => return self.tun_xmit(io, in_port, pkt, ihl, s.rip, now_ms),
+            Fwd::FullNat | Fwd::Nat => {}
+        }
+        let full = s.fwd == Fwd::FullNat;
+        let toa = full
+            && proto == PROTO_TCP
             && self.fnat.conf.toa
             && s.flags & F_TOA_DONE == 0
             && old == TcpState::SynRecv
@@ -566,7 +648,7 @@ impl<P: PacketBuf> Stack<P> {
             }
             return self.drop_pkt(pkt, DropReason::MtuExceeded);
         }
-        if let Some(clamp) = self.fnat.conf.mss_clamp {
+        if let Some(clamp) = self.fnat.conf.mss_clamp.filter(|_| full) {
             if tcp_flags & flags::SYN != 0 && clamp_mss(pkt.data_mut(), ihl, clamp) {
                 self.counters.mss_clamped.inc();
             }
@@ -579,15 +661,20 @@ impl<P: PacketBuf> Stack<P> {
                 self.counters.toa_skipped.inc();
             }
         }
+        // NAT: lip:lport is CIP:cport, so this keeps the client's source.
         rewrite_v4(pkt.data_mut(), ihl, proto, s.lip, s.rip, s.lport, s.rport);
         let nh = route.next_hop(IpAddr::V4(s.rip));
         if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
-            self.counters.fullnat_in.inc();
+            if full {
+                self.counters.fullnat_in.inc();
+            } else {
+                self.counters.nat_in.inc();
+            }
         }
     }
 
-    /// Real server → client packet of session `idx`.
-    fn fnat_out<I: Io<Pkt = P>>(
+    /// Real server → client packet of session `idx` (FULLNAT or NAT).
+    pub(crate) fn fnat_out<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         in_port: PortIdx,
@@ -630,7 +717,8 @@ impl<P: PacketBuf> Stack<P> {
             }
             return self.drop_pkt(pkt, DropReason::MtuExceeded);
         }
-        if let Some(clamp) = self.fnat.conf.mss_clamp {
+        let full = s.fwd == Fwd::FullNat;
+        if let Some(clamp) = self.fnat.conf.mss_clamp.filter(|_| full) {
             if tcp_flags & flags::SYN != 0 && clamp_mss(pkt.data_mut(), ihl, clamp) {
                 self.counters.mss_clamped.inc();
             }
@@ -638,7 +726,11 @@ impl<P: PacketBuf> Stack<P> {
         rewrite_v4(pkt.data_mut(), ihl, proto, s.vip, s.cip, s.vport, s.cport);
         let nh = route.next_hop(IpAddr::V4(s.cip));
         if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
-            self.counters.fullnat_out.inc();
+            if full {
+                self.counters.fullnat_out.inc();
+            } else {
+                self.counters.nat_out.inc();
+            }
         }
     }
 
@@ -711,6 +803,15 @@ impl<P: PacketBuf> Stack<P> {
         }
         if isrc == dst {
             // From the client side, quoting VIP:vport → CIP:cport.
+            if let Some(svc) = self.fnat.services.lookup(iproto, IpAddr::V4(isrc), isport) {
+                if self.fnat.services.list[svc as usize].has_nat {
+                    let owner = crate::fwd::nat_owner(idst, idport, self.fnat.n_workers);
+                    if owner != self.fnat.worker {
+                        self.fnat_redirect(io, owner, port, pkt);
+                        return None;
+                    }
+                }
+            }
             let Some(idx) = self
                 .fnat
                 .sessions
@@ -719,8 +820,28 @@ impl<P: PacketBuf> Stack<P> {
                 return Some(pkt);
             };
             let s = *self.fnat.sessions.get(idx);
+            match s.fwd {
+                // IPVS (ip_vs_icmp_xmit): DR/TUN forward the ICMP error unchanged with the
+                // session's method; the real server owns the VIP.
+                Fwd::Dr => {
+                    self.dr_xmit(io, port, pkt, s.rip, now_ms);
+                    return None;
+                }
+                Fwd::Tun => {
+                    self.tun_xmit(io, port, pkt, ihl, s.rip, now_ms);
+                    return None;
+                }
+                Fwd::FullNat | Fwd::Nat => {}
+            }
+            // NAT (IPVS ip_vs_nat_icmp, inbound): only the outer destination and the quoted
+            // source change; the outer source (client or router) stays.
+            let osrc = if s.fwd == Fwd::Nat {
+                ipv4_at(d, ip4::SRC)
+            } else {
+                s.lip
+            };
             let t = Translate {
-                osrc: s.lip,
+                osrc,
                 odst: s.rip,
                 isrc: s.rip,
                 isport: s.rport,
@@ -734,7 +855,7 @@ impl<P: PacketBuf> Stack<P> {
         Some(pkt)
     }
 
-    fn icmp_translate<I: Io<Pkt = P>>(
+    pub(crate) fn icmp_translate<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         mut pkt: P,
@@ -832,7 +953,9 @@ impl<P: PacketBuf> Stack<P> {
                     return Some(s.expires_ms);
                 }
                 let s = sessions.remove(idx)?;
-                lports.release(s.lip_pool, s.lport, now_ms);
+                if s.fwd == Fwd::FullNat {
+                    lports.release(s.lip_pool, s.lport, now_ms);
+                }
                 if let Some(st) = stats.get(s.dest as usize) {
                     if s.flags & F_ACTIVE != 0 {
                         st.active.dec();
@@ -854,6 +977,7 @@ impl<P: PacketBuf> Stack<P> {
     pub fn set_services(&mut self, services: &[ServiceConf]) -> Result<(), ServiceError> {
         let f = &mut self.fnat;
         let svcs = Services::build(services, f.conf.max_dests, self.ports.len(), &mut f.lports)?;
+        f.nat_enabled |= svcs.any_nat();
         f.services = svcs;
         for s in services {
             self.own_quiet(s.vip_port, s.vip);
@@ -917,12 +1041,12 @@ impl<P: PacketBuf> Stack<P> {
 
 /// Addresses of a translated ICMP error.
 #[derive(Clone, Copy)]
-struct Translate {
-    osrc: Ipv4Addr,
-    odst: Ipv4Addr,
-    isrc: Ipv4Addr,
-    isport: u16,
-    idst: Ipv4Addr,
-    idport: u16,
-    mtu_sub: u16,
+pub(crate) struct Translate {
+    pub(crate) osrc: Ipv4Addr,
+    pub(crate) odst: Ipv4Addr,
+    pub(crate) isrc: Ipv4Addr,
+    pub(crate) isport: u16,
+    pub(crate) idst: Ipv4Addr,
+    pub(crate) idport: u16,
+    pub(crate) mtu_sub: u16,
 }

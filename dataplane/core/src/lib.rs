@@ -11,6 +11,7 @@ pub mod config;
 pub mod counters;
 pub mod fixedmap;
 pub mod fullnat;
+pub mod fwd;
 pub mod io;
 pub mod lport;
 pub mod neigh;
@@ -27,10 +28,11 @@ pub mod wire;
 
 pub use addr::{MacAddr, Prefix};
 pub use config::{
-    DestConf, FullnatConf, NeighConf, PortConf, Proto, RouteConf, RssConf, Sched, ServiceConf,
+    DestConf, FullnatConf, Fwd, NeighConf, PortConf, Proto, RouteConf, RssConf, Sched, ServiceConf,
     StackConfig, Timeouts,
 };
 pub use fullnat::SessionInfo;
+pub use fwd::nat_owner;
 pub use neigh::NeighState;
 pub use sched::DestStats;
 pub use stack::Stack;

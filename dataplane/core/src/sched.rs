@@ -19,6 +19,8 @@ pub struct Dest {
     pub rport: u16,
     /// Weight (0 = quiesced).
     pub weight: u32,
+    /// Forwarding method.
+    pub fwd: crate::config::Fwd,
 }
 
 /// Per-core counters of one dest (single writer: the worker). `active` and `inactive` are gauges
@@ -175,6 +177,7 @@ mod tests {
                 rip: IpAddr::from([10, 0, 0, i as u8 + 1]),
                 rport: 80,
                 weight,
+                fwd: crate::config::Fwd::FullNat,
             })
             .collect()
     }

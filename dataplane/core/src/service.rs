@@ -6,7 +6,7 @@
 //! its RIP:rport and LIP:lport (and its dest id for the counters) until it expires, even when its
 //! service or dest was removed; only new sessions see the new set.
 
-use crate::config::{Proto, ServiceConf};
+use crate::config::{Fwd, Proto, ServiceConf};
 use crate::fixedmap::{ip_bits, mix, FixedKey, FixedMap};
 use crate::io::PortIdx;
 use crate::lport::LportAlloc;
@@ -48,6 +48,9 @@ pub struct Service {
     pub lips: Vec<u16>,
     /// Next LIP to try first (rotates per new session).
     pub lip_cursor: usize,
+    /// Some dest is NAT: every session of the service lives on the worker owning the client
+    /// ([`crate::fwd::nat_owner`]), whatever its dest's method.
+    pub has_nat: bool,
 }
 
 /// Invalid service configuration.
@@ -59,7 +62,7 @@ pub enum ServiceError {
     DestId(u32),
     /// VIP, LIP or RIP is IPv6 (not supported yet).
     Ipv6,
-    /// A service has no LIP.
+    /// A service with a FULLNAT dest has no LIP.
     NoLip(SvcKey),
     /// Too many LIPs over all services.
     TooManyLips,
@@ -135,7 +138,7 @@ impl Services {
             {
                 return Err(ServiceError::Ipv6);
             }
-            if c.lips.is_empty() {
+            if c.lips.is_empty() && c.dests.iter().any(|d| d.fwd == Fwd::FullNat) {
                 return Err(ServiceError::NoLip(key));
             }
             let mut dests = Vec::with_capacity(c.dests.len());
@@ -148,6 +151,7 @@ impl Services {
                     rip: d.rip,
                     rport: d.rport,
                     weight: d.weight,
+                    fwd: d.fwd,
                 });
             }
             let mut lips = Vec::with_capacity(c.lips.len());
@@ -165,6 +169,7 @@ impl Services {
                 dests,
                 lips,
                 lip_cursor: 0,
+                has_nat: c.dests.iter().any(|d| d.fwd == Fwd::Nat),
             });
         }
         Ok(Services { map, list, vips })
@@ -193,5 +198,10 @@ impl Services {
     /// True when there is no service.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// True when some service has a NAT dest.
+    pub fn any_nat(&self) -> bool {
+        self.list.iter().any(|s| s.has_nat)
     }
 }

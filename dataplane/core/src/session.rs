@@ -2,7 +2,9 @@
 //!
 //! A fixed array of [`Session`] entries (allocated at start, never grown) with two chained hash
 //! indexes: inbound `(proto, CIP, cport, VIP, vport)` and outbound `(proto, RIP, rport, LIP,
-//! lport)`. Bucket heads are `u32` arrays (one per index, a power of two ≥ capacity) and the chains
+//! lport)`. NAT, DR and TUN sessions use the same entries with `lip = CIP` and `lport = cport`,
+//! so the outbound key of a NAT session is exactly the tuple of the real server's reply
+//! `(proto, RIP, rport, CIP, cport)`. Bucket heads are `u32` arrays (one per index, a power of two ≥ capacity) and the chains
 //! are threaded through the entries (`in_next`, `out_next`), so the whole index costs 8 bytes per
 //! bucket pair plus 8 bytes in each entry. Lookups, inserts and removals are O(1) on average and
 //! never allocate. The hash is keyed with a per-table random seed (from std's `RandomState`) so
@@ -11,6 +13,7 @@
 //! The table is generic over the address type ([`SessAddr`]): IPv4 ([`Ipv4Addr`], 56-byte
 //! entries) now, IPv6 ([`Ipv6Addr`]) ready.
 
+use crate::config::Fwd;
 use crate::fixedmap::mix;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -50,8 +53,8 @@ impl SessAddr for Ipv6Addr {
     }
 }
 
-/// One FULLNAT session: client CIP:cport ↔ VIP:vport on the client side, LIP:lport ↔ RIP:rport
-/// on the real-server side.
+/// One session: client CIP:cport ↔ VIP:vport on the client side, LIP:lport ↔ RIP:rport on the
+/// real-server side (NAT, DR, TUN: LIP:lport = CIP:cport).
 #[derive(Clone, Copy, Debug)]
 pub struct Session<A> {
     /// Client address.
@@ -84,6 +87,8 @@ pub struct Session<A> {
     pub state: u8,
     /// `F_*` flags.
     pub flags: u8,
+    /// Forwarding method of the session's dest.
+    pub fwd: Fwd,
 }
 
 impl<A: SessAddr> Session<A> {
@@ -117,6 +122,7 @@ impl<A: SessAddr> Session<A> {
             proto,
             state: 0,
             flags: 0,
+            fwd: Fwd::FullNat,
         }
     }
 

@@ -2,7 +2,7 @@
 //! neighbour resolution.
 //!
 //! Every received frame ends in exactly one of: sent (`Io::send`), redirected to the worker that
-//! owns its FULLNAT session (`Io::redirect`), held (waiting for its next hop to resolve),
+//! owns its FULLNAT or NAT session (`Io::redirect`), held (waiting for its next hop to resolve),
 //! consumed (ARP replies, counted in `arp_replies_rx`) or dropped (counted once under a
 //! [`DropReason`]). Generated frames (ARP requests, GARPs, ICMP errors) come from `Io::alloc`.
 //!
@@ -156,7 +156,8 @@ pub struct Stack<P: PacketBuf> {
     /// Directed broadcast addresses of the connected IPv4 subnets.
     bcast: Vec<Ipv4Addr>,
     icmp_bucket: TokenBucket,
-    ip_id: u16,
+    /// IPv4 ID of the next generated packet (ICMP errors, TUN outer headers).
+    pub(crate) ip_id: u16,
     /// FULLNAT services, sessions, lports, timers.
     pub(crate) fnat: Fullnat,
 }
@@ -736,6 +737,10 @@ impl<P: PacketBuf> Stack<P> {
         if dst.is_multicast() {
             return self.drop_pkt(pkt, DropReason::DstMulticast);
         }
+        // NAT replies (and ICMP errors about NAT sessions) are transit packets.
+        let Some(pkt) = self.nat_transit(io, port, pkt, ihl, now_ms) else {
+            return;
+        };
         self.forward(io, port, pkt, l2_bcast, ihl, now_ms)
     }
 
@@ -930,12 +935,30 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// Send an ICMP error about `orig` (a validated IPv4 frame received on `in_port`) unless
-    /// forbidden (about an ICMP error, a non-first fragment) or rate-limited.
+    /// forbidden (about an ICMP error, a non-first fragment) or rate-limited. Its source is the
+    /// first IPv4 address of `in_port`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn icmp_error<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         in_port: PortIdx,
+        orig: &[u8],
+        ihl: usize,
+        typ: u8,
+        code: u8,
+        mtu: u16,
+        now_ms: u64,
+    ) {
+        self.icmp_error_from(io, in_port, None, orig, ihl, typ, code, mtu, now_ms)
+    }
+
+    /// [`Self::icmp_error`] with source `src` (`None`: the first IPv4 address of `in_port`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn icmp_error_from<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        in_port: PortIdx,
+        src: Option<Ipv4Addr>,
         orig: &[u8],
         ihl: usize,
         typ: u8,
@@ -952,7 +975,7 @@ impl<P: PacketBuf> Stack<P> {
         {
             return;
         }
-        let Some(src) = self.ports[in_port as usize].icmp_src else {
+        let Some(src) = src.or(self.ports[in_port as usize].icmp_src) else {
             return;
         };
         if !self.icmp_bucket.take(now_ms) {

@@ -1,9 +1,12 @@
 //! IPVS-style TCP connection state tracking (the `tcp_states` table of ip_vs_proto_tcp.c).
 //!
-//! A FULLNAT director sees both directions, so it uses the INPUT (client → real server) and
-//! OUTPUT (real server → client) halves of the table; the INPUT-ONLY half (DR/TUN, where replies
-//! bypass the director) is not needed. The flags of a segment select one row with the priority
-//! RST > SYN > FIN > ACK; a segment with none of them changes nothing.
+//! A FULLNAT or NAT director sees both directions, so it uses the INPUT (client → real server)
+//! and OUTPUT (real server → client) parts of the table. DR and TUN sessions only ever see the
+//! client's segments (replies bypass the director): they use the INPUT-ONLY part, as IPVS does for
+//! connections flagged `IP_VS_CONN_F_NOOUTPUT` (`TCP_DIR_INPUT_ONLY`). It differs from INPUT in
+//! that a client FIN in ESTABLISHED goes to FIN_WAIT (not CLOSE_WAIT), a FIN in FIN_WAIT stays
+//! there, and a client RST in SYNACK closes. The flags of a segment select one row with the
+//! priority RST > SYN > FIN > ACK; a segment with none of them changes nothing.
 
 use crate::config::Timeouts;
 
@@ -40,8 +43,10 @@ pub enum TcpState {
 pub enum Dir {
     /// Client → real server (received on the VIP).
     Input,
-    /// Real server → client (received on the LIP).
+    /// Real server → client (received on the LIP, or as a NAT reply).
     Output,
+    /// Client → real server on a session whose replies are never seen (DR, TUN).
+    InputOnly,
 }
 
 impl TcpState {
@@ -109,6 +114,7 @@ impl TcpState {
         let half = match dir {
             Dir::Input => 0,
             Dir::Output => 4,
+            Dir::InputOnly => 8,
         };
         TCP_STATES[half + row][self as usize]
     }
@@ -147,10 +153,10 @@ use TcpState::{
     Listen as SLI, SynRecv as SSR, SynSent as SSS, TimeWait as STW,
 };
 
-/// IPVS `tcp_states`, INPUT then OUTPUT; rows syn, fin, ack, rst; columns
+/// IPVS `tcp_states`, INPUT, OUTPUT then INPUT-ONLY; rows syn, fin, ack, rst; columns
 /// sNO sES sSS sSR sFW sTW sCL sCW sLA sLI sSA.
 #[rustfmt::skip]
-const TCP_STATES: [[TcpState; 11]; 8] = [
+const TCP_STATES: [[TcpState; 11]; 12] = [
     // INPUT
     /*syn*/ [SSR, SES, SES, SSR, SSR, SSR, SSR, SSR, SSR, SSR, SSR],
     /*fin*/ [SCL, SCW, SSS, STW, STW, STW, SCL, SCW, SLA, SLI, STW],
@@ -161,6 +167,11 @@ const TCP_STATES: [[TcpState; 11]; 8] = [
     /*fin*/ [STW, SFW, SSS, STW, SFW, STW, SCL, STW, SLA, SLI, STW],
     /*ack*/ [SES, SES, SSS, SES, SFW, STW, SCL, SCW, SLA, SES, SES],
     /*rst*/ [SCL, SCL, SSS, SCL, SCL, STW, SCL, SCL, SCL, SCL, SCL],
+    // INPUT-ONLY
+    /*syn*/ [SSR, SES, SES, SSR, SSR, SSR, SSR, SSR, SSR, SSR, SSR],
+    /*fin*/ [SCL, SFW, SSS, STW, SFW, STW, SCL, SCW, SLA, SLI, STW],
+    /*ack*/ [SCL, SES, SSS, SES, SFW, STW, SCL, SCW, SCL, SLI, SES],
+    /*rst*/ [SCL, SCL, SCL, SSR, SCL, SCL, SCL, SCL, SLA, SLI, SCL],
 ];
 
 #[cfg(test)]
@@ -192,6 +203,22 @@ mod tests {
         let t = Timeouts::default();
         assert_eq!(TcpState::Established.timeout_ms(&t), 900_000);
         assert_eq!(TcpState::None.timeout_ms(&t), 2_000);
+        // INPUT-ONLY (DR/TUN): the client's handshake and close alone drive the state.
+        let io = Dir::InputOnly;
+        let s = TcpState::None.next(io, SYN);
+        assert_eq!(s, TcpState::SynRecv);
+        let s = s.next(io, ACK);
+        assert_eq!(s, TcpState::Established);
+        assert_eq!(s.next(io, ACK | 0x08), TcpState::Established);
+        let s = s.next(io, FIN | ACK);
+        assert_eq!(s, TcpState::FinWait);
+        assert_eq!(s.next(io, FIN | ACK), TcpState::FinWait);
+        assert_eq!(s.next(io, ACK), TcpState::FinWait);
+        assert_eq!(s.next(io, RST), TcpState::Close);
+        assert_eq!(TcpState::None.next(io, ACK), TcpState::Close);
+        assert_eq!(TcpState::SynRecv.next(io, RST), TcpState::SynRecv);
+        assert_eq!(TcpState::SynAck.next(io, RST), TcpState::Close);
+        assert_eq!(TcpState::SynAck.next(Dir::Input, RST), TcpState::SynRecv);
         for (i, s) in TcpState::ALL.iter().enumerate() {
             assert_eq!(TcpState::from_u8(i as u8), *s);
         }

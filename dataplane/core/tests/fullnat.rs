@@ -9,8 +9,8 @@ use rvs_core::counters::{CoreCounters, DropReason};
 use rvs_core::io::{Io, PortIdx};
 use rvs_core::packet::VecPacket;
 use rvs_core::{
-    DestConf, FullnatConf, MacAddr, PortConf, Proto, RouteConf, RssConf, Sched, ServiceConf, Stack,
-    StackConfig, TcpState,
+    DestConf, FullnatConf, Fwd, MacAddr, PortConf, Proto, RouteConf, RssConf, Sched, ServiceConf,
+    Stack, StackConfig, TcpState,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -81,6 +81,7 @@ fn dest(id: u32, i: u8, rport: u16, weight: u32) -> DestConf {
         rip: ip(&rip(i)),
         rport,
         weight,
+        fwd: Fwd::FullNat,
     }
 }
 

@@ -24,8 +24,8 @@ pub fn stack() -> Stack<VecPacket> {
         vip_port: 0,
         sched: Sched::Wrr,
         dests: vec![
-            DestConf { id: 0, rip: ip("198.51.100.11"), rport: vport, weight: 3 },
-            DestConf { id: 1, rip: ip("198.51.100.12"), rport: vport, weight: 1 },
+            DestConf { id: 0, rip: ip("198.51.100.11"), rport: vport, weight: 3, fwd: Default::default() },
+            DestConf { id: 1, rip: ip("198.51.100.12"), rport: vport, weight: 1, fwd: Default::default() },
         ],
         lips: vec![ip("198.51.100.2")],
         lip_port: 1,

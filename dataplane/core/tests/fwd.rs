@@ -1,0 +1,757 @@
+//! NAT, DR and TUN forwarding tests of `Stack`, with etherparse as the independent oracle: inputs
+//! are built with etherparse, outputs parsed by it and every checksum recomputed by it.
+
+use etherparse::{
+    IpDscp, IpEcn, IpNumber, Ipv4Header, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
+};
+use rvs_core::counters::{CoreCounters, DropReason};
+use rvs_core::io::{Io, PortIdx};
+use rvs_core::packet::VecPacket;
+use rvs_core::{
+    nat_owner, DestConf, FullnatConf, Fwd, MacAddr, PortConf, Proto, RouteConf, Sched, ServiceConf,
+    Stack, StackConfig, TcpState,
+};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+const MAC0: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const GW0: [u8; 6] = [0x0a, 0, 0, 0, 0, 0xfe];
+const CIP: &str = "100.64.0.7";
+const VIP: &str = "203.0.113.10";
+const DIP: &str = "198.51.100.1";
+const LIP: &str = "198.51.100.100";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+fn a4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+fn v4(s: &str) -> [u8; 4] {
+    a4(s).octets()
+}
+fn rs_mac(i: u8) -> [u8; 6] {
+    [0x0a, 0, 0, 0, 1, i]
+}
+/// Real server `i`: 198.51.100.(10 + i).
+fn rip(i: u8) -> String {
+    format!("198.51.100.{}", 10 + i)
+}
+
+#[derive(Default)]
+struct TestIo {
+    sent: Vec<(PortIdx, Vec<u8>)>,
+    redirected: Vec<(u16, PortIdx, Vec<u8>)>,
+}
+
+impl Io for TestIo {
+    type Pkt = VecPacket;
+    fn alloc(&mut self) -> Option<VecPacket> {
+        Some(VecPacket::empty())
+    }
+    fn send(&mut self, port: PortIdx, pkt: VecPacket) {
+        self.sent.push((port, pkt.to_vec()));
+    }
+    fn redirect(&mut self, worker: u16, port: PortIdx, pkt: VecPacket) -> bool {
+        self.redirected.push((worker, port, pkt.to_vec()));
+        true
+    }
+}
+
+impl TestIo {
+    fn one(&mut self) -> (PortIdx, Vec<u8>) {
+        let mut v = std::mem::take(&mut self.sent);
+        assert_eq!(v.len(), 1, "expected one frame, got {}", v.len());
+        v.pop().unwrap()
+    }
+}
+
+fn dest(id: u32, i: u8, rport: u16, weight: u32, fwd: Fwd) -> DestConf {
+    DestConf {
+        id,
+        rip: ip(&rip(i)),
+        rport,
+        weight,
+        fwd,
+    }
+}
+
+fn service(proto: Proto, vport: u16, sched: Sched, dests: Vec<DestConf>) -> ServiceConf {
+    let full = dests.iter().any(|d| d.fwd == Fwd::FullNat);
+    ServiceConf {
+        proto,
+        vip: ip(VIP),
+        vport,
+        vip_port: 0,
+        sched,
+        dests,
+        lips: if full { vec![ip(LIP)] } else { vec![] },
+        lip_port: 1,
+    }
+}
+
+/// The demo topology: port 0 (clients) 192.0.2.1/24, default via 192.0.2.254; port 1 (real
+/// servers) 198.51.100.1/24.
+fn cfg(services: Vec<ServiceConf>) -> StackConfig {
+    StackConfig {
+        ports: vec![
+            PortConf {
+                mac: MacAddr(MAC0),
+                mtu: 1500,
+                addrs: vec!["192.0.2.1/24".parse().unwrap()],
+            },
+            PortConf {
+                mac: MacAddr(MAC1),
+                mtu: 1500,
+                addrs: vec!["198.51.100.1/24".parse().unwrap()],
+            },
+        ],
+        routes: vec![RouteConf {
+            prefix: "0.0.0.0/0".parse().unwrap(),
+            via: Some(ip("192.0.2.254")),
+            port: 0,
+        }],
+        ip_forward: true,
+        services,
+        fullnat: FullnatConf {
+            sessions: 1024,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A stack with the gateway and real servers `resolved` in its neighbour table.
+fn setup(c: StackConfig, resolved: &[u8]) -> (Stack<VecPacket>, TestIo, Arc<CoreCounters>) {
+    let counters = Arc::new(CoreCounters::default());
+    let mut s = Stack::new(&c, counters.clone());
+    let mut io = TestIo::default();
+    s.neigh_update(&mut io, 0, ip("192.0.2.254"), MacAddr(GW0), 0);
+    for &i in resolved {
+        s.neigh_update(&mut io, 1, ip(&rip(i)), MacAddr(rs_mac(i)), 0);
+    }
+    assert!(io.sent.is_empty());
+    (s, io, counters)
+}
+
+#[derive(Clone, Copy)]
+struct Fl(u8);
+const SYN: Fl = Fl(1);
+const SYNACK: Fl = Fl(3);
+const ACK: Fl = Fl(2);
+const FINACK: Fl = Fl(6);
+const RST: Fl = Fl(8);
+
+#[allow(clippy::too_many_arguments)]
+fn tcp(
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    fl: Fl,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(eth_src, eth_dst)
+        .ipv4(v4(src), v4(dst), 64)
+        .tcp(sport, dport, 1000, 64000);
+    if fl.0 & 1 != 0 {
+        b = b.syn();
+    }
+    if fl.0 & 2 != 0 {
+        b = b.ack(5000);
+    }
+    if fl.0 & 4 != 0 {
+        b = b.fin();
+    }
+    if fl.0 & 8 != 0 {
+        b = b.rst();
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp(
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(eth_src, eth_dst)
+        .ipv4(v4(src), v4(dst), 64)
+        .udp(sport, dport)
+        .write(&mut v, b"question")
+        .unwrap();
+    v
+}
+
+/// Client → VIP:vport TCP segment.
+fn c2v(cport: u16, vport: u16, fl: Fl, payload: &[u8]) -> Vec<u8> {
+    tcp(GW0, MAC0, CIP, cport, VIP, vport, fl, payload)
+}
+
+/// Real server `i` (port `rport`) → CIP:cport TCP segment, sent to rvs as its gateway.
+fn r2c(i: u8, rport: u16, cport: u16, fl: Fl, payload: &[u8]) -> Vec<u8> {
+    tcp(rs_mac(i), MAC1, &rip(i), rport, CIP, cport, fl, payload)
+}
+
+/// Rewrite the IPv4 header of `frame` with `f` (checksum recomputed by etherparse).
+fn patch_ip(frame: &mut [u8], f: impl FnOnce(&mut Ipv4Header)) {
+    let (mut h, _) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    f(&mut h);
+    h.header_checksum = h.calc_header_checksum();
+    let b = h.to_bytes();
+    frame[14..14 + b.len()].copy_from_slice(&b);
+}
+
+struct Out {
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    ip: Ipv4Header,
+    sport: u16,
+    dport: u16,
+    payload: Vec<u8>,
+}
+
+/// Parse an IPv4 TCP/UDP frame and check every checksum against etherparse's computation.
+fn parse(frame: &[u8]) -> Out {
+    let h = PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let Some(etherparse::LinkHeader::Ethernet2(eth)) = h.link else {
+        panic!("no eth")
+    };
+    let Some(NetHeaders::Ipv4(iph, _)) = h.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(iph.header_checksum, iph.calc_header_checksum(), "ip csum");
+    assert_eq!(iph.total_len as usize + 14, frame.len());
+    let payload = h.payload.slice().to_vec();
+    let (sport, dport) = match h.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            let c = t.calc_checksum_ipv4(&iph, &payload).unwrap();
+            assert_eq!(t.checksum, c, "tcp csum");
+            (t.source_port, t.destination_port)
+        }
+        Some(TransportHeader::Udp(u)) => {
+            let c = u.calc_checksum_ipv4(&iph, &payload).unwrap();
+            assert_eq!(u.checksum, c, "udp csum");
+            (u.source_port, u.destination_port)
+        }
+        t => panic!("unexpected transport {t:?}"),
+    };
+    Out {
+        eth_dst: eth.destination,
+        eth_src: eth.source,
+        ip: iph,
+        sport,
+        dport,
+        payload,
+    }
+}
+
+fn handle(s: &mut Stack<VecPacket>, io: &mut TestIo, port: PortIdx, f: &[u8], now: u64) {
+    s.handle(io, port, VecPacket::from_slice(f), now);
+}
+
+fn state(s: &Stack<VecPacket>, cport: u16, vport: u16) -> Option<TcpState> {
+    s.session_by_client(Proto::Tcp, a4(CIP), cport, a4(VIP), vport)
+        .and_then(|i| i.tcp_state)
+}
+
+fn active_inactive(s: &Stack<VecPacket>, id: u32) -> (u64, u64) {
+    let st = s.dest_stats(id).unwrap();
+    (st.active.get(), st.inactive.get())
+}
+
+// ------------------------------------------------------------------------------------ NAT
+
+#[test]
+fn nat_both_directions_with_port_mapping() {
+    let svc = service(
+        Proto::Tcp,
+        80,
+        Sched::Rr,
+        vec![dest(0, 1, 8080, 1, Fwd::Nat)],
+    );
+    let (mut s, mut io, c) = setup(cfg(vec![svc]), &[1]);
+    // SYN: destination VIP:80 → RIP:8080, source untouched, TTL 63.
+    handle(&mut s, &mut io, 0, &c2v(40000, 80, SYN, &[]), 0);
+    let (port, f) = io.one();
+    assert_eq!(port, 1);
+    let o = parse(&f);
+    assert_eq!((o.eth_dst, o.eth_src), (rs_mac(1), MAC1));
+    assert_eq!((o.ip.source, o.ip.destination), (v4(CIP), v4(&rip(1))));
+    assert_eq!((o.sport, o.dport), (40000, 8080));
+    assert_eq!(o.ip.time_to_live, 63);
+    let info = s
+        .session_by_client(Proto::Tcp, a4(CIP), 40000, a4(VIP), 80)
+        .unwrap();
+    assert_eq!(info.fwd, Fwd::Nat);
+    assert_eq!((info.lip, info.lport), (a4(CIP), 40000));
+    assert_eq!(state(&s, 40000, 80), Some(TcpState::SynRecv));
+    assert_eq!(active_inactive(&s, 0), (0, 1));
+    // SYN-ACK from RIP:8080 to CIP:40000 (transit): source restored to VIP:80.
+    handle(&mut s, &mut io, 1, &r2c(1, 8080, 40000, SYNACK, &[]), 1);
+    let (port, f) = io.one();
+    assert_eq!(port, 0);
+    let o = parse(&f);
+    assert_eq!((o.eth_dst, o.eth_src), (GW0, MAC0));
+    assert_eq!((o.ip.source, o.ip.destination), (v4(VIP), v4(CIP)));
+    assert_eq!((o.sport, o.dport), (80, 40000));
+    assert_eq!(o.ip.time_to_live, 63);
+    // ACK with data, reply with data.
+    handle(
+        &mut s,
+        &mut io,
+        0,
+        &c2v(40000, 80, ACK, b"GET / HTTP/1.0\r\n\r\n"),
+        2,
+    );
+    let o = parse(&io.one().1);
+    assert_eq!(o.payload, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(state(&s, 40000, 80), Some(TcpState::Established));
+    assert_eq!(active_inactive(&s, 0), (1, 0));
+    handle(
+        &mut s,
+        &mut io,
+        1,
+        &r2c(1, 8080, 40000, ACK, b"HTTP/1.0 200 OK"),
+        3,
+    );
+    let o = parse(&io.one().1);
+    assert_eq!(o.payload, b"HTTP/1.0 200 OK");
+    assert_eq!((o.ip.source, o.sport), (v4(VIP), 80));
+    // Close: server FIN then client FIN (both directions tracked).
+    handle(&mut s, &mut io, 1, &r2c(1, 8080, 40000, FINACK, &[]), 4);
+    io.one();
+    assert_eq!(state(&s, 40000, 80), Some(TcpState::FinWait));
+    handle(&mut s, &mut io, 0, &c2v(40000, 80, FINACK, &[]), 5);
+    io.one();
+    assert_eq!(state(&s, 40000, 80), Some(TcpState::TimeWait));
+    assert_eq!(active_inactive(&s, 0), (0, 1));
+    assert_eq!((c.nat_in.get(), c.nat_out.get()), (3, 3));
+    assert_eq!(c.forwarded.get(), 0);
+    assert_eq!(c.snapshot().total_drops(), 0);
+    // Expiry (TIME_WAIT 120 s) frees the session and the inactive count; no lport involved.
+    for t in (0..=130).map(|k| 5 + k * 1000) {
+        s.poll_timers(&mut io, t);
+    }
+    assert_eq!(s.session_count(), 0);
+    assert_eq!(active_inactive(&s, 0), (0, 0));
+}
+
+#[test]
+fn nat_udp_and_icmp_translation() {
+    let svc = service(
+        Proto::Udp,
+        53,
+        Sched::Rr,
+        vec![dest(0, 2, 5353, 1, Fwd::Nat)],
+    );
+    let (mut s, mut io, c) = setup(cfg(vec![svc]), &[2]);
+    handle(&mut s, &mut io, 0, &udp(GW0, MAC0, CIP, 7000, VIP, 53), 0);
+    let (port, f) = io.one();
+    assert_eq!(port, 1);
+    let o = parse(&f);
+    assert_eq!((o.ip.source, o.ip.destination), (v4(CIP), v4(&rip(2))));
+    assert_eq!((o.sport, o.dport), (7000, 5353));
+    let sent_ip = f[14..].to_vec();
+    handle(
+        &mut s,
+        &mut io,
+        1,
+        &udp(rs_mac(2), MAC1, &rip(2), 5353, CIP, 7000),
+        1,
+    );
+    let o = parse(&io.one().1);
+    assert_eq!((o.ip.source, o.ip.destination), (v4(VIP), v4(CIP)));
+    assert_eq!((o.sport, o.dport), (53, 7000));
+    // The real server answers with port unreachable quoting CIP:7000 → RIP:5353 (transit):
+    // the client gets it from the VIP, quoting CIP:7000 → VIP:53.
+    let mut e = Vec::new();
+    PacketBuilder::ethernet2(rs_mac(2), MAC1)
+        .ipv4(v4(&rip(2)), v4(CIP), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut e, &sent_ip)
+        .unwrap();
+    handle(&mut s, &mut io, 1, &e, 2);
+    let (port, f) = io.one();
+    assert_eq!(port, 0);
+    let h = PacketHeaders::from_ethernet_slice(&f).unwrap();
+    let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
+        panic!()
+    };
+    assert_eq!(oh.header_checksum, oh.calc_header_checksum());
+    assert_eq!((oh.source, oh.destination), (v4(VIP), v4(CIP)));
+    let Some(TransportHeader::Icmpv4(ic)) = h.transport else {
+        panic!()
+    };
+    let quoted = h.payload.slice();
+    let expect = etherparse::Icmpv4Header::with_checksum(ic.icmp_type.clone(), quoted);
+    assert_eq!(ic.checksum, expect.checksum, "icmp csum");
+    let inner = PacketHeaders::from_ip_slice(quoted).unwrap();
+    let Some(NetHeaders::Ipv4(ih, _)) = inner.net else {
+        panic!()
+    };
+    assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+    assert_eq!((ih.source, ih.destination), (v4(CIP), v4(VIP)));
+    let Some(TransportHeader::Udp(u)) = inner.transport else {
+        panic!()
+    };
+    assert_eq!((u.source_port, u.destination_port), (7000, 53));
+    assert_eq!(
+        u.checksum,
+        u.calc_checksum_ipv4(&ih, inner.payload.slice()).unwrap()
+    );
+    assert_eq!(c.icmp_translated.get(), 1);
+}
+
+#[test]
+fn nat_reply_owned_by_another_worker_is_redirected() {
+    let svc = || service(Proto::Tcp, 80, Sched::Rr, vec![dest(0, 1, 80, 1, Fwd::Nat)]);
+    let mk = |w: u16| {
+        let mut c = cfg(vec![svc()]);
+        c.worker = w;
+        c.n_workers = 2;
+        setup(c, &[1])
+    };
+    let (mut w0, mut io0, c0) = mk(0);
+    let (mut w1, mut io1, c1) = mk(1);
+    let cport = (1024..2000u16)
+        .find(|&p| nat_owner(a4(CIP), p, 2) == 1)
+        .unwrap();
+    assert!((1024..2000u16).any(|p| nat_owner(a4(CIP), p, 2) == 0));
+    assert_eq!(nat_owner(a4(CIP), cport, 1), 0);
+    // The SYN lands on worker 0: redirected unchanged before any session is created.
+    let syn = c2v(cport, 80, SYN, &[]);
+    handle(&mut w0, &mut io0, 0, &syn, 0);
+    assert!(io0.sent.is_empty());
+    assert_eq!(io0.redirected, vec![(1, 0, syn.clone())]);
+    assert_eq!(w0.session_count(), 0);
+    assert_eq!(c0.redirected_out.get(), 1);
+    // Worker 1 creates the session.
+    handle(&mut w1, &mut io1, 0, &syn, 0);
+    let o = parse(&io1.one().1);
+    assert_eq!((o.ip.source, o.ip.destination), (v4(CIP), v4(&rip(1))));
+    assert_eq!(w1.session_count(), 1);
+    // The reply lands on worker 0: redirected to worker 1 before lookup, translated there.
+    let reply = r2c(1, 80, cport, SYNACK, &[]);
+    handle(&mut w0, &mut io0, 1, &reply, 1);
+    assert!(io0.sent.is_empty());
+    assert_eq!(io0.redirected[1], (1, 1, reply.clone()));
+    assert_eq!(c0.forwarded.get(), 0);
+    handle(&mut w1, &mut io1, 1, &reply, 1);
+    let o = parse(&io1.one().1);
+    assert_eq!((o.ip.source, o.sport), (v4(VIP), 80));
+    assert_eq!((o.ip.destination, o.dport), (v4(CIP), cport));
+    assert_eq!(c1.nat_out.get(), 1);
+    assert!(io1.redirected.is_empty());
+    // A client owned by worker 0 stays on worker 0.
+    let p0 = (1024..2000u16)
+        .find(|&p| nat_owner(a4(CIP), p, 2) == 0)
+        .unwrap();
+    handle(&mut w0, &mut io0, 0, &c2v(p0, 80, SYN, &[]), 2);
+    assert_eq!(io0.one().0, 1);
+    assert_eq!(io0.redirected.len(), 2);
+}
+
+#[test]
+fn nat_reply_without_session_is_routed_as_before() {
+    let svc = service(
+        Proto::Tcp,
+        80,
+        Sched::Rr,
+        vec![dest(0, 1, 8080, 1, Fwd::Nat)],
+    );
+    let (mut s, mut io, c) = setup(cfg(vec![svc.clone()]), &[1]);
+    // No session: a plain transit packet, forwarded with only the TTL changed.
+    let f = r2c(1, 8080, 41000, ACK, b"x");
+    handle(&mut s, &mut io, 1, &f, 0);
+    let (port, out) = io.one();
+    assert_eq!(port, 0);
+    let o = parse(&out);
+    assert_eq!((o.ip.source, o.ip.destination), (v4(&rip(1)), v4(CIP)));
+    assert_eq!((o.sport, o.dport), (8080, 41000));
+    assert_eq!(o.ip.time_to_live, 63);
+    assert_eq!(c.forwarded.get(), 1);
+    assert_eq!(c.nat_out.get(), 0);
+    // With forwarding off it is dropped as before.
+    let mut off = cfg(vec![svc]);
+    off.ip_forward = false;
+    let (mut s, mut io, c) = setup(off, &[1]);
+    handle(&mut s, &mut io, 1, &f, 0);
+    assert!(io.sent.is_empty());
+    assert_eq!(c.drops(DropReason::ForwardingDisabled), 1);
+    // ... while a NAT session's replies still pass (they are session traffic).
+    handle(&mut s, &mut io, 0, &c2v(41001, 80, SYN, &[]), 0);
+    io.one();
+    handle(&mut s, &mut io, 1, &r2c(1, 8080, 41001, SYNACK, &[]), 0);
+    assert_eq!(parse(&io.one().1).ip.source, v4(VIP));
+}
+
+// ------------------------------------------------------------------------------------- DR
+
+#[test]
+fn dr_changes_only_the_macs_and_tracks_input_only_states() {
+    let svc = service(Proto::Tcp, 80, Sched::Rr, vec![dest(7, 3, 80, 1, Fwd::Dr)]);
+    let (mut s, mut io, c) = setup(cfg(vec![svc]), &[3]);
+    let mut walk = vec![
+        (SYN, TcpState::SynRecv, (0, 1)),
+        (ACK, TcpState::Established, (1, 0)),
+        (ACK, TcpState::Established, (1, 0)),
+        (FINACK, TcpState::FinWait, (0, 1)),
+        (ACK, TcpState::FinWait, (0, 1)),
+    ];
+    for (k, (fl, st, counts)) in walk.drain(..).enumerate() {
+        let f = c2v(42000, 80, fl, if k == 2 { b"data" } else { b"" });
+        handle(&mut s, &mut io, 0, &f, k as u64);
+        let (port, out) = io.one();
+        assert_eq!(port, 1);
+        assert_eq!(&out[..6], &rs_mac(3));
+        assert_eq!(&out[6..12], &MAC1);
+        assert_eq!(&out[12..], &f[12..], "IP packet untouched (TTL included)");
+        assert_eq!(state(&s, 42000, 80), Some(st), "step {k}");
+        assert_eq!(active_inactive(&s, 7), counts, "step {k}");
+    }
+    assert_eq!(c.dr_out.get(), 5);
+    let info = s
+        .session_by_client(Proto::Tcp, a4(CIP), 42000, a4(VIP), 80)
+        .unwrap();
+    assert_eq!(info.fwd, Fwd::Dr);
+    // FIN_WAIT times out after 120 s (IPVS default).
+    s.poll_timers(&mut io, 4 + 119_000);
+    assert_eq!(s.session_count(), 1);
+    for t in (0..=30).map(|k| 4 + 120_000 + k * 100) {
+        s.poll_timers(&mut io, t);
+    }
+    assert_eq!(s.session_count(), 0);
+    assert_eq!(active_inactive(&s, 7), (0, 0));
+    // RST from the client in ESTABLISHED closes (CLOSE, 10 s).
+    handle(&mut s, &mut io, 0, &c2v(42001, 80, SYN, &[]), 200_000);
+    handle(&mut s, &mut io, 0, &c2v(42001, 80, ACK, &[]), 200_001);
+    handle(&mut s, &mut io, 0, &c2v(42001, 80, RST, &[]), 200_002);
+    assert_eq!(state(&s, 42001, 80), Some(TcpState::Close));
+    assert_eq!(active_inactive(&s, 7), (0, 1));
+    assert_eq!(c.snapshot().total_drops(), 0);
+}
+
+#[test]
+fn dr_holds_until_the_real_server_resolves() {
+    let svc = service(Proto::Tcp, 80, Sched::Rr, vec![dest(0, 2, 80, 1, Fwd::Dr)]);
+    let (mut s, mut io, c) = setup(cfg(vec![svc]), &[]);
+    let f = c2v(43000, 80, SYN, &[]);
+    handle(&mut s, &mut io, 0, &f, 0);
+    // An ARP request for the RIP, the SYN held.
+    let (port, arp) = io.one();
+    assert_eq!(port, 1);
+    assert_eq!(u16::from_be_bytes([arp[12], arp[13]]), 0x0806);
+    assert_eq!(&arp[38..42], &v4(&rip(2)));
+    assert_eq!(&arp[28..32], &v4(DIP));
+    assert_eq!(s.neigh_held(1, ip(&rip(2))), 1);
+    // The ARP reply releases it with the RS's MAC, IP bytes untouched.
+    let mut reply = Vec::new();
+    reply.extend_from_slice(&MAC1);
+    reply.extend_from_slice(&rs_mac(2));
+    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2]);
+    reply.extend_from_slice(&rs_mac(2));
+    reply.extend_from_slice(&v4(&rip(2)));
+    reply.extend_from_slice(&MAC1);
+    reply.extend_from_slice(&v4(DIP));
+    handle(&mut s, &mut io, 1, &reply, 5);
+    let (port, out) = io.one();
+    assert_eq!(port, 1);
+    assert_eq!((&out[..6], &out[6..12]), (&rs_mac(2)[..], &MAC1[..]));
+    assert_eq!(&out[12..], &f[12..]);
+    assert_eq!(c.neigh_released.get(), 1);
+    assert_eq!(s.neigh_held(1, ip(&rip(2))), 0);
+}
+
+// ------------------------------------------------------------------------------------ TUN
+
+fn tun_cfg(mtu: u16) -> StackConfig {
+    let svc = service(Proto::Tcp, 80, Sched::Rr, vec![dest(0, 3, 80, 1, Fwd::Tun)]);
+    let mut c = cfg(vec![svc]);
+    c.ports[1].mtu = mtu;
+    c
+}
+
+#[test]
+fn tun_encapsulates_with_ipvs_outer_header() {
+    let (mut s, mut io, c) = setup(tun_cfg(1500), &[3]);
+    let mut ids = Vec::new();
+    for (k, (df, dscp, ecn)) in [(true, 46u8, 1u8), (false, 10, 0)].into_iter().enumerate() {
+        let cport = 44000 + k as u16;
+        let mut f = c2v(cport, 80, SYN, &[]);
+        patch_ip(&mut f, |h| {
+            h.dont_fragment = df;
+            h.dscp = IpDscp::try_new(dscp).unwrap();
+            h.ecn = IpEcn::try_new(ecn).unwrap();
+            h.time_to_live = 50;
+        });
+        handle(&mut s, &mut io, 0, &f, 0);
+        let (port, out) = io.one();
+        assert_eq!(port, 1);
+        assert_eq!((&out[..6], &out[6..12]), (&rs_mac(3)[..], &MAC1[..]));
+        let (oh, rest) = Ipv4Header::from_slice(&out[14..]).unwrap();
+        assert_eq!(oh.header_checksum, oh.calc_header_checksum(), "outer csum");
+        assert_eq!(oh.protocol, IpNumber(4));
+        assert_eq!((oh.source, oh.destination), (v4(DIP), v4(&rip(3))));
+        assert_eq!(oh.dont_fragment, df);
+        assert!(!oh.more_fragments);
+        assert_eq!((oh.dscp.value(), oh.ecn.value()), (dscp, ecn));
+        assert_eq!(oh.time_to_live, 50);
+        ids.push(oh.identification);
+        assert_eq!(oh.total_len as usize, f.len() - 14 + 20);
+        assert_eq!(rest, &f[14..], "inner packet unchanged");
+        // The inner packet is a valid TCP packet to the VIP.
+        let inner = PacketHeaders::from_ip_slice(rest).unwrap();
+        let Some(NetHeaders::Ipv4(ih, _)) = inner.net else {
+            panic!()
+        };
+        assert_eq!(ih.destination, v4(VIP));
+    }
+    assert_ne!(ids[0], ids[1], "fresh outer IDs");
+    assert_eq!(c.tun_out.get(), 2);
+    assert_eq!(active_inactive(&s, 0), (0, 2));
+}
+
+#[test]
+fn tun_oversize_df_gets_frag_needed_from_the_vip() {
+    let (mut s, mut io, c) = setup(tun_cfg(1400), &[3]);
+    // Inner 1381 + 20 > 1400 with DF: frag-needed (MTU 1380) to the client, from the VIP.
+    let payload = vec![0x5a; 1381 - 40];
+    let f = c2v(45000, 80, ACK, &payload);
+    handle(&mut s, &mut io, 0, &c2v(45000, 80, SYN, &[]), 0);
+    io.one();
+    handle(&mut s, &mut io, 0, &f, 1);
+    let (port, out) = io.one();
+    assert_eq!(port, 0);
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(etherparse::LinkHeader::Ethernet2(eth)) = h.link else {
+        panic!()
+    };
+    assert_eq!(eth.destination, GW0);
+    let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
+        panic!()
+    };
+    assert_eq!(oh.header_checksum, oh.calc_header_checksum());
+    assert_eq!((oh.source, oh.destination), (v4(VIP), v4(CIP)));
+    let Some(TransportHeader::Icmpv4(ic)) = h.transport else {
+        panic!()
+    };
+    let quoted = h.payload.slice();
+    let expect = etherparse::Icmpv4Header::with_checksum(ic.icmp_type.clone(), quoted);
+    assert_eq!(ic.checksum, expect.checksum, "icmp csum");
+    match ic.icmp_type {
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+        ) => assert_eq!(next_hop_mtu, 1380),
+        t => panic!("{t:?}"),
+    }
+    assert_eq!(quoted, &f[14..14 + 28], "quote: inner IP header + 8 bytes");
+    assert_eq!(c.drops(DropReason::MtuExceeded), 1);
+    assert_eq!(c.icmp_errors_sent.get(), 1);
+    // Exactly at the limit it passes.
+    let ok = c2v(45000, 80, ACK, &payload[1..]);
+    handle(&mut s, &mut io, 0, &ok, 2);
+    let (port, out) = io.one();
+    assert_eq!((port, out.len()), (1, 14 + 1400));
+    // DF clear: dropped (no fragmentation), counted, no ICMP.
+    let mut nodf = f.clone();
+    patch_ip(&mut nodf, |h| h.dont_fragment = false);
+    handle(&mut s, &mut io, 0, &nodf, 3);
+    assert!(io.sent.is_empty());
+    assert_eq!(c.drops(DropReason::MtuExceeded), 2);
+    assert_eq!(c.icmp_errors_sent.get(), 1);
+    // The ICMP errors are rate-limited like the others.
+    let mut lim = tun_cfg(1400);
+    lim.icmp_ratelimit_per_s = 1;
+    let (mut s, mut io, c) = setup(lim, &[3]);
+    handle(&mut s, &mut io, 0, &c2v(45000, 80, SYN, &[]), 0);
+    io.one();
+    handle(&mut s, &mut io, 0, &f, 1);
+    handle(&mut s, &mut io, 0, &f, 2);
+    assert_eq!(io.sent.len(), 1);
+    assert_eq!(c.drops(DropReason::MtuExceeded), 2);
+}
+
+// ---------------------------------------------------------------------------------- Mixed
+
+#[test]
+fn mixed_service_uses_each_reals_method() {
+    let svc = service(
+        Proto::Tcp,
+        80,
+        Sched::Wrr,
+        vec![
+            dest(0, 1, 8080, 1, Fwd::FullNat),
+            dest(1, 2, 8080, 1, Fwd::Nat),
+            dest(2, 3, 80, 1, Fwd::Dr),
+            dest(3, 4, 80, 1, Fwd::Tun),
+        ],
+    );
+    let (mut s, mut io, c) = setup(cfg(vec![svc]), &[1, 2, 3, 4]);
+    for round in 0..2u16 {
+        for k in 0..4u16 {
+            let cport = 46000 + round * 4 + k;
+            let f = c2v(cport, 80, SYN, &[]);
+            handle(&mut s, &mut io, 0, &f, 0);
+            let (port, out) = io.one();
+            assert_eq!(port, 1);
+            let info = s
+                .session_by_client(Proto::Tcp, a4(CIP), cport, a4(VIP), 80)
+                .unwrap();
+            assert_eq!(info.dest, k as u32);
+            assert_eq!(&out[..6], &rs_mac(k as u8 + 1));
+            match k {
+                0 => {
+                    assert_eq!(info.fwd, Fwd::FullNat);
+                    let o = parse(&out);
+                    assert_eq!((o.ip.source, o.ip.destination), (v4(LIP), v4(&rip(1))));
+                    assert_eq!(o.dport, 8080);
+                }
+                1 => {
+                    assert_eq!(info.fwd, Fwd::Nat);
+                    let o = parse(&out);
+                    assert_eq!((o.ip.source, o.sport), (v4(CIP), cport));
+                    assert_eq!((o.ip.destination, o.dport), (v4(&rip(2)), 8080));
+                }
+                2 => {
+                    assert_eq!(info.fwd, Fwd::Dr);
+                    assert_eq!(&out[12..], &f[12..]);
+                }
+                _ => {
+                    assert_eq!(info.fwd, Fwd::Tun);
+                    assert_eq!(out[14 + 9], 4);
+                    assert_eq!(&out[34..], &f[14..]);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        (
+            c.fullnat_in.get(),
+            c.nat_in.get(),
+            c.dr_out.get(),
+            c.tun_out.get()
+        ),
+        (2, 2, 2, 2)
+    );
+    assert_eq!(c.snapshot().total_drops(), 0);
+}
+
+#[test]
+fn lips_are_required_only_with_a_fullnat_real() {
+    let mut svc = service(Proto::Tcp, 80, Sched::Rr, vec![dest(0, 1, 80, 1, Fwd::Dr)]);
+    let counters = Arc::new(CoreCounters::default());
+    assert!(Stack::<VecPacket>::try_new(&cfg(vec![svc.clone()]), counters.clone()).is_ok());
+    svc.dests.push(dest(1, 2, 80, 1, Fwd::FullNat));
+    assert!(Stack::<VecPacket>::try_new(&cfg(vec![svc]), counters).is_err());
+}
