@@ -315,3 +315,32 @@ pub mod pcap {
         frames
     }
 }
+
+/// Start rvsd in `netns` with the config `make(pmd)` on AF_XDP, or on AF_PACKET when AF_XDP cannot
+/// start here (reported on stderr, never silent). Returns the daemon and the PMD used.
+pub fn start_gateway(
+    dir: &Path,
+    netns: &str,
+    name: &str,
+    make: impl Fn(&str) -> String,
+) -> (Rvsd, &'static str) {
+    for pmd in ["net_af_xdp", "net_af_packet"] {
+        let path = dir.join(format!("{name}-{pmd}.toml"));
+        std::fs::write(&path, make(pmd)).unwrap();
+        match std::panic::catch_unwind(|| Rvsd::start(&path, Some(netns))) {
+            Ok(r) => return (r, pmd),
+            Err(_) if pmd == "net_af_xdp" => {
+                eprintln!("{name}: net_af_xdp did not start here; using net_af_packet")
+            }
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+    unreachable!()
+}
+
+/// A fresh temporary directory for one test.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rvs-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

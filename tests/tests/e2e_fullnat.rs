@@ -81,30 +81,19 @@ lips = ["198.51.100.2", "198.51.100.3"]
     path
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rvs-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Start rvsd on AF_XDP, or AF_PACKET where AF_XDP cannot start (reported, not silent).
+/// Start rvsd (AF_XDP, else AF_PACKET; two workers use AF_PACKET's qpairs).
 fn start(dir: &Path, topo: &Topo, workers: &[u32], timeouts: &str) -> Rvsd {
     let gw = topo.ns("gw");
-    if workers.len() == 1 {
-        if let Ok(r) = std::panic::catch_unwind(|| {
-            Rvsd::start(
-                &config(dir, &topo.prefix, "net_af_xdp", workers, timeouts),
-                Some(&gw),
-            )
-        }) {
-            return r;
-        }
-        eprintln!("net_af_xdp did not start here; using net_af_packet");
+    if workers.len() > 1 {
+        return Rvsd::start(
+            &config(dir, &topo.prefix, "net_af_packet", workers, timeouts),
+            Some(&gw),
+        );
     }
-    Rvsd::start(
-        &config(dir, &topo.prefix, "net_af_packet", workers, timeouts),
-        Some(&gw),
-    )
+    start_gateway(dir, &gw, "fnat", |pmd| {
+        std::fs::read_to_string(config(dir, &topo.prefix, pmd, workers, timeouts)).unwrap()
+    })
+    .0
 }
 
 /// `n` HTTP GETs of `/` through the VIP, `parallel` at a time; the body names the real server.

@@ -39,7 +39,7 @@ fn gateway_answers_arp_and_ping_and_routes_between_namespaces() {
     let _g = serial();
     let topo = Topo::up("rvst", 2);
     let (cl, gw) = (topo.ns("cl"), topo.ns("gw"));
-    let dir = tempdir();
+    let dir = tempdir("e2e");
 
     // The gateway's veths have no kernel IPv4 address: only rvsd can answer.
     let addrs = text(&ns(&gw, "ip -4 -o addr show"));
@@ -48,15 +48,9 @@ fn gateway_answers_arp_and_ping_and_routes_between_namespaces() {
         "kernel owns the gateway address: {addrs}"
     );
 
-    let rvsd = match std::panic::catch_unwind(|| {
-        Rvsd::start(&config(&dir, "rvst", "net_af_xdp"), Some(&gw))
-    }) {
-        Ok(r) => r,
-        Err(_) => {
-            eprintln!("net_af_xdp did not start here; using net_af_packet");
-            Rvsd::start(&config(&dir, "rvst", "net_af_packet"), Some(&gw))
-        }
-    };
+    let (rvsd, _) = start_gateway(&dir, &gw, "gateway", |pmd| {
+        std::fs::read_to_string(config(&dir, "rvst", pmd)).unwrap()
+    });
     // The DPDK port's MAC as the PMD reports it is the veth's.
     let gw_mac = mac_of(&gw, "gw-c");
 
@@ -173,10 +167,4 @@ fn gateway_answers_arp_and_ping_and_routes_between_namespaces() {
     );
     assert!(log.contains("ttl_exceeded 1"), "TTL drop counted:\n{log}");
     drop(topo);
-}
-
-fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rvs-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

@@ -618,12 +618,17 @@ impl<P: PacketBuf> Stack<P> {
             Fwd::FullNat | Fwd::Nat => {}
         }
         let full = s.fwd == Fwd::FullNat;
+        // TOA rides on every client packet from the handshake-completing ACK on, until the real
+        // server is seen sending after the handshake (then it has its socket, whichever of those
+        // packets completed it): a lost ACK must not leave the server without the client address.
+        let _ = old;
         let toa = full
             && proto == PROTO_TCP
             && self.fnat.conf.toa
             && s.flags & F_TOA_DONE == 0
-            && old == TcpState::SynRecv
-            && new == TcpState::Established;
+            && new == TcpState::Established
+            && tcp_flags & (flags::SYN | flags::RST) == 0
+            && tcp_flags & flags::ACK != 0;
         let Some(route) = self.routes.lookup(IpAddr::V4(s.rip)).copied() else {
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
@@ -654,10 +659,11 @@ impl<P: PacketBuf> Stack<P> {
             }
         }
         if toa {
-            self.fnat.sessions.get_mut(idx).flags |= F_TOA_DONE;
             if insert_toa(&mut pkt, ihl, mtu) {
                 self.counters.toa_inserted.inc();
             } else {
+                // No room: give up on this session rather than count every packet.
+                self.fnat.sessions.get_mut(idx).flags |= F_TOA_DONE;
                 self.counters.toa_skipped.inc();
             }
         }
@@ -689,6 +695,10 @@ impl<P: PacketBuf> Stack<P> {
         let total = be16(d, ip4::TOTAL_LEN);
         let tcp_flags = if proto == PROTO_TCP { d[l4 + 13] } else { 0 };
         self.fnat_track(idx, Dir::Output, proto, tcp_flags, now_ms);
+        if proto == PROTO_TCP && tcp_flags & flags::SYN == 0 {
+            // The real server speaks after the handshake: it holds the connection (and read TOA).
+            self.fnat.sessions.get_mut(idx).flags |= F_TOA_DONE;
+        }
         let s = *self.fnat.sessions.get(idx);
         if let Some(st) = self.fnat.dest_stats.get(s.dest as usize) {
             st.outpkts.inc();

@@ -399,7 +399,11 @@ fn tcp_both_directions_rewritten_with_valid_checksums() {
     handle(&mut s, &mut io, 0, &c2v(40000, ACK, &[], b"more"), 7);
     let o = parse(&io.one().1);
     assert_eq!(o.payload, b"more");
-    assert_eq!(o.tcp.unwrap().header_len(), 20, "TOA only once");
+    assert_eq!(
+        o.tcp.unwrap().header_len(),
+        28,
+        "TOA repeated until the real server speaks after the handshake"
+    );
     handle(
         &mut s,
         &mut io,
@@ -787,7 +791,7 @@ fn toa_of(t: &TcpHeader) -> Option<[u8; 8]> {
 }
 
 #[test]
-fn toa_inserted_once_on_handshake_ack() {
+fn toa_on_handshake_ack_until_the_real_server_speaks() {
     let (mut s, mut io, c) = setup(cfg());
     let (lport, i) = open(&mut s, &mut io, 40001, 0);
     handle(&mut s, &mut io, 1, &r2l(i, lport, SYNACK, &[], &[]), 1);
@@ -814,12 +818,12 @@ fn toa_inserted_once_on_handshake_ack() {
     assert_eq!(o.payload, b"hello");
     assert_eq!(o.ip.total_len as usize, 20 + 40 + 5);
     assert_eq!(c.toa_inserted.get(), 1);
-    // Not again.
+    // Again while the real server has not spoken (the ACK above may have been lost).
     handle(&mut s, &mut io, 0, &c2v(40001, ACK, &opts, b"again"), 3);
     let t = parse(&io.one().1).tcp.unwrap();
-    assert!(toa_of(&t).is_none());
-    assert_eq!(c.toa_inserted.get(), 1);
-    // Not on replies.
+    assert!(toa_of(&t).is_some());
+    assert_eq!(c.toa_inserted.get(), 2);
+    // Not on replies; once the real server spoke, no more TOA.
     handle(&mut s, &mut io, 1, &r2l(i, lport, ACK, &[], b"r"), 4);
     assert!(toa_of(&parse(&io.one().1).tcp.unwrap()).is_none());
     assert!(
@@ -827,6 +831,9 @@ fn toa_inserted_once_on_handshake_ack() {
             .unwrap()
             .toa_done
     );
+    handle(&mut s, &mut io, 0, &c2v(40001, ACK, &opts, b"third"), 5);
+    assert!(toa_of(&parse(&io.one().1).tcp.unwrap()).is_none());
+    assert_eq!(c.toa_inserted.get(), 2);
     // The client reuses its port after a RST: the new handshake gets its own TOA, on the same
     // session (same RS and lport).
     handle(&mut s, &mut io, 0, &c2v(40001, RST, &[], &[]), 5);
@@ -836,7 +843,7 @@ fn toa_inserted_once_on_handshake_ack() {
     handle(&mut s, &mut io, 0, &c2v(40001, ACK, &[], &[]), 8);
     let t = parse(&io.take()[1].1).tcp.unwrap();
     assert!(toa_of(&t).is_some());
-    assert_eq!(c.toa_inserted.get(), 2);
+    assert_eq!(c.toa_inserted.get(), 3);
 }
 
 #[test]

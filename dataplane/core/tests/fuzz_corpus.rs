@@ -10,7 +10,10 @@ use rvs_core::packet::VecPacket;
 #[test]
 fn corpus_replays_without_panic() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/packet_core");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 6, "the corpus holds at least the seeds");
     let mut stack = common::stack();

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use rvs_core::counters::CoreCounters;
 use rvs_core::io::{Io, PortIdx};
 use rvs_core::packet::{PacketBuf, VecPacket};
-use rvs_core::{DestConf, FullnatConf, MacAddr, PortConf, Proto, RouteConf, Sched, ServiceConf, Stack, StackConfig};
+use rvs_core::{
+    DestConf, FullnatConf, MacAddr, PortConf, Proto, RouteConf, Sched, ServiceConf, Stack,
+    StackConfig,
+};
 
 pub const MAC0: [u8; 6] = [2, 0, 0, 0, 0, 1];
 pub const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -24,23 +27,50 @@ pub fn stack() -> Stack<VecPacket> {
         vip_port: 0,
         sched: Sched::Wrr,
         dests: vec![
-            DestConf { id: 0, rip: ip("198.51.100.11"), rport: vport, weight: 3, fwd: Default::default() },
-            DestConf { id: 1, rip: ip("198.51.100.12"), rport: vport, weight: 1, fwd: Default::default() },
+            DestConf {
+                id: 0,
+                rip: ip("198.51.100.11"),
+                rport: vport,
+                weight: 3,
+                fwd: Default::default(),
+            },
+            DestConf {
+                id: 1,
+                rip: ip("198.51.100.12"),
+                rport: vport,
+                weight: 1,
+                fwd: Default::default(),
+            },
         ],
         lips: vec![ip("198.51.100.2")],
         lip_port: 1,
     };
     let cfg = StackConfig {
         ports: vec![
-            PortConf { mac: MacAddr(MAC0), mtu: 1500, addrs: vec!["192.0.2.1/24".parse().unwrap()] },
-            PortConf { mac: MacAddr(MAC1), mtu: 1500, addrs: vec!["198.51.100.1/24".parse().unwrap()] },
+            PortConf {
+                mac: MacAddr(MAC0),
+                mtu: 1500,
+                addrs: vec!["192.0.2.1/24".parse().unwrap()],
+            },
+            PortConf {
+                mac: MacAddr(MAC1),
+                mtu: 1500,
+                addrs: vec!["198.51.100.1/24".parse().unwrap()],
+            },
         ],
-        routes: vec![RouteConf { prefix: "0.0.0.0/0".parse().unwrap(), via: Some(ip("192.0.2.254")), port: 0 }],
+        routes: vec![RouteConf {
+            prefix: "0.0.0.0/0".parse().unwrap(),
+            via: Some(ip("192.0.2.254")),
+            port: 0,
+        }],
         ip_forward: true,
         worker: 0,
         n_workers: 2,
         services: vec![svc(Proto::Tcp, 80), svc(Proto::Udp, 53)],
-        fullnat: FullnatConf { sessions: 256, ..Default::default() },
+        fullnat: FullnatConf {
+            sessions: 256,
+            ..Default::default()
+        },
         ..Default::default()
     };
     Stack::new(&cfg, Arc::new(CoreCounters::default()))
@@ -59,7 +89,11 @@ impl Io for FuzzIo {
     }
     fn send(&mut self, port: PortIdx, pkt: VecPacket) {
         assert!(port < 2, "sent on a port that does not exist");
-        assert!(pkt.len() >= 14 && pkt.len() <= VecPacket::DEFAULT_CAPACITY, "frame length {}", pkt.len());
+        assert!(
+            pkt.len() >= 14 && pkt.len() <= VecPacket::DEFAULT_CAPACITY,
+            "frame length {}",
+            pkt.len()
+        );
         self.sent += 1;
     }
     fn redirect(&mut self, worker: u16, _port: PortIdx, _pkt: VecPacket) -> bool {
