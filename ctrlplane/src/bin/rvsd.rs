@@ -14,6 +14,10 @@ use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
 use rvs_core::io::PortIdx;
 use rvs_core::{NeighConf, PortConf, RouteConf, Stack, StackConfig};
 use rvs_ctrlplane::config::{self, Config};
+use rvs_ctrlplane::ctl::model::Model;
+
+#[path = "rvsd/daemon.rs"]
+mod daemon;
 use rvs_dataplane::{NeighMsg, PeerLinks, PeerSenders, Worker, WorkerIo, WorkerPorts};
 
 /// rvs — Rust Virtual Server, a DPDK layer-4 load-balancing gateway.
@@ -37,13 +41,18 @@ const RSS_KEY: [u8; 40] = [
 ];
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static HUP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        HUP.store(true, Ordering::SeqCst);
+    } else {
+        STOP.store(true, Ordering::SeqCst);
+    }
 }
 
 fn install_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -83,26 +92,29 @@ fn main() -> ExitCode {
 }
 
 /// FULLNAT settings for the core; `rss` describes the LIP port's RSS when it has one.
+/// Session timeouts for the core, from the configuration's seconds.
+fn core_timeouts(t: &config::TimeoutsConfig) -> Timeouts {
+    let ms = |s: u32| s as u64 * 1000;
+    Timeouts {
+        tcp_established: ms(t.tcp),
+        tcp_syn_sent: ms(t.syn_sent),
+        tcp_syn_recv: ms(t.syn_recv),
+        tcp_fin_wait: ms(t.tcpfin),
+        tcp_time_wait: ms(t.time_wait),
+        tcp_close: ms(t.close),
+        tcp_close_wait: ms(t.close_wait),
+        tcp_last_ack: ms(t.last_ack),
+        udp: ms(t.udp),
+        ..Timeouts::default()
+    }
+}
+
 fn fullnat_config(cfg: &Config, rss: Option<RssConf>) -> FullnatConf {
     let f = &cfg.fullnat;
-    let t = &f.timeouts;
-    let ms = |s: u32| s as u64 * 1000;
-    let d = Timeouts::default();
     FullnatConf {
         sessions: f.sessions,
-        max_dests: (cfg.services.iter().map(|s| s.reals.len()).sum::<usize>() as u32).max(1),
-        timeouts: Timeouts {
-            tcp_established: ms(t.tcp),
-            tcp_syn_sent: ms(t.syn_sent),
-            tcp_syn_recv: ms(t.syn_recv),
-            tcp_fin_wait: ms(t.tcpfin),
-            tcp_time_wait: ms(t.time_wait),
-            tcp_close: ms(t.close),
-            tcp_close_wait: ms(t.close_wait),
-            tcp_last_ack: ms(t.last_ack),
-            udp: ms(t.udp),
-            ..d
-        },
+        max_dests: daemon::MAX_DESTS,
+        timeouts: core_timeouts(&f.timeouts),
         toa: f.toa,
         mss_clamp: f.mss_clamp,
         lport_min: f.lport_min,
@@ -112,11 +124,11 @@ fn fullnat_config(cfg: &Config, rss: Option<RssConf>) -> FullnatConf {
     }
 }
 
-/// Virtual services for the core. Real servers get dest ids in config order (0, 1, ...), which
-/// index the per-core per-real-server counters.
-fn services(cfg: &Config) -> Vec<ServiceConf> {
-    let mut next_id = 0u32;
-    cfg.services
+/// Virtual services for the core, with the model's stable dest ids (they index the per-core
+/// per-real-server counters).
+fn core_services(model: &Model) -> Vec<ServiceConf> {
+    model
+        .services
         .iter()
         .map(|s| ServiceConf {
             proto: match s.proto {
@@ -133,20 +145,17 @@ fn services(cfg: &Config) -> Vec<ServiceConf> {
             dests: s
                 .reals
                 .iter()
-                .map(|r| {
-                    next_id += 1;
-                    DestConf {
-                        id: next_id - 1,
-                        rip: r.ip,
-                        rport: r.port,
-                        weight: r.weight,
-                        fwd: match r.forward {
-                            config::Forward::FullNat => Fwd::FullNat,
-                            config::Forward::Nat => Fwd::Nat,
-                            config::Forward::Dr => Fwd::Dr,
-                            config::Forward::Tun => Fwd::Tun,
-                        },
-                    }
+                .map(|r| DestConf {
+                    id: model.dest_id(s, r),
+                    rip: r.ip,
+                    rport: r.port,
+                    weight: r.weight,
+                    fwd: match r.forward {
+                        config::Forward::FullNat => Fwd::FullNat,
+                        config::Forward::Nat => Fwd::Nat,
+                        config::Forward::Dr => Fwd::Dr,
+                        config::Forward::Tun => Fwd::Tun,
+                    },
                 })
                 .collect(),
             lips: s.lips.clone(),
@@ -155,12 +164,12 @@ fn services(cfg: &Config) -> Vec<ServiceConf> {
         .collect()
 }
 
-fn stack_config(cfg: &Config, macs: &[[u8; 6]], worker: u16, rss: Option<RssConf>) -> StackConfig {
+fn stack_config(cfg: &Config, model: &Model, macs: &[[u8; 6]], worker: u16, rss: Option<RssConf>) -> StackConfig {
     let n = &cfg.neighbour;
     StackConfig {
         worker,
         n_workers: cfg.dataplane.workers.len() as u16,
-        services: services(cfg),
+        services: core_services(model),
         fullnat: fullnat_config(cfg, rss),
         ports: cfg
             .ports
@@ -314,8 +323,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         }
     }
 
+    let model = Model::from_config(cfg, daemon::MAX_DESTS);
     let mut counters = Vec::new();
     let mut launched = Vec::new();
+    let mut ctl_links = Vec::new();
+    let mut dest_stats = Vec::new();
     for (w, (&lcore, (tx, links))) in workers
         .iter()
         .zip(senders.into_iter().zip(links))
@@ -326,8 +338,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         let rxq = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
         let txq = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
         let io = WorkerIo::new(pool.clone(), txq, tx, c.clone());
-        let stack = Stack::try_new(&stack_config(cfg, &macs, w as u16, rss.clone()), c.clone())
+        let stack = Stack::try_new(&stack_config(cfg, &model, &macs, w as u16, rss.clone()), c.clone())
             .map_err(|e| format!("dataplane configuration: {e}"))?;
+        dest_stats.push(stack.dest_stats_shared());
+        let (link, wctl) = rvs_dataplane::ctl::mailbox(w).map_err(|e| format!("ring: {e}"))?;
+        ctl_links.push(link);
         let worker = Worker::new(
             w,
             WorkerPorts { rx: rxq },
@@ -337,20 +352,56 @@ fn run(cfg: &Config) -> Result<(), String> {
             c,
             cfg.dataplane.burst,
             eal.tsc_hz(),
-        );
+        )
+        .with_ctl(wctl);
         let stop = stop.clone();
         let h = dpdk::lcore::launch(lcore, move || worker.run(stop))
             .map_err(|e| format!("worker {w}: {e}"))?;
         launched.push(h);
     }
+    // The control plane: socket, model, snapshots to the workers, rate estimator.
+    let d = daemon::Daemon::new(
+        model,
+        ctl_links,
+        cfg.clone(),
+        dest_stats,
+        eal.tsc_hz(),
+        cfg.fullnat.sessions as u64 * nw as u64,
+        core_services,
+        core_timeouts,
+    );
+    let ctl_stop = Arc::new(AtomicBool::new(false));
+    let listener = rvs_ctrlplane::ctl::server::bind(&cfg.control.socket, cfg.control.mode)
+        .map_err(|e| format!("control socket {}: {e}", cfg.control.socket.display()));
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            stop.store(true, Ordering::SeqCst);
+            for h in launched {
+                h.wait();
+            }
+            return Err(e);
+        }
+    };
+    let server = rvs_ctrlplane::ctl::server::serve(listener, d.clone(), ctl_stop.clone());
+    let est = d.clone().run_estimator(ctl_stop.clone());
     println!(
-        "rvsd: running with {} worker(s) on lcore(s) {:?}; SIGINT/SIGTERM to stop",
-        nw, workers
+        "rvsd: running with {} worker(s) on lcore(s) {:?}; control socket {}; SIGHUP reloads, SIGINT/SIGTERM stop",
+        nw,
+        workers,
+        cfg.control.socket.display()
     );
 
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
+        if HUP.swap(false, Ordering::SeqCst) {
+            println!("rvsd: SIGHUP: {:?}", d.reload());
+        }
     }
+    ctl_stop.store(true, Ordering::SeqCst);
+    let _ = server.join();
+    let _ = est.join();
+    let _ = std::fs::remove_file(&cfg.control.socket);
     stop.store(true, Ordering::SeqCst);
     for h in launched {
         h.wait();

@@ -40,6 +40,33 @@ pub struct Config {
     pub fullnat: FullnatConfig,
     /// The virtual services (`[[service]]`), in file order; possibly none.
     pub services: Vec<ServiceConfig>,
+    /// The control socket rvsadm talks to (`[control]`).
+    pub control: ControlConfig,
+}
+
+/// The control socket: the `[control]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Path of the Unix socket rvsd listens on for rvsadm (`socket`, default
+    /// [`DEFAULT_SOCKET`]): non-empty, at most 107 bytes (`sun_path`), not
+    /// ending in `/`.
+    pub socket: PathBuf,
+    /// Permission bits of the socket file (`mode`, an octal string such as
+    /// `"0600"`, default 0600): at most 0777, with the owner's write bit
+    /// (connecting to a Unix socket needs write permission).
+    pub mode: u32,
+}
+
+/// The default control socket path, `/run/rvsd.sock`.
+pub const DEFAULT_SOCKET: &str = "/run/rvsd.sock";
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            mode: 0o600,
+        }
+    }
 }
 
 /// DPDK EAL settings: the `[eal]` table.
@@ -579,3 +606,8 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Whether `a` and `b` lie in the same `len`-bit subnet (false across families).
+pub fn same_subnet(a: IpAddr, b: IpAddr, len: u8) -> bool {
+    parse::contains(a, len, b)
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::tree::{self, Entry, Kind, Node};
 use super::{
-    Config, ConfigError, DataplaneConfig, Device, EalConfig, Forward, FullnatConfig,
+    Config, ConfigError, ControlConfig, DataplaneConfig, Device, EalConfig, Forward, FullnatConfig,
     NeighbourConfig, PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig,
     TimeoutsConfig,
 };
@@ -32,6 +32,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
             "port",
             "route",
             "service",
+            "control",
         ],
     )?;
 
@@ -41,6 +42,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
     check_lcores(&eal_table, &eal, &dataplane)?;
     let neighbour = parse_neighbour(&top.sub("neighbour")?)?;
     let fullnat = parse_fullnat(&top.sub("fullnat")?)?;
+    let control = parse_control(&top.sub("control")?)?;
 
     let port_nodes = match top.get("port") {
         None => {
@@ -92,6 +94,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
         routes,
         fullnat,
         services,
+        control,
     })
 }
 
@@ -269,6 +272,7 @@ impl<'a> Table<'a> {
                 "retrans_ms",
                 "max_probes",
             ],
+            "control" => &["socket", "mode"],
             "fullnat" => &[
                 "sessions",
                 "toa",
@@ -749,6 +753,79 @@ fn parse_fullnat(t: &Table) -> Result<FullnatConfig> {
         lport_reuse_delay_s: t.int("lport_reuse_delay_s", d.lport_reuse_delay_s, 0, 86_400)?,
         timeouts,
     })
+}
+
+/// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+fn parse_control(t: &Table) -> Result<ControlConfig> {
+    let d = ControlConfig::default();
+    let socket = match t.opt_str("socket")? {
+        None => d.socket,
+        Some(p) => {
+            if p.is_empty() || p.ends_with('/') || p.contains('\0') {
+                return Err(t.err(
+                    "socket",
+                    format!("socket must be the path of a socket file, like \"/run/rvsd.sock\", got {p:?}"),
+                ));
+            }
+            if p.len() > MAX_SOCKET_PATH {
+                return Err(t.err(
+                    "socket",
+                    format!(
+                        "socket path must be at most {MAX_SOCKET_PATH} bytes (a Unix socket's limit), got {}",
+                        p.len()
+                    ),
+                ));
+            }
+            p.into()
+        }
+    };
+    let mode = match t.get("mode") {
+        None => d.mode,
+        Some(node) => {
+            let Kind::Str(s) = &node.kind else {
+                return Err(t.err(
+                    "mode",
+                    format!(
+                        "expected an octal string like \"0600\", found {}",
+                        node.kind.type_name()
+                    ),
+                ));
+            };
+            let digits = s.strip_prefix("0o").unwrap_or(s);
+            let mode = if !digits.is_empty()
+                && digits.len() <= 4
+                && digits.chars().all(|c| ('0'..='7').contains(&c))
+            {
+                u32::from_str_radix(digits, 8).ok()
+            } else {
+                None
+            };
+            match mode {
+                Some(m) if m <= 0o777 && m & 0o200 != 0 => m,
+                Some(m) if m > 0o777 => {
+                    return Err(t.err(
+                        "mode",
+                        format!("mode must be at most 0777 (no setuid, setgid or sticky bits), got {s:?}"),
+                    ))
+                }
+                Some(_) => {
+                    return Err(t.err(
+                        "mode",
+                        format!("mode must give the owner write permission (0200; connecting needs it), got {s:?}"),
+                    ))
+                }
+                None => {
+                    return Err(t.err(
+                        "mode",
+                        format!("mode must be an octal string like \"0600\" or \"0660\", got {s:?}"),
+                    ))
+                }
+            }
+        }
+    };
+    Ok(ControlConfig { socket, mode })
 }
 
 fn parse_neighbour(t: &Table) -> Result<NeighbourConfig> {
@@ -1585,7 +1662,7 @@ fn nth_host(net: IpAddr, n: u128) -> IpAddr {
 }
 
 /// Whether `ip` lies in `net/len`.
-fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+pub(super) fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     net.is_ipv4() == ip.is_ipv4() && to_bits(net) & mask(net, len) == to_bits(ip) & mask(net, len)
 }
 

@@ -222,7 +222,7 @@ pub struct DestConf {
 
 /// Session timeouts in milliseconds, per TCP state (IPVS's defaults) and for UDP.
 /// `ipvsadm --set tcp tcpfin udp` maps to `tcp_established`, `tcp_fin_wait`, `udp`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// ESTABLISHED (900 s).
     pub tcp_established: u64,

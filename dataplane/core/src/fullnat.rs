@@ -126,7 +126,7 @@ pub(crate) struct Fullnat {
     pub(crate) sessions: SessionTable<Ipv4Addr>,
     pub(crate) wheel: TimerWheel,
     pub(crate) lports: LportAlloc,
-    pub(crate) dest_stats: Box<[DestStats]>,
+    pub(crate) dest_stats: std::sync::Arc<[DestStats]>,
 }
 
 impl Fullnat {
@@ -141,7 +141,7 @@ impl Fullnat {
             f.rss.clone(),
         );
         let services = Services::build(&cfg.services, f.max_dests, cfg.ports.len(), &mut lports)?;
-        let dest_stats: Box<[DestStats]> = (0..f.max_dests).map(|_| DestStats::default()).collect();
+        let dest_stats: std::sync::Arc<[DestStats]> = (0..f.max_dests).map(|_| DestStats::default()).collect();
         Ok(Fullnat {
             conf: f.clone(),
             worker: cfg.worker,
@@ -1013,6 +1013,12 @@ impl<P: PacketBuf> Stack<P> {
         self.fnat.sessions.bytes_per_session()
     }
 
+    /// Every dest's counters of this worker, indexed by dest id, for readers on other threads
+    /// (the control plane sums them over workers). The worker stays the only writer.
+    pub fn dest_stats_shared(&self) -> std::sync::Arc<[DestStats]> {
+        self.fnat.dest_stats.clone()
+    }
+
     /// Per-core counters of dest `id` (None when `id >= max_dests`).
     pub fn dest_stats(&self, id: u32) -> Option<&DestStats> {
         self.fnat.dest_stats.get(id as usize)
@@ -1041,6 +1047,29 @@ impl<P: PacketBuf> Stack<P> {
             .iter()
             .map(|(_, s)| SessionInfo::from(s))
             .collect()
+    }
+
+    /// Replace the session timeouts (`ipvsadm --set`): sessions pick them up at their next state
+    /// change or packet.
+    pub fn set_timeouts(&mut self, t: crate::config::Timeouts) {
+        self.fnat.conf.timeouts = t;
+    }
+
+    /// The session timeouts in force.
+    pub fn timeouts(&self) -> crate::config::Timeouts {
+        self.fnat.conf.timeouts
+    }
+
+    /// Copy sessions from table slot `start` into `out` until it is full (`out.capacity()`), without
+    /// allocating (the caller sized `out`). Returns the slot to continue from, or None at the end.
+    pub fn sessions_page(&self, start: usize, out: &mut Vec<SessionInfo>) -> Option<usize> {
+        for (i, s) in self.fnat.sessions.iter_from(start) {
+            if out.len() == out.capacity() {
+                return Some(i as usize);
+            }
+            out.push(SessionInfo::from(s));
+        }
+        None
     }
 
     /// Number of services.

@@ -374,6 +374,17 @@ impl<A: SessAddr> SessionTable<A> {
     }
 
     /// Every session in use (control path, tests).
+    /// Sessions in use from slot `start` on (for paged listings).
+    pub fn iter_from(&self, start: usize) -> impl Iterator<Item = (u32, &Session<A>)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(start)
+            .filter(|(_, e)| e.flags & F_USED != 0)
+            .map(|(i, e)| (i as u32, e))
+    }
+
+    /// Sessions in use.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Session<A>)> {
         self.entries
             .iter()

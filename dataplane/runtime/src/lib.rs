@@ -5,6 +5,7 @@
 //! the core, apply messages from peers, run bounded timer work, flush TX. Nothing is shared with
 //! other workers except through the rings and the single-writer counters.
 
+pub mod ctl;
 pub mod io;
 pub mod worker;
 

@@ -9,6 +9,7 @@ use rvs_core::counters::CoreCounters;
 use rvs_core::io::PortIdx;
 use rvs_core::Stack;
 
+use crate::ctl::{Cmd, Snapshot, WorkerCtl};
 use crate::io::{MbufPacket, NeighMsg, WorkerIo};
 
 /// The queues a worker owns: RX queue `w` of every port (index = PortIdx). Its TX queues live in
@@ -38,6 +39,8 @@ pub struct Worker {
     rxb: Burst,
     last_timer_ms: u64,
     polls_since_timer: u32,
+    ctl: Option<WorkerCtl>,
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 /// Timers run once per this many polls (and at least once per millisecond of TSC time).
@@ -67,6 +70,37 @@ impl Worker {
             rxb: Burst::new(),
             last_timer_ms: 0,
             polls_since_timer: 0,
+            ctl: None,
+            snapshot: None,
+        }
+    }
+
+    /// Attach the control mailbox (configuration snapshots, session listings).
+    pub fn with_ctl(mut self, ctl: WorkerCtl) -> Self {
+        self.ctl = Some(ctl);
+        self
+    }
+
+    /// Serve a control command, between two bursts.
+    #[cold]
+    fn control(&mut self, mut cmd: Box<Cmd>, now: u64) {
+        match &mut *cmd {
+            Cmd::Apply { new, old, result } => {
+                *result = self.stack.set_services(&new.services).map_err(|e| e.to_string());
+                if result.is_ok() {
+                    self.stack.set_timeouts(new.timeouts);
+                    for &(port, ip) in &new.announce {
+                        let _ = self.stack.add_owned(&mut self.io, port, ip, now);
+                    }
+                    *old = self.snapshot.replace(new.clone());
+                }
+            }
+            Cmd::Sessions { start, out, next } => {
+                *next = self.stack.sessions_page(*start, out);
+            }
+        }
+        if let Some(c) = self.ctl.as_mut() {
+            c.answer(cmd);
         }
     }
 
@@ -129,6 +163,9 @@ impl Worker {
                     now,
                 );
             }
+        }
+        if let Some(cmd) = self.ctl.as_mut().and_then(|c| c.poll()) {
+            self.control(cmd, now);
         }
         self.polls_since_timer += 1;
         if self.polls_since_timer >= TIMER_EVERY_POLLS || now != self.last_timer_ms {

@@ -1,0 +1,450 @@
+//! rvsd's control side: answers control-socket requests over the [`Model`], publishes immutable
+//! snapshots to the workers' mailboxes, sums the workers' per-real-server counters and keeps
+//! IPVS-style rate estimates.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rvs_core::config::Fwd as CoreFwd;
+use rvs_core::{DestStats, SessionInfo, TcpState};
+use rvs_ctrlplane::config::Config;
+use rvs_ctrlplane::ctl::model::{fwd_of, key_of, Model};
+use rvs_ctrlplane::ctl::proto::{
+    code, ConnView, Op, Proto, Rates, RealSpec, RealView, Request, Response, ServiceView, Stats, TimeoutsView,
+    MAX_CONNS_PAGE,
+};
+use rvs_ctrlplane::ctl::server::Handler;
+use rvs_dataplane::ctl::{Cmd, CtlLink, Snapshot};
+
+/// Dest ids per daemon (the length of every worker's per-real-server counter array).
+pub const MAX_DESTS: u32 = 4096;
+/// How long a worker may take to answer a control command.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rate estimator period (IPVS: 2 s).
+const EST_PERIOD: Duration = Duration::from_secs(2);
+
+struct Inner {
+    model: Model,
+    links: Vec<CtlLink>,
+    running: Config,
+    config_path: PathBuf,
+    /// Counter values at the last `-Z`, subtracted from what is shown.
+    zero: HashMap<u32, Stats>,
+}
+
+/// Per-dest rate estimate (IPVS's estimator: 2 s samples, EWMA with weight 1/4).
+#[derive(Default, Clone, Copy)]
+struct Est {
+    last: Stats,
+    rates: [f64; 5],
+}
+
+/// What the control thread shares with the rest of rvsd.
+pub struct Daemon {
+    inner: Mutex<Inner>,
+    dest_stats: Vec<Arc<[DestStats]>>,
+    est: Mutex<HashMap<u32, Est>>,
+    tsc_per_ms: u64,
+    conn_table_size: u64,
+    /// Translates a core session to the model's services (see `Daemon::new`).
+    build: fn(&Model) -> Vec<rvs_core::config::ServiceConf>,
+    timeouts: fn(&rvs_ctrlplane::config::TimeoutsConfig) -> rvs_core::config::Timeouts,
+}
+
+impl Daemon {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Model,
+        links: Vec<CtlLink>,
+        running: Config,
+        dest_stats: Vec<Arc<[DestStats]>>,
+        tsc_hz: u64,
+        conn_table_size: u64,
+        build: fn(&Model) -> Vec<rvs_core::config::ServiceConf>,
+        timeouts: fn(&rvs_ctrlplane::config::TimeoutsConfig) -> rvs_core::config::Timeouts,
+    ) -> Arc<Daemon> {
+        let config_path = running.source.clone();
+        Arc::new(Daemon {
+            inner: Mutex::new(Inner { model, links, running, config_path, zero: HashMap::new() }),
+            dest_stats,
+            est: Mutex::new(HashMap::new()),
+            tsc_per_ms: (tsc_hz / 1000).max(1),
+            conn_table_size,
+            build,
+            timeouts,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Totals of dest `id` summed over workers.
+    fn totals(&self, id: u32) -> (Stats, u64, u64) {
+        let mut st = Stats::default();
+        let (mut active, mut inactive) = (0, 0);
+        for w in &self.dest_stats {
+            if let Some(d) = w.get(id as usize) {
+                st.conns += d.conns.get();
+                st.inpkts += d.inpkts.get();
+                st.outpkts += d.outpkts.get();
+                st.inbytes += d.inbytes.get();
+                st.outbytes += d.outbytes.get();
+                active += d.active.get();
+                inactive += d.inactive.get();
+            }
+        }
+        (st, active, inactive)
+    }
+
+    /// Sample every dest's counters every 2 s and update the rate estimates until `stop`.
+    pub fn run_estimator(self: Arc<Self>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("rvs-est".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EST_PERIOD);
+                    let ids: Vec<u32> = {
+                        let g = self.lock();
+                        g.model.services.iter().flat_map(|s| s.reals.iter().map(|r| g.model.dest_id(s, r))).collect()
+                    };
+                    let mut est = self.est.lock().unwrap_or_else(|e| e.into_inner());
+                    for id in ids {
+                        let (now, _, _) = self.totals(id);
+                        let e = est.entry(id).or_insert(Est { last: now, rates: [0.0; 5] });
+                        let secs = EST_PERIOD.as_secs_f64();
+                        let cur = [
+                            now.conns.saturating_sub(e.last.conns),
+                            now.inpkts.saturating_sub(e.last.inpkts),
+                            now.outpkts.saturating_sub(e.last.outpkts),
+                            now.inbytes.saturating_sub(e.last.inbytes),
+                            now.outbytes.saturating_sub(e.last.outbytes),
+                        ];
+                        for (r, c) in e.rates.iter_mut().zip(cur) {
+                            *r += (c as f64 / secs - *r) / 4.0;
+                        }
+                        e.last = now;
+                    }
+                }
+            })
+            .expect("spawn the rate estimator")
+    }
+
+    fn rates(&self, id: u32) -> Rates {
+        let est = self.est.lock().unwrap_or_else(|e| e.into_inner());
+        let r = est.get(&id).map(|e| e.rates).unwrap_or_default();
+        Rates {
+            cps: r[0].round() as u64,
+            inpps: r[1].round() as u64,
+            outpps: r[2].round() as u64,
+            inbps: r[3].round() as u64,
+            outbps: r[4].round() as u64,
+        }
+    }
+
+    fn views(&self, g: &Inner) -> Vec<ServiceView> {
+        g.model
+            .services
+            .iter()
+            .map(|s| {
+                let mut sv = ServiceView {
+                    spec: Model::spec_of(s),
+                    reals: Vec::new(),
+                    lips: s.lips.clone(),
+                    stats: Stats::default(),
+                    rates: Rates::default(),
+                };
+                for r in &s.reals {
+                    let id = g.model.dest_id(s, r);
+                    let (mut st, active, inactive) = self.totals(id);
+                    if let Some(z) = g.zero.get(&id) {
+                        st = sub(st, *z);
+                    }
+                    let rates = self.rates(id);
+                    sv.stats = add(sv.stats, st);
+                    sv.rates = add_rates(sv.rates, rates);
+                    sv.reals.push(RealView {
+                        spec: RealSpec {
+                            addr: std::net::SocketAddr::new(r.ip, r.port),
+                            fwd: fwd_of(r.forward),
+                            weight: r.weight,
+                            upper: 0,
+                            lower: 0,
+                        },
+                        active,
+                        inactive,
+                        persist: 0,
+                        stats: st,
+                        rates,
+                    });
+                }
+                sv
+            })
+            .collect()
+    }
+
+    /// Publish the model as a new snapshot to every worker; all or nothing (a worker that refuses
+    /// makes every worker go back to `previous`).
+    fn publish(&self, g: &mut Inner, announce: Vec<(usize, std::net::IpAddr)>) -> Result<(), String> {
+        let snap = Arc::new(Snapshot {
+            generation: g.model.generation,
+            services: (self.build)(&g.model),
+            timeouts: (self.timeouts)(&g.model.timeouts),
+            announce: announce.into_iter().map(|(p, ip)| (p as u16, ip)).collect(),
+        });
+        let mut failure = None;
+        for (w, link) in g.links.iter_mut().enumerate() {
+            let cmd = Box::new(Cmd::Apply { new: snap.clone(), old: None, result: Ok(()) });
+            match link.call(cmd, WORKER_TIMEOUT) {
+                Ok(reply) => {
+                    if let Cmd::Apply { result: Err(e), .. } = *reply {
+                        failure = Some(format!("worker {w}: {e}"));
+                    }
+                    // `old` (the snapshot this worker left) is dropped here, on the control thread.
+                }
+                Err(e) => failure = Some(format!("worker {w}: {e}")),
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Re-read the configuration file and apply what changed (SIGHUP, `rvsadm --reload`).
+    pub fn reload(&self) -> Response {
+        let mut g = self.lock();
+        let cfg = match Config::load(&g.config_path) {
+            Ok(c) => c,
+            Err(e) => return Response::Error { code: code::EINVAL, message: format!("reload refused, nothing changed: {e}") },
+        };
+        let needs_restart = restart_only_changes(&g.running, &cfg);
+        let before = g.model.clone();
+        let changes = g.model.replace(&cfg);
+        if !changes.is_empty() {
+            let announce = announce_of(&before, &g.model);
+            if let Err(e) = self.publish(&mut g, announce) {
+                g.model = before;
+                let _ = self.publish(&mut g, Vec::new());
+                return Response::Error { code: code::EINVAL, message: format!("reload failed, previous configuration kept: {e}") };
+            }
+        }
+        g.running.services = cfg.services.clone();
+        g.running.fullnat.timeouts = cfg.fullnat.timeouts.clone();
+        Response::Reloaded { generation: g.model.generation, changes, needs_restart }
+    }
+
+    fn edit(&self, op: &Op) -> Response {
+        let mut g = self.lock();
+        let before = g.model.clone();
+        match g.model.apply(op) {
+            Err((code, message)) => Response::Error { code, message },
+            Ok(announce) => match self.publish(&mut g, announce) {
+                Ok(()) => Response::Ok,
+                Err(e) => {
+                    g.model = before;
+                    let _ = self.publish(&mut g, Vec::new());
+                    Response::Error { code: code::EINVAL, message: e }
+                }
+            },
+        }
+    }
+
+    fn conns(&self, start: u64, max: u32) -> Response {
+        let max = max.clamp(1, MAX_CONNS_PAGE) as usize;
+        let mut g = self.lock();
+        let now = dpdk::eal::tsc() / self.tsc_per_ms;
+        let (mut w, mut slot) = ((start >> 40) as usize, (start & ((1 << 40) - 1)) as usize);
+        let mut entries = Vec::new();
+        while w < g.links.len() && entries.len() < max {
+            let cmd = Box::new(Cmd::Sessions { start: slot, out: Vec::with_capacity(max - entries.len()), next: None });
+            let reply = match g.links[w].call(cmd, WORKER_TIMEOUT) {
+                Ok(r) => r,
+                Err(e) => return Response::Error { code: code::EINVAL, message: format!("worker {w}: {e}") },
+            };
+            let Cmd::Sessions { out, next, .. } = *reply else { break };
+            entries.extend(out.into_iter().map(|s| conn_view(&s, now)));
+            match next {
+                Some(n) => slot = n,
+                None => {
+                    w += 1;
+                    slot = 0;
+                }
+            }
+        }
+        let next = (w < g.links.len()).then_some(((w as u64) << 40) | slot as u64);
+        Response::Conns { entries, next }
+    }
+}
+
+fn add(a: Stats, b: Stats) -> Stats {
+    Stats {
+        conns: a.conns + b.conns,
+        inpkts: a.inpkts + b.inpkts,
+        outpkts: a.outpkts + b.outpkts,
+        inbytes: a.inbytes + b.inbytes,
+        outbytes: a.outbytes + b.outbytes,
+    }
+}
+
+fn sub(a: Stats, b: Stats) -> Stats {
+    Stats {
+        conns: a.conns.saturating_sub(b.conns),
+        inpkts: a.inpkts.saturating_sub(b.inpkts),
+        outpkts: a.outpkts.saturating_sub(b.outpkts),
+        inbytes: a.inbytes.saturating_sub(b.inbytes),
+        outbytes: a.outbytes.saturating_sub(b.outbytes),
+    }
+}
+
+fn add_rates(a: Rates, b: Rates) -> Rates {
+    Rates {
+        cps: a.cps + b.cps,
+        inpps: a.inpps + b.inpps,
+        outpps: a.outpps + b.outpps,
+        inbps: a.inbps + b.inbps,
+        outbps: a.outbps + b.outbps,
+    }
+}
+
+fn announce_of(before: &Model, after: &Model) -> Vec<(usize, std::net::IpAddr)> {
+    let addrs = |m: &Model| {
+        let mut v = Vec::new();
+        for s in &m.services {
+            v.push((s.port, s.vip));
+            v.extend(s.lips.iter().map(|&l| (s.lip_port, l)));
+        }
+        v
+    };
+    let old = addrs(before);
+    let mut new: Vec<_> = addrs(after).into_iter().filter(|a| !old.contains(a)).collect();
+    new.sort();
+    new.dedup();
+    new
+}
+
+/// IPVS's state names as `ipvsadm -L -c` prints them.
+fn state_name(s: &SessionInfo) -> &'static str {
+    match s.tcp_state {
+        None => "UDP",
+        Some(t) => match t {
+            TcpState::None => "NONE",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::SynAck => "SYNACK",
+        },
+    }
+}
+
+fn conn_view(s: &SessionInfo, now_ms: u64) -> ConnView {
+    use std::net::{IpAddr, SocketAddr};
+    let full = s.fwd == CoreFwd::FullNat;
+    ConnView {
+        proto: match s.proto {
+            rvs_core::config::Proto::Tcp => Proto::Tcp,
+            rvs_core::config::Proto::Udp => Proto::Udp,
+        },
+        state: state_name(s).to_string(),
+        expire_ms: s.expires_ms.saturating_sub(now_ms),
+        client: SocketAddr::new(IpAddr::V4(s.cip), s.cport),
+        virt: SocketAddr::new(IpAddr::V4(s.vip), s.vport),
+        dest: SocketAddr::new(IpAddr::V4(s.rip), s.rport),
+        local: full.then(|| SocketAddr::new(IpAddr::V4(s.lip), s.lport)),
+    }
+}
+
+/// Settings a reload cannot change in a running rvsd.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut v = Vec::new();
+    if old.eal != new.eal {
+        v.push("eal".to_string());
+    }
+    if old.dataplane != new.dataplane {
+        v.push("dataplane".to_string());
+    }
+    if old.neighbour != new.neighbour {
+        v.push("neighbour".to_string());
+    }
+    if old.ports != new.ports {
+        v.push("port".to_string());
+    }
+    if old.routes != new.routes {
+        v.push("route".to_string());
+    }
+    if old.control != new.control {
+        v.push("control".to_string());
+    }
+    let mut a = old.fullnat.clone();
+    a.timeouts = new.fullnat.timeouts.clone();
+    if a != new.fullnat {
+        v.push("fullnat (other than timeouts)".to_string());
+    }
+    v
+}
+
+impl Handler for Daemon {
+    fn handle(&self, req: Request) -> Response {
+        match req.op {
+            Op::Status => {
+                let g = self.lock();
+                Response::Status {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    generation: g.model.generation,
+                    workers: g.links.len() as u32,
+                    conn_table_size: self.conn_table_size,
+                }
+            }
+            Op::ListServices => {
+                let g = self.lock();
+                Response::Services { services: self.views(&g) }
+            }
+            Op::GetService { key } => {
+                let g = self.lock();
+                match self.views(&g).into_iter().find(|v| v.spec.key == key) {
+                    Some(service) => Response::Service { service },
+                    None => Response::Error { code: code::ESRCH, message: "No such service".into() },
+                }
+            }
+            Op::GetTimeouts => {
+                let g = self.lock();
+                let t = &g.model.timeouts;
+                Response::Timeouts { timeouts: TimeoutsView { tcp: t.tcp, tcpfin: t.tcpfin, udp: t.udp } }
+            }
+            Op::Zero { key } => {
+                let mut g = self.lock();
+                let ids: Vec<u32> = g
+                    .model
+                    .services
+                    .iter()
+                    .filter(|s| key.is_none_or(|k| key_of(s) == k))
+                    .flat_map(|s| s.reals.iter().map(|r| g.model.dest_id(s, r)))
+                    .collect();
+                if ids.is_empty() && key.is_some() {
+                    return Response::Error { code: code::ESRCH, message: "No such service".into() };
+                }
+                for id in ids {
+                    let (st, _, _) = self.totals(id);
+                    g.zero.insert(id, st);
+                }
+                Response::Ok
+            }
+            Op::ListConns { start, max } => self.conns(start, max),
+            Op::Validate { path } => {
+                let p = path.map(PathBuf::from).unwrap_or_else(|| self.lock().config_path.clone());
+                match Config::load(&p) {
+                    Ok(_) => Response::Ok,
+                    Err(e) => Response::Error { code: code::EINVAL, message: e.to_string() },
+                }
+            }
+            Op::Reload => self.reload(),
+            op => self.edit(&op),
+        }
+    }
+}

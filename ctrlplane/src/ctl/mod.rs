@@ -1,0 +1,8 @@
+//! The control plane's runtime side: the control-socket protocol ([`proto`]), the client rvsadm
+//! uses ([`client`]).
+
+pub mod admin;
+pub mod client;
+pub mod model;
+pub mod server;
+pub mod proto;

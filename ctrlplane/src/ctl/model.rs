@@ -1,0 +1,459 @@
+//! The control plane's view of the running services: what `rvsadm` edits and `--reload` replaces.
+//!
+//! Operations are validated here, with ipvsadm's error wording, before anything reaches the
+//! workers; a failed operation changes nothing. Every real server gets a dest id that stays the
+//! same across edits and reloads (it indexes the per-core counters); ids of removed real servers
+//! are reused only after every other id is taken.
+#![allow(missing_docs)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use super::proto::{code, Fwd, Op, Proto, RealSpec, ServiceKey, ServiceSpec, TimeoutsView};
+use crate::config::{self, Config, Forward, PortConfig, RealConfig, Scheduler, ServiceConfig, TimeoutsConfig};
+
+/// A failed operation: errno-like code and message.
+pub type OpError = (i32, String);
+
+fn err<T>(c: i32, m: impl Into<String>) -> Result<T, OpError> {
+    Err((c, m.into()))
+}
+
+/// The running services and timeouts.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub services: Vec<ServiceConfig>,
+    pub timeouts: TimeoutsConfig,
+    ports: Vec<PortConfig>,
+    ids: HashMap<(ServiceKey, IpAddr, u16), u32>,
+    max_dests: u32,
+    /// Bumped by every successful change.
+    pub generation: u64,
+}
+
+pub fn key_of(s: &ServiceConfig) -> ServiceKey {
+    ServiceKey {
+        proto: match s.proto {
+            config::Proto::Tcp => Proto::Tcp,
+            config::Proto::Udp => Proto::Udp,
+        },
+        vip: s.vip,
+        vport: s.vport,
+    }
+}
+
+pub fn fwd_of(f: Forward) -> Fwd {
+    match f {
+        Forward::FullNat => Fwd::FullNat,
+        Forward::Nat => Fwd::Nat,
+        Forward::Dr => Fwd::Dr,
+        Forward::Tun => Fwd::Tun,
+    }
+}
+
+fn forward_of(f: Fwd) -> Forward {
+    match f {
+        Fwd::FullNat => Forward::FullNat,
+        Fwd::Nat => Forward::Nat,
+        Fwd::Dr => Forward::Dr,
+        Fwd::Tun => Forward::Tun,
+    }
+}
+
+fn scheduler(name: &str) -> Result<Scheduler, OpError> {
+    match name {
+        "rr" => Ok(Scheduler::Rr),
+        "wrr" => Ok(Scheduler::Wrr),
+        "lc" | "wlc" | "sh" | "dh" | "sed" | "nq" | "lblc" | "lblcr" | "fo" | "ovf" | "mh" | "twos" => err(
+            code::ENOENT,
+            format!("Scheduler not found: {name} is not supported by rvs yet (supported: rr, wrr)"),
+        ),
+        _ => err(code::ENOENT, format!("Scheduler not found: {name}")),
+    }
+}
+
+impl Model {
+    /// The model of a loaded configuration. `max_dests` bounds dest ids (the per-core counter
+    /// arrays are that long).
+    pub fn from_config(cfg: &Config, max_dests: u32) -> Model {
+        let mut m = Model {
+            services: Vec::new(),
+            timeouts: cfg.fullnat.timeouts.clone(),
+            ports: cfg.ports.clone(),
+            ids: HashMap::new(),
+            max_dests,
+            generation: 1,
+        };
+        m.services = cfg.services.clone();
+        for s in &cfg.services {
+            for r in &s.reals {
+                let id = m.free_id().unwrap_or(0);
+                m.ids.insert((key_of(s), r.ip, r.port), id);
+            }
+        }
+        m
+    }
+
+    fn free_id(&self) -> Option<u32> {
+        let used: std::collections::HashSet<u32> = self.ids.values().copied().collect();
+        (0..self.max_dests).find(|i| !used.contains(i))
+    }
+
+    /// The dest id of real `r` of service `s`.
+    pub fn dest_id(&self, s: &ServiceConfig, r: &RealConfig) -> u32 {
+        self.ids.get(&(key_of(s), r.ip, r.port)).copied().unwrap_or(u32::MAX)
+    }
+
+    fn find(&self, key: &ServiceKey) -> Option<usize> {
+        self.services.iter().position(|s| key_of(s) == *key)
+    }
+
+    /// The port whose connected subnet holds `ip` (longest prefix), else `fallback`.
+    fn port_for(&self, ip: IpAddr, fallback: usize) -> usize {
+        let mut best: Option<(u8, usize)> = None;
+        for (i, p) in self.ports.iter().enumerate() {
+            for &(a, len) in &p.addresses {
+                if crate::config::same_subnet(a, ip, len) && best.is_none_or(|(l, _)| len > l) {
+                    best = Some((len, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i).unwrap_or(fallback)
+    }
+
+    fn owned(&self, ip: IpAddr) -> bool {
+        self.ports.iter().any(|p| p.addresses.iter().any(|&(a, _)| a == ip))
+    }
+
+    /// Apply one editing operation. Returns the addresses (port, ip) that became owned (to be
+    /// announced). Read-only operations are not handled here.
+    pub fn apply(&mut self, op: &Op) -> Result<Vec<(usize, IpAddr)>, OpError> {
+        let before: Vec<(usize, IpAddr)> = self.owned_addrs();
+        let mut next = self.clone();
+        next.apply_inner(op)?;
+        next.generation += 1;
+        let after = next.owned_addrs();
+        *self = next;
+        Ok(after.into_iter().filter(|a| !before.contains(a)).collect())
+    }
+
+    fn owned_addrs(&self) -> Vec<(usize, IpAddr)> {
+        let mut v: Vec<(usize, IpAddr)> = Vec::new();
+        for s in &self.services {
+            v.push((s.port, s.vip));
+            v.extend(s.lips.iter().map(|&l| (s.lip_port, l)));
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn check_real(s: &ServiceConfig, r: &RealSpec) -> Result<(), OpError> {
+        if r.addr.ip().is_ipv4() != s.vip.is_ipv4() {
+            return err(code::EINVAL, "Illegal address: real server and virtual service of different families (NAT64 is not supported yet)");
+        }
+        if matches!(r.fwd, Fwd::Dr | Fwd::Tun) && r.addr.port() != s.vport {
+            return err(
+                code::EINVAL,
+                format!(
+                    "port mapping is impossible with DR/TUN (real port {} != vport {})",
+                    r.addr.port(),
+                    s.vport
+                ),
+            );
+        }
+        if r.weight > 65535 {
+            return err(code::EINVAL, format!("Illegal weight specified: {}", r.weight));
+        }
+        Ok(())
+    }
+
+    fn apply_inner(&mut self, op: &Op) -> Result<(), OpError> {
+        match op {
+            Op::AddService { spec } => {
+                if self.find(&spec.key).is_some() {
+                    return err(code::EEXIST, "Service already exists");
+                }
+                self.check_spec(spec)?;
+                let port = self.port_for(spec.key.vip, 0);
+                if self.owned(spec.key.vip) {
+                    return err(code::EINVAL, format!("Illegal address: {} is an address of a port", spec.key.vip));
+                }
+                self.services.push(ServiceConfig {
+                    proto: match spec.key.proto {
+                        Proto::Tcp => config::Proto::Tcp,
+                        Proto::Udp => config::Proto::Udp,
+                    },
+                    vip: spec.key.vip,
+                    vport: spec.key.vport,
+                    scheduler: scheduler(&spec.scheduler)?,
+                    forward: Forward::Dr,
+                    port,
+                    lips: Vec::new(),
+                    lip_port: port,
+                    reals: Vec::new(),
+                });
+            }
+            Op::EditService { spec } => {
+                let i = self.find(&spec.key).ok_or((code::ESRCH, "No such service".to_string()))?;
+                self.check_spec(spec)?;
+                self.services[i].scheduler = scheduler(&spec.scheduler)?;
+            }
+            Op::DelService { key } => {
+                let i = self.find(key).ok_or((code::ESRCH, "No such service".to_string()))?;
+                let s = self.services.remove(i);
+                self.ids.retain(|(k, _, _), _| *k != key_of(&s));
+            }
+            Op::Clear => {
+                self.services.clear();
+                self.ids.clear();
+            }
+            Op::AddReal { key, real } => {
+                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                Self::check_real(&self.services[i], real)?;
+                let s = &self.services[i];
+                if s.reals.iter().any(|r| r.ip == real.addr.ip() && r.port == real.addr.port()) {
+                    return err(code::EEXIST, "Destination already exists");
+                }
+                let id = self.free_id().ok_or((code::ENOMEM, "Memory allocation problem".to_string()))?;
+                self.ids.insert((*key, real.addr.ip(), real.addr.port()), id);
+                let s = &mut self.services[i];
+                s.reals.push(RealConfig {
+                    ip: real.addr.ip(),
+                    port: real.addr.port(),
+                    weight: real.weight,
+                    forward: forward_of(real.fwd),
+                });
+            }
+            Op::EditReal { key, real } => {
+                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                Self::check_real(&self.services[i], real)?;
+                let s = &mut self.services[i];
+                let r = s
+                    .reals
+                    .iter_mut()
+                    .find(|r| r.ip == real.addr.ip() && r.port == real.addr.port())
+                    .ok_or((code::ENOENT, "No such destination".to_string()))?;
+                r.weight = real.weight;
+                r.forward = forward_of(real.fwd);
+            }
+            Op::DelReal { key, addr } => {
+                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                let s = &mut self.services[i];
+                let j = s
+                    .reals
+                    .iter()
+                    .position(|r| r.ip == addr.ip() && r.port == addr.port())
+                    .ok_or((code::ENOENT, "No such destination".to_string()))?;
+                s.reals.remove(j);
+                self.ids.remove(&(*key, addr.ip(), addr.port()));
+            }
+            Op::AddLaddr { key, lip } => {
+                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                if self.owned(*lip) {
+                    return err(code::EINVAL, format!("Illegal address: {lip} is an address of a port"));
+                }
+                let fallback = self.services[i].reals.first().map(|r| self.port_for(r.ip, 0)).unwrap_or(0);
+                let lip_port = self.port_for(*lip, fallback);
+                let s = &mut self.services[i];
+                if s.lips.contains(lip) {
+                    return err(code::EEXIST, "Local address already exists");
+                }
+                if s.lips.is_empty() {
+                    s.lip_port = lip_port;
+                }
+                s.lips.push(*lip);
+            }
+            Op::DelLaddr { key, lip } => {
+                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                let s = &mut self.services[i];
+                let j = s.lips.iter().position(|l| l == lip).ok_or((code::ENOENT, "No such local address".to_string()))?;
+                s.lips.remove(j);
+            }
+            Op::SetTimeouts { timeouts } => {
+                let TimeoutsView { tcp, tcpfin, udp } = *timeouts;
+                // ipvsadm: 0 leaves a value unchanged.
+                if tcp > 0 {
+                    self.timeouts.tcp = tcp;
+                }
+                if tcpfin > 0 {
+                    self.timeouts.tcpfin = tcpfin;
+                }
+                if udp > 0 {
+                    self.timeouts.udp = udp;
+                }
+            }
+            other => return err(code::EINVAL, format!("not an editing operation: {other:?}")),
+        }
+        Ok(())
+    }
+
+    fn check_spec(&self, spec: &ServiceSpec) -> Result<(), OpError> {
+        scheduler(&spec.scheduler)?;
+        if spec.persistent.is_some() || spec.netmask.is_some() {
+            return err(code::EINVAL, "persistent services are not supported by rvs yet");
+        }
+        if !spec.sched_flags.is_empty() {
+            return err(code::EINVAL, "scheduler flags are not supported by rr/wrr");
+        }
+        Ok(())
+    }
+
+    /// Replace the services and timeouts with a reloaded configuration's, keeping the dest ids of
+    /// real servers present in both. Returns a description of each change.
+    pub fn replace(&mut self, cfg: &Config) -> Vec<String> {
+        let old: BTreeMap<ServiceKey, &ServiceConfig> = self.services.iter().map(|s| (key_of(s), s)).collect();
+        let new: BTreeMap<ServiceKey, &ServiceConfig> = cfg.services.iter().map(|s| (key_of(s), s)).collect();
+        let mut changes = Vec::new();
+        let name = |k: &ServiceKey| format!("{} {}", k.proto.upper(), fmt_addr(k.vip, k.vport));
+        for (k, s) in &new {
+            match old.get(k) {
+                None => changes.push(format!("added service {}", name(k))),
+                Some(o) if o != s => changes.push(format!("changed service {}", name(k))),
+                _ => {}
+            }
+        }
+        for k in old.keys().filter(|k| !new.contains_key(k)) {
+            changes.push(format!("removed service {}", name(k)));
+        }
+        if self.timeouts != cfg.fullnat.timeouts {
+            changes.push("changed timeouts".into());
+        }
+        let keep: HashMap<_, _> = self.ids.clone();
+        self.ids.clear();
+        for s in &cfg.services {
+            for r in &s.reals {
+                if let Some(&id) = keep.get(&(key_of(s), r.ip, r.port)) {
+                    self.ids.insert((key_of(s), r.ip, r.port), id);
+                }
+            }
+        }
+        for s in &cfg.services {
+            for r in &s.reals {
+                let k = (key_of(s), r.ip, r.port);
+                if !self.ids.contains_key(&k) {
+                    let id = self.free_id().unwrap_or(0);
+                    self.ids.insert(k, id);
+                }
+            }
+        }
+        self.services = cfg.services.clone();
+        self.timeouts = cfg.fullnat.timeouts.clone();
+        if !changes.is_empty() {
+            self.generation += 1;
+        }
+        changes
+    }
+
+    /// The service spec as listed.
+    pub fn spec_of(s: &ServiceConfig) -> ServiceSpec {
+        ServiceSpec {
+            key: key_of(s),
+            scheduler: s.scheduler.as_str().to_string(),
+            persistent: None,
+            netmask: None,
+            sched_flags: Vec::new(),
+        }
+    }
+}
+
+/// `a.b.c.d:port` or `[v6]:port`.
+pub fn fmt_addr(ip: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn model() -> Model {
+        let cfg = Config::parse(
+            r#"
+[[port]]
+name = "client"
+device = "net_null0"
+addresses = ["192.0.2.1/24"]
+[[port]]
+name = "servers"
+device = "net_null1"
+addresses = ["198.51.100.1/24"]
+[[service]]
+proto = "tcp"
+vip = "192.0.2.10"
+vport = 80
+scheduler = "wrr"
+lips = ["198.51.100.2"]
+  [[service.real]]
+  ip = "198.51.100.11"
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        Model::from_config(&cfg, 16)
+    }
+
+    fn key(vip: &str, port: u16) -> ServiceKey {
+        ServiceKey { proto: Proto::Tcp, vip: vip.parse().unwrap(), vport: port }
+    }
+
+    fn real(addr: &str, fwd: Fwd, weight: u32) -> RealSpec {
+        RealSpec { addr: addr.parse().unwrap(), fwd, weight, upper: 0, lower: 0 }
+    }
+
+    #[test]
+    fn edits_validate_with_ipvsadm_wording_and_change_nothing_on_error() {
+        let mut m = model();
+        let spec = |vip: &str, s: &str| ServiceSpec {
+            key: key(vip, 80),
+            scheduler: s.into(),
+            persistent: None,
+            netmask: None,
+            sched_flags: vec![],
+        };
+        assert_eq!(m.apply(&Op::AddService { spec: spec("192.0.2.10", "rr") }).unwrap_err().1, "Service already exists");
+        let g = m.generation;
+        let announce = m.apply(&Op::AddService { spec: spec("192.0.2.20", "rr") }).unwrap();
+        assert_eq!(announce, vec![(0, "192.0.2.20".parse().unwrap())], "the new VIP is announced on the client port");
+        assert_eq!(m.generation, g + 1);
+        assert!(m.apply(&Op::AddService { spec: spec("192.0.2.21", "foo") }).unwrap_err().1.starts_with("Scheduler not found"));
+        let k = key("192.0.2.20", 80);
+        m.apply(&Op::AddReal { key: k, real: real("198.51.100.12:80", Fwd::Nat, 1) }).unwrap();
+        assert_eq!(
+            m.apply(&Op::AddReal { key: k, real: real("198.51.100.12:80", Fwd::Nat, 1) }).unwrap_err().1,
+            "Destination already exists"
+        );
+        let e = m.apply(&Op::AddReal { key: k, real: real("198.51.100.13:8080", Fwd::Dr, 1) }).unwrap_err();
+        assert!(e.1.contains("port mapping is impossible with DR/TUN"), "{e:?}");
+        assert_eq!(
+            m.apply(&Op::EditReal { key: k, real: real("198.51.100.99:80", Fwd::Nat, 3) }).unwrap_err().1,
+            "No such destination"
+        );
+        assert_eq!(m.apply(&Op::DelService { key: key("192.0.2.99", 80) }).unwrap_err().1, "No such service");
+        assert_eq!(
+            m.apply(&Op::AddReal { key: key("192.0.2.99", 80), real: real("198.51.100.12:80", Fwd::Nat, 1) })
+                .unwrap_err()
+                .1,
+            "Service not defined"
+        );
+        let before = m.services.clone();
+        assert!(m.apply(&Op::AddReal { key: k, real: real("198.51.100.14:80", Fwd::Nat, 70000) }).is_err());
+        assert_eq!(m.services, before, "a failed operation changes nothing");
+        m.apply(&Op::EditReal { key: k, real: real("198.51.100.12:80", Fwd::Nat, 3) }).unwrap();
+        assert_eq!(m.services[1].reals[0].weight, 3);
+    }
+
+    #[test]
+    fn dest_ids_are_stable_across_edits_and_reloads() {
+        let mut m = model();
+        let k = key("192.0.2.10", 80);
+        let id0 = m.dest_id(&m.services[0].clone(), &m.services[0].reals[0].clone());
+        m.apply(&Op::AddReal { key: k, real: real("198.51.100.12:80", Fwd::FullNat, 1) }).unwrap();
+        let s = m.services[0].clone();
+        let id1 = m.dest_id(&s, &s.reals[1]);
+        assert_ne!(id0, id1);
+        m.apply(&Op::DelReal { key: k, addr: "198.51.100.11:80".parse().unwrap() }).unwrap();
+        let s = m.services[0].clone();
+        assert_eq!(m.dest_id(&s, &s.reals[0]), id1, "the remaining real keeps its id");
+    }
+}

@@ -1,0 +1,156 @@
+//! The control-socket server: a Unix socket, one thread per client (bounded), framed JSON
+//! requests answered by a [`Handler`]. Malformed, oversized or wrong-version requests get an error
+//! reply; a slow or silent client times out; nothing a client sends can stop the daemon.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::proto::{code, read_msg, write_msg, ReadError, Request, Response, PROTO_VERSION};
+
+/// Most clients served at once; more are told to retry.
+pub const MAX_CLIENTS: usize = 64;
+/// A client that sends nothing for this long is disconnected.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What answers requests (rvsd implements it over its model and workers).
+pub trait Handler: Send + Sync + 'static {
+    /// Answer one request (already version-checked).
+    fn handle(&self, req: Request) -> Response;
+}
+
+/// Create the socket at `path` with permissions `mode` (a stale socket file is replaced).
+pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Serve clients until `stop` is raised (checked every 100 ms).
+pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("rvs-ctl".into())
+        .spawn(move || {
+            let clients = Arc::new(AtomicUsize::new(0));
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                            clients.fetch_sub(1, Ordering::SeqCst);
+                            let mut s = s;
+                            let _ = write_msg(
+                                &mut s,
+                                &Response::Error { code: 16, message: "too many control clients; retry".into() },
+                            );
+                            continue;
+                        }
+                        let (h, c) = (handler.clone(), clients.clone());
+                        let spawned = std::thread::Builder::new().name("rvs-ctl-client".into()).spawn(move || {
+                            client(s, h.as_ref());
+                            c.fetch_sub(1, Ordering::SeqCst);
+                        });
+                        if spawned.is_err() {
+                            clients.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(100)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })
+        .expect("spawn the control thread")
+}
+
+fn client(mut s: UnixStream, h: &dyn Handler) {
+    let _ = s.set_read_timeout(Some(IDLE_TIMEOUT));
+    let _ = s.set_write_timeout(Some(IDLE_TIMEOUT));
+    loop {
+        let reply = match read_msg::<Request, _>(&mut s) {
+            Ok(req) if req.version != PROTO_VERSION => Response::Error {
+                code: code::EPROTO,
+                message: format!("protocol version {} not supported (rvsd speaks {PROTO_VERSION})", req.version),
+            },
+            Ok(req) => h.handle(req),
+            Err(ReadError::Closed) | Err(ReadError::Io(_)) => return,
+            Err(e @ ReadError::TooLarge(_)) => {
+                // The body was not read: the stream is out of step, so answer and hang up.
+                let _ = write_msg(&mut s, &Response::Error { code: code::E2BIG, message: e.to_string() });
+                return;
+            }
+            Err(e @ ReadError::Malformed(_)) => Response::Error { code: code::EINVAL, message: e.to_string() },
+        };
+        if write_msg(&mut s, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctl::proto::Op;
+    use std::io::{Read, Write};
+
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&self, req: Request) -> Response {
+            match req.op {
+                Op::Status => Response::Status { version: "t".into(), generation: 7, workers: 1, conn_table_size: 4096 },
+                _ => Response::Ok,
+            }
+        }
+    }
+
+    #[test]
+    fn serves_many_clients_and_survives_bad_input() {
+        let dir = std::env::temp_dir().join(format!("rvs-ctl-test-{}", std::process::id()));
+        let path = dir.join("ctl.sock");
+        let l = bind(&path, 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = serve(l, Arc::new(Echo), stop.clone());
+        // Garbage JSON: an error reply, and the connection stays usable.
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(&5u32.to_be_bytes()).unwrap();
+        s.write_all(b"{nope").unwrap();
+        let r: Response = read_msg(&mut s).unwrap();
+        assert!(matches!(r, Response::Error { code: 22, .. }), "{r:?}");
+        write_msg(&mut s, &Request { version: PROTO_VERSION, op: Op::Status }).unwrap();
+        assert!(matches!(read_msg::<Response, _>(&mut s).unwrap(), Response::Status { generation: 7, .. }));
+        // Wrong version.
+        write_msg(&mut s, &Request { version: 99, op: Op::Status }).unwrap();
+        assert!(matches!(read_msg::<Response, _>(&mut s).unwrap(), Response::Error { code: 71, .. }));
+        // Oversized: error, then the server hangs up.
+        let mut s2 = UnixStream::connect(&path).unwrap();
+        s2.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+        assert!(matches!(read_msg::<Response, _>(&mut s2).unwrap(), Response::Error { code: 7, .. }));
+        let mut rest = Vec::new();
+        assert_eq!(s2.read_to_end(&mut rest).unwrap(), 0);
+        // Many clients at once.
+        let threads: Vec<_> = (0..20)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || crate::ctl::client::call(&p, Op::Status).unwrap())
+            })
+            .collect();
+        for th in threads {
+            assert!(matches!(th.join().unwrap(), Response::Status { .. }));
+        }
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+    }
+}

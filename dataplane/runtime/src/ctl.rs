@@ -1,0 +1,100 @@
+//! Control commands to workers: immutable configuration snapshots and session listings, handed
+//! over lockless SPSC rte_rings and answered on a second ring.
+//!
+//! The control thread sends a boxed [`Cmd`]; the worker takes it between two bursts (one ring
+//! poll per loop), does the work and sends the same box back with the result. A new [`Snapshot`]
+//! replaces the worker's services at that burst boundary, so a worker never sees a half-applied
+//! change; the snapshot it replaced travels back inside the answer and is freed by the control
+//! thread, never on the worker, and only once that worker has moved on.
+
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use dpdk::{Consumer, Producer};
+use rvs_core::config::{ServiceConf, Timeouts};
+use rvs_core::fullnat::SessionInfo;
+use rvs_core::io::PortIdx;
+
+/// One immutable configuration generation.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub services: Vec<ServiceConf>,
+    pub timeouts: Timeouts,
+    /// Addresses (VIPs, LIPs) new in this generation, announced with a gratuitous ARP.
+    pub announce: Vec<(PortIdx, IpAddr)>,
+}
+
+/// A command and, once the worker answered, its result.
+#[derive(Debug)]
+pub enum Cmd {
+    /// Install `new`; the answer carries the snapshot it replaced (`old`) and the outcome.
+    Apply { new: Arc<Snapshot>, old: Option<Arc<Snapshot>>, result: Result<(), String> },
+    /// Copy sessions from table slot `start` into `out` (sized by the sender; the worker never
+    /// grows it); `next` is where the following page starts, None at the end.
+    Sessions { start: usize, out: Vec<SessionInfo>, next: Option<usize> },
+}
+
+/// The control thread's end of one worker's mailbox.
+pub struct CtlLink {
+    pub to_worker: Producer<usize>,
+    pub from_worker: Consumer<usize>,
+}
+
+/// The worker's end of its mailbox.
+pub struct WorkerCtl {
+    pub from_ctl: Consumer<usize>,
+    pub to_ctl: Producer<usize>,
+}
+
+/// A mailbox pair for one worker.
+pub fn mailbox(worker: usize) -> dpdk::Result<(CtlLink, WorkerCtl)> {
+    let (tx, rx) = dpdk::ring::spsc::<usize>(&format!("rvs_ctl_{worker}"), 16)?;
+    let (atx, arx) = dpdk::ring::spsc::<usize>(&format!("rvs_ack_{worker}"), 16)?;
+    Ok((CtlLink { to_worker: tx, from_worker: arx }, WorkerCtl { from_ctl: rx, to_ctl: atx }))
+}
+
+impl CtlLink {
+    /// Send `cmd` and wait (polling, `timeout`) for the worker's answer.
+    pub fn call(&mut self, cmd: Box<Cmd>, timeout: std::time::Duration) -> Result<Box<Cmd>, String> {
+        let p = Box::into_raw(cmd) as usize;
+        if self.to_worker.send_burst(&[p]) != 1 {
+            // SAFETY: the pointer was not handed over; take the box back.
+            drop(unsafe { Box::from_raw(p as *mut Cmd) });
+            return Err("worker mailbox full".into());
+        }
+        let t0 = std::time::Instant::now();
+        let mut slot = [MaybeUninit::<usize>::uninit(); 1];
+        loop {
+            if let Some(&r) = self.from_worker.recv_burst(&mut slot).first() {
+                // SAFETY: the worker hands back exactly the boxes we sent, each once.
+                return Ok(unsafe { Box::from_raw(r as *mut Cmd) });
+            }
+            if t0.elapsed() > timeout {
+                // The box stays with the worker; it is leaked if the worker never answers.
+                return Err("worker did not answer in time".into());
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
+impl WorkerCtl {
+    /// A command waiting for this worker, if any.
+    #[inline]
+    pub fn poll(&mut self) -> Option<Box<Cmd>> {
+        let mut slot = [MaybeUninit::<usize>::uninit(); 1];
+        let &p = self.from_ctl.recv_burst(&mut slot).first()?;
+        // SAFETY: the control thread sent a Box<Cmd> it gave up; we own it until we answer.
+        Some(unsafe { Box::from_raw(p as *mut Cmd) })
+    }
+
+    /// Hand the answered command back.
+    pub fn answer(&mut self, cmd: Box<Cmd>) {
+        let p = Box::into_raw(cmd) as usize;
+        // With one command in flight per worker the ring cannot be full; if it were, the box is
+        // leaked rather than freed on the worker.
+        let _ = self.to_ctl.send_burst(&[p]);
+    }
+}
