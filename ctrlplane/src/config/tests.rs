@@ -1399,39 +1399,109 @@ fn control_section() {
             mode: 0o660
         }
     );
-    for (m, v) in [("600", 0o600), ("0o640", 0o640), ("0777", 0o777), ("0200", 0o200)] {
+    for (m, v) in [
+        ("600", 0o600),
+        ("0o640", 0o640),
+        ("0777", 0o777),
+        ("0200", 0o200),
+    ] {
         let text = format!("[control]\nmode = \"{m}\"\n{BASE}");
         assert_eq!(parse(&text).unwrap().control.mode, v, "{m}");
     }
     // Relative paths are allowed (relative to rvsd's working directory).
     let text = format!("control.socket = \"rvsd.sock\"\n{BASE}");
-    assert_eq!(parse(&text).unwrap().control.socket, PathBuf::from("rvsd.sock"));
+    assert_eq!(
+        parse(&text).unwrap().control.socket,
+        PathBuf::from("rvsd.sock")
+    );
 }
 
 #[test]
 fn control_errors() {
-    let m = error_at(&format!("[control]\nsocket = \"\"\n{BASE}"), 2, 10, "control.socket");
+    let m = error_at(
+        &format!("[control]\nsocket = \"\"\n{BASE}"),
+        2,
+        10,
+        "control.socket",
+    );
     assert!(m.contains("path of a socket file"), "{m}");
-    let m = error_at(&format!("[control]\nsocket = \"/run/\"\n{BASE}"), 2, 10, "control.socket");
+    let m = error_at(
+        &format!("[control]\nsocket = \"/run/\"\n{BASE}"),
+        2,
+        10,
+        "control.socket",
+    );
     assert!(m.contains("\"/run/\""), "{m}");
     let long = format!("/{}", "a".repeat(107));
-    let m = error_at(&format!("[control]\nsocket = \"{long}\"\n{BASE}"), 2, 10, "control.socket");
-    assert_eq!(m, "socket path must be at most 107 bytes (a Unix socket's limit), got 108");
-    let m = error_at(&format!("[control]\nsocket = 5\n{BASE}"), 2, 10, "control.socket");
+    let m = error_at(
+        &format!("[control]\nsocket = \"{long}\"\n{BASE}"),
+        2,
+        10,
+        "control.socket",
+    );
+    assert_eq!(
+        m,
+        "socket path must be at most 107 bytes (a Unix socket's limit), got 108"
+    );
+    let m = error_at(
+        &format!("[control]\nsocket = 5\n{BASE}"),
+        2,
+        10,
+        "control.socket",
+    );
     assert_eq!(m, "expected a string, found an integer");
-    let m = error_at(&format!("[control]\nmode = 0o600\n{BASE}"), 2, 8, "control.mode");
-    assert_eq!(m, "expected an octal string like \"0600\", found an integer");
-    let m = error_at(&format!("[control]\nmode = \"0680\"\n{BASE}"), 2, 8, "control.mode");
-    assert_eq!(m, "mode must be an octal string like \"0600\" or \"0660\", got \"0680\"");
+    let m = error_at(
+        &format!("[control]\nmode = 0o600\n{BASE}"),
+        2,
+        8,
+        "control.mode",
+    );
+    assert_eq!(
+        m,
+        "expected an octal string like \"0600\", found an integer"
+    );
+    let m = error_at(
+        &format!("[control]\nmode = \"0680\"\n{BASE}"),
+        2,
+        8,
+        "control.mode",
+    );
+    assert_eq!(
+        m,
+        "mode must be an octal string like \"0600\" or \"0660\", got \"0680\""
+    );
     for bad in ["", "rw", "00600", "0o", "-600"] {
-        let m = error_at(&format!("[control]\nmode = \"{bad}\"\n{BASE}"), 2, 8, "control.mode");
+        let m = error_at(
+            &format!("[control]\nmode = \"{bad}\"\n{BASE}"),
+            2,
+            8,
+            "control.mode",
+        );
         assert!(m.starts_with("mode must be an octal string"), "{bad}: {m}");
     }
-    let m = error_at(&format!("[control]\nmode = \"4755\"\n{BASE}"), 2, 8, "control.mode");
+    let m = error_at(
+        &format!("[control]\nmode = \"4755\"\n{BASE}"),
+        2,
+        8,
+        "control.mode",
+    );
     assert!(m.starts_with("mode must be at most 0777"), "{m}");
-    let m = error_at(&format!("[control]\nmode = \"0444\"\n{BASE}"), 2, 8, "control.mode");
-    assert!(m.starts_with("mode must give the owner write permission"), "{m}");
-    let m = error_at(&format!("[control]\npath = \"/x\"\n{BASE}"), 2, 1, "control.path");
+    let m = error_at(
+        &format!("[control]\nmode = \"0444\"\n{BASE}"),
+        2,
+        8,
+        "control.mode",
+    );
+    assert!(
+        m.starts_with("mode must give the owner write permission"),
+        "{m}"
+    );
+    let m = error_at(
+        &format!("[control]\npath = \"/x\"\n{BASE}"),
+        2,
+        1,
+        "control.path",
+    );
     assert_eq!(m, "unknown key `path`; allowed keys here: socket, mode");
     let m = error_at(&format!("control = 3\n{BASE}"), 1, 11, "control");
     assert_eq!(m, "expected a table, found an integer");

@@ -163,11 +163,17 @@ impl std::fmt::Display for UsageError {
 }
 
 fn fail<T>(message: impl Into<String>) -> Result<T, UsageError> {
-    Err(UsageError { message: message.into(), hint: false })
+    Err(UsageError {
+        message: message.into(),
+        hint: false,
+    })
 }
 
 fn fail_hint<T>(message: impl Into<String>) -> Result<T, UsageError> {
-    Err(UsageError { message: message.into(), hint: true })
+    Err(UsageError {
+        message: message.into(),
+        hint: true,
+    })
 }
 
 /// The commands, with ipvsadm's names (`cmdnames`) for messages.
@@ -563,7 +569,10 @@ impl State {
 pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     if args.is_empty() {
-        return Ok(Invocation { command: Command::List(ListOptions::default()), socket: None });
+        return Ok(Invocation {
+            command: Command::List(ListOptions::default()),
+            socket: None,
+        });
     }
     let mut st = State::default();
     let mut i = 0;
@@ -649,7 +658,12 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
     finish(st)
 }
 
-fn apply(st: &mut State, item: Item, value: Option<String>, spelled: &str) -> Result<(), UsageError> {
+fn apply(
+    st: &mut State,
+    item: Item,
+    value: Option<String>,
+    spelled: &str,
+) -> Result<(), UsageError> {
     let v = value.unwrap_or_default();
     if let Item::Command(cmd) = item {
         if st.cmd.is_some() {
@@ -678,11 +692,19 @@ fn apply(st: &mut State, item: Item, value: Option<String>, spelled: &str) -> Re
         Item::Command(_) | Item::Socket => {}
         Item::Tcp | Item::Udp => {
             st.set(Opt::Service)?;
-            let proto = if item == Item::Tcp { Proto::Tcp } else { Proto::Udp };
+            let proto = if item == Item::Tcp {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
             let Some((ip, port)) = parse_addr_port(&v) else {
                 return fail("illegal virtual server address[:port] specified");
             };
-            st.svc = Some(Svc::Addr { proto, ip, port: port.unwrap_or(0) });
+            st.svc = Some(Svc::Addr {
+                proto,
+                ip,
+                port: port.unwrap_or(0),
+            });
         }
         Item::Fwmark => {
             st.set(Opt::Service)?;
@@ -747,12 +769,14 @@ fn apply(st: &mut State, item: Item, value: Option<String>, spelled: &str) -> Re
         }
         Item::UThreshold => {
             st.set(Opt::UThreshold)?;
-            let n = number(&v, i32::MAX as u32).ok_or_else(|| usage("illegal u_threshold specified"))?;
+            let n = number(&v, i32::MAX as u32)
+                .ok_or_else(|| usage("illegal u_threshold specified"))?;
             st.upper = Some(n);
         }
         Item::LThreshold => {
             st.set(Opt::LThreshold)?;
-            let n = number(&v, i32::MAX as u32).ok_or_else(|| usage("illegal l_threshold specified"))?;
+            let n = number(&v, i32::MAX as u32)
+                .ok_or_else(|| usage("illegal l_threshold specified"))?;
             st.lower = Some(n);
         }
         Item::Laddr => {
@@ -805,7 +829,10 @@ fn apply(st: &mut State, item: Item, value: Option<String>, spelled: &str) -> Re
 }
 
 fn usage(message: &str) -> UsageError {
-    UsageError { message: message.to_owned(), hint: false }
+    UsageError {
+        message: message.to_owned(),
+        hint: false,
+    }
 }
 
 /// ipvsadm's `string_to_number`: a decimal in `0..=max`.
@@ -836,7 +863,10 @@ pub fn parse_addr_port(s: &str) -> Option<(IpAddr, Option<u16>)> {
         return Some((IpAddr::V6(ip), None));
     }
     match s.rsplit_once(':') {
-        Some((a, p)) => Some((IpAddr::V4(a.parse::<Ipv4Addr>().ok()?), Some(parse_port(p)?))),
+        Some((a, p)) => Some((
+            IpAddr::V4(a.parse::<Ipv4Addr>().ok()?),
+            Some(parse_port(p)?),
+        )),
         None => Some((IpAddr::V4(s.parse::<Ipv4Addr>().ok()?), None)),
     }
 }
@@ -929,7 +959,11 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
         return fail("fwmark services are not supported yet");
     }
     let key = match st.svc {
-        Some(Svc::Addr { proto, ip, port }) => Some(ServiceKey { proto, vip: ip, vport: port }),
+        Some(Svc::Addr { proto, ip, port }) => Some(ServiceKey {
+            proto,
+            vip: ip,
+            vport: port,
+        }),
         _ => None,
     };
     // Compulsory options were checked above, so `key` is there where the command needs it.
@@ -946,7 +980,10 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
             };
             let spec = ServiceSpec {
                 key,
-                scheduler: st.scheduler.take().unwrap_or_else(|| DEFAULT_SCHEDULER.to_owned()),
+                scheduler: st
+                    .scheduler
+                    .take()
+                    .unwrap_or_else(|| DEFAULT_SCHEDULER.to_owned()),
                 persistent: st.persistent,
                 netmask,
                 sched_flags: std::mem::take(&mut st.sched_flags),
@@ -960,10 +997,14 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
         Cmd::Del => Command::DelService(need_key()?),
         Cmd::Flush => Command::Clear,
         Cmd::Restore => Command::Restore,
-        Cmd::Save => Command::Save { numeric: st.list.numeric },
+        Cmd::Save => Command::Save {
+            numeric: st.list.numeric,
+        },
         Cmd::AddDest | Cmd::EditDest | Cmd::DelDest => {
             let key = need_key()?;
-            let (ip, port) = st.real.ok_or_else(|| usage("You need to supply the 'real-server' option"))?;
+            let (ip, port) = st
+                .real
+                .ok_or_else(|| usage("You need to supply the 'real-server' option"))?;
             let fwd = st.fwd.unwrap_or(Fwd::Dr);
             // As ipvsadm: the port defaults to the service's, and DR and TUN cannot map ports.
             let port = match fwd {
@@ -997,7 +1038,9 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
         Cmd::Zero => Command::Zero(key),
         Cmd::AddLaddr | Cmd::DelLaddr => {
             let key = need_key()?;
-            let lip = st.laddr.ok_or_else(|| usage("You need to supply the 'laddr' option"))?;
+            let lip = st
+                .laddr
+                .ok_or_else(|| usage("You need to supply the 'laddr' option"))?;
             if lip.is_ipv4() != key.vip.is_ipv4() {
                 return fail(format!(
                     "local address {lip} is not of the service's address family"

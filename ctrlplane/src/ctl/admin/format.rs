@@ -45,7 +45,11 @@ fn sock(a: SocketAddr) -> String {
 pub fn largenum(i: u64, exact: bool) -> String {
     if exact {
         let digits = i.to_string();
-        let width = if digits.len() <= 8 { 9 } else { digits.len() + 1 };
+        let width = if digits.len() <= 8 {
+            9
+        } else {
+            digits.len() + 1
+        };
         return format!("{digits:>width$}");
     }
     if i < 100_000_000 {
@@ -63,7 +67,9 @@ pub fn largenum(i: u64, exact: bool) -> String {
 
 /// IPv4 dotted netmask of a prefix length.
 fn dotted(len: u8) -> Ipv4Addr {
-    let m = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+    let m = u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0);
     Ipv4Addr::from(m)
 }
 
@@ -79,7 +85,8 @@ pub fn sorted(services: &[ServiceView], nosort: bool) -> Vec<ServiceView> {
     if !nosort {
         v.sort_by(|a, b| cmp_keys(&a.spec.key, &b.spec.key));
         for s in &mut v {
-            s.reals.sort_by_key(|r| (r.spec.addr.ip(), r.spec.addr.port()));
+            s.reals
+                .sort_by_key(|r| (r.spec.addr.ip(), r.spec.addr.port()));
         }
     }
     v
@@ -88,7 +95,10 @@ pub fn sorted(services: &[ServiceView], nosort: bool) -> Vec<ServiceView> {
 /// The column titles (`print_title`).
 pub fn title(l: &Layout) -> String {
     let t = |a: &str, b: &str, c: &str, d: &str, e: &str| {
-        format!("{:<33} {a:>8} {b:>8} {c:>8} {d:>8} {e:>8}\n  -> RemoteAddress:Port\n", "Prot LocalAddress:Port")
+        format!(
+            "{:<33} {a:>8} {b:>8} {c:>8} {d:>8} {e:>8}\n  -> RemoteAddress:Port\n",
+            "Prot LocalAddress:Port"
+        )
     };
     if l.stats {
         t("Conns", "InPkts", "OutPkts", "InBytes", "OutBytes")
@@ -135,10 +145,26 @@ pub fn service_entry(s: &ServiceView, l: &Layout) -> String {
     let ln = |n| largenum(n, l.exact);
     if l.stats {
         let st = &s.stats;
-        let _ = write!(out, "{name:<33}{}{}{}{}{}", ln(st.conns), ln(st.inpkts), ln(st.outpkts), ln(st.inbytes), ln(st.outbytes));
+        let _ = write!(
+            out,
+            "{name:<33}{}{}{}{}{}",
+            ln(st.conns),
+            ln(st.inpkts),
+            ln(st.outpkts),
+            ln(st.inbytes),
+            ln(st.outbytes)
+        );
     } else if l.rate {
         let r = &s.rates;
-        let _ = write!(out, "{name:<33}{}{}{}{}{}", ln(r.cps), ln(r.inpps), ln(r.outpps), ln(r.inbps), ln(r.outbps));
+        let _ = write!(
+            out,
+            "{name:<33}{}{}{}{}{}",
+            ln(r.cps),
+            ln(r.inpps),
+            ln(r.outpps),
+            ln(r.inbps),
+            ln(r.outbps)
+        );
     } else {
         let _ = write!(out, "{name} {}", s.spec.scheduler);
         if !s.spec.sched_flags.is_empty() {
@@ -156,17 +182,48 @@ pub fn service_entry(s: &ServiceView, l: &Layout) -> String {
         let d = dest_name(r);
         if l.stats {
             let st = &r.stats;
-            let _ = writeln!(out, "  -> {d:<28}{}{}{}{}{}", ln(st.conns), ln(st.inpkts), ln(st.outpkts), ln(st.inbytes), ln(st.outbytes));
+            let _ = writeln!(
+                out,
+                "  -> {d:<28}{}{}{}{}{}",
+                ln(st.conns),
+                ln(st.inpkts),
+                ln(st.outpkts),
+                ln(st.inbytes),
+                ln(st.outbytes)
+            );
         } else if l.rate {
             // ipvsadm prints a real server's CPS, InPPS and OutPPS with "%8u", unrounded.
             let rt = &r.rates;
-            let _ = writeln!(out, "  -> {d:<28} {:8} {:8} {:8}{}{}", rt.cps, rt.inpps, rt.outpps, ln(rt.inbps), ln(rt.outbps));
+            let _ = writeln!(
+                out,
+                "  -> {d:<28} {:8} {:8} {:8}{}{}",
+                rt.cps,
+                rt.inpps,
+                rt.outpps,
+                ln(rt.inbps),
+                ln(rt.outbps)
+            );
         } else if l.thresholds {
-            let _ = writeln!(out, "  -> {d:<28} {:<10} {:<10} {:<10} {:<10}", r.spec.upper, r.spec.lower, r.active, r.inactive);
+            let _ = writeln!(
+                out,
+                "  -> {d:<28} {:<10} {:<10} {:<10} {:<10}",
+                r.spec.upper, r.spec.lower, r.active, r.inactive
+            );
         } else if l.persistent_conn {
-            let _ = writeln!(out, "  -> {d:<28} {:<9} {:<11} {:<10} {:<10}", r.spec.weight, r.persist, r.active, r.inactive);
+            let _ = writeln!(
+                out,
+                "  -> {d:<28} {:<9} {:<11} {:<10} {:<10}",
+                r.spec.weight, r.persist, r.active, r.inactive
+            );
         } else {
-            let _ = writeln!(out, "  -> {d:<28} {:<7} {:<6} {:<10} {:<10}", r.spec.fwd.name(), r.spec.weight, r.active, r.inactive);
+            let _ = writeln!(
+                out,
+                "  -> {d:<28} {:<7} {:<6} {:<10} {:<10}",
+                r.spec.fwd.name(),
+                r.spec.weight,
+                r.active,
+                r.inactive
+            );
         }
     }
     out
@@ -219,7 +276,13 @@ pub fn save(services: &[ServiceView], nosort: bool) -> String {
         }
         out.push('\n');
         for r in &s.reals {
-            let _ = write!(out, "-a {svc} -r {} {} -w {}", sock(r.spec.addr), r.spec.fwd.flag(), r.spec.weight);
+            let _ = write!(
+                out,
+                "-a {svc} -r {} {} -w {}",
+                sock(r.spec.addr),
+                r.spec.fwd.flag(),
+                r.spec.weight
+            );
             if r.spec.upper != 0 {
                 let _ = write!(out, " -x {}", r.spec.upper);
             }
@@ -244,7 +307,10 @@ fn proto_flag(key: &ServiceKey) -> &'static str {
 
 /// The `-L -c` title lines.
 pub fn conns_title() -> String {
-    format!("IPVS connection entries\npro expire {:<11} {:<18} {:<18} {}\n", "state", "source", "virtual", "destination")
+    format!(
+        "IPVS connection entries\npro expire {:<11} {:<18} {:<18} {}\n",
+        "state", "source", "virtual", "destination"
+    )
 }
 
 /// One `-L -c` row (`print_conn`): expiry as mm:ss (whole seconds).
@@ -273,7 +339,10 @@ pub fn conns(entries: &[ConnView]) -> String {
 
 /// `-L --timeout`.
 pub fn timeout(t: &TimeoutsView) -> String {
-    format!("Timeout (tcp tcpfin udp): {} {} {}\n", t.tcp, t.tcpfin, t.udp)
+    format!(
+        "Timeout (tcp tcpfin udp): {} {} {}\n",
+        t.tcp, t.tcpfin, t.udp
+    )
 }
 
 /// `--get-laddr`: rvs's layout (after DPVS's `-G`): a title, then per service its name, the
@@ -281,12 +350,15 @@ pub fn timeout(t: &TimeoutsView) -> String {
 /// first; services in `-L` order.
 ///
 /// ```text
-/// Prot LocalAddress:Port             Total    LocalIP
-/// TCP  203.0.113.10:80               2        192.0.2.2
-///                                             192.0.2.3
+/// Prot LocalAddress:Port            Total    LocalIP
+/// TCP  203.0.113.10:80              2        192.0.2.2
+///                                            192.0.2.3
 /// ```
 pub fn laddrs(services: &[ServiceView]) -> String {
-    let mut out = format!("{:<33} {:<8} {}\n", "Prot LocalAddress:Port", "Total", "LocalIP");
+    let mut out = format!(
+        "{:<33} {:<8} {}\n",
+        "Prot LocalAddress:Port", "Total", "LocalIP"
+    );
     for s in sorted(services, false) {
         let first = s.lips.first().map(ToString::to_string).unwrap_or_default();
         let line = format!("{:<33} {:<8} {first}", svc_name(&s.spec.key), s.lips.len());

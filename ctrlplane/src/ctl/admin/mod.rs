@@ -144,7 +144,10 @@ pub fn run(
         Err(e) => {
             let _ = writeln!(err, "rvsadm: {e}");
             if e.hint {
-                let _ = writeln!(err, "Try `rvsadm -h' or 'rvsadm --help' for more information.");
+                let _ = writeln!(
+                    err,
+                    "Try `rvsadm -h' or 'rvsadm --help' for more information."
+                );
             }
             return 2;
         }
@@ -212,7 +215,11 @@ pub fn execute(
             text = format::laddrs(&services);
         }
         Command::Reload => match ask(Op::Reload)? {
-            Response::Reloaded { generation, changes, needs_restart } => {
+            Response::Reloaded {
+                generation,
+                changes,
+                needs_restart,
+            } => {
                 text = format!("rvsd reloaded its configuration: generation {generation}\n");
                 if changes.is_empty() {
                     text.push_str("no changes\n");
@@ -231,14 +238,21 @@ pub fn execute(
             let path = path.as_ref().map(|p| {
                 std::fs::canonicalize(p).map_or_else(|_| p.clone(), |a| a.display().to_string())
             });
-            let shown = path.clone().unwrap_or_else(|| "rvsd's configuration file".to_owned());
+            let shown = path
+                .clone()
+                .unwrap_or_else(|| "rvsd's configuration file".to_owned());
             match ask(Op::Validate { path })? {
                 Response::Ok => text = format!("{shown}: valid\n"),
                 other => return Err(unexpected(&other)),
             }
         }
         Command::Status => match ask(Op::Status)? {
-            Response::Status { version, generation, workers, conn_table_size } => {
+            Response::Status {
+                version,
+                generation,
+                workers,
+                conn_table_size,
+            } => {
                 text = format!(
                     "rvsd {version}\nconfiguration generation: {generation}\nworkers: {workers}\n\
                      connection table size: {conn_table_size}\n"
@@ -271,13 +285,28 @@ pub fn change_op(cmd: &Command) -> Option<Op> {
         Command::EditService(spec) => Op::EditService { spec: spec.clone() },
         Command::DelService(key) => Op::DelService { key: *key },
         Command::Clear => Op::Clear,
-        Command::AddReal { key, real } => Op::AddReal { key: *key, real: real.clone() },
-        Command::EditReal { key, real } => Op::EditReal { key: *key, real: real.clone() },
-        Command::DelReal { key, addr } => Op::DelReal { key: *key, addr: *addr },
+        Command::AddReal { key, real } => Op::AddReal {
+            key: *key,
+            real: real.clone(),
+        },
+        Command::EditReal { key, real } => Op::EditReal {
+            key: *key,
+            real: real.clone(),
+        },
+        Command::DelReal { key, addr } => Op::DelReal {
+            key: *key,
+            addr: *addr,
+        },
         Command::Zero(key) => Op::Zero { key: *key },
         Command::SetTimeouts(t) => Op::SetTimeouts { timeouts: *t },
-        Command::AddLaddr { key, lip } => Op::AddLaddr { key: *key, lip: *lip },
-        Command::DelLaddr { key, lip } => Op::DelLaddr { key: *key, lip: *lip },
+        Command::AddLaddr { key, lip } => Op::AddLaddr {
+            key: *key,
+            lip: *lip,
+        },
+        Command::DelLaddr { key, lip } => Op::DelLaddr {
+            key: *key,
+            lip: *lip,
+        },
         _ => return None,
     })
 }
@@ -317,7 +346,10 @@ fn list(
         write_out(out, &format::conns_title())?;
         let mut start = 0;
         loop {
-            match ask(Op::ListConns { start, max: MAX_CONNS_PAGE })? {
+            match ask(Op::ListConns {
+                start,
+                max: MAX_CONNS_PAGE,
+            })? {
                 Response::Conns { entries, next } => {
                     let rows: String = entries.iter().map(format::conn_row).collect();
                     write_out(out, &rows)?;
@@ -339,7 +371,9 @@ fn list(
         format::list_service(&service(ask(Op::GetService { key })?)?, &layout, l.nosort)
     } else {
         let size = match ask(Op::Status)? {
-            Response::Status { conn_table_size, .. } => conn_table_size,
+            Response::Status {
+                conn_table_size, ..
+            } => conn_table_size,
             other => return Err(unexpected(&other)),
         };
         let services = services(ask(Op::ListServices)?)?;
@@ -377,7 +411,12 @@ fn restore(
     for (n, op) in ops {
         match ask(op) {
             Ok(Response::Ok) => {}
-            Ok(other) => return Err(Failure::Failed(format!("line {n}: {}", unexpected(&other).message()))),
+            Ok(other) => {
+                return Err(Failure::Failed(format!(
+                    "line {n}: {}",
+                    unexpected(&other).message()
+                )))
+            }
             Err(f) => return Err(Failure::Failed(format!("line {n}: {}", f.message()))),
         }
     }
@@ -393,7 +432,10 @@ pub fn strerror(op: &Op, c: i32) -> String {
             "Scheduler or persistence engine not found"
         }
         (
-            Op::EditService { .. } | Op::DelService { .. } | Op::Zero { .. } | Op::GetService { .. },
+            Op::EditService { .. }
+            | Op::DelService { .. }
+            | Op::Zero { .. }
+            | Op::GetService { .. },
             code::ESRCH,
         ) => "No such service",
         (Op::AddReal { .. }, code::EEXIST) => "Destination already exists",
