@@ -164,7 +164,13 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
         .collect()
 }
 
-fn stack_config(cfg: &Config, model: &Model, macs: &[[u8; 6]], worker: u16, rss: Option<RssConf>) -> StackConfig {
+fn stack_config(
+    cfg: &Config,
+    model: &Model,
+    macs: &[[u8; 6]],
+    worker: u16,
+    rss: Option<RssConf>,
+) -> StackConfig {
     let n = &cfg.neighbour;
     StackConfig {
         worker,
@@ -338,8 +344,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         let rxq = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
         let txq = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
         let io = WorkerIo::new(pool.clone(), txq, tx, c.clone());
-        let stack = Stack::try_new(&stack_config(cfg, &model, &macs, w as u16, rss.clone()), c.clone())
-            .map_err(|e| format!("dataplane configuration: {e}"))?;
+        let stack = Stack::try_new(
+            &stack_config(cfg, &model, &macs, w as u16, rss.clone()),
+            c.clone(),
+        )
+        .map_err(|e| format!("dataplane configuration: {e}"))?;
         dest_stats.push(stack.dest_stats_shared());
         let (link, wctl) = rvs_dataplane::ctl::mailbox(w).map_err(|e| format!("ring: {e}"))?;
         ctl_links.push(link);

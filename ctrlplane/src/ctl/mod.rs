@@ -4,5 +4,5 @@
 pub mod admin;
 pub mod client;
 pub mod model;
-pub mod server;
 pub mod proto;
+pub mod server;

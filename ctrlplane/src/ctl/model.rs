@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use super::proto::{code, Fwd, Op, Proto, RealSpec, ServiceKey, ServiceSpec, TimeoutsView};
-use crate::config::{self, Config, Forward, PortConfig, RealConfig, Scheduler, ServiceConfig, TimeoutsConfig};
+use crate::config::{
+    self, Config, Forward, PortConfig, RealConfig, Scheduler, ServiceConfig, TimeoutsConfig,
+};
 
 /// A failed operation: errno-like code and message.
 pub type OpError = (i32, String);
@@ -64,7 +66,8 @@ fn scheduler(name: &str) -> Result<Scheduler, OpError> {
     match name {
         "rr" => Ok(Scheduler::Rr),
         "wrr" => Ok(Scheduler::Wrr),
-        "lc" | "wlc" | "sh" | "dh" | "sed" | "nq" | "lblc" | "lblcr" | "fo" | "ovf" | "mh" | "twos" => err(
+        "lc" | "wlc" | "sh" | "dh" | "sed" | "nq" | "lblc" | "lblcr" | "fo" | "ovf" | "mh"
+        | "twos" => err(
             code::ENOENT,
             format!("Scheduler not found: {name} is not supported by rvs yet (supported: rr, wrr)"),
         ),
@@ -101,7 +104,10 @@ impl Model {
 
     /// The dest id of real `r` of service `s`.
     pub fn dest_id(&self, s: &ServiceConfig, r: &RealConfig) -> u32 {
-        self.ids.get(&(key_of(s), r.ip, r.port)).copied().unwrap_or(u32::MAX)
+        self.ids
+            .get(&(key_of(s), r.ip, r.port))
+            .copied()
+            .unwrap_or(u32::MAX)
     }
 
     fn find(&self, key: &ServiceKey) -> Option<usize> {
@@ -122,7 +128,9 @@ impl Model {
     }
 
     fn owned(&self, ip: IpAddr) -> bool {
-        self.ports.iter().any(|p| p.addresses.iter().any(|&(a, _)| a == ip))
+        self.ports
+            .iter()
+            .any(|p| p.addresses.iter().any(|&(a, _)| a == ip))
     }
 
     /// Apply one editing operation. Returns the addresses (port, ip) that became owned (to be
@@ -163,7 +171,10 @@ impl Model {
             );
         }
         if r.weight > 65535 {
-            return err(code::EINVAL, format!("Illegal weight specified: {}", r.weight));
+            return err(
+                code::EINVAL,
+                format!("Illegal weight specified: {}", r.weight),
+            );
         }
         Ok(())
     }
@@ -177,7 +188,10 @@ impl Model {
                 self.check_spec(spec)?;
                 let port = self.port_for(spec.key.vip, 0);
                 if self.owned(spec.key.vip) {
-                    return err(code::EINVAL, format!("Illegal address: {} is an address of a port", spec.key.vip));
+                    return err(
+                        code::EINVAL,
+                        format!("Illegal address: {} is an address of a port", spec.key.vip),
+                    );
                 }
                 self.services.push(ServiceConfig {
                     proto: match spec.key.proto {
@@ -195,12 +209,16 @@ impl Model {
                 });
             }
             Op::EditService { spec } => {
-                let i = self.find(&spec.key).ok_or((code::ESRCH, "No such service".to_string()))?;
+                let i = self
+                    .find(&spec.key)
+                    .ok_or((code::ESRCH, "No such service".to_string()))?;
                 self.check_spec(spec)?;
                 self.services[i].scheduler = scheduler(&spec.scheduler)?;
             }
             Op::DelService { key } => {
-                let i = self.find(key).ok_or((code::ESRCH, "No such service".to_string()))?;
+                let i = self
+                    .find(key)
+                    .ok_or((code::ESRCH, "No such service".to_string()))?;
                 let s = self.services.remove(i);
                 self.ids.retain(|(k, _, _), _| *k != key_of(&s));
             }
@@ -209,14 +227,22 @@ impl Model {
                 self.ids.clear();
             }
             Op::AddReal { key, real } => {
-                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                let i = self
+                    .find(key)
+                    .ok_or((code::ESRCH, "Service not defined".to_string()))?;
                 Self::check_real(&self.services[i], real)?;
                 let s = &self.services[i];
-                if s.reals.iter().any(|r| r.ip == real.addr.ip() && r.port == real.addr.port()) {
+                if s.reals
+                    .iter()
+                    .any(|r| r.ip == real.addr.ip() && r.port == real.addr.port())
+                {
                     return err(code::EEXIST, "Destination already exists");
                 }
-                let id = self.free_id().ok_or((code::ENOMEM, "Memory allocation problem".to_string()))?;
-                self.ids.insert((*key, real.addr.ip(), real.addr.port()), id);
+                let id = self
+                    .free_id()
+                    .ok_or((code::ENOMEM, "Memory allocation problem".to_string()))?;
+                self.ids
+                    .insert((*key, real.addr.ip(), real.addr.port()), id);
                 let s = &mut self.services[i];
                 s.reals.push(RealConfig {
                     ip: real.addr.ip(),
@@ -226,7 +252,9 @@ impl Model {
                 });
             }
             Op::EditReal { key, real } => {
-                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                let i = self
+                    .find(key)
+                    .ok_or((code::ESRCH, "Service not defined".to_string()))?;
                 Self::check_real(&self.services[i], real)?;
                 let s = &mut self.services[i];
                 let r = s
@@ -238,7 +266,9 @@ impl Model {
                 r.forward = forward_of(real.fwd);
             }
             Op::DelReal { key, addr } => {
-                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                let i = self
+                    .find(key)
+                    .ok_or((code::ESRCH, "Service not defined".to_string()))?;
                 let s = &mut self.services[i];
                 let j = s
                     .reals
@@ -249,11 +279,20 @@ impl Model {
                 self.ids.remove(&(*key, addr.ip(), addr.port()));
             }
             Op::AddLaddr { key, lip } => {
-                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                let i = self
+                    .find(key)
+                    .ok_or((code::ESRCH, "Service not defined".to_string()))?;
                 if self.owned(*lip) {
-                    return err(code::EINVAL, format!("Illegal address: {lip} is an address of a port"));
+                    return err(
+                        code::EINVAL,
+                        format!("Illegal address: {lip} is an address of a port"),
+                    );
                 }
-                let fallback = self.services[i].reals.first().map(|r| self.port_for(r.ip, 0)).unwrap_or(0);
+                let fallback = self.services[i]
+                    .reals
+                    .first()
+                    .map(|r| self.port_for(r.ip, 0))
+                    .unwrap_or(0);
                 let lip_port = self.port_for(*lip, fallback);
                 let s = &mut self.services[i];
                 if s.lips.contains(lip) {
@@ -265,9 +304,15 @@ impl Model {
                 s.lips.push(*lip);
             }
             Op::DelLaddr { key, lip } => {
-                let i = self.find(key).ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                let i = self
+                    .find(key)
+                    .ok_or((code::ESRCH, "Service not defined".to_string()))?;
                 let s = &mut self.services[i];
-                let j = s.lips.iter().position(|l| l == lip).ok_or((code::ENOENT, "No such local address".to_string()))?;
+                let j = s
+                    .lips
+                    .iter()
+                    .position(|l| l == lip)
+                    .ok_or((code::ENOENT, "No such local address".to_string()))?;
                 s.lips.remove(j);
             }
             Op::SetTimeouts { timeouts } => {
@@ -291,7 +336,10 @@ impl Model {
     fn check_spec(&self, spec: &ServiceSpec) -> Result<(), OpError> {
         scheduler(&spec.scheduler)?;
         if spec.persistent.is_some() || spec.netmask.is_some() {
-            return err(code::EINVAL, "persistent services are not supported by rvs yet");
+            return err(
+                code::EINVAL,
+                "persistent services are not supported by rvs yet",
+            );
         }
         if !spec.sched_flags.is_empty() {
             return err(code::EINVAL, "scheduler flags are not supported by rr/wrr");
@@ -302,8 +350,10 @@ impl Model {
     /// Replace the services and timeouts with a reloaded configuration's, keeping the dest ids of
     /// real servers present in both. Returns a description of each change.
     pub fn replace(&mut self, cfg: &Config) -> Vec<String> {
-        let old: BTreeMap<ServiceKey, &ServiceConfig> = self.services.iter().map(|s| (key_of(s), s)).collect();
-        let new: BTreeMap<ServiceKey, &ServiceConfig> = cfg.services.iter().map(|s| (key_of(s), s)).collect();
+        let old: BTreeMap<ServiceKey, &ServiceConfig> =
+            self.services.iter().map(|s| (key_of(s), s)).collect();
+        let new: BTreeMap<ServiceKey, &ServiceConfig> =
+            cfg.services.iter().map(|s| (key_of(s), s)).collect();
         let mut changes = Vec::new();
         let name = |k: &ServiceKey| format!("{} {}", k.proto.upper(), fmt_addr(k.vip, k.vport));
         for (k, s) in &new {
@@ -394,11 +444,21 @@ lips = ["198.51.100.2"]
     }
 
     fn key(vip: &str, port: u16) -> ServiceKey {
-        ServiceKey { proto: Proto::Tcp, vip: vip.parse().unwrap(), vport: port }
+        ServiceKey {
+            proto: Proto::Tcp,
+            vip: vip.parse().unwrap(),
+            vport: port,
+        }
     }
 
     fn real(addr: &str, fwd: Fwd, weight: u32) -> RealSpec {
-        RealSpec { addr: addr.parse().unwrap(), fwd, weight, upper: 0, lower: 0 }
+        RealSpec {
+            addr: addr.parse().unwrap(),
+            fwd,
+            weight,
+            upper: 0,
+            lower: 0,
+        }
     }
 
     #[test]
@@ -411,35 +471,97 @@ lips = ["198.51.100.2"]
             netmask: None,
             sched_flags: vec![],
         };
-        assert_eq!(m.apply(&Op::AddService { spec: spec("192.0.2.10", "rr") }).unwrap_err().1, "Service already exists");
-        let g = m.generation;
-        let announce = m.apply(&Op::AddService { spec: spec("192.0.2.20", "rr") }).unwrap();
-        assert_eq!(announce, vec![(0, "192.0.2.20".parse().unwrap())], "the new VIP is announced on the client port");
-        assert_eq!(m.generation, g + 1);
-        assert!(m.apply(&Op::AddService { spec: spec("192.0.2.21", "foo") }).unwrap_err().1.starts_with("Scheduler not found"));
-        let k = key("192.0.2.20", 80);
-        m.apply(&Op::AddReal { key: k, real: real("198.51.100.12:80", Fwd::Nat, 1) }).unwrap();
         assert_eq!(
-            m.apply(&Op::AddReal { key: k, real: real("198.51.100.12:80", Fwd::Nat, 1) }).unwrap_err().1,
+            m.apply(&Op::AddService {
+                spec: spec("192.0.2.10", "rr")
+            })
+            .unwrap_err()
+            .1,
+            "Service already exists"
+        );
+        let g = m.generation;
+        let announce = m
+            .apply(&Op::AddService {
+                spec: spec("192.0.2.20", "rr"),
+            })
+            .unwrap();
+        assert_eq!(
+            announce,
+            vec![(0, "192.0.2.20".parse().unwrap())],
+            "the new VIP is announced on the client port"
+        );
+        assert_eq!(m.generation, g + 1);
+        assert!(m
+            .apply(&Op::AddService {
+                spec: spec("192.0.2.21", "foo")
+            })
+            .unwrap_err()
+            .1
+            .starts_with("Scheduler not found"));
+        let k = key("192.0.2.20", 80);
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.12:80", Fwd::Nat, 1),
+        })
+        .unwrap();
+        assert_eq!(
+            m.apply(&Op::AddReal {
+                key: k,
+                real: real("198.51.100.12:80", Fwd::Nat, 1)
+            })
+            .unwrap_err()
+            .1,
             "Destination already exists"
         );
-        let e = m.apply(&Op::AddReal { key: k, real: real("198.51.100.13:8080", Fwd::Dr, 1) }).unwrap_err();
-        assert!(e.1.contains("port mapping is impossible with DR/TUN"), "{e:?}");
+        let e = m
+            .apply(&Op::AddReal {
+                key: k,
+                real: real("198.51.100.13:8080", Fwd::Dr, 1),
+            })
+            .unwrap_err();
+        assert!(
+            e.1.contains("port mapping is impossible with DR/TUN"),
+            "{e:?}"
+        );
         assert_eq!(
-            m.apply(&Op::EditReal { key: k, real: real("198.51.100.99:80", Fwd::Nat, 3) }).unwrap_err().1,
+            m.apply(&Op::EditReal {
+                key: k,
+                real: real("198.51.100.99:80", Fwd::Nat, 3)
+            })
+            .unwrap_err()
+            .1,
             "No such destination"
         );
-        assert_eq!(m.apply(&Op::DelService { key: key("192.0.2.99", 80) }).unwrap_err().1, "No such service");
         assert_eq!(
-            m.apply(&Op::AddReal { key: key("192.0.2.99", 80), real: real("198.51.100.12:80", Fwd::Nat, 1) })
-                .unwrap_err()
-                .1,
+            m.apply(&Op::DelService {
+                key: key("192.0.2.99", 80)
+            })
+            .unwrap_err()
+            .1,
+            "No such service"
+        );
+        assert_eq!(
+            m.apply(&Op::AddReal {
+                key: key("192.0.2.99", 80),
+                real: real("198.51.100.12:80", Fwd::Nat, 1)
+            })
+            .unwrap_err()
+            .1,
             "Service not defined"
         );
         let before = m.services.clone();
-        assert!(m.apply(&Op::AddReal { key: k, real: real("198.51.100.14:80", Fwd::Nat, 70000) }).is_err());
+        assert!(m
+            .apply(&Op::AddReal {
+                key: k,
+                real: real("198.51.100.14:80", Fwd::Nat, 70000)
+            })
+            .is_err());
         assert_eq!(m.services, before, "a failed operation changes nothing");
-        m.apply(&Op::EditReal { key: k, real: real("198.51.100.12:80", Fwd::Nat, 3) }).unwrap();
+        m.apply(&Op::EditReal {
+            key: k,
+            real: real("198.51.100.12:80", Fwd::Nat, 3),
+        })
+        .unwrap();
         assert_eq!(m.services[1].reals[0].weight, 3);
     }
 
@@ -448,12 +570,24 @@ lips = ["198.51.100.2"]
         let mut m = model();
         let k = key("192.0.2.10", 80);
         let id0 = m.dest_id(&m.services[0].clone(), &m.services[0].reals[0].clone());
-        m.apply(&Op::AddReal { key: k, real: real("198.51.100.12:80", Fwd::FullNat, 1) }).unwrap();
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.12:80", Fwd::FullNat, 1),
+        })
+        .unwrap();
         let s = m.services[0].clone();
         let id1 = m.dest_id(&s, &s.reals[1]);
         assert_ne!(id0, id1);
-        m.apply(&Op::DelReal { key: k, addr: "198.51.100.11:80".parse().unwrap() }).unwrap();
+        m.apply(&Op::DelReal {
+            key: k,
+            addr: "198.51.100.11:80".parse().unwrap(),
+        })
+        .unwrap();
         let s = m.services[0].clone();
-        assert_eq!(m.dest_id(&s, &s.reals[0]), id1, "the remaining real keeps its id");
+        assert_eq!(
+            m.dest_id(&s, &s.reals[0]),
+            id1,
+            "the remaining real keeps its id"
+        );
     }
 }

@@ -185,25 +185,57 @@ pub enum Op {
     /// Every service with its real servers (`-L`), with counters and rates.
     ListServices,
     /// One service (`-L -t VIP:port`).
-    GetService { key: ServiceKey },
-    AddService { spec: ServiceSpec },
-    EditService { spec: ServiceSpec },
-    DelService { key: ServiceKey },
+    GetService {
+        key: ServiceKey,
+    },
+    AddService {
+        spec: ServiceSpec,
+    },
+    EditService {
+        spec: ServiceSpec,
+    },
+    DelService {
+        key: ServiceKey,
+    },
     /// Remove every service (`-C`).
     Clear,
-    AddReal { key: ServiceKey, real: RealSpec },
-    EditReal { key: ServiceKey, real: RealSpec },
-    DelReal { key: ServiceKey, addr: SocketAddr },
-    AddLaddr { key: ServiceKey, lip: IpAddr },
-    DelLaddr { key: ServiceKey, lip: IpAddr },
-    SetTimeouts { timeouts: TimeoutsView },
+    AddReal {
+        key: ServiceKey,
+        real: RealSpec,
+    },
+    EditReal {
+        key: ServiceKey,
+        real: RealSpec,
+    },
+    DelReal {
+        key: ServiceKey,
+        addr: SocketAddr,
+    },
+    AddLaddr {
+        key: ServiceKey,
+        lip: IpAddr,
+    },
+    DelLaddr {
+        key: ServiceKey,
+        lip: IpAddr,
+    },
+    SetTimeouts {
+        timeouts: TimeoutsView,
+    },
     GetTimeouts,
     /// Zero counters of one service or all (`-Z`).
-    Zero { key: Option<ServiceKey> },
+    Zero {
+        key: Option<ServiceKey>,
+    },
     /// Connection entries, paged: at most `max` (≤ MAX_CONNS_PAGE) from `start`.
-    ListConns { start: u64, max: u32 },
+    ListConns {
+        start: u64,
+        max: u32,
+    },
     /// Validate a config file (default: the running one's path) without applying it.
-    Validate { path: Option<String> },
+    Validate {
+        path: Option<String>,
+    },
     /// Re-read the config file and apply the difference.
     Reload,
     /// Daemon status: version, generation, workers, session table size.
@@ -216,14 +248,35 @@ pub enum Op {
 pub enum Response {
     Ok,
     /// The operation failed; `code` is an errno-like number (ipvsadm's wording goes in `message`).
-    Error { code: i32, message: String },
-    Services { services: Vec<ServiceView> },
-    Service { service: ServiceView },
-    Timeouts { timeouts: TimeoutsView },
-    Conns { entries: Vec<ConnView>, next: Option<u64> },
+    Error {
+        code: i32,
+        message: String,
+    },
+    Services {
+        services: Vec<ServiceView>,
+    },
+    Service {
+        service: ServiceView,
+    },
+    Timeouts {
+        timeouts: TimeoutsView,
+    },
+    Conns {
+        entries: Vec<ConnView>,
+        next: Option<u64>,
+    },
     /// Reload done: what changed, and start-up-only settings that need a restart.
-    Reloaded { generation: u64, changes: Vec<String>, needs_restart: Vec<String> },
-    Status { version: String, generation: u64, workers: u32, conn_table_size: u64 },
+    Reloaded {
+        generation: u64,
+        changes: Vec<String>,
+        needs_restart: Vec<String>,
+    },
+    Status {
+        version: String,
+        generation: u64,
+        workers: u32,
+        conn_table_size: u64,
+    },
 }
 
 /// errno-like codes used in `Response::Error`.
@@ -241,7 +294,10 @@ pub mod code {
 pub fn write_msg<T: Serialize, W: Write>(w: &mut W, msg: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     if body.len() > MAX_MESSAGE {
-        return Err(std::io::Error::other(format!("message of {} bytes exceeds {MAX_MESSAGE}", body.len())));
+        return Err(std::io::Error::other(format!(
+            "message of {} bytes exceeds {MAX_MESSAGE}",
+            body.len()
+        )));
     }
     w.write_all(&(body.len() as u32).to_be_bytes())?;
     w.write_all(&body)?;
@@ -265,7 +321,10 @@ impl std::fmt::Display for ReadError {
         match self {
             ReadError::Closed => write!(f, "connection closed"),
             ReadError::Io(e) => write!(f, "{e}"),
-            ReadError::TooLarge(n) => write!(f, "message of {n} bytes exceeds the {MAX_MESSAGE}-byte limit"),
+            ReadError::TooLarge(n) => write!(
+                f,
+                "message of {n} bytes exceeds the {MAX_MESSAGE}-byte limit"
+            ),
             ReadError::Malformed(e) => write!(f, "malformed message: {e}"),
         }
     }
@@ -297,8 +356,18 @@ mod tests {
         let req = Request {
             version: PROTO_VERSION,
             op: Op::AddReal {
-                key: ServiceKey { proto: Proto::Tcp, vip: "203.0.113.10".parse().unwrap(), vport: 80 },
-                real: RealSpec { addr: "198.51.100.11:80".parse().unwrap(), fwd: Fwd::Nat, weight: 3, upper: 0, lower: 0 },
+                key: ServiceKey {
+                    proto: Proto::Tcp,
+                    vip: "203.0.113.10".parse().unwrap(),
+                    vport: 80,
+                },
+                real: RealSpec {
+                    addr: "198.51.100.11:80".parse().unwrap(),
+                    fwd: Fwd::Nat,
+                    weight: 3,
+                    upper: 0,
+                    lower: 0,
+                },
             },
         };
         let mut buf = Vec::new();
@@ -307,10 +376,19 @@ mod tests {
         assert_eq!(back, req);
         let mut big = (MAX_MESSAGE as u32 + 1).to_be_bytes().to_vec();
         big.extend_from_slice(b"{}");
-        assert!(matches!(read_msg::<Request, _>(&mut &big[..]), Err(ReadError::TooLarge(_))));
+        assert!(matches!(
+            read_msg::<Request, _>(&mut &big[..]),
+            Err(ReadError::TooLarge(_))
+        ));
         let mut junk = 5u32.to_be_bytes().to_vec();
         junk.extend_from_slice(b"{oops");
-        assert!(matches!(read_msg::<Request, _>(&mut &junk[..]), Err(ReadError::Malformed(_))));
-        assert!(matches!(read_msg::<Request, _>(&mut &[][..]), Err(ReadError::Closed)));
+        assert!(matches!(
+            read_msg::<Request, _>(&mut &junk[..]),
+            Err(ReadError::Malformed(_))
+        ));
+        assert!(matches!(
+            read_msg::<Request, _>(&mut &[][..]),
+            Err(ReadError::Closed)
+        ));
     }
 }

@@ -40,7 +40,11 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
 }
 
 /// Serve clients until `stop` is raised (checked every 100 ms).
-pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+pub fn serve(
+    listener: UnixListener,
+    handler: Arc<dyn Handler>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("rvs-ctl".into())
         .spawn(move || {
@@ -54,20 +58,27 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atomic
                             let mut s = s;
                             let _ = write_msg(
                                 &mut s,
-                                &Response::Error { code: 16, message: "too many control clients; retry".into() },
+                                &Response::Error {
+                                    code: 16,
+                                    message: "too many control clients; retry".into(),
+                                },
                             );
                             continue;
                         }
                         let (h, c) = (handler.clone(), clients.clone());
-                        let spawned = std::thread::Builder::new().name("rvs-ctl-client".into()).spawn(move || {
-                            client(s, h.as_ref());
-                            c.fetch_sub(1, Ordering::SeqCst);
-                        });
+                        let spawned = std::thread::Builder::new()
+                            .name("rvs-ctl-client".into())
+                            .spawn(move || {
+                                client(s, h.as_ref());
+                                c.fetch_sub(1, Ordering::SeqCst);
+                            });
                         if spawned.is_err() {
                             clients.fetch_sub(1, Ordering::SeqCst);
                         }
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(100)),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
@@ -82,16 +93,28 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
         let reply = match read_msg::<Request, _>(&mut s) {
             Ok(req) if req.version != PROTO_VERSION => Response::Error {
                 code: code::EPROTO,
-                message: format!("protocol version {} not supported (rvsd speaks {PROTO_VERSION})", req.version),
+                message: format!(
+                    "protocol version {} not supported (rvsd speaks {PROTO_VERSION})",
+                    req.version
+                ),
             },
             Ok(req) => h.handle(req),
             Err(ReadError::Closed) | Err(ReadError::Io(_)) => return,
             Err(e @ ReadError::TooLarge(_)) => {
                 // The body was not read: the stream is out of step, so answer and hang up.
-                let _ = write_msg(&mut s, &Response::Error { code: code::E2BIG, message: e.to_string() });
+                let _ = write_msg(
+                    &mut s,
+                    &Response::Error {
+                        code: code::E2BIG,
+                        message: e.to_string(),
+                    },
+                );
                 return;
             }
-            Err(e @ ReadError::Malformed(_)) => Response::Error { code: code::EINVAL, message: e.to_string() },
+            Err(e @ ReadError::Malformed(_)) => Response::Error {
+                code: code::EINVAL,
+                message: e.to_string(),
+            },
         };
         if write_msg(&mut s, &reply).is_err() {
             return;
@@ -109,7 +132,12 @@ mod tests {
     impl Handler for Echo {
         fn handle(&self, req: Request) -> Response {
             match req.op {
-                Op::Status => Response::Status { version: "t".into(), generation: 7, workers: 1, conn_table_size: 4096 },
+                Op::Status => Response::Status {
+                    version: "t".into(),
+                    generation: 7,
+                    workers: 1,
+                    conn_table_size: 4096,
+                },
                 _ => Response::Ok,
             }
         }
@@ -120,7 +148,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rvs-ctl-test-{}", std::process::id()));
         let path = dir.join("ctl.sock");
         let l = bind(&path, 0o600).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let t = serve(l, Arc::new(Echo), stop.clone());
         // Garbage JSON: an error reply, and the connection stays usable.
@@ -129,15 +160,38 @@ mod tests {
         s.write_all(b"{nope").unwrap();
         let r: Response = read_msg(&mut s).unwrap();
         assert!(matches!(r, Response::Error { code: 22, .. }), "{r:?}");
-        write_msg(&mut s, &Request { version: PROTO_VERSION, op: Op::Status }).unwrap();
-        assert!(matches!(read_msg::<Response, _>(&mut s).unwrap(), Response::Status { generation: 7, .. }));
+        write_msg(
+            &mut s,
+            &Request {
+                version: PROTO_VERSION,
+                op: Op::Status,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            read_msg::<Response, _>(&mut s).unwrap(),
+            Response::Status { generation: 7, .. }
+        ));
         // Wrong version.
-        write_msg(&mut s, &Request { version: 99, op: Op::Status }).unwrap();
-        assert!(matches!(read_msg::<Response, _>(&mut s).unwrap(), Response::Error { code: 71, .. }));
+        write_msg(
+            &mut s,
+            &Request {
+                version: 99,
+                op: Op::Status,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            read_msg::<Response, _>(&mut s).unwrap(),
+            Response::Error { code: 71, .. }
+        ));
         // Oversized: error, then the server hangs up.
         let mut s2 = UnixStream::connect(&path).unwrap();
         s2.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
-        assert!(matches!(read_msg::<Response, _>(&mut s2).unwrap(), Response::Error { code: 7, .. }));
+        assert!(matches!(
+            read_msg::<Response, _>(&mut s2).unwrap(),
+            Response::Error { code: 7, .. }
+        ));
         let mut rest = Vec::new();
         assert_eq!(s2.read_to_end(&mut rest).unwrap(), 0);
         // Many clients at once.

@@ -13,8 +13,8 @@ use rvs_core::{DestStats, SessionInfo, TcpState};
 use rvs_ctrlplane::config::Config;
 use rvs_ctrlplane::ctl::model::{fwd_of, key_of, Model};
 use rvs_ctrlplane::ctl::proto::{
-    code, ConnView, Op, Proto, Rates, RealSpec, RealView, Request, Response, ServiceView, Stats, TimeoutsView,
-    MAX_CONNS_PAGE,
+    code, ConnView, Op, Proto, Rates, RealSpec, RealView, Request, Response, ServiceView, Stats,
+    TimeoutsView, MAX_CONNS_PAGE,
 };
 use rvs_ctrlplane::ctl::server::Handler;
 use rvs_dataplane::ctl::{Cmd, CtlLink, Snapshot};
@@ -68,7 +68,13 @@ impl Daemon {
     ) -> Arc<Daemon> {
         let config_path = running.source.clone();
         Arc::new(Daemon {
-            inner: Mutex::new(Inner { model, links, running, config_path, zero: HashMap::new() }),
+            inner: Mutex::new(Inner {
+                model,
+                links,
+                running,
+                config_path,
+                zero: HashMap::new(),
+            }),
             dest_stats,
             est: Mutex::new(HashMap::new()),
             tsc_per_ms: (tsc_hz / 1000).max(1),
@@ -109,12 +115,19 @@ impl Daemon {
                     std::thread::sleep(EST_PERIOD);
                     let ids: Vec<u32> = {
                         let g = self.lock();
-                        g.model.services.iter().flat_map(|s| s.reals.iter().map(|r| g.model.dest_id(s, r))).collect()
+                        g.model
+                            .services
+                            .iter()
+                            .flat_map(|s| s.reals.iter().map(|r| g.model.dest_id(s, r)))
+                            .collect()
                     };
                     let mut est = self.est.lock().unwrap_or_else(|e| e.into_inner());
                     for id in ids {
                         let (now, _, _) = self.totals(id);
-                        let e = est.entry(id).or_insert(Est { last: now, rates: [0.0; 5] });
+                        let e = est.entry(id).or_insert(Est {
+                            last: now,
+                            rates: [0.0; 5],
+                        });
                         let secs = EST_PERIOD.as_secs_f64();
                         let cur = [
                             now.conns.saturating_sub(e.last.conns),
@@ -188,7 +201,11 @@ impl Daemon {
 
     /// Publish the model as a new snapshot to every worker; all or nothing (a worker that refuses
     /// makes every worker go back to `previous`).
-    fn publish(&self, g: &mut Inner, announce: Vec<(usize, std::net::IpAddr)>) -> Result<(), String> {
+    fn publish(
+        &self,
+        g: &mut Inner,
+        announce: Vec<(usize, std::net::IpAddr)>,
+    ) -> Result<(), String> {
         let snap = Arc::new(Snapshot {
             generation: g.model.generation,
             services: (self.build)(&g.model),
@@ -197,7 +214,11 @@ impl Daemon {
         });
         let mut failure = None;
         for (w, link) in g.links.iter_mut().enumerate() {
-            let cmd = Box::new(Cmd::Apply { new: snap.clone(), old: None, result: Ok(()) });
+            let cmd = Box::new(Cmd::Apply {
+                new: snap.clone(),
+                old: None,
+                result: Ok(()),
+            });
             match link.call(cmd, WORKER_TIMEOUT) {
                 Ok(reply) => {
                     if let Cmd::Apply { result: Err(e), .. } = *reply {
@@ -216,7 +237,12 @@ impl Daemon {
         let mut g = self.lock();
         let cfg = match Config::load(&g.config_path) {
             Ok(c) => c,
-            Err(e) => return Response::Error { code: code::EINVAL, message: format!("reload refused, nothing changed: {e}") },
+            Err(e) => {
+                return Response::Error {
+                    code: code::EINVAL,
+                    message: format!("reload refused, nothing changed: {e}"),
+                }
+            }
         };
         let needs_restart = restart_only_changes(&g.running, &cfg);
         let before = g.model.clone();
@@ -226,12 +252,19 @@ impl Daemon {
             if let Err(e) = self.publish(&mut g, announce) {
                 g.model = before;
                 let _ = self.publish(&mut g, Vec::new());
-                return Response::Error { code: code::EINVAL, message: format!("reload failed, previous configuration kept: {e}") };
+                return Response::Error {
+                    code: code::EINVAL,
+                    message: format!("reload failed, previous configuration kept: {e}"),
+                };
             }
         }
         g.running.services = cfg.services.clone();
         g.running.fullnat.timeouts = cfg.fullnat.timeouts.clone();
-        Response::Reloaded { generation: g.model.generation, changes, needs_restart }
+        Response::Reloaded {
+            generation: g.model.generation,
+            changes,
+            needs_restart,
+        }
     }
 
     fn edit(&self, op: &Op) -> Response {
@@ -244,7 +277,10 @@ impl Daemon {
                 Err(e) => {
                     g.model = before;
                     let _ = self.publish(&mut g, Vec::new());
-                    Response::Error { code: code::EINVAL, message: e }
+                    Response::Error {
+                        code: code::EINVAL,
+                        message: e,
+                    }
                 }
             },
         }
@@ -257,12 +293,23 @@ impl Daemon {
         let (mut w, mut slot) = ((start >> 40) as usize, (start & ((1 << 40) - 1)) as usize);
         let mut entries = Vec::new();
         while w < g.links.len() && entries.len() < max {
-            let cmd = Box::new(Cmd::Sessions { start: slot, out: Vec::with_capacity(max - entries.len()), next: None });
+            let cmd = Box::new(Cmd::Sessions {
+                start: slot,
+                out: Vec::with_capacity(max - entries.len()),
+                next: None,
+            });
             let reply = match g.links[w].call(cmd, WORKER_TIMEOUT) {
                 Ok(r) => r,
-                Err(e) => return Response::Error { code: code::EINVAL, message: format!("worker {w}: {e}") },
+                Err(e) => {
+                    return Response::Error {
+                        code: code::EINVAL,
+                        message: format!("worker {w}: {e}"),
+                    }
+                }
             };
-            let Cmd::Sessions { out, next, .. } = *reply else { break };
+            let Cmd::Sessions { out, next, .. } = *reply else {
+                break;
+            };
             entries.extend(out.into_iter().map(|s| conn_view(&s, now)));
             match next {
                 Some(n) => slot = n,
@@ -317,7 +364,10 @@ fn announce_of(before: &Model, after: &Model) -> Vec<(usize, std::net::IpAddr)> 
         v
     };
     let old = addrs(before);
-    let mut new: Vec<_> = addrs(after).into_iter().filter(|a| !old.contains(a)).collect();
+    let mut new: Vec<_> = addrs(after)
+        .into_iter()
+        .filter(|a| !old.contains(a))
+        .collect();
     new.sort();
     new.dedup();
     new
@@ -403,19 +453,30 @@ impl Handler for Daemon {
             }
             Op::ListServices => {
                 let g = self.lock();
-                Response::Services { services: self.views(&g) }
+                Response::Services {
+                    services: self.views(&g),
+                }
             }
             Op::GetService { key } => {
                 let g = self.lock();
                 match self.views(&g).into_iter().find(|v| v.spec.key == key) {
                     Some(service) => Response::Service { service },
-                    None => Response::Error { code: code::ESRCH, message: "No such service".into() },
+                    None => Response::Error {
+                        code: code::ESRCH,
+                        message: "No such service".into(),
+                    },
                 }
             }
             Op::GetTimeouts => {
                 let g = self.lock();
                 let t = &g.model.timeouts;
-                Response::Timeouts { timeouts: TimeoutsView { tcp: t.tcp, tcpfin: t.tcpfin, udp: t.udp } }
+                Response::Timeouts {
+                    timeouts: TimeoutsView {
+                        tcp: t.tcp,
+                        tcpfin: t.tcpfin,
+                        udp: t.udp,
+                    },
+                }
             }
             Op::Zero { key } => {
                 let mut g = self.lock();
@@ -427,7 +488,10 @@ impl Handler for Daemon {
                     .flat_map(|s| s.reals.iter().map(|r| g.model.dest_id(s, r)))
                     .collect();
                 if ids.is_empty() && key.is_some() {
-                    return Response::Error { code: code::ESRCH, message: "No such service".into() };
+                    return Response::Error {
+                        code: code::ESRCH,
+                        message: "No such service".into(),
+                    };
                 }
                 for id in ids {
                     let (st, _, _) = self.totals(id);
@@ -437,10 +501,15 @@ impl Handler for Daemon {
             }
             Op::ListConns { start, max } => self.conns(start, max),
             Op::Validate { path } => {
-                let p = path.map(PathBuf::from).unwrap_or_else(|| self.lock().config_path.clone());
+                let p = path
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| self.lock().config_path.clone());
                 match Config::load(&p) {
                     Ok(_) => Response::Ok,
-                    Err(e) => Response::Error { code: code::EINVAL, message: e.to_string() },
+                    Err(e) => Response::Error {
+                        code: code::EINVAL,
+                        message: e.to_string(),
+                    },
                 }
             }
             Op::Reload => self.reload(),

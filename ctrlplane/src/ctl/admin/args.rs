@@ -1006,11 +1006,10 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
                 .real
                 .ok_or_else(|| usage("You need to supply the 'real-server' option"))?;
             let fwd = st.fwd.unwrap_or(Fwd::Dr);
-            // As ipvsadm: the port defaults to the service's, and DR and TUN cannot map ports.
-            let port = match fwd {
-                Fwd::Dr | Fwd::Tun if cmd != Cmd::DelDest => key.vport,
-                _ => port.unwrap_or(key.vport),
-            };
+            // The port defaults to the service's. ipvsadm silently replaces a DR/TUN real server's
+            // port with the service's; rvs refuses the request instead (the daemon says why), so
+            // a mistyped port mapping is never applied as something else.
+            let port = port.unwrap_or(key.vport);
             let addr = SocketAddr::new(ip, port);
             let real = RealSpec {
                 addr,

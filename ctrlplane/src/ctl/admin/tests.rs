@@ -482,7 +482,8 @@ fn parse_reals() {
             real: r("192.168.1.2:8080", Fwd::Nat, 3, 0, 0)
         }
     );
-    // Defaults: -g, weight 1, port of the service; DR and TUN use the service's port.
+    // Defaults: -g, weight 1, port of the service. A DR/TUN port mapping is sent as asked (the
+    // daemon refuses it; ipvsadm would silently use the service's port).
     assert_eq!(
         p("-a -t 10.0.0.1:80 -r 192.168.1.2"),
         Command::AddReal {
@@ -494,7 +495,7 @@ fn parse_reals() {
         p("-a -t 10.0.0.1:80 -r 192.168.1.2:8080 -g"),
         Command::AddReal {
             key: k,
-            real: r("192.168.1.2:80", Fwd::Dr, 1, 0, 0)
+            real: r("192.168.1.2:8080", Fwd::Dr, 1, 0, 0)
         }
     );
     assert_eq!(

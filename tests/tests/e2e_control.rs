@@ -1,0 +1,228 @@
+//! End to end control plane: rvsadm drives a running rvsd over its control socket the way an LVS
+//! operator drives ipvsadm, and reloads change services while traffic flows.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rvs_tests::*;
+
+const VIP: &str = "203.0.113.10";
+
+fn rvsadm_bin() -> PathBuf {
+    rvsd_bin().with_file_name("rvsadm")
+}
+
+fn rvsadm(sock: &Path, args: &str) -> (i32, String) {
+    let o = Command::new(rvsadm_bin())
+        .arg("--socket")
+        .arg(sock)
+        .args(args.split_whitespace())
+        .output()
+        .expect("run rvsadm (scripts/test builds it)");
+    (o.status.code().unwrap_or(-1), text(&o))
+}
+
+fn config(pmd: &str, prefix: &str, sock: &Path, services: &str) -> String {
+    format!(
+        r#"
+[eal]
+file_prefix = "{prefix}-ctl"
+args = ["--log-level", "*:warning"]
+
+[dataplane]
+workers = [1]
+
+[control]
+socket = "{}"
+
+[[port]]
+name = "client"
+device = "{pmd}0,iface=gw-c"
+addresses = ["192.0.2.1/24"]
+
+[[port]]
+name = "servers"
+device = "{pmd}1,iface=gw-s"
+addresses = ["198.51.100.1/24"]
+{services}"#,
+        sock.display()
+    )
+}
+
+/// Conns column of each real server in `rvsadm -L -n --stats` output.
+fn conns_by_real(listing: &str) -> Vec<(String, u64)> {
+    listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("  -> "))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = f.next()?.to_string();
+            let conns = f.next()?.parse().ok()?;
+            Some((addr, conns))
+        })
+        .collect()
+}
+
+#[test]
+fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
+    if !prerequisites("e2e control walkthrough") {
+        return;
+    }
+    assert!(rvsadm_bin().exists(), "{} missing", rvsadm_bin().display());
+    let _g = serial();
+    let topo = Topo::up("rvsc", 2);
+    let cl = topo.ns("cl");
+    let dir = tempdir("ctl-walk");
+    let sock = dir.join("rvsd.sock");
+    let (rvsd, _) = start_gateway(&dir, &topo.ns("gw"), "walk", |pmd| {
+        config(pmd, "rvsc", &sock, "")
+    });
+
+    for cmd in [
+        format!("-A -t {VIP}:80 -s rr"),
+        format!("-a -t {VIP}:80 -r 198.51.100.11:80 -m"),
+        format!("-a -t {VIP}:80 -r 198.51.100.12:80 -m"),
+    ] {
+        let (code, out) = rvsadm(&sock, &cmd);
+        assert_eq!(code, 0, "rvsadm {cmd}: {out}");
+    }
+    let (_, listing) = rvsadm(&sock, "-L -n");
+    assert!(
+        listing.starts_with("IP Virtual Server version 1.2.1 (size="),
+        "{listing}"
+    );
+    assert!(listing.contains(&format!("TCP  {VIP}:80 rr")), "{listing}");
+    assert!(
+        listing.contains("  -> 198.51.100.11:80             Masq    1      0          0"),
+        "{listing}"
+    );
+    // Errors in ipvsadm's words, non-zero exit, nothing changed.
+    let (code, out) = rvsadm(&sock, &format!("-a -t {VIP}:80 -r 198.51.100.11:80 -m"));
+    assert_ne!(code, 0);
+    assert!(out.contains("Destination already exists"), "{out}");
+    let (code, out) = rvsadm(&sock, &format!("-a -t {VIP}:80 -r 198.51.100.13:8080 -g"));
+    assert_ne!(code, 0, "DR with port mapping is refused: {out}");
+    assert!(out.contains("port mapping is impossible"), "{out}");
+
+    for cmd in [
+        format!("-E -t {VIP}:80 -s wrr"),
+        format!("-e -t {VIP}:80 -r 198.51.100.11:80 -m -w 3"),
+    ] {
+        let (code, out) = rvsadm(&sock, &cmd);
+        assert_eq!(code, 0, "rvsadm {cmd}: {out}");
+    }
+    let o = ns(
+        &cl,
+        &format!("bash -c 'seq 1000 | xargs -P 10 -I{{}} curl -s -o /dev/null -w \"%{{http_code}}\\n\" --max-time 10 http://{VIP}/ | grep -c 200'"),
+    );
+    assert_eq!(
+        text(&o).trim(),
+        "1000",
+        "all 1000 requests succeed\n{}",
+        rvsd.log_text()
+    );
+    let (_, stats) = rvsadm(&sock, "-L -n --stats");
+    let c = conns_by_real(&stats);
+    let get = |a: &str| c.iter().find(|(x, _)| x == a).map(|x| x.1).unwrap_or(0) as f64;
+    let (a, b) = (get("198.51.100.11:80"), get("198.51.100.12:80"));
+    assert!(a + b >= 1000.0, "{stats}");
+    assert!(
+        (a / b - 3.0).abs() < 0.3,
+        "split {a}:{b} is not about 3:1\n{stats}"
+    );
+    let (ok, log) = rvsd.stop();
+    assert!(ok, "{log}");
+}
+
+#[test]
+fn twenty_reloads_under_traffic_lose_nothing_and_a_broken_file_changes_nothing() {
+    if !prerequisites("e2e control reloads") {
+        return;
+    }
+    let _g = serial();
+    let topo = Topo::up("rvsr", 3);
+    let cl = topo.ns("cl");
+    let dir = tempdir("ctl-reload");
+    let sock = dir.join("rvsd.sock");
+    let svc = |reals: &[(u8, u32)]| {
+        let mut s = format!(
+            "\n[[service]]\nproto = \"tcp\"\nvip = \"{VIP}\"\nvport = 80\nscheduler = \"wrr\"\nport = \"client\"\nlips = [\"198.51.100.2\"]\n"
+        );
+        for (i, w) in reals {
+            s.push_str(&format!(
+                "  [[service.real]]\n  ip = \"198.51.100.1{i}\"\n  weight = {w}\n"
+            ));
+        }
+        s
+    };
+    let variants = [
+        svc(&[(1, 1), (2, 1), (3, 1)]),
+        svc(&[(1, 2), (2, 1)]),
+        svc(&[(2, 1), (3, 3)]),
+    ];
+    let (rvsd, pmd) = start_gateway(&dir, &topo.ns("gw"), "reload", |pmd| {
+        config(pmd, "rvsr", &sock, &variants[0])
+    });
+    let cfg_path = dir.join(format!("reload-{pmd}.toml"));
+    // A 20 MB download kept slow enough to span every reload: an established connection.
+    let _ = sh(&format!("head -c 20000000 /dev/urandom > {0}/big.bin && for i in 1 2 3; do cp {0}/big.bin /tmp/{1}-rs$i-www/; done", dir.display(), topo.prefix));
+    let long = Command::new("ip")
+        .args(["netns", "exec", &cl, "bash", "-c"])
+        .arg(format!(
+            "curl -s --limit-rate 2M --max-time 60 http://{VIP}/big.bin | sha256sum"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let short = Command::new("ip")
+        .args(["netns", "exec", &cl, "bash", "-c"])
+        .arg(format!("ok=0; bad=0; for i in $(seq 400); do if curl -s -o /dev/null --max-time 5 http://{VIP}/; then ok=$((ok+1)); else bad=$((bad+1)); fi; done; echo $ok $bad"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            &cfg_path,
+            config(pmd, "rvsr", &sock, &variants[(i + 1) % variants.len()]),
+        )
+        .unwrap();
+        let (code, out) = rvsadm(&sock, "--reload");
+        assert_eq!(code, 0, "reload {i}: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    // A broken file: refused with file:line:column, nothing changes.
+    let (_, before) = rvsadm(&sock, "-S -n");
+    std::fs::write(
+        &cfg_path,
+        config(pmd, "rvsr", &sock, &variants[0]).replace("weight = 1", "weight = -1"),
+    )
+    .unwrap();
+    let (code, out) = rvsadm(&sock, "--reload");
+    assert_ne!(code, 0, "a broken file is refused: {out}");
+    assert!(
+        out.contains(&format!("{}:", cfg_path.display())),
+        "the error names the file: {out}"
+    );
+    let (_, after) = rvsadm(&sock, "-S -n");
+    assert_eq!(before, after, "the running configuration is unchanged");
+
+    let short = short.wait_with_output().unwrap();
+    let counts = String::from_utf8_lossy(&short.stdout).trim().to_string();
+    assert_eq!(
+        counts,
+        "400 0",
+        "requests during 20 reloads: ok/failed\n{}",
+        rvsd.log_text()
+    );
+    let long = long.wait_with_output().unwrap();
+    let want = text(&sh(&format!("sha256sum {}/big.bin", dir.display())));
+    assert_eq!(
+        String::from_utf8_lossy(&long.stdout)
+            .split_whitespace()
+            .next(),
+        want.split_whitespace().next(),
+        "the established download survives every reload intact"
+    );
+    let (ok, log) = rvsd.stop();
+    assert!(ok, "{log}");
+}
