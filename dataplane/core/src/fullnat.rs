@@ -141,7 +141,8 @@ impl Fullnat {
             f.rss.clone(),
         );
         let services = Services::build(&cfg.services, f.max_dests, cfg.ports.len(), &mut lports)?;
-        let dest_stats: std::sync::Arc<[DestStats]> = (0..f.max_dests).map(|_| DestStats::default()).collect();
+        let dest_stats: std::sync::Arc<[DestStats]> =
+            (0..f.max_dests).map(|_| DestStats::default()).collect();
         Ok(Fullnat {
             conf: f.clone(),
             worker: cfg.worker,

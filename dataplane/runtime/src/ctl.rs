@@ -30,10 +30,18 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub enum Cmd {
     /// Install `new`; the answer carries the snapshot it replaced (`old`) and the outcome.
-    Apply { new: Arc<Snapshot>, old: Option<Arc<Snapshot>>, result: Result<(), String> },
+    Apply {
+        new: Arc<Snapshot>,
+        old: Option<Arc<Snapshot>>,
+        result: Result<(), String>,
+    },
     /// Copy sessions from table slot `start` into `out` (sized by the sender; the worker never
     /// grows it); `next` is where the following page starts, None at the end.
-    Sessions { start: usize, out: Vec<SessionInfo>, next: Option<usize> },
+    Sessions {
+        start: usize,
+        out: Vec<SessionInfo>,
+        next: Option<usize>,
+    },
 }
 
 /// The control thread's end of one worker's mailbox.
@@ -52,12 +60,25 @@ pub struct WorkerCtl {
 pub fn mailbox(worker: usize) -> dpdk::Result<(CtlLink, WorkerCtl)> {
     let (tx, rx) = dpdk::ring::spsc::<usize>(&format!("rvs_ctl_{worker}"), 16)?;
     let (atx, arx) = dpdk::ring::spsc::<usize>(&format!("rvs_ack_{worker}"), 16)?;
-    Ok((CtlLink { to_worker: tx, from_worker: arx }, WorkerCtl { from_ctl: rx, to_ctl: atx }))
+    Ok((
+        CtlLink {
+            to_worker: tx,
+            from_worker: arx,
+        },
+        WorkerCtl {
+            from_ctl: rx,
+            to_ctl: atx,
+        },
+    ))
 }
 
 impl CtlLink {
     /// Send `cmd` and wait (polling, `timeout`) for the worker's answer.
-    pub fn call(&mut self, cmd: Box<Cmd>, timeout: std::time::Duration) -> Result<Box<Cmd>, String> {
+    pub fn call(
+        &mut self,
+        cmd: Box<Cmd>,
+        timeout: std::time::Duration,
+    ) -> Result<Box<Cmd>, String> {
         let p = Box::into_raw(cmd) as usize;
         if self.to_worker.send_burst(&[p]) != 1 {
             // SAFETY: the pointer was not handed over; take the box back.

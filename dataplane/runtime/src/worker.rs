@@ -86,7 +86,10 @@ impl Worker {
     fn control(&mut self, mut cmd: Box<Cmd>, now: u64) {
         match &mut *cmd {
             Cmd::Apply { new, old, result } => {
-                *result = self.stack.set_services(&new.services).map_err(|e| e.to_string());
+                *result = self
+                    .stack
+                    .set_services(&new.services)
+                    .map_err(|e| e.to_string());
                 if result.is_ok() {
                     self.stack.set_timeouts(new.timeouts);
                     for &(port, ip) in &new.announce {
