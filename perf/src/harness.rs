@@ -18,7 +18,7 @@ use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
 use rvs_core::Stack;
 use rvs_dataplane::{PeerLinks, PeerSenders, Worker, WorkerIo, WorkerPorts};
 
-use crate::trace::{Frame, Trace};
+use crate::trace::{Frame, SetupCtx, SetupIo, Trace};
 
 /// Mbufs per RX/TX ring of the net_ring ports.
 pub const RING_SIZE: u32 = 1024;
@@ -91,22 +91,44 @@ pub struct Generator {
     out: Burst,
     back: Burst,
     burst: u16,
+    /// Laps of the frame list completed (passed to `patch`).
+    lap: u32,
+    respond: Option<fn(&mut [u8]) -> bool>,
+    patch: Option<fn(&mut [u8], u32, u16)>,
+    /// This worker's RX queues, emptied once the run is over (mbufs left in an RX ring would
+    /// otherwise never return to the pool).
+    leftover: Vec<RxQueue>,
 }
 
 impl Generator {
     #[inline(always)]
     fn refill(&mut self, mut m: Mbuf) -> Mbuf {
         let f = &self.frames[self.next];
+        let lap = self.lap;
         self.next += 1;
         if self.next == self.frames.len() {
             self.next = 0;
+            self.lap = self.lap.wrapping_add(1);
         }
         // A fixed 64-byte copy (inlined vector moves), then the frame's length.
         if m.set_len(f.bytes.len()) {
             m.data_mut().copy_from_slice(&f.bytes);
-            m.set_len(f.len);
+            m.set_len(f.len as usize);
+            if let Some(p) = self.patch {
+                p(m.data_mut(), lap, f.tag);
+            }
         }
         m
+    }
+
+    /// After the run (the device no longer polls): free what is left in the RX rings.
+    pub fn drain_rx(&mut self) {
+        let mut b = Burst::new();
+        for q in &mut self.leftover {
+            while q.rx_burst(&mut b, dpdk::MAX_BURST as u16) > 0 {
+                b.clear();
+            }
+        }
     }
 
     /// One step: recycle what was transmitted, top up, enqueue. Returns packets enqueued.
@@ -124,6 +146,13 @@ impl Generator {
                 if self.out.len() + burst > dpdk::MAX_BURST {
                     drop(m);
                     continue;
+                }
+                let mut m = m;
+                if let Some(r) = self.respond {
+                    if r(m.data_mut()) {
+                        let _ = self.out.push(m);
+                        continue;
+                    }
                 }
                 let m = self.refill(m);
                 let _ = self.out.push(m);
@@ -182,6 +211,9 @@ pub struct Stats {
     pub drops: u64,
     /// The most frequent drop reason in the window, with its count.
     pub top_drop: Option<(&'static str, u64)>,
+    /// FULLNAT sessions created and expired over the measured window.
+    pub created: u64,
+    pub expired: u64,
 }
 
 /// One run: summed over workers.
@@ -231,6 +263,24 @@ impl Result {
     }
     pub fn drops(&self) -> u64 {
         self.sum(|s| s.drops)
+    }
+    /// Sessions created per second (all workers, wall time).
+    pub fn created_per_s(&self) -> f64 {
+        self.sum(|s| s.created) as f64 / self.wall_s()
+    }
+    /// Sessions expired per second (all workers, wall time).
+    pub fn expired_per_s(&self) -> f64 {
+        self.sum(|s| s.expired) as f64 / self.wall_s()
+    }
+    fn wall_s(&self) -> f64 {
+        let wall = self
+            .per_worker
+            .iter()
+            .map(|s| s.wall_tsc)
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        wall / self.tsc_hz as f64
     }
     /// The most frequent drop reason (of the worker that dropped most).
     pub fn top_drop(&self) -> Option<(&'static str, u64)> {
@@ -284,7 +334,7 @@ pub fn rvs_worker(
     pool: &Arc<Mempool>,
     burst: u16,
     tsc_hz: u64,
-) -> RvsDut {
+) -> std::result::Result<(RvsDut, Option<Vec<Frame>>), String> {
     let counters = Arc::new(CoreCounters::default());
     let txq = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
     let peers = PeerSenders {
@@ -300,8 +350,17 @@ pub fn rvs_worker(
     for &(p, ip, mac) in &trace.neighbours {
         stack.neigh_update(&mut io, p, ip, mac, now);
     }
-    if let Some(setup) = trace.setup {
-        setup(&mut stack);
+    let mut frames = None;
+    if let Some(setup) = &trace.setup {
+        let mut sio = SetupIo {
+            pool: pool.clone(),
+            sent: 0,
+        };
+        let ctx = SetupCtx {
+            worker: w,
+            now_ms: now_ms(tsc_hz),
+        };
+        frames = setup(&mut stack, &mut sio, &ctx).map_err(|e| format!("{}: {e}", trace.name))?;
     }
     let rx = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
     let links = PeerLinks {
@@ -318,7 +377,7 @@ pub fn rvs_worker(
         burst,
         tsc_hz,
     );
-    RvsDut { worker, counters }
+    Ok((RvsDut { worker, counters }, frames))
 }
 
 /// Everything one worker lcore (and its generator) needs for a run.
@@ -342,7 +401,12 @@ pub fn lanes(
     };
     let mut rps = ring_ports(nports, nw as u16, pool)?;
     let ports: Vec<Port> = rps.iter().map(|r| r.port).collect();
-    let frames: Arc<[Frame]> = trace.frames.clone().into();
+    let shared: Arc<[Frame]> = if trace.frames.is_empty() {
+        // Frames come from each worker's set-up; the baseline only needs something to carry.
+        vec![crate::trace::filler_frame()].into()
+    } else {
+        trace.frames.clone().into()
+    };
     // Per worker: the feed of port 0's RX ring and the drains of every port's TX ring.
     let mut feeds: Vec<Option<MbufProducer>> = rps[0].feed.drain(..).map(Some).collect();
     let mut drains: Vec<Vec<MbufConsumer>> = (0..nw).map(|_| Vec::new()).collect();
@@ -353,8 +417,15 @@ pub fn lanes(
     }
     let mut out = Vec::with_capacity(nw);
     for (w, drain) in drains.into_iter().enumerate() {
+        let mut frames = shared.clone();
         let dut: Box<dyn Dut> = match device {
-            Device::Rvs => Box::new(rvs_worker(trace, w, nw, &ports, pool, conf.burst, tsc_hz)),
+            Device::Rvs => {
+                let (dut, own) = rvs_worker(trace, w, nw, &ports, pool, conf.burst, tsc_hz)?;
+                if let Some(own) = own {
+                    frames = own.into();
+                }
+                Box::new(dut)
+            }
             Device::IoFwd => Box::new(IoFwd {
                 queues: ports
                     .iter()
@@ -367,12 +438,26 @@ pub fn lanes(
         let gen = Generator {
             feed: feeds[w].take().expect("one feed per worker"),
             drain,
-            frames: frames.clone(),
-            next: w * frames.len() / nw,
+            next: if frames.len() == shared.len() {
+                w * frames.len() / nw
+            } else {
+                0
+            },
+            frames,
             pool: pool.clone(),
             out: Burst::new(),
             back: Burst::new(),
             burst: conf.burst,
+            lap: 0,
+            leftover: ports.iter().map(|p| p.rx_queue(w as u16)).collect(),
+            respond: match device {
+                Device::Rvs => trace.respond,
+                Device::IoFwd => None,
+            },
+            patch: match device {
+                Device::Rvs => trace.patch,
+                Device::IoFwd => None,
+            },
         };
         out.push(Lane { dut, gen });
     }
@@ -436,6 +521,8 @@ fn worker_loop(
             .map(|&r| (r.name(), after.dropped(r) - before.dropped(r)))
             .filter(|&(_, n)| n > 0)
             .max_by_key(|&(_, n)| n);
+        s.created = after.sessions_created - before.sessions_created;
+        s.expired = after.sessions_expired - before.sessions_expired;
     }
     s
 }
@@ -482,13 +569,17 @@ pub fn run(
                 let done = done.clone();
                 Box::new(move || {
                     let s = worker_loop(dut.as_mut(), Some(&mut gen), tsc_hz, warm, meas, success);
+                    gen.drain_rx();
                     done.fetch_add(1, Ordering::SeqCst);
                     let _ = tx.send((w, s));
                 })
             }
             GenMode::Lcore => {
                 let done2 = done.clone();
-                let mut gjob = move || generator_loop(&mut gen, &done2, nw);
+                let mut gjob = move || {
+                    generator_loop(&mut gen, &done2, nw);
+                    gen.drain_rx();
+                };
                 let glcore = conf.lcores[nw + w];
                 launched.push(
                     dpdk::lcore::launch(glcore, move || {

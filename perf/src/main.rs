@@ -2,7 +2,8 @@
 //!
 //! `rvs-bench suite` (the default) runs, in one process and one EAL:
 //! - table memory: bytes the stack allocates at the configured sizes (counting global allocator
-//!   around `Stack::new`);
+//!   around `Stack::new`), and bytes per FULLNAT session at each `--sessions` size (allocation
+//!   and RSS growth with the sessions open);
 //! - throughput: the bare io-forward baseline, then every trace through the production worker
 //!   loop, with the generator on its own lcore and interleaved on the worker's lcore;
 //! - instructions per packet: itself again under `valgrind --tool=callgrind` (`rvs-bench instr`,
@@ -10,6 +11,7 @@
 //!
 //! and prints one Markdown report (also written to `--out`). See perf/README.md.
 
+mod fnat;
 mod harness;
 mod report;
 mod trace;
@@ -28,6 +30,7 @@ use rvs_dataplane::MbufPacket;
 
 use harness::{Device, GenMode, RunConf};
 use report::{InstrRow, MemRow, Report, ThroughputRow};
+use std::time::Instant;
 use trace::{Env, Trace};
 
 /// Counts live heap bytes, to measure what `Stack::new` allocates.
@@ -74,14 +77,29 @@ struct Args {
 
 #[derive(clap::Args, Debug, Clone)]
 struct Opts {
-    /// Traces to run (comma-separated): l3fwd, arp, icmp.
+    /// Traces to run (comma-separated): l3fwd, arp, icmp, fnat-est, fnat-udp, fnat-cps.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "l3fwd,arp,icmp",
+        default_value = "l3fwd,arp,icmp,fnat-est,fnat-udp,fnat-cps",
         global = true
     )]
     traces: Vec<String>,
+    /// Concurrent sessions of fnat-est / fnat-udp (one run per size) and of the session-memory
+    /// measurement (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,100000,1000000",
+        global = true
+    )]
+    sessions: Vec<usize>,
+    /// Sizes fnat-udp runs at (default: the --sessions sizes up to 100 000).
+    #[arg(long, value_delimiter = ',', global = true)]
+    udp_sessions: Option<Vec<usize>>,
+    /// Sessions of fnat-est / fnat-udp under callgrind.
+    #[arg(long, default_value_t = 1000, global = true)]
+    instr_sessions: usize,
     /// Destination hosts of the forwarding trace (peers of the ARP/ICMP traces, at most 200).
     #[arg(long, default_value_t = 256, global = true)]
     hosts: usize,
@@ -143,11 +161,7 @@ fn main() -> ExitCode {
         Cmd::Suite => suite(o),
         Cmd::Throughput => throughput_only(o),
         Cmd::Instr => instr_child(o),
-        Cmd::Mem => {
-            let env = Env { hosts: o.hosts };
-            println!("{}", report::mem_table(&memory(&env)));
-            Ok(())
-        }
+        Cmd::Mem => mem_only(o),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,16 +172,77 @@ fn main() -> ExitCode {
     }
 }
 
+/// The traces asked, sized kinds once per session count.
 fn traces(o: &Opts) -> Result<Vec<Trace>, String> {
-    let env = Env { hosts: o.hosts };
-    o.traces
-        .iter()
-        .map(|n| {
-            trace::kind(n)
-                .map(|k| (k.build)(&env))
-                .ok_or_else(|| format!("unknown trace {n:?}"))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for n in &o.traces {
+        let k = trace::kind(n).ok_or_else(|| format!("unknown trace {n:?}"))?;
+        let sizes: Vec<usize> = if !k.sized {
+            vec![0]
+        } else if k.name == "fnat-udp" {
+            o.udp_sessions.clone().unwrap_or_else(|| {
+                let v: Vec<usize> = o
+                    .sessions
+                    .iter()
+                    .copied()
+                    .filter(|&s| s <= 100_000)
+                    .collect();
+                if v.is_empty() {
+                    o.sessions.iter().copied().min().into_iter().collect()
+                } else {
+                    v
+                }
+            })
+        } else {
+            o.sessions.clone()
+        };
+        for sessions in sizes {
+            let env = Env {
+                hosts: o.hosts,
+                sessions,
+            };
+            out.push((k.build)(&env));
+        }
+    }
+    if out.is_empty() {
+        return Err("no traces".into());
+    }
+    Ok(out)
+}
+
+fn live() -> i64 {
+    LIVE.load(Ordering::SeqCst) as i64
+}
+
+/// Session memory at every `--sessions` size (needs the EAL for the set-up's mbufs).
+fn fnat_memory(o: &Opts, eal: &Eal, pool: &Arc<Mempool>) -> Result<Vec<fnat::SessMem>, String> {
+    let now = dpdk::eal::tsc() / (eal.tsc_hz() / 1000).max(1);
+    let mut rows = Vec::new();
+    for &n in &o.sessions {
+        let t = Instant::now();
+        let m = fnat::memory(n, pool, live, now)?;
+        eprintln!(
+            "  session memory {:>9}: {:.1} B/session allocated, RSS +{:.1} B/session ({:.1} s)",
+            n,
+            m.alloc as f64 / n as f64,
+            m.rss_open as f64 / n as f64,
+            t.elapsed().as_secs_f64()
+        );
+        rows.push(m);
+    }
+    Ok(rows)
+}
+
+fn mem_only(o: &Opts) -> Result<(), String> {
+    let env = Env {
+        hosts: o.hosts,
+        sessions: 0,
+    };
+    println!("{}", report::mem_table(&memory(&env)));
+    let eal = Eal::init(&eal_args(&o.lcores[..1], 512)).map_err(|e| format!("EAL: {e}"))?;
+    let pool = pool(1)?;
+    println!("{}", report::sess_mem_table(&fnat_memory(o, &eal, &pool)?));
+    Ok(())
 }
 
 /// EAL arguments for this process (`lcores` as given, no hugepages, no PCI, a private prefix).
@@ -238,8 +313,12 @@ fn conf(o: &Opts, mode: GenMode) -> RunConf {
 }
 
 /// Baseline then every trace, in each generator mode asked.
-fn throughput(o: &Opts, eal: &Eal, traces: &[Trace]) -> Result<Vec<ThroughputRow>, String> {
-    let pool = pool(o.workers)?;
+fn throughput(
+    o: &Opts,
+    eal: &Eal,
+    pool: &Arc<Mempool>,
+    traces: &[Trace],
+) -> Result<Vec<ThroughputRow>, String> {
     let modes = match o.gen {
         Some(GenArg::Lcore) => vec![GenMode::Lcore],
         Some(GenArg::Inline) => vec![GenMode::Inline],
@@ -251,12 +330,14 @@ fn throughput(o: &Opts, eal: &Eal, traces: &[Trace]) -> Result<Vec<ThroughputRow
         let runs = std::iter::once((Device::IoFwd, &traces[0]))
             .chain(traces.iter().map(|t| (Device::Rvs, t)));
         for (dev, t) in runs {
-            let lanes = harness::lanes(t, dev, &c, &pool, eal.tsc_hz())?;
+            let t0 = Instant::now();
+            let lanes = harness::lanes(t, dev, &c, pool, eal.tsc_hz())?;
+            let setup_s = t0.elapsed().as_secs_f64();
             let r = harness::run(lanes, &c, eal.tsc_hz(), t.success.1)?;
             let row = ThroughputRow {
                 name: match dev {
                     Device::IoFwd => "io-fwd (baseline)".into(),
-                    Device::Rvs => t.name.into(),
+                    Device::Rvs => t.name.clone(),
                 },
                 about: match dev {
                     Device::IoFwd => "rx burst → tx burst, same port, no processing".into(),
@@ -268,9 +349,17 @@ fn throughput(o: &Opts, eal: &Eal, traces: &[Trace]) -> Result<Vec<ThroughputRow
                 },
                 mode,
                 workers: c.workers,
+                conn_pkts: match dev {
+                    Device::IoFwd => 0,
+                    Device::Rvs => t.conn_pkts,
+                },
                 result: r,
             };
-            eprintln!("{}", report::progress(&row));
+            eprintln!(
+                "{} (set-up {setup_s:.1} s, {} mbufs free)",
+                report::progress(&row),
+                pool.avail()
+            );
             rows.push(row);
         }
     }
@@ -280,7 +369,7 @@ fn throughput(o: &Opts, eal: &Eal, traces: &[Trace]) -> Result<Vec<ThroughputRow
 fn throughput_only(o: &Opts) -> Result<(), String> {
     let traces = traces(o)?;
     let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
-    let rows = throughput(o, &eal, &traces)?;
+    let rows = throughput(o, &eal, &pool(o.workers)?, &traces)?;
     println!("{}", report::throughput_table(&rows));
     Ok(())
 }
@@ -302,7 +391,7 @@ fn instr_child(o: &Opts) -> Result<(), String> {
         let n = harness::rvs_bench_region(lane, o.instr_pkts);
         let name = match dev {
             Device::IoFwd => "io-fwd",
-            Device::Rvs => t.name,
+            Device::Rvs => t.name.as_str(),
         };
         println!("region {name} {n}");
     }
@@ -325,6 +414,10 @@ fn callgrind_cmd(exe: &str, dir: &str, o: &Opts) -> Vec<String> {
         o.traces.join(","),
         "--hosts".into(),
         o.hosts.to_string(),
+        "--sessions".into(),
+        o.instr_sessions.to_string(),
+        "--udp-sessions".into(),
+        o.instr_sessions.to_string(),
         "--burst".into(),
         o.burst.to_string(),
         "--instr-pkts".into(),
@@ -378,8 +471,18 @@ fn callgrind(o: &Opts) -> Result<(String, Vec<InstrRow>), String> {
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .ok_or_else(|| format!("{}: no totals line", f.display()))?;
         let handle = annotate_inclusive(&f, "rvs_core::stack::Stack<P>::handle").unwrap_or(0);
+        let conn_pkts = trace::kind(name.split('/').next().unwrap_or(""))
+            .map(|k| {
+                (k.build)(&Env {
+                    hosts: 1,
+                    sessions: 1,
+                })
+                .conn_pkts
+            })
+            .unwrap_or(0);
         rows.push(InstrRow {
             name,
+            conn_pkts,
             pkts,
             instr: total,
             handle,
@@ -406,10 +509,19 @@ fn annotate_inclusive(file: &std::path::Path, func: &str) -> Option<u64> {
 
 fn suite(o: &Opts) -> Result<(), String> {
     let traces = traces(o)?;
-    let env = Env { hosts: o.hosts };
+    let env = Env {
+        hosts: o.hosts,
+        sessions: 0,
+    };
     let mem = memory(&env);
     let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
-    let rows = throughput(o, &eal, &traces)?;
+    let pool = pool(o.workers)?;
+    let sess_mem = if traces.iter().any(|t| t.name.starts_with("fnat")) {
+        fnat_memory(o, &eal, &pool)?
+    } else {
+        Vec::new()
+    };
+    let rows = throughput(o, &eal, &pool, &traces)?;
     let instr = if o.no_callgrind {
         None
     } else {
@@ -423,7 +535,13 @@ fn suite(o: &Opts) -> Result<(), String> {
     };
     let rep = Report {
         opts: format!(
-            "--hosts {} --burst {} --workers {} --lcores {} --warmup-ms {} --measure-ms {} --instr-pkts {}",
+            "--traces {} --sessions {} --hosts {} --burst {} --workers {} --lcores {} --warmup-ms {} --measure-ms {} --instr-pkts {} --instr-sessions {}",
+            o.traces.join(","),
+            o.sessions
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             o.hosts,
             o.burst,
             o.workers,
@@ -434,11 +552,13 @@ fn suite(o: &Opts) -> Result<(), String> {
                 .join(","),
             o.warmup_ms,
             o.measure_ms,
-            o.instr_pkts
+            o.instr_pkts,
+            o.instr_sessions
         ),
         throughput: rows,
         instr,
         mem,
+        sess_mem,
     };
     let md = rep.markdown();
     println!("{md}");

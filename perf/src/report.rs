@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
+use crate::fnat::SessMem;
 use crate::harness::{GenMode, Result as RunResult};
 
 /// One throughput run.
@@ -13,12 +14,16 @@ pub struct ThroughputRow {
     pub success_name: Option<&'static str>,
     pub mode: GenMode,
     pub workers: usize,
+    /// Packets per new connection (connection-rate traces), else 0.
+    pub conn_pkts: u32,
     pub result: RunResult,
 }
 
 /// One callgrind region.
 pub struct InstrRow {
     pub name: String,
+    /// Packets per connection (connection-rate traces), else 0.
+    pub conn_pkts: u32,
     pub pkts: u64,
     /// Instructions inside the counted polls.
     pub instr: u64,
@@ -42,6 +47,7 @@ pub struct Report {
     pub throughput: Vec<ThroughputRow>,
     pub instr: Option<(String, Vec<InstrRow>)>,
     pub mem: Vec<MemRow>,
+    pub sess_mem: Vec<SessMem>,
 }
 
 fn mode_name(m: GenMode) -> &'static str {
@@ -105,6 +111,13 @@ pub fn throughput_table(rows: &[ThroughputRow]) -> String {
                         .unwrap_or_default()
                 ),
             };
+            if r.conn_pkts > 0 {
+                outcome.push_str(&format!(
+                    "; {:.0}k sessions created/s, {:.0}k expired/s",
+                    x.created_per_s() / 1e3,
+                    x.expired_per_s() / 1e3
+                ));
+            }
             if mode == GenMode::Lcore && x.busy_share() < 0.85 {
                 outcome.push_str("; **generator-bound** (worker idle part of the time)");
             }
@@ -142,19 +155,24 @@ pub fn instr_table(cmd: &str, rows: &[InstrRow]) -> String {
         .unwrap_or(0.0);
     let _ = writeln!(
         s,
-        "| trace | packets | instr/pkt (whole poll) | − baseline | of which in Stack::handle |"
+        "| trace | packets | instr/pkt (whole poll) | − baseline | of which in Stack::handle | instr/connection |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:+.1} | {} |",
+            "| {} | {} | {:.1} | {:+.1} | {} | {} |",
             r.name,
             r.pkts,
             per(r),
             per(r) - base,
             if r.handle > 0 {
                 format!("{:.1}", hper(r))
+            } else {
+                "—".into()
+            },
+            if r.conn_pkts > 0 {
+                format!("{:.0} ({} pkts)", per(r) * r.conn_pkts as f64, r.conn_pkts)
             } else {
                 "—".into()
             }
@@ -208,6 +226,157 @@ pub fn mem_table(rows: &[MemRow]) -> String {
              global allocator around `Stack::new` (live bytes after minus before)."
         );
     }
+    s
+}
+
+/// Memory per FULLNAT session.
+pub fn sess_mem_table(rows: &[SessMem]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| sessions | LIPs | allocated by Stack::new | B/session | table's own B/session | RSS growth, Stack::new | RSS growth after opening them | RSS B/session | open time |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let n = r.sessions.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} MiB | {:.1} | {} | {:.1} MiB | {:.1} MiB | {:.1} | {:.2} s |",
+            r.sessions,
+            r.lips,
+            r.alloc as f64 / 1048576.0,
+            r.alloc as f64 / n,
+            r.table_bytes,
+            r.rss_new as f64 / 1048576.0,
+            r.rss_open as f64 / 1048576.0,
+            r.rss_open as f64 / n,
+            r.open_s
+        );
+    }
+    if let (Some(a), Some(b)) = (rows.first(), rows.last()) {
+        if b.sessions > a.sessions {
+            let slope = (b.alloc as f64 - a.alloc as f64) / (b.sessions - a.sessions) as f64;
+            let _ = writeln!(
+                s,
+                "\nSlope {} → {} sessions: {slope:.1} bytes allocated per session (table entry, \
+                 both index heads rounded to a power of two, timer-wheel links, and the lport FIFOs \
+                 of ceil(N/60000)+1 LIPs); 10M sessions ≈ {:.2} GiB.",
+                a.sessions,
+                b.sessions,
+                slope * 1e7 / (1u64 << 30) as f64
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nEach session opened with SYN, real-server SYN-ACK and ACK (TOA) through \
+         `Stack::handle`; live bytes from a counting global allocator around `Stack::new`; RSS from \
+         `/proc/self/statm` before `Stack::new` and after the sessions are open."
+    );
+    s
+}
+
+/// The FULLNAT figures beside the targets of the issue.
+pub fn fnat_summary(rows: &[ThroughputRow], mem: &[SessMem]) -> String {
+    let mut s = String::new();
+    for mode in [GenMode::Lcore, GenMode::Inline] {
+        let rs: Vec<&ThroughputRow> = rows.iter().filter(|r| r.mode == mode).collect();
+        let Some(base) = rs.iter().find(|r| r.success_name.is_none()) else {
+            continue;
+        };
+        let (bm, bn) = (base.result.mpps(), base.result.ns_per_pkt());
+        let fn_rows: Vec<&&ThroughputRow> =
+            rs.iter().filter(|r| r.name.starts_with("fnat")).collect();
+        if fn_rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "\n**{}**: baseline io-fwd {bm:.2} Mpps, {bn:.1} ns/pkt\n",
+            mode_name(mode)
+        );
+        let _ = writeln!(
+            s,
+            "| trace | Mpps/core | ns/pkt | × io-fwd | connections/s/core | outcome |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+        for r in fn_rows {
+            let x = &r.result;
+            let cps = if r.conn_pkts > 0 {
+                format!(
+                    "{:.0}k created ({:.0}k from pkts/{})",
+                    x.created_per_s() / 1e3,
+                    x.mpps() * 1e3 / r.conn_pkts as f64,
+                    r.conn_pkts
+                )
+            } else {
+                "—".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.1} | {:.2} | {} | {:.1}% {} |",
+                r.name,
+                x.mpps(),
+                x.ns_per_pkt(),
+                x.mpps() / bm,
+                cps,
+                100.0 * x.success_share(),
+                r.success_name.unwrap_or("")
+            );
+        }
+    }
+    // Targets.
+    let est_1m = rows
+        .iter()
+        .filter(|r| r.mode == GenMode::Lcore && r.name == "fnat-est/1M")
+        .map(|r| r.result.mpps())
+        .next();
+    let base = rows
+        .iter()
+        .find(|r| r.mode == GenMode::Lcore && r.success_name.is_none())
+        .map(|r| r.result.mpps());
+    let cps = rows
+        .iter()
+        .filter(|r| r.mode == GenMode::Lcore && r.conn_pkts > 0)
+        .map(|r| r.result.created_per_s())
+        .next();
+    let per_sess = match (mem.first(), mem.last()) {
+        (Some(a), Some(b)) if b.sessions > a.sessions => {
+            Some((b.alloc as f64 - a.alloc as f64) / (b.sessions - a.sessions) as f64)
+        }
+        _ => None,
+    };
+    let f = |v: Option<f64>, d: usize| v.map_or("not run".to_string(), |v| format!("{v:.d$}"));
+    let _ = writeln!(
+        s,
+        "\n| target (issue) | measured here (generator on its own lcore) |"
+    );
+    let _ = writeln!(s, "|---|---|");
+    let _ = writeln!(
+        s,
+        "| established at 1M sessions ≥ 15 Mpps/core | {} Mpps |",
+        f(est_1m, 2)
+    );
+    let _ = writeln!(
+        s,
+        "| … and ≥ 0.35 × io-forward | {} × (io-fwd is generator-bound here) |",
+        f(est_1m.zip(base).map(|(a, b)| a / b), 2)
+    );
+    let _ = writeln!(
+        s,
+        "| ≥ 2 M new TCP connections/s/core | {} M/s |",
+        f(cps.map(|c| c / 1e6), 3)
+    );
+    let _ = writeln!(
+        s,
+        "| ≤ 128 bytes/session, 10M sessions in 2 GiB | {} B/session, 10M ≈ {} GiB |",
+        f(per_sess, 1),
+        f(per_sess.map(|b| b * 1e7 / (1u64 << 30) as f64), 2)
+    );
+    let _ = writeln!(
+        s,
+        "| 2 workers ≥ 1.9 × one | not measurable on 2 vCPUs (a worker and its generator need one each) |"
+    );
     s
 }
 
@@ -274,6 +443,12 @@ impl Report {
         }
         let _ = writeln!(s, "\n## Throughput per worker core");
         let _ = write!(s, "{}", throughput_table(&self.throughput));
+        if !self.sess_mem.is_empty() || self.throughput.iter().any(|r| r.name.starts_with("fnat")) {
+            let _ = writeln!(s, "\n## FULLNAT per worker core");
+            let _ = write!(s, "{}", fnat_summary(&self.throughput, &self.sess_mem));
+            let _ = writeln!(s, "\n### Memory per session\n");
+            let _ = write!(s, "{}", sess_mem_table(&self.sess_mem));
+        }
         let _ = writeln!(s, "\n## Instructions per packet (callgrind)\n");
         match &self.instr {
             Some((cmd, rows)) => {

@@ -5,16 +5,23 @@
 //! resolve before the first packet, the frames (all entering on port 0, replayed in a loop) and
 //! the counter that must grow by one per frame when the stack does what the trace expects.
 //!
-//! New kinds (FULLNAT, NAT, DR sessions...) plug in by adding a builder here; a kind that needs
-//! more set-up than neighbours (services, local addresses) uses [`Trace::setup`].
+//! New kinds plug in by adding a builder here; a kind that needs more set-up than neighbours
+//! (sessions to open first) uses [`Trace::setup`], which may also return per-worker frames built
+//! from what the stack chose (the FULLNAT lports, see `fnat.rs`). A kind whose device must be
+//! answered (a real server's SYN-ACK) uses [`Trace::respond`]; one whose frames must change from
+//! lap to lap (fresh client addresses) uses [`Trace::patch`]. `sized` kinds run once per
+//! `--sessions` size.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use rvs_core::checksum::checksum;
 use rvs_core::counters::CounterSnapshot;
 use rvs_core::io::PortIdx;
 use rvs_core::{MacAddr, NeighConf, PortConf, Prefix, Stack, StackConfig};
 use rvs_dataplane::MbufPacket;
+
+pub use crate::fnat::SetupIo;
 
 /// Bytes of a frame in the mbuf: a 64-byte Ethernet frame less its 4-byte FCS.
 pub const FRAME_LEN: usize = 60;
@@ -23,7 +30,9 @@ pub const FRAME_LEN: usize = 60;
 #[derive(Clone, Copy)]
 pub struct Frame {
     pub bytes: [u8; 64],
-    pub len: usize,
+    pub len: u16,
+    /// Passed to the trace's `patch` hook (0 when unused).
+    pub tag: u16,
 }
 
 /// Sizes a trace builder may use.
@@ -31,23 +40,45 @@ pub struct Frame {
 pub struct Env {
     /// Destination hosts (forwarding traces) or peers (ARP/ICMP traces, capped at 200).
     pub hosts: usize,
+    /// Concurrent sessions of the FULLNAT established traces.
+    pub sessions: usize,
 }
 
-/// Extra set-up run on each worker's stack after it is built and its neighbours resolved.
-pub type Setup = fn(&mut Stack<MbufPacket>);
+/// What a set-up knows about the worker it prepares.
+pub struct SetupCtx {
+    pub worker: usize,
+    /// The worker's clock (TSC milliseconds).
+    pub now_ms: u64,
+}
+
+/// Extra set-up run on each worker's stack after it is built and its neighbours resolved, with
+/// an `Io` that frees what the stack sends. It may return this worker's frames (replacing
+/// [`Trace::frames`]), e.g. replies built from the lports the stack chose.
+pub type Setup = Arc<
+    dyn Fn(&mut Stack<MbufPacket>, &mut SetupIo, &SetupCtx) -> Result<Option<Vec<Frame>>, String>
+        + Send
+        + Sync,
+>;
 
 /// A trace ready to run.
 pub struct Trace {
-    pub name: &'static str,
+    pub name: String,
     pub about: String,
     pub stack: StackConfig,
     /// Resolved before the first packet (as if learned from a peer worker).
     pub neighbours: Vec<(PortIdx, IpAddr, MacAddr)>,
     pub setup: Option<Setup>,
+    /// Generator hook on every frame the device transmitted: returns true when it turned the
+    /// frame into a reply to feed back (a real server answering), false to recycle it.
+    pub respond: Option<fn(&mut [u8]) -> bool>,
+    /// Generator hook on every frame it copies from the list: (frame, lap of the list, tag).
+    pub patch: Option<fn(&mut [u8], u32, u16)>,
     /// Replayed in order, in a loop, on port 0.
     pub frames: Vec<Frame>,
     /// The counter that grows by one per frame handled as expected, and its name.
     pub success: (&'static str, fn(&CounterSnapshot) -> u64),
+    /// Packets per new connection (connection-rate traces; 0 otherwise).
+    pub conn_pkts: u32,
 }
 
 impl Trace {
@@ -61,6 +92,8 @@ impl Trace {
 pub struct Kind {
     pub name: &'static str,
     pub build: fn(&Env) -> Trace,
+    /// Built once per `--sessions` size.
+    pub sized: bool,
 }
 
 /// Every trace kind the suite runs, in table order.
@@ -68,16 +101,52 @@ pub const KINDS: &[Kind] = &[
     Kind {
         name: "l3fwd",
         build: l3fwd,
+        sized: false,
     },
     Kind {
         name: "arp",
         build: arp,
+        sized: false,
     },
     Kind {
         name: "icmp",
         build: icmp,
+        sized: false,
+    },
+    Kind {
+        name: "fnat-est",
+        build: crate::fnat::fnat_est,
+        sized: true,
+    },
+    Kind {
+        name: "fnat-udp",
+        build: crate::fnat::fnat_udp,
+        sized: true,
+    },
+    Kind {
+        name: "fnat-cps",
+        build: crate::fnat::fnat_cps,
+        sized: false,
     },
 ];
+
+/// A frame for runs whose frames come from the set-up (the baseline carries it).
+pub fn filler_frame() -> Frame {
+    let mut b = [0u8; 64];
+    eth_ipv4(
+        &mut b,
+        port_mac(0),
+        host_mac(0),
+        host_ip(0, 0),
+        host_ip(0, 1),
+        17,
+    );
+    Frame {
+        bytes: b,
+        len: FRAME_LEN as u16,
+        tag: 0,
+    }
+}
 
 /// The kind called `name`.
 pub fn kind(name: &str) -> Option<&'static Kind> {
@@ -174,20 +243,24 @@ fn l3fwd(env: &Env) -> Trace {
             udp[4..6].copy_from_slice(&((FRAME_LEN - 34) as u16).to_be_bytes());
             Frame {
                 bytes: b,
-                len: FRAME_LEN,
+                len: FRAME_LEN as u16,
+                tag: 0,
             }
         })
         .collect();
     Trace {
-        name: "l3fwd",
+        name: "l3fwd".into(),
         about: format!("IPv4 forwarding, UDP to {hosts} resolved hosts on port 1"),
         stack: base_config(2, true, hosts),
         neighbours: (0..hosts)
             .map(|i| (1, v4(host_ip(1, i)), host_mac(i)))
             .collect(),
         setup: None,
+        respond: None,
+        patch: None,
         frames,
         success: ("forwarded", |s| s.forwarded),
+        conn_pkts: 0,
     }
 }
 
@@ -211,18 +284,22 @@ fn arp(env: &Env) -> Trace {
             a[24..28].copy_from_slice(&[10, 0, 0, 1]);
             Frame {
                 bytes: b,
-                len: FRAME_LEN,
+                len: FRAME_LEN as u16,
+                tag: 0,
             }
         })
         .collect();
     Trace {
-        name: "arp",
+        name: "arp".into(),
         about: format!("ARP requests for rvs's address from {hosts} senders"),
         stack: base_config(1, false, hosts),
         neighbours: Vec::new(),
         setup: None,
+        respond: None,
+        patch: None,
         frames,
         success: ("arp_replies_sent", |s| s.arp_replies_sent),
+        conn_pkts: 0,
     }
 }
 
@@ -248,19 +325,23 @@ fn icmp(env: &Env) -> Trace {
             ic[2..4].copy_from_slice(&c.to_be_bytes());
             Frame {
                 bytes: b,
-                len: FRAME_LEN,
+                len: FRAME_LEN as u16,
+                tag: 0,
             }
         })
         .collect();
     Trace {
-        name: "icmp",
+        name: "icmp".into(),
         about: format!("ICMP echo requests to rvs's address from {hosts} resolved clients"),
         stack: base_config(1, false, hosts),
         neighbours: (0..hosts)
             .map(|i| (0, v4(host_ip(0, i)), host_mac(i)))
             .collect(),
         setup: None,
+        respond: None,
+        patch: None,
         frames,
         success: ("icmp_echo_replies", |s| s.icmp_echo_replies),
+        conn_pkts: 0,
     }
 }
