@@ -87,6 +87,8 @@ pub fn config(capacity: usize, lips: usize, timeouts: Timeouts, reuse_ms: u64) -
                             rport,
                             weight: 1,
                             fwd: Fwd::FullNat,
+                            upper: 0,
+                            lower: 0,
                         }
                     })
                     .collect(),

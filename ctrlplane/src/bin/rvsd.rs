@@ -124,6 +124,35 @@ fn fullnat_config(cfg: &Config, rss: Option<RssConf>) -> FullnatConf {
     }
 }
 
+/// The core scheduler of a service, with its flags and Maglev table size.
+fn core_sched(s: &config::ServiceConfig) -> Sched {
+    use config::Scheduler as S;
+    let flag = |f: &str| s.sched_flags.iter().any(|x| x == f);
+    match s.scheduler {
+        S::Rr => Sched::Rr,
+        S::Wrr => Sched::Wrr,
+        S::Lc => Sched::Lc,
+        S::Wlc => Sched::Wlc,
+        S::Sed => Sched::Sed,
+        S::Nq => Sched::Nq,
+        S::Sh => Sched::Sh {
+            fallback: flag("sh-fallback"),
+            port: flag("sh-port"),
+        },
+        S::Dh => Sched::Dh,
+        S::Lblc => Sched::Lblc,
+        S::Lblcr => Sched::Lblcr,
+        S::Fo => Sched::Fo,
+        S::Ovf => Sched::Ovf,
+        S::Mh => Sched::Mh {
+            fallback: flag("mh-fallback"),
+            port: flag("mh-port"),
+            table_size: s.mh_table_size,
+        },
+        S::Twos => Sched::Twos,
+    }
+}
+
 /// Virtual services for the core, with the model's stable dest ids (they index the per-core
 /// per-real-server counters).
 fn core_services(model: &Model) -> Vec<ServiceConf> {
@@ -138,10 +167,7 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
             vip: s.vip,
             vport: s.vport,
             vip_port: s.port as PortIdx,
-            sched: match s.scheduler {
-                config::Scheduler::Rr => Sched::Rr,
-                config::Scheduler::Wrr => Sched::Wrr,
-            },
+            sched: core_sched(s),
             dests: s
                 .reals
                 .iter()
@@ -156,6 +182,8 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
                         config::Forward::Dr => Fwd::Dr,
                         config::Forward::Tun => Fwd::Tun,
                     },
+                    upper: r.upper,
+                    lower: r.lower,
                 })
                 .collect(),
             lips: s.lips.clone(),

@@ -213,7 +213,8 @@ impl fmt::Display for Proto {
     }
 }
 
-/// How a virtual service picks a real server for a new session.
+/// How a virtual service picks a real server for a new session: the LVS
+/// schedulers, with IPVS's semantics (see `rvs_core::sched`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheduler {
     /// Round robin (`"rr"`), ignoring weights other than 0 (which takes a
@@ -221,17 +222,110 @@ pub enum Scheduler {
     Rr,
     /// Weighted round robin (`"wrr"`).
     Wrr,
+    /// Least connection (`"lc"`).
+    Lc,
+    /// Weighted least connection (`"wlc"`).
+    Wlc,
+    /// Shortest expected delay (`"sed"`).
+    Sed,
+    /// Never queue (`"nq"`).
+    Nq,
+    /// Source hashing (`"sh"`; flags `sh-fallback`, `sh-port`).
+    Sh,
+    /// Destination hashing (`"dh"`).
+    Dh,
+    /// Locality-based least connection (`"lblc"`).
+    Lblc,
+    /// Locality-based least connection with replication (`"lblcr"`).
+    Lblcr,
+    /// Weighted failover (`"fo"`).
+    Fo,
+    /// Overflow connection (`"ovf"`).
+    Ovf,
+    /// Maglev hashing (`"mh"`; flags `mh-fallback`, `mh-port`).
+    Mh,
+    /// Weighted random two choices (`"twos"`).
+    Twos,
 }
 
 impl Scheduler {
-    /// The name as written in the configuration: `rr` or `wrr`.
+    /// Every scheduler, in ipvsadm's order.
+    pub const ALL: &'static [Scheduler] = &[
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Sh,
+        Scheduler::Dh,
+        Scheduler::Lblc,
+        Scheduler::Lblcr,
+        Scheduler::Fo,
+        Scheduler::Ovf,
+        Scheduler::Mh,
+        Scheduler::Twos,
+    ];
+
+    /// The name as written in the configuration (`rr`, `wlc`, `mh`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Scheduler::Rr => "rr",
             Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::Sh => "sh",
+            Scheduler::Dh => "dh",
+            Scheduler::Lblc => "lblc",
+            Scheduler::Lblcr => "lblcr",
+            Scheduler::Fo => "fo",
+            Scheduler::Ovf => "ovf",
+            Scheduler::Mh => "mh",
+            Scheduler::Twos => "twos",
         }
     }
+
+    /// The scheduler named `name`.
+    pub fn from_name(name: &str) -> Option<Scheduler> {
+        Scheduler::ALL.iter().copied().find(|s| s.as_str() == name)
+    }
+
+    /// The scheduler flags it takes (ipvsadm `-b`): `sh-fallback`,
+    /// `sh-port` for sh, `mh-fallback`, `mh-port` for mh, none otherwise.
+    pub fn flag_names(self) -> &'static [&'static str] {
+        match self {
+            Scheduler::Sh => &["sh-fallback", "sh-port"],
+            Scheduler::Mh => &["mh-fallback", "mh-port"],
+            _ => &[],
+        }
+    }
+
+    /// Check scheduler flags: each one this scheduler takes, none twice.
+    pub fn check_flags<S: AsRef<str>>(self, flags: &[S]) -> Result<(), String> {
+        for (i, f) in flags.iter().enumerate() {
+            let f = f.as_ref();
+            if !self.flag_names().contains(&f) {
+                return Err(if self.flag_names().is_empty() {
+                    format!("scheduler {self} takes no flags, got {f:?}")
+                } else {
+                    format!(
+                        "scheduler {self} takes the flags {}, got {f:?}",
+                        self.flag_names().join(", ")
+                    )
+                });
+            }
+            if flags[..i].iter().any(|g| g.as_ref() == f) {
+                return Err(format!("scheduler flag {f:?} is given twice"));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Default Maglev lookup table size (IPVS's 4093).
+pub const MH_TABLE_SIZE: u32 = 4093;
 
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -291,6 +385,13 @@ pub struct ServiceConfig {
     pub vport: u16,
     /// The scheduler (`scheduler`, required).
     pub scheduler: Scheduler,
+    /// Scheduler flags (`sched_flags`, default none), ipvsadm's `-b`:
+    /// `"sh-fallback"`, `"sh-port"` with sh, `"mh-fallback"`, `"mh-port"`
+    /// with mh.
+    pub sched_flags: Vec<String>,
+    /// Maglev lookup table size (`mh_table_size`, mh only): a prime up to
+    /// 131071, default 4093 (IPVS's); 65537 as in the Maglev paper.
+    pub mh_table_size: u32,
     /// The default forwarding method of the service's real servers
     /// (`forward`, default `fullnat`).
     pub forward: Forward,
@@ -327,6 +428,14 @@ pub struct RealConfig {
     /// cannot map ports (`port` must be the vport); DR needs the real server
     /// in a connected subnet of a port.
     pub forward: Forward,
+    /// Upper connection threshold (`upper`, 0..=65535, default 0 = none;
+    /// ipvsadm `-x`): no new sessions once active + inactive reaches it.
+    /// Counted per worker (core).
+    pub upper: u32,
+    /// Lower connection threshold (`lower`, 0..=65535, default 0; ipvsadm
+    /// `-y`): an overloaded real server takes new sessions again below it
+    /// (below 3/4 of `upper` when 0).
+    pub lower: u32,
 }
 
 /// One `[[port]]`.

@@ -8,7 +8,7 @@ use super::tree::{self, Entry, Kind, Node};
 use super::{
     Config, ConfigError, ControlConfig, DataplaneConfig, Device, EalConfig, Forward, FullnatConfig,
     NeighbourConfig, PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig,
-    TimeoutsConfig,
+    TimeoutsConfig, MH_TABLE_SIZE,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -1057,6 +1057,8 @@ const SERVICE_KEYS: &[&str] = &[
     "vip",
     "vport",
     "scheduler",
+    "sched_flags",
+    "mh_table_size",
     "forward",
     "port",
     "lips",
@@ -1084,13 +1086,8 @@ fn forward(t: &Table, default: Forward) -> Result<Forward> {
     })
 }
 
-/// The schedulers rvs implements.
-const SCHEDULERS: &str = "rr, wrr";
-
-/// LVS schedulers rvs does not implement yet.
-const LATER_SCHEDULERS: &[&str] = &[
-    "lc", "wlc", "sh", "dh", "sed", "nq", "lblc", "lblcr", "fo", "ovf", "mh", "twos",
-];
+/// The schedulers rvs implements (all of LVS's).
+const SCHEDULERS: &str = "rr, wrr, lc, wlc, sed, nq, sh, dh, lblc, lblcr, fo, ovf, mh, twos";
 
 fn parse_service(
     cx: &Cx,
@@ -1150,24 +1147,41 @@ fn parse_service(
     }
 
     let scheduler_node = t.required("scheduler", SCHEDULERS)?;
-    let scheduler = match as_str(cx, scheduler_node, &t.path("scheduler"))? {
-        "rr" => Scheduler::Rr,
-        "wrr" => Scheduler::Wrr,
-        later if LATER_SCHEDULERS.contains(&later) => {
-            return Err(t.err(
-                "scheduler",
-                format!(
-                    "scheduler `{later}` is not supported yet; supported schedulers: {SCHEDULERS}"
-                ),
-            ))
+    let name = as_str(cx, scheduler_node, &t.path("scheduler"))?;
+    let scheduler = Scheduler::from_name(name).ok_or_else(|| {
+        t.err(
+            "scheduler",
+            format!("unknown scheduler {name:?}; supported schedulers: {SCHEDULERS}"),
+        )
+    })?;
+    let mut sched_flags: Vec<String> = Vec::new();
+    for (node, path) in t.array("sched_flags")?.unwrap_or_default() {
+        let flag = as_str(cx, node, &path)?;
+        if let Err(m) = scheduler.check_flags(&[flag]) {
+            return Err(cx.err(node.pos, path, m));
         }
-        other => {
-            return Err(t.err(
-                "scheduler",
-                format!("unknown scheduler {other:?}; supported schedulers: {SCHEDULERS}"),
-            ))
+        if sched_flags.iter().any(|f| f == flag) {
+            return Err(cx.err(
+                node.pos,
+                path,
+                format!("scheduler flag {flag:?} is given twice"),
+            ));
         }
-    };
+        sched_flags.push(flag.to_string());
+    }
+    if t.get("mh_table_size").is_some() && scheduler != Scheduler::Mh {
+        return Err(t.err(
+            "mh_table_size",
+            format!("mh_table_size applies to the mh scheduler only (scheduler is {scheduler})"),
+        ));
+    }
+    let mh_table_size: u32 = t.int("mh_table_size", MH_TABLE_SIZE, 2, 131_071)?;
+    if !rvs_core::config::is_prime(mh_table_size) {
+        return Err(t.err(
+            "mh_table_size",
+            format!("mh_table_size must be a prime (like 4093 or 65537), got {mh_table_size}"),
+        ));
+    }
 
     let service_forward = forward(&t, Forward::FullNat)?;
 
@@ -1275,7 +1289,7 @@ fn parse_service(
             cx,
             node,
             format!("{}[{k}]", t.path("real")),
-            &["ip", "port", "weight", "forward"],
+            &["ip", "port", "weight", "forward", "upper", "lower"],
         )?;
         let ip_node = rt.required("ip", "the real server's address, like \"198.51.100.11\"")?;
         let ip = ip_value(cx, ip_node, &rt.path("ip"), "ip")?;
@@ -1305,6 +1319,14 @@ fn parse_service(
         }
         let port: u16 = rt.int("port", vport, 1, 65535)?;
         let weight: u32 = rt.int("weight", 1, 0, 65535)?;
+        let upper: u32 = rt.int("upper", 0, 0, 65535)?;
+        let lower: u32 = rt.int("lower", 0, 0, 65535)?;
+        if lower > upper {
+            return Err(rt.err(
+                "lower",
+                format!("lower threshold {lower} is above the upper threshold {upper} (IPVS refuses it; upper 0 means none)"),
+            ));
+        }
         let forward = forward(&rt, service_forward)?;
         if let Some(j) = reals.iter().position(|r| r.ip == ip && r.port == port) {
             return Err(rt.err(
@@ -1351,6 +1373,8 @@ fn parse_service(
             port,
             weight,
             forward,
+            upper,
+            lower,
         });
     }
     if lips.is_empty() && reals.iter().any(|r| r.forward == Forward::FullNat) {
@@ -1362,6 +1386,8 @@ fn parse_service(
         vip,
         vport,
         scheduler,
+        sched_flags,
+        mh_table_size,
         forward: service_forward,
         port,
         lips,

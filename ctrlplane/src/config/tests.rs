@@ -1064,6 +1064,8 @@ fn services() {
             vip: ip("203.0.113.10"),
             vport: 80,
             scheduler: Scheduler::Wrr,
+            sched_flags: vec![],
+            mh_table_size: 4093,
             forward: Forward::FullNat,
             port: 0,
             lips: vec![ip("198.51.100.2"), ip("198.51.100.3")],
@@ -1074,12 +1076,16 @@ fn services() {
                     port: 80,
                     weight: 3,
                     forward: Forward::FullNat,
+                    upper: 0,
+                    lower: 0,
                 },
                 RealConfig {
                     ip: ip("10.1.2.3"),
                     port: 8080,
                     weight: 1,
                     forward: Forward::FullNat,
+                    upper: 0,
+                    lower: 0,
                 },
             ],
         }]
@@ -1114,12 +1120,16 @@ fn services() {
                 port: 80,
                 weight: 0,
                 forward: Forward::FullNat,
+                upper: 0,
+                lower: 0,
             },
             RealConfig {
                 ip: ip("198.51.100.11"),
                 port: 81,
                 weight: 65535,
                 forward: Forward::FullNat,
+                upper: 0,
+                lower: 0,
             },
         ]
     );
@@ -1157,10 +1167,23 @@ fn service_fields() {
         ("vport = 80", "vport = 0", 15, 9, "service[0].vport", "vport must be between 1 and 65535, got 0"),
         ("vport = 80", "vport = 65536", 15, 9, "service[0].vport", "vport must be between 1 and 65535, got 65536"),
         ("vport = 80", "vport = \"80\"", 15, 9, "service[0].vport", "expected an integer, found a string"),
-        ("scheduler = \"wrr\"", "scheduler = \"wlc\"", 16, 13, "service[0].scheduler", "scheduler `wlc` is not supported yet; supported schedulers: rr, wrr"),
-        ("scheduler = \"wrr\"", "scheduler = \"twos\"", 16, 13, "service[0].scheduler", "scheduler `twos` is not supported yet; supported schedulers: rr, wrr"),
-        ("scheduler = \"wrr\"", "scheduler = \"random\"", 16, 13, "service[0].scheduler", "unknown scheduler \"random\"; supported schedulers: rr, wrr"),
-        ("scheduler = \"wrr\"", "", 12, 1, "service[0].scheduler", "missing required key `scheduler` (rr, wrr)"),
+        ("scheduler = \"wrr\"", "scheduler = \"random\"", 16, 13, "service[0].scheduler", "unknown scheduler \"random\"; supported schedulers: rr, wrr, lc, wlc, sed, nq, sh, dh, lblc, lblcr, fo, ovf, mh, twos"),
+        ("scheduler = \"wrr\"", "scheduler = \"WLC\"", 16, 13, "service[0].scheduler", "unknown scheduler \"WLC\"; supported schedulers: rr, wrr, lc, wlc, sed, nq, sh, dh, lblc, lblcr, fo, ovf, mh, twos"),
+        ("scheduler = \"wrr\"", "", 12, 1, "service[0].scheduler", "missing required key `scheduler` (rr, wrr, lc, wlc, sed, nq, sh, dh, lblc, lblcr, fo, ovf, mh, twos)"),
+        ("scheduler = \"wrr\"", "scheduler = \"sh\"\nsched_flags = [\"mh-port\"]", 17, 16, "service[0].sched_flags[0]", "scheduler sh takes the flags sh-fallback, sh-port, got \"mh-port\""),
+        ("scheduler = \"wrr\"", "scheduler = \"wrr\"\nsched_flags = [\"sh-port\"]", 17, 16, "service[0].sched_flags[0]", "scheduler wrr takes no flags, got \"sh-port\""),
+        ("scheduler = \"wrr\"", "scheduler = \"mh\"\nsched_flags = [\"mh-port\", \"mh-port\"]", 17, 27, "service[0].sched_flags[1]", "scheduler flag \"mh-port\" is given twice"),
+        ("scheduler = \"wrr\"", "scheduler = \"sh\"\nsched_flags = \"sh-port\"", 17, 15, "service[0].sched_flags", "expected an array, found a string"),
+        ("scheduler = \"wrr\"", "scheduler = \"sh\"\nsched_flags = [1]", 17, 16, "service[0].sched_flags[0]", "expected a string, found an integer"),
+        ("scheduler = \"wrr\"", "scheduler = \"wrr\"\nmh_table_size = 4093", 17, 17, "service[0].mh_table_size", "mh_table_size applies to the mh scheduler only (scheduler is wrr)"),
+        ("scheduler = \"wrr\"", "scheduler = \"mh\"\nmh_table_size = 4096", 17, 17, "service[0].mh_table_size", "mh_table_size must be a prime (like 4093 or 65537), got 4096"),
+        ("scheduler = \"wrr\"", "scheduler = \"mh\"\nmh_table_size = 262147", 17, 17, "service[0].mh_table_size", "mh_table_size must be between 2 and 131071, got 262147"),
+        ("scheduler = \"wrr\"", "scheduler = \"mh\"\nmh_table_size = \"big\"", 17, 17, "service[0].mh_table_size", "expected an integer, found a string"),
+        ("weight = 3", "weight = 3\nupper = 65536", 22, 9, "service[0].real[0].upper", "upper must be between 0 and 65535, got 65536"),
+        ("weight = 3", "weight = 3\nlower = -1", 22, 9, "service[0].real[0].lower", "lower must be between 0 and 65535, got -1"),
+        ("weight = 3", "weight = 3\nupper = 10\nlower = 11", 23, 9, "service[0].real[0].lower", "lower threshold 11 is above the upper threshold 10 (IPVS refuses it; upper 0 means none)"),
+        ("weight = 3", "weight = 3\nlower = 5", 22, 9, "service[0].real[0].lower", "lower threshold 5 is above the upper threshold 0 (IPVS refuses it; upper 0 means none)"),
+        ("weight = 3", "weight = 3\nupper = \"10\"", 22, 9, "service[0].real[0].upper", "expected an integer, found a string"),
         ("port = \"client\"", "port = \"clients\"", 17, 8, "service[0].port", "no port is named `clients`; the ports are: client, servers"),
         ("port = \"client\"", "", 12, 1, "service[0].port", "vip 203.0.113.10 is not in a connected subnet of any port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); say which port owns the VIP with `port`"),
         ("lips = [\"198.51.100.2\", \"198.51.100.3\"]", "lips = []", 18, 8, "service[0].lips", "lips must list at least one local address, like [\"198.51.100.2\"]"),
@@ -1177,7 +1200,7 @@ fn service_fields() {
         ("lips = [\"198.51.100.2\"", "lips = [\"172.16.0.2\"", 12, 1, "service[0].lip_port", "local address 172.16.0.2 is not in a connected subnet of any port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); say which port owns the local addresses with `lip_port`"),
         ("port = \"client\"", "port = \"client\"\nlip_port = \"s\"", 18, 12, "service[0].lip_port", "no port is named `s`; the ports are: client, servers"),
         ("port = \"client\"", "port = \"client\"\nlip_port = 1", 18, 12, "service[0].lip_port", "expected a string, found an integer"),
-        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, forward, port, lips, lip_port, real"),
+        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, sched_flags, mh_table_size, forward, port, lips, lip_port, real"),
         ("ip = \"198.51.100.11\"", "ip = \"2001:db8::11\"", 20, 6, "service[0].real[0].ip", "real server 2001:db8::11 is IPv6 but the vip 203.0.113.10 is IPv4: NAT64 is not supported yet; local and real server addresses must be of the VIP's family"),
         ("ip = \"198.51.100.11\"", "ip = \"198.51.100.1\"", 20, 6, "service[0].real[0].ip", "real server 198.51.100.1 is an address of rvs itself (port `servers`); a real server must be another host"),
         ("ip = \"198.51.100.11\"", "ip = \"203.0.113.10\"", 20, 6, "service[0].real[0].ip", "real server 203.0.113.10 is the vip of this service"),
@@ -1192,12 +1215,65 @@ fn service_fields() {
         ("port = 8080", "port = \"http\"", 24, 8, "service[0].real[1].port", "expected an integer, found a string"),
         ("weight = 3", "weight = 65536", 21, 10, "service[0].real[0].weight", "weight must be between 0 and 65535, got 65536"),
         ("weight = 3", "weight = 1.5", 21, 10, "service[0].real[0].weight", "expected an integer, found a float"),
-        ("weight = 3", "wieght = 3", 21, 1, "service[0].real[0].wieght", "unknown key `wieght`; allowed keys here: ip, port, weight, forward"),
+        ("weight = 3", "wieght = 3", 21, 1, "service[0].real[0].wieght", "unknown key `wieght`; allowed keys here: ip, port, weight, forward, upper, lower"),
     ];
     for &(from, to, line, col, key, want) in cases {
         let msg = error_at(&svc(from, to), line, col, key);
         assert_eq!(msg, want, "{from:?} -> {to:?}");
     }
+}
+
+/// Every LVS scheduler name, scheduler flags, the Maglev table size and
+/// connection thresholds.
+#[test]
+fn schedulers_flags_thresholds() {
+    for &sched in Scheduler::ALL {
+        let cfg = parse(&svc(
+            "scheduler = \"wrr\"",
+            &format!("scheduler = \"{sched}\""),
+        ))
+        .unwrap();
+        assert_eq!(cfg.services[0].scheduler, sched);
+        assert!(cfg.services[0].sched_flags.is_empty());
+        assert_eq!(cfg.services[0].mh_table_size, 4093);
+        assert_eq!(Scheduler::from_name(sched.as_str()), Some(sched));
+    }
+    assert_eq!(Scheduler::ALL.len(), 14);
+    let cfg = parse(&svc(
+        "scheduler = \"wrr\"",
+        "scheduler = \"mh\"\nsched_flags = [\"mh-port\", \"mh-fallback\"]\nmh_table_size = 65537",
+    ))
+    .unwrap();
+    let s = &cfg.services[0];
+    assert_eq!((s.scheduler, s.mh_table_size), (Scheduler::Mh, 65537));
+    assert_eq!(
+        s.sched_flags,
+        vec!["mh-port".to_string(), "mh-fallback".to_string()]
+    );
+    let cfg = parse(&svc(
+        "scheduler = \"wrr\"",
+        "scheduler = \"sh\"\nsched_flags = [\"sh-fallback\", \"sh-port\"]",
+    ))
+    .unwrap();
+    assert_eq!(cfg.services[0].sched_flags, vec!["sh-fallback", "sh-port"]);
+    let cfg = parse(&svc(
+        "scheduler = \"wrr\"",
+        "scheduler = \"sh\"\nsched_flags = []",
+    ))
+    .unwrap();
+    assert!(cfg.services[0].sched_flags.is_empty());
+    let cfg = parse(&svc("weight = 3", "weight = 3\nupper = 100\nlower = 50")).unwrap();
+    let r = &cfg.services[0].reals;
+    assert_eq!((r[0].upper, r[0].lower), (100, 50));
+    assert_eq!((r[1].upper, r[1].lower), (0, 0));
+    let cfg = parse(&svc(
+        "weight = 3",
+        "weight = 3\nupper = 65535\nlower = 65535",
+    ))
+    .unwrap();
+    assert_eq!(cfg.services[0].reals[0].upper, 65535);
+    assert_eq!(Scheduler::Wrr.check_flags::<&str>(&[]), Ok(()));
+    assert!(Scheduler::Mh.check_flags(&["sh-port"]).is_err());
 }
 
 #[test]

@@ -63,15 +63,9 @@ fn forward_of(f: Fwd) -> Forward {
 }
 
 fn scheduler(name: &str) -> Result<Scheduler, OpError> {
-    match name {
-        "rr" => Ok(Scheduler::Rr),
-        "wrr" => Ok(Scheduler::Wrr),
-        "lc" | "wlc" | "sh" | "dh" | "sed" | "nq" | "lblc" | "lblcr" | "fo" | "ovf" | "mh"
-        | "twos" => err(
-            code::ENOENT,
-            format!("Scheduler not found: {name} is not supported by rvs yet (supported: rr, wrr)"),
-        ),
-        _ => err(code::ENOENT, format!("Scheduler not found: {name}")),
+    match Scheduler::from_name(name) {
+        Some(s) => Ok(s),
+        None => err(code::ENOENT, format!("Scheduler not found: {name}")),
     }
 }
 
@@ -176,6 +170,16 @@ impl Model {
                 format!("Illegal weight specified: {}", r.weight),
             );
         }
+        // IPVS: ERANGE "lower threshold is higher than upper threshold".
+        if r.lower > r.upper {
+            return err(
+                code::EINVAL,
+                format!(
+                    "Illegal threshold: lower {} is above upper {}",
+                    r.lower, r.upper
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -201,6 +205,8 @@ impl Model {
                     vip: spec.key.vip,
                     vport: spec.key.vport,
                     scheduler: scheduler(&spec.scheduler)?,
+                    sched_flags: spec.sched_flags.clone(),
+                    mh_table_size: config::MH_TABLE_SIZE,
                     forward: Forward::Dr,
                     port,
                     lips: Vec::new(),
@@ -214,6 +220,7 @@ impl Model {
                     .ok_or((code::ESRCH, "No such service".to_string()))?;
                 self.check_spec(spec)?;
                 self.services[i].scheduler = scheduler(&spec.scheduler)?;
+                self.services[i].sched_flags = spec.sched_flags.clone();
             }
             Op::DelService { key } => {
                 let i = self
@@ -249,6 +256,8 @@ impl Model {
                     port: real.addr.port(),
                     weight: real.weight,
                     forward: forward_of(real.fwd),
+                    upper: real.upper,
+                    lower: real.lower,
                 });
             }
             Op::EditReal { key, real } => {
@@ -264,6 +273,8 @@ impl Model {
                     .ok_or((code::ENOENT, "No such destination".to_string()))?;
                 r.weight = real.weight;
                 r.forward = forward_of(real.fwd);
+                r.upper = real.upper;
+                r.lower = real.lower;
             }
             Op::DelReal { key, addr } => {
                 let i = self
@@ -334,15 +345,15 @@ impl Model {
     }
 
     fn check_spec(&self, spec: &ServiceSpec) -> Result<(), OpError> {
-        scheduler(&spec.scheduler)?;
         if spec.persistent.is_some() || spec.netmask.is_some() {
             return err(
                 code::EINVAL,
                 "persistent services are not supported by rvs yet",
             );
         }
-        if !spec.sched_flags.is_empty() {
-            return err(code::EINVAL, "scheduler flags are not supported by rr/wrr");
+        let sched = scheduler(&spec.scheduler)?;
+        if let Err(m) = sched.check_flags(&spec.sched_flags) {
+            return err(code::EINVAL, format!("Invalid scheduler flags: {m}"));
         }
         Ok(())
     }
@@ -402,7 +413,7 @@ impl Model {
             scheduler: s.scheduler.as_str().to_string(),
             persistent: None,
             netmask: None,
-            sched_flags: Vec::new(),
+            sched_flags: s.sched_flags.clone(),
         }
     }
 }
@@ -589,5 +600,84 @@ lips = ["198.51.100.2"]
             id1,
             "the remaining real keeps its id"
         );
+    }
+
+    /// Every LVS scheduler is accepted; flags are kept when the scheduler takes them and refused
+    /// otherwise; thresholds are kept and listed.
+    #[test]
+    fn schedulers_flags_and_thresholds() {
+        let mut m = model();
+        let spec = |s: &str, flags: &[&str]| ServiceSpec {
+            key: key("192.0.2.10", 80),
+            scheduler: s.into(),
+            persistent: None,
+            netmask: None,
+            sched_flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
+        for &sched in Scheduler::ALL {
+            m.apply(&Op::EditService {
+                spec: spec(sched.as_str(), &[]),
+            })
+            .unwrap();
+            assert_eq!(m.services[0].scheduler, sched);
+        }
+        m.apply(&Op::EditService {
+            spec: spec("sh", &["sh-fallback", "sh-port"]),
+        })
+        .unwrap();
+        assert_eq!(m.services[0].sched_flags, vec!["sh-fallback", "sh-port"]);
+        assert_eq!(
+            Model::spec_of(&m.services[0]).sched_flags,
+            vec!["sh-fallback", "sh-port"]
+        );
+        let e = m
+            .apply(&Op::EditService {
+                spec: spec("wrr", &["sh-port"]),
+            })
+            .unwrap_err();
+        assert_eq!(e.0, code::EINVAL);
+        assert!(e.1.contains("takes no flags"), "{e:?}");
+        let e = m
+            .apply(&Op::EditService {
+                spec: spec("mh", &["sh-port"]),
+            })
+            .unwrap_err();
+        assert!(e.1.contains("mh-fallback, mh-port"), "{e:?}");
+        // Unchanged by the refused edits.
+        assert_eq!(m.services[0].scheduler, Scheduler::Sh);
+        m.apply(&Op::AddService {
+            spec: ServiceSpec {
+                key: key("192.0.2.20", 80),
+                ..spec("mh", &["mh-port"])
+            },
+        })
+        .unwrap();
+        let s = m.find(&key("192.0.2.20", 80)).unwrap();
+        assert_eq!(m.services[s].sched_flags, vec!["mh-port"]);
+        assert_eq!(m.services[s].mh_table_size, 4093);
+
+        let k = key("192.0.2.10", 80);
+        let mut r = real("198.51.100.12:80", Fwd::FullNat, 2);
+        r.upper = 100;
+        r.lower = 10;
+        m.apply(&Op::AddReal {
+            key: k,
+            real: r.clone(),
+        })
+        .unwrap();
+        let got = m.services[0].reals.last().unwrap();
+        assert_eq!((got.upper, got.lower), (100, 10));
+        r.upper = 50;
+        r.lower = 0;
+        m.apply(&Op::EditReal {
+            key: k,
+            real: r.clone(),
+        })
+        .unwrap();
+        let got = m.services[0].reals.last().unwrap();
+        assert_eq!((got.upper, got.lower), (50, 0));
+        r.lower = 60;
+        let e = m.apply(&Op::EditReal { key: k, real: r }).unwrap_err();
+        assert!(e.1.starts_with("Illegal threshold"), "{e:?}");
     }
 }

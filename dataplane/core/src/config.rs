@@ -126,7 +126,9 @@ impl Proto {
     }
 }
 
-/// Scheduler of a virtual service (IPVS names).
+/// Scheduler of a virtual service (IPVS names and semantics, see [`crate::sched`]). The
+/// hash-based ones carry their IPVS scheduler flags (`sh-fallback`, `sh-port`, `mh-fallback`,
+/// `mh-port`) and, for `mh`, the lookup table size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Sched {
     /// Round robin (`rr`): every dest with weight > 0 in turn.
@@ -134,6 +136,101 @@ pub enum Sched {
     Rr,
     /// Weighted round robin (`wrr`), IPVS's gcd/max-weight stepping.
     Wrr,
+    /// Least connection (`lc`): least `active*256 + inactive`.
+    Lc,
+    /// Weighted least connection (`wlc`): least `(active*256 + inactive) / weight`.
+    Wlc,
+    /// Shortest expected delay (`sed`): least `(active + 1) / weight`.
+    Sed,
+    /// Never queue (`nq`): an idle dest (no active session) first, else as `sed`.
+    Nq,
+    /// Source hashing (`sh`) over IPVS's weighted 256-bucket table.
+    Sh {
+        /// `sh-fallback`: an unavailable bucket falls back to the next available dest.
+        fallback: bool,
+        /// `sh-port`: hash the source port too.
+        port: bool,
+    },
+    /// Destination hashing (`dh`), 256 buckets.
+    Dh,
+    /// Locality-based least connection (`lblc`).
+    Lblc,
+    /// Locality-based least connection with replication (`lblcr`).
+    Lblcr,
+    /// Weighted failover (`fo`): the available dest with the highest weight.
+    Fo,
+    /// Overflow (`ovf`): the highest weight whose active count does not exceed its weight.
+    Ovf,
+    /// Maglev hashing (`mh`).
+    Mh {
+        /// `mh-fallback`: an unavailable slot falls back to another available dest.
+        fallback: bool,
+        /// `mh-port`: hash the source port too.
+        port: bool,
+        /// Lookup table size, a prime ([`MH_TABLE_SIZE`] by default, 65537 in the paper).
+        table_size: u32,
+    },
+    /// Weighted random two choices (`twos`).
+    Twos,
+}
+
+/// IPVS's default Maglev lookup table size (`CONFIG_IP_VS_MH_TAB_INDEX` 12).
+pub const MH_TABLE_SIZE: u32 = 4093;
+/// Largest accepted Maglev table size (IPVS's largest prime, 131071).
+pub const MH_TABLE_SIZE_MAX: u32 = 131_071;
+
+impl Sched {
+    /// IPVS name (`rr`, `wlc`, `mh`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Sched::Rr => "rr",
+            Sched::Wrr => "wrr",
+            Sched::Lc => "lc",
+            Sched::Wlc => "wlc",
+            Sched::Sed => "sed",
+            Sched::Nq => "nq",
+            Sched::Sh { .. } => "sh",
+            Sched::Dh => "dh",
+            Sched::Lblc => "lblc",
+            Sched::Lblcr => "lblcr",
+            Sched::Fo => "fo",
+            Sched::Ovf => "ovf",
+            Sched::Mh { .. } => "mh",
+            Sched::Twos => "twos",
+        }
+    }
+
+    /// `mh` with IPVS's defaults (no flags, table size [`MH_TABLE_SIZE`]).
+    pub const fn mh() -> Sched {
+        Sched::Mh {
+            fallback: false,
+            port: false,
+            table_size: MH_TABLE_SIZE,
+        }
+    }
+
+    /// `sh` without flags.
+    pub const fn sh() -> Sched {
+        Sched::Sh {
+            fallback: false,
+            port: false,
+        }
+    }
+}
+
+/// True when `n` is prime (trial division; control-plane use).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while (d as u64) * (d as u64) <= n as u64 {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
 }
 
 /// One virtual service VIP:vport balanced over `dests`, each with its own forwarding method
@@ -218,6 +315,13 @@ pub struct DestConf {
     /// Forwarding method. DR and TUN cannot map ports (`rport` must equal the service's vport;
     /// the control plane validates it, the core sends to `rport` as given).
     pub fwd: Fwd,
+    /// Upper connection threshold (ipvsadm `-x`, 0 = none): the dest is overloaded (gets no new
+    /// sessions) once its active + inactive count reaches it. Counts are this worker's
+    /// ([`crate::sched`]).
+    pub upper: u32,
+    /// Lower connection threshold (ipvsadm `-y`, 0 = none): an overloaded dest recovers when its
+    /// count drops below it (below 3/4 of `upper` when 0).
+    pub lower: u32,
 }
 
 /// Session timeouts in milliseconds, per TCP state (IPVS's defaults) and for UDP.

@@ -32,7 +32,7 @@ use crate::counters::DropReason;
 use crate::io::{Io, PortIdx};
 use crate::lport::LportAlloc;
 use crate::packet::PacketBuf;
-use crate::sched::DestStats;
+use crate::sched::{DestStats, SchedKey};
 use crate::service::{ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
 use crate::stack::Stack;
@@ -461,7 +461,13 @@ impl<P: PacketBuf> Stack<P> {
         }
         let f = &mut self.fnat;
         let s = &mut f.services.list[svc];
-        let Some(di) = s.sched.pick(&s.dests, &f.dest_stats) else {
+        let key = SchedKey::new(
+            IpAddr::V4(ipv4_at(d, ip4::SRC)),
+            be16(d, l4),
+            IpAddr::V4(ipv4_at(d, ip4::DST)),
+            now_ms,
+        );
+        let Some(di) = s.sched.pick(&s.dests, &f.dest_stats, &key) else {
             return self.drop_pkt(pkt, DropReason::NoDest);
         };
         let dest = s.dests[di];

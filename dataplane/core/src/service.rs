@@ -6,7 +6,7 @@
 //! its RIP:rport and LIP:lport (and its dest id for the counters) until it expires, even when its
 //! service or dest was removed; only new sessions see the new set.
 
-use crate::config::{Fwd, Proto, ServiceConf};
+use crate::config::{is_prime, Fwd, Proto, Sched, ServiceConf, MH_TABLE_SIZE_MAX};
 use crate::fixedmap::{ip_bits, mix, FixedKey, FixedMap};
 use crate::io::PortIdx;
 use crate::lport::LportAlloc;
@@ -68,6 +68,8 @@ pub enum ServiceError {
     TooManyLips,
     /// `vip_port` or `lip_port` is not a configured port.
     BadPort(PortIdx),
+    /// The Maglev table size is not a prime in `2..=MH_TABLE_SIZE_MAX`.
+    MhTableSize(u32),
 }
 
 impl std::fmt::Display for ServiceError {
@@ -85,6 +87,10 @@ impl std::fmt::Display for ServiceError {
             ServiceError::NoLip(k) => write!(f, "service {}:{} has no LIP", k.vip, k.vport),
             ServiceError::TooManyLips => write!(f, "too many LIPs"),
             ServiceError::BadPort(p) => write!(f, "no port {p}"),
+            ServiceError::MhTableSize(n) => write!(
+                f,
+                "mh table size {n} is not a prime in 2..={MH_TABLE_SIZE_MAX}"
+            ),
         }
     }
 }
@@ -141,6 +147,11 @@ impl Services {
             if c.lips.is_empty() && c.dests.iter().any(|d| d.fwd == Fwd::FullNat) {
                 return Err(ServiceError::NoLip(key));
             }
+            if let Sched::Mh { table_size, .. } = c.sched {
+                if table_size > MH_TABLE_SIZE_MAX || !is_prime(table_size) {
+                    return Err(ServiceError::MhTableSize(table_size));
+                }
+            }
             let mut dests = Vec::with_capacity(c.dests.len());
             for d in &c.dests {
                 if d.id >= max_dests {
@@ -152,6 +163,8 @@ impl Services {
                     rport: d.rport,
                     weight: d.weight,
                     fwd: d.fwd,
+                    upper: d.upper,
+                    lower: d.lower,
                 });
             }
             let mut lips = Vec::with_capacity(c.lips.len());

@@ -82,6 +82,8 @@ fn dest(id: u32, i: u8, rport: u16, weight: u32) -> DestConf {
         rport,
         weight,
         fwd: Fwd::FullNat,
+        upper: 0,
+        lower: 0,
     }
 }
 
@@ -1331,4 +1333,71 @@ fn fix_l4(f: &mut [u8]) {
         }
     };
     f[fix.0..fix.0 + 2].copy_from_slice(&fix.1.to_be_bytes());
+}
+
+/// Two workers (two `Stack`s) with a hashing scheduler send each client to the same real server,
+/// whichever receives it; `mh` and `sh` spread clients over every real server.
+#[test]
+fn hashing_schedulers_agree_across_workers() {
+    for sched in [
+        Sched::mh(),
+        Sched::Mh {
+            fallback: true,
+            port: false,
+            table_size: 65537,
+        },
+        Sched::sh(),
+        Sched::Dh,
+    ] {
+        let mut c = cfg();
+        c.services[0].sched = sched;
+        let (mut w0, mut io0, _) = setup(c.clone());
+        let (mut w1, mut io1, _) = setup(c);
+        let mut seen = [0usize; 4];
+        for k in 0..200u16 {
+            let client = format!("198.18.{}.{}", k / 200, k % 200 + 1);
+            let syn = tcp(GW0, MAC0, &client, 1000 + k, VIP, 80, SYN, &[], &[]);
+            handle(&mut w0, &mut io0, 0, &syn, 0);
+            // Another source port on worker 1: the hash is on the address only.
+            let syn1 = tcp(GW0, MAC0, &client, 30000 + k, VIP, 80, SYN, &[], &[]);
+            handle(&mut w1, &mut io1, 0, &syn1, 0);
+            let a = parse(&io0.one().1).ip.destination;
+            let b = parse(&io1.one().1).ip.destination;
+            assert_eq!(a, b, "{sched:?} client {client}");
+            seen[(a[3] - 10) as usize] += 1;
+        }
+        if sched == Sched::Dh {
+            // One VIP → one bucket → one real server.
+            assert_eq!(seen.iter().filter(|&&n| n > 0).count(), 1);
+        } else {
+            assert!(seen[1..].iter().all(|&n| n > 0), "{sched:?} {seen:?}");
+        }
+    }
+}
+
+/// An upper threshold caps this worker's sessions to a real server; it takes new ones again
+/// once its count drops below the lower threshold.
+#[test]
+fn upper_threshold_on_the_packet_path() {
+    let mut c = cfg();
+    c.services[0].sched = Sched::Wlc;
+    c.services[0].dests[0].upper = 2;
+    c.services[0].dests[0].lower = 1;
+    let (mut s, mut io, _) = setup(c);
+    let got: Vec<u8> = (0..12)
+        .map(|k| open(&mut s, &mut io, 1000 + k, 0).1)
+        .collect();
+    assert_eq!(got.iter().filter(|&&i| i == 1).count(), 2, "{got:?}");
+    assert_eq!(s.dest_stats(0).unwrap().inactive.get(), 2);
+    // Every session expires (never answered), RS 1 recovers.
+    for t in (0..400).map(|k| k * 1000) {
+        s.poll_timers(&mut io, t);
+    }
+    assert_eq!(s.session_count(), 0);
+    // Refresh the neighbours (their entries aged meanwhile).
+    for i in 1..=3 {
+        s.neigh_update(&mut io, 1, ip(&rip(i)), MacAddr(rs_mac(i)), 400_000);
+    }
+    io.take();
+    assert_eq!(open(&mut s, &mut io, 5000, 400_000).1, 1);
 }

@@ -74,6 +74,8 @@ fn dest(id: u32, i: u8, rport: u16, weight: u32, fwd: Fwd) -> DestConf {
         rport,
         weight,
         fwd,
+        upper: 0,
+        lower: 0,
     }
 }
 

@@ -38,6 +38,8 @@ fn services(rip: [u8; 4], id: u32) -> Vec<ServiceConf> {
                 rport: 80,
                 weight: 1,
                 fwd: Fwd::Nat,
+                upper: 0,
+                lower: 0,
             }],
             lips: vec![],
             lip_port: 0,

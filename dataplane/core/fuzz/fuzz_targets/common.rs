@@ -33,6 +33,8 @@ pub fn stack() -> Stack<VecPacket> {
                 rport: vport,
                 weight: 3,
                 fwd: Default::default(),
+                upper: 0,
+                lower: 0,
             },
             DestConf {
                 id: 1,
@@ -40,6 +42,8 @@ pub fn stack() -> Stack<VecPacket> {
                 rport: vport,
                 weight: 1,
                 fwd: Default::default(),
+                upper: 0,
+                lower: 0,
             },
         ],
         lips: vec![ip("198.51.100.2")],
