@@ -654,6 +654,14 @@ impl<P: PacketBuf> Stack<P> {
         self.counters.garp_sent.inc();
     }
 
+    /// Session expiry only (bounded like `poll_timers`): cheap when nothing is due, so workers call
+    /// it on every poll. Freeing at most [`crate::fullnat::EXPIRE_BUDGET`] per call once per
+    /// millisecond would cap a core at 256 k released sessions per second.
+    #[inline]
+    pub fn expire_sessions(&mut self, now_ms: u64) {
+        self.fnat_expire(now_ms);
+    }
+
     /// Neighbour aging, ARP retransmits and failures (examines at most [`TIMER_SCAN`] entries),
     /// then FULLNAT session expiry (at most [`crate::fullnat::EXPIRE_BUDGET`] sessions).
     pub fn poll_timers<I: Io<Pkt = P>>(&mut self, io: &mut I, now_ms: u64) {

@@ -167,6 +167,9 @@ impl Worker {
                 );
             }
         }
+        // Sessions expire on every poll (bounded), not only once per millisecond with the other
+        // timers: releasing must keep up with the connection rate.
+        self.stack.expire_sessions(now);
         if let Some(cmd) = self.ctl.as_mut().and_then(|c| c.poll()) {
             self.control(cmd, now);
         }
