@@ -188,6 +188,13 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
                 .collect(),
             lips: s.lips.clone(),
             lip_port: s.lip_port as PortIdx,
+            persist: s.persistent.map(|secs| rvs_core::Persist {
+                timeout_ms: u64::from(secs) * 1000,
+                netmask: match s.netmask {
+                    Some(len) if len < 32 => !(u32::MAX >> len),
+                    _ => u32::MAX,
+                },
+            }),
         })
         .collect()
 }

@@ -381,7 +381,8 @@ pub struct ServiceConfig {
     /// The virtual IP address (`vip`, required). Unique with `proto` and
     /// `vport`; not an address of a port, nor a local address.
     pub vip: IpAddr,
-    /// The virtual port (`vport`, 1..=65535, required).
+    /// The virtual port (`vport`, 1..=65535, required; 0 = every port of the VIP, which
+    /// needs `persistent`).
     pub vport: u16,
     /// The scheduler (`scheduler`, required).
     pub scheduler: Scheduler,
@@ -392,6 +393,13 @@ pub struct ServiceConfig {
     /// Maglev lookup table size (`mh_table_size`, mh only): a prime up to
     /// 131071, default 4093 (IPVS's); 65537 as in the Maglev paper.
     pub mh_table_size: u32,
+    /// Persistence timeout in seconds (`persistent`, 1..=2^31, default none; ipvsadm `-p`):
+    /// every connection of a client network goes to the same real server while its template
+    /// lives. Required when `vport` is 0. Not with NAT real servers.
+    pub persistent: Option<u32>,
+    /// Persistence netmask as a prefix length (`netmask`: `"255.255.255.0"` or `24`, default
+    /// the full length, one template per client address; ipvsadm `-M`). Only with `persistent`.
+    pub netmask: Option<u8>,
     /// The default forwarding method of the service's real servers
     /// (`forward`, default `fullnat`).
     pub forward: Forward,

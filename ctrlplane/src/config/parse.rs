@@ -1059,6 +1059,8 @@ const SERVICE_KEYS: &[&str] = &[
     "scheduler",
     "sched_flags",
     "mh_table_size",
+    "persistent",
+    "netmask",
     "forward",
     "port",
     "lips",
@@ -1131,8 +1133,47 @@ fn parse_service(
         ));
     }
 
-    let vport_node = t.required("vport", "the virtual port, 1..=65535")?;
-    let vport: u16 = as_int(cx, vport_node, &t.path("vport"), "vport", 1, 65535)?;
+    let vport_node = t.required(
+        "vport",
+        "the virtual port, 1..=65535, or 0 (every port) when persistent",
+    )?;
+    let vport: u16 = as_int(cx, vport_node, &t.path("vport"), "vport", 0, 65535)?;
+    // ipvsadm -p [timeout]: 1..=2^31 seconds (IPVS refuses 0).
+    let persistent: Option<u32> = t.opt_int("persistent", 1, 1 << 31)?;
+    if vport == 0 && persistent.is_none() {
+        return Err(t.err(
+            "vport",
+            "vport 0 (every port of the VIP) needs `persistent` (as IPVS: zero port specified for non-persistent service)",
+        ));
+    }
+    let netmask = match t.get("netmask") {
+        None => None,
+        Some(node) => {
+            let width: u8 = if vip.is_ipv4() { 32 } else { 128 };
+            let len = match &node.kind {
+                Kind::Int(_) => as_int(cx, node, &t.path("netmask"), "netmask", 1, width.into())?,
+                Kind::Str(s) if vip.is_ipv4() => netmask_len(s).ok_or_else(|| {
+                    t.err(
+                        "netmask",
+                        format!("netmask {s:?} is not a contiguous IPv4 netmask like \"255.255.255.0\" (or give a prefix length like 24)"),
+                    )
+                })?,
+                _ => {
+                    return Err(t.err(
+                        "netmask",
+                        format!("netmask must be a prefix length 1..={width}{}", if vip.is_ipv4() { " or an IPv4 netmask like \"255.255.255.0\"" } else { "" }),
+                    ))
+                }
+            };
+            if persistent.is_none() {
+                return Err(t.err(
+                    "netmask",
+                    "netmask applies to persistent services only (set `persistent`)",
+                ));
+            }
+            Some(len)
+        }
+    };
     if let Some(j) = earlier
         .iter()
         .position(|s| s.proto == proto && s.vip == vip && s.vport == vport)
@@ -1317,7 +1358,8 @@ fn parse_service(
                 ),
             ));
         }
-        let port: u16 = rt.int("port", vport, 1, 65535)?;
+        // A port-0 service's real servers may keep the client's port (0, the default) or fix one.
+        let port: u16 = rt.int("port", vport, if vport == 0 { 0 } else { 1 }, 65535)?;
         let weight: u32 = rt.int("weight", 1, 0, 65535)?;
         let upper: u32 = rt.int("upper", 0, 0, 65535)?;
         let lower: u32 = rt.int("lower", 0, 0, 65535)?;
@@ -1328,6 +1370,12 @@ fn parse_service(
             ));
         }
         let forward = forward(&rt, service_forward)?;
+        if forward == Forward::Nat && persistent.is_some() {
+            return Err(rt.err(
+                "forward",
+                "NAT real servers are not supported in a persistent service (use fullnat, dr or tun)",
+            ));
+        }
         if let Some(j) = reals.iter().position(|r| r.ip == ip && r.port == port) {
             return Err(rt.err(
                 "ip",
@@ -1388,6 +1436,8 @@ fn parse_service(
         scheduler,
         sched_flags,
         mh_table_size,
+        persistent,
+        netmask,
         forward: service_forward,
         port,
         lips,
@@ -1668,6 +1718,13 @@ fn from_bits(like: IpAddr, bits: u128) -> IpAddr {
         )),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(bits)),
     }
+}
+
+/// The prefix length of the contiguous dotted IPv4 netmask `s` (1..=32).
+fn netmask_len(s: &str) -> Option<u8> {
+    let m = u32::from(s.parse::<Ipv4Addr>().ok()?);
+    let len = m.leading_ones();
+    (len >= 1 && m.checked_shl(len).unwrap_or(0) == 0).then_some(len as u8)
 }
 
 /// The netmask of `len` for `a`'s family, as an integer.

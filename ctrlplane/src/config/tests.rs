@@ -1066,6 +1066,8 @@ fn services() {
             scheduler: Scheduler::Wrr,
             sched_flags: vec![],
             mh_table_size: 4093,
+            persistent: None,
+            netmask: None,
             forward: Forward::FullNat,
             port: 0,
             lips: vec![ip("198.51.100.2"), ip("198.51.100.3")],
@@ -1164,8 +1166,17 @@ fn service_fields() {
         ("vip = \"203.0.113.10\"", "vip = \"ff02::1\"", 14, 7, "service[0].vip", "vip must be a unicast address, got ff02::1"),
         ("vip = \"203.0.113.10\"", "vip = \"192.0.2.1\"", 14, 7, "service[0].vip", "vip 192.0.2.1 is an address of port `client`; a VIP must be an address of its own"),
         ("vip = \"203.0.113.10\"", "", 12, 1, "service[0].vip", "missing required key `vip` (the virtual IP address, like \"203.0.113.10\")"),
-        ("vport = 80", "vport = 0", 15, 9, "service[0].vport", "vport must be between 1 and 65535, got 0"),
-        ("vport = 80", "vport = 65536", 15, 9, "service[0].vport", "vport must be between 1 and 65535, got 65536"),
+        ("vport = 80", "vport = 0", 15, 9, "service[0].vport", "vport 0 (every port of the VIP) needs `persistent` (as IPVS: zero port specified for non-persistent service)"),
+        ("vport = 80", "vport = 65536", 15, 9, "service[0].vport", "vport must be between 0 and 65535, got 65536"),
+        ("vport = 80", "vport = 80\npersistent = 0", 16, 14, "service[0].persistent", "persistent must be between 1 and 2147483648, got 0"),
+        ("vport = 80", "vport = 80\npersistent = 2147483649", 16, 14, "service[0].persistent", "persistent must be between 1 and 2147483648, got 2147483649"),
+        ("vport = 80", "vport = 80\npersistent = \"300\"", 16, 14, "service[0].persistent", "expected an integer, found a string"),
+        ("vport = 80", "vport = 80\nnetmask = 24", 16, 11, "service[0].netmask", "netmask applies to persistent services only (set `persistent`)"),
+        ("vport = 80", "vport = 80\npersistent = 300\nnetmask = 33", 17, 11, "service[0].netmask", "netmask must be between 1 and 32, got 33"),
+        ("vport = 80", "vport = 80\npersistent = 300\nnetmask = 0", 17, 11, "service[0].netmask", "netmask must be between 1 and 32, got 0"),
+        ("vport = 80", "vport = 80\npersistent = 300\nnetmask = \"255.0.255.0\"", 17, 11, "service[0].netmask", "netmask \"255.0.255.0\" is not a contiguous IPv4 netmask like \"255.255.255.0\" (or give a prefix length like 24)"),
+        ("vport = 80", "vport = 80\npersistent = 300\nnetmask = \"/24\"", 17, 11, "service[0].netmask", "netmask \"/24\" is not a contiguous IPv4 netmask like \"255.255.255.0\" (or give a prefix length like 24)"),
+        ("vport = 80", "vport = 80\npersistent = 300\nnetmask = true", 17, 11, "service[0].netmask", "netmask must be a prefix length 1..=32 or an IPv4 netmask like \"255.255.255.0\""),
         ("vport = 80", "vport = \"80\"", 15, 9, "service[0].vport", "expected an integer, found a string"),
         ("scheduler = \"wrr\"", "scheduler = \"random\"", 16, 13, "service[0].scheduler", "unknown scheduler \"random\"; supported schedulers: rr, wrr, lc, wlc, sed, nq, sh, dh, lblc, lblcr, fo, ovf, mh, twos"),
         ("scheduler = \"wrr\"", "scheduler = \"WLC\"", 16, 13, "service[0].scheduler", "unknown scheduler \"WLC\"; supported schedulers: rr, wrr, lc, wlc, sed, nq, sh, dh, lblc, lblcr, fo, ovf, mh, twos"),
@@ -1200,7 +1211,7 @@ fn service_fields() {
         ("lips = [\"198.51.100.2\"", "lips = [\"172.16.0.2\"", 12, 1, "service[0].lip_port", "local address 172.16.0.2 is not in a connected subnet of any port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); say which port owns the local addresses with `lip_port`"),
         ("port = \"client\"", "port = \"client\"\nlip_port = \"s\"", 18, 12, "service[0].lip_port", "no port is named `s`; the ports are: client, servers"),
         ("port = \"client\"", "port = \"client\"\nlip_port = 1", 18, 12, "service[0].lip_port", "expected a string, found an integer"),
-        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, sched_flags, mh_table_size, forward, port, lips, lip_port, real"),
+        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, sched_flags, mh_table_size, persistent, netmask, forward, port, lips, lip_port, real"),
         ("ip = \"198.51.100.11\"", "ip = \"2001:db8::11\"", 20, 6, "service[0].real[0].ip", "real server 2001:db8::11 is IPv6 but the vip 203.0.113.10 is IPv4: NAT64 is not supported yet; local and real server addresses must be of the VIP's family"),
         ("ip = \"198.51.100.11\"", "ip = \"198.51.100.1\"", 20, 6, "service[0].real[0].ip", "real server 198.51.100.1 is an address of rvs itself (port `servers`); a real server must be another host"),
         ("ip = \"198.51.100.11\"", "ip = \"203.0.113.10\"", 20, 6, "service[0].real[0].ip", "real server 203.0.113.10 is the vip of this service"),
@@ -1221,6 +1232,50 @@ fn service_fields() {
         let msg = error_at(&svc(from, to), line, col, key);
         assert_eq!(msg, want, "{from:?} -> {to:?}");
     }
+}
+
+/// Persistence (`persistent`, `netmask`) and port-0 services.
+#[test]
+fn persistent_services() {
+    let cfg = parse(&svc("vport = 80", "vport = 80\npersistent = 300")).unwrap();
+    assert_eq!(
+        (cfg.services[0].persistent, cfg.services[0].netmask),
+        (Some(300), None)
+    );
+    let text = svc(
+        "vport = 80",
+        "vport = 80\npersistent = 2147483648\nnetmask = \"255.255.255.0\"",
+    );
+    let s = &parse(&text).unwrap().services[0];
+    assert_eq!((s.persistent, s.netmask), (Some(1 << 31), Some(24)));
+    let s = &parse(&svc(
+        "vport = 80",
+        "vport = 80\npersistent = 1\nnetmask = 16",
+    ))
+    .unwrap()
+    .services[0];
+    assert_eq!((s.persistent, s.netmask), (Some(1), Some(16)));
+    // Port 0: every port of the VIP; a real server's port defaults to 0 (the client's port) and
+    // may be fixed.
+    let s = &parse(&svc("vport = 80", "vport = 0\npersistent = 60"))
+        .unwrap()
+        .services[0];
+    assert_eq!((s.vport, s.persistent), (0, Some(60)));
+    assert_eq!(
+        s.reals.iter().map(|r| r.port).collect::<Vec<_>>(),
+        vec![0, 8080]
+    );
+    // A NAT real server in a persistent service (its replies are owned by another worker).
+    let text = svc("weight = 3", "weight = 3\nforward = \"nat\"").replacen(
+        "vport = 80",
+        "vport = 80\npersistent = 60",
+        1,
+    );
+    let msg = error_at(&text, 23, 11, "service[0].real[0].forward");
+    assert_eq!(
+        msg,
+        "NAT real servers are not supported in a persistent service (use fullnat, dr or tun)"
+    );
 }
 
 /// Every LVS scheduler name, scheduler flags, the Maglev table size and

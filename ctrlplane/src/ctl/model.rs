@@ -154,6 +154,12 @@ impl Model {
         if r.addr.ip().is_ipv4() != s.vip.is_ipv4() {
             return err(code::EINVAL, "Illegal address: real server and virtual service of different families (NAT64 is not supported yet)");
         }
+        if r.fwd == Fwd::Nat && s.persistent.is_some() {
+            return err(
+                code::EINVAL,
+                "NAT (masquerading) real servers are not supported by rvs in a persistent service",
+            );
+        }
         if matches!(r.fwd, Fwd::Dr | Fwd::Tun) && r.addr.port() != s.vport {
             return err(
                 code::EINVAL,
@@ -207,6 +213,8 @@ impl Model {
                     scheduler: scheduler(&spec.scheduler)?,
                     sched_flags: spec.sched_flags.clone(),
                     mh_table_size: config::MH_TABLE_SIZE,
+                    persistent: spec.persistent,
+                    netmask: spec.netmask,
                     forward: Forward::Dr,
                     port,
                     lips: Vec::new(),
@@ -219,8 +227,21 @@ impl Model {
                     .find(&spec.key)
                     .ok_or((code::ESRCH, "No such service".to_string()))?;
                 self.check_spec(spec)?;
+                if spec.persistent.is_some()
+                    && self.services[i]
+                        .reals
+                        .iter()
+                        .any(|r| r.forward == Forward::Nat)
+                {
+                    return err(
+                        code::EINVAL,
+                        "persistent services with NAT (masquerading) real servers are not supported by rvs",
+                    );
+                }
                 self.services[i].scheduler = scheduler(&spec.scheduler)?;
                 self.services[i].sched_flags = spec.sched_flags.clone();
+                self.services[i].persistent = spec.persistent;
+                self.services[i].netmask = spec.netmask;
             }
             Op::DelService { key } => {
                 let i = self
@@ -345,10 +366,19 @@ impl Model {
     }
 
     fn check_spec(&self, spec: &ServiceSpec) -> Result<(), OpError> {
-        if spec.persistent.is_some() || spec.netmask.is_some() {
+        if spec.netmask.is_some() && spec.persistent.is_none() {
+            return err(code::EINVAL, "netmask applies to persistent services only");
+        }
+        if spec.key.vport == 0 && spec.persistent.is_none() {
             return err(
                 code::EINVAL,
-                "persistent services are not supported by rvs yet",
+                "Zero port specified for non-persistent service",
+            );
+        }
+        if spec.persistent == Some(0) || spec.persistent.is_some_and(|p| p > 1 << 31) {
+            return err(
+                code::EINVAL,
+                "Illegal persistence timeout (1..=2147483648 seconds)",
             );
         }
         let sched = scheduler(&spec.scheduler)?;
@@ -411,8 +441,8 @@ impl Model {
         ServiceSpec {
             key: key_of(s),
             scheduler: s.scheduler.as_str().to_string(),
-            persistent: None,
-            netmask: None,
+            persistent: s.persistent,
+            netmask: s.netmask,
             sched_flags: s.sched_flags.clone(),
         }
     }
@@ -600,6 +630,99 @@ lips = ["198.51.100.2"]
             id1,
             "the remaining real keeps its id"
         );
+    }
+
+    /// `-p`/`-M` are kept and listed (and so saved by `-S`); port 0 needs `-p`; NAT real
+    /// servers and persistence exclude each other.
+    #[test]
+    fn persistence_and_port_zero() {
+        let mut m = model();
+        let spec = |port: u16, p: Option<u32>, mask: Option<u8>| ServiceSpec {
+            key: key("192.0.2.20", port),
+            scheduler: "rr".into(),
+            persistent: p,
+            netmask: mask,
+            sched_flags: vec![],
+        };
+        m.apply(&Op::AddService {
+            spec: spec(443, Some(300), Some(24)),
+        })
+        .unwrap();
+        let i = m.find(&key("192.0.2.20", 443)).unwrap();
+        assert_eq!(
+            (m.services[i].persistent, m.services[i].netmask),
+            (Some(300), Some(24))
+        );
+        let listed = Model::spec_of(&m.services[i]);
+        assert_eq!((listed.persistent, listed.netmask), (Some(300), Some(24)));
+        // Edit: another timeout, no mask; then not persistent any more.
+        m.apply(&Op::EditService {
+            spec: spec(443, Some(60), None),
+        })
+        .unwrap();
+        assert_eq!(
+            (m.services[i].persistent, m.services[i].netmask),
+            (Some(60), None)
+        );
+        m.apply(&Op::EditService {
+            spec: spec(443, None, None),
+        })
+        .unwrap();
+        assert_eq!(m.services[i].persistent, None);
+        let e = m
+            .apply(&Op::EditService {
+                spec: spec(443, None, Some(24)),
+            })
+            .unwrap_err();
+        assert_eq!(
+            e,
+            (
+                code::EINVAL,
+                "netmask applies to persistent services only".into()
+            )
+        );
+        let e = m
+            .apply(&Op::AddService {
+                spec: spec(0, None, None),
+            })
+            .unwrap_err();
+        assert_eq!(
+            e,
+            (
+                code::EINVAL,
+                "Zero port specified for non-persistent service".into()
+            )
+        );
+        m.apply(&Op::AddService {
+            spec: spec(0, Some(300), None),
+        })
+        .unwrap();
+        // A port-0 service's real server may keep the client's port (0).
+        m.apply(&Op::AddReal {
+            key: key("192.0.2.20", 0),
+            real: real("198.51.100.12:0", Fwd::Dr, 1),
+        })
+        .unwrap();
+        let e = m
+            .apply(&Op::AddReal {
+                key: key("192.0.2.20", 0),
+                real: real("198.51.100.13:0", Fwd::Nat, 1),
+            })
+            .unwrap_err();
+        assert_eq!(e.0, code::EINVAL);
+        // Making a service with a NAT real persistent is refused, changing nothing.
+        m.apply(&Op::AddReal {
+            key: key("192.0.2.20", 443),
+            real: real("198.51.100.13:443", Fwd::Nat, 1),
+        })
+        .unwrap();
+        let e = m
+            .apply(&Op::EditService {
+                spec: spec(443, Some(300), None),
+            })
+            .unwrap_err();
+        assert_eq!(e.0, code::EINVAL);
+        assert_eq!(m.services[i].persistent, None);
     }
 
     /// Every LVS scheduler is accepted; flags are kept when the scheduler takes them and refused

@@ -254,6 +254,30 @@ pub struct ServiceConf {
     pub lips: Vec<IpAddr>,
     /// Port on which the LIPs are owned.
     pub lip_port: PortIdx,
+    /// Persistence (ipvsadm `-p`/`-M`): None for a plain service. Required when `vport` is 0
+    /// (a port-0 service matches every port of the VIP).
+    pub persist: Option<Persist>,
+}
+
+/// Persistence of a service (ipvsadm `-p [timeout] -M netmask`): every connection of a client
+/// network (`CIP & netmask`) to the service goes to the same real server while the template
+/// lives ([`crate::persist`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persist {
+    /// Template timeout in milliseconds, restarted by each new connection using the template.
+    pub timeout_ms: u64,
+    /// IPv4 client netmask, host order (`0xffff_ffff` = one template per client address).
+    pub netmask: u32,
+}
+
+impl Default for Persist {
+    /// IPVS's defaults: 300 s, /32.
+    fn default() -> Self {
+        Persist {
+            timeout_ms: 300_000,
+            netmask: u32::MAX,
+        }
+    }
 }
 
 /// Forwarding method of a real server (ipvsadm's `-g`/`-i`/`-m`, plus FULLNAT), chosen per real

@@ -171,6 +171,9 @@ events! {
     nat_out,
     dr_out,
     tun_out,
+    persist_hits,
+    persist_new,
+    persist_table_full,
 }
 
 impl CoreCounters {

@@ -32,6 +32,7 @@ use crate::counters::DropReason;
 use crate::io::{Io, PortIdx};
 use crate::lport::LportAlloc;
 use crate::packet::PacketBuf;
+use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
 use crate::sched::{DestStats, SchedKey};
 use crate::service::{ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
@@ -127,6 +128,8 @@ pub(crate) struct Fullnat {
     pub(crate) wheel: TimerWheel,
     pub(crate) lports: LportAlloc,
     pub(crate) dest_stats: std::sync::Arc<[DestStats]>,
+    /// Persistence templates ([`crate::persist`]).
+    pub(crate) templates: Templates,
 }
 
 impl Fullnat {
@@ -153,6 +156,7 @@ impl Fullnat {
             wheel: TimerWheel::new(f.sessions as usize, WHEEL_SLOTS, TICK_MS),
             lports,
             dest_stats,
+            templates: Templates::new((f.sessions / 4).max(1) as usize, WHEEL_SLOTS, TICK_MS),
         })
     }
 
@@ -404,16 +408,25 @@ impl<P: PacketBuf> Stack<P> {
             self.fnat_in(io, port, pkt, ihl, idx, now_ms);
             return None;
         }
-        match self.fnat.services.lookup(proto, dst_ip, dport) {
+        match self.fnat.services.lookup_port(proto, dst_ip, dport) {
             Some(svc) => {
-                if self.fnat.services.list[svc as usize].has_nat {
+                let sv = &self.fnat.services.list[svc as usize];
+                let n = self.fnat.n_workers;
+                let owner = if let Some(p) = sv.persist {
+                    // Templates are per worker: every connection of the client network to the
+                    // service is scheduled by (and lives on) one worker.
+                    let cnet = Ipv4Addr::from(u32::from(src) & p.netmask);
+                    persist_owner(cnet, proto, dst, sv.vport, n)
+                } else if sv.has_nat {
                     // NAT replies reach the worker owning the client, so every session of a
                     // service with a NAT dest lives there (decided before scheduling).
-                    let owner = crate::fwd::nat_owner(src, sport, self.fnat.n_workers);
-                    if owner != self.fnat.worker {
-                        self.fnat_redirect(io, owner, port, pkt);
-                        return None;
-                    }
+                    crate::fwd::nat_owner(src, sport, n)
+                } else {
+                    self.fnat.worker
+                };
+                if owner != self.fnat.worker {
+                    self.fnat_redirect(io, owner, port, pkt);
+                    return None;
                 }
                 self.fnat_new(io, port, pkt, ihl, svc as usize, now_ms);
                 None
@@ -461,16 +474,67 @@ impl<P: PacketBuf> Stack<P> {
         }
         let f = &mut self.fnat;
         let s = &mut f.services.list[svc];
-        let key = SchedKey::new(
-            IpAddr::V4(ipv4_at(d, ip4::SRC)),
-            be16(d, l4),
-            IpAddr::V4(ipv4_at(d, ip4::DST)),
-            now_ms,
-        );
-        let Some(di) = s.sched.pick(&s.dests, &f.dest_stats, &key) else {
-            return self.drop_pkt(pkt, DropReason::NoDest);
+        let src = ipv4_at(d, ip4::SRC);
+        let dst = ipv4_at(d, ip4::DST);
+        let key = SchedKey::new(IpAddr::V4(src), be16(d, l4), IpAddr::V4(dst), now_ms);
+        let mut tmpl = NO_TMPL;
+        let di = if let Some(p) = s.persist {
+            // IPVS ip_vs_sched_persist: reuse the client network's template while its dest is
+            // still in the service with weight > 0, else schedule and (re)bind it.
+            let cnet = Ipv4Addr::from(u32::from(src) & p.netmask);
+            let tk = f.templates.key(proto, dst, s.vport, cnet);
+            let found = f.templates.lookup(&tk);
+            let hit = found.and_then(|t| {
+                let t = f.templates.get(t);
+                s.dests.iter().position(|d| {
+                    d.id == t.dest
+                        && d.weight > 0
+                        && d.rip == IpAddr::V4(t.rip)
+                        && d.rport == t.rport
+                })
+            });
+            match (found, hit) {
+                (Some(t), Some(di)) => {
+                    f.templates.refresh(t, now_ms, p.timeout_ms);
+                    self.counters.persist_hits.inc();
+                    tmpl = t;
+                    di
+                }
+                _ => {
+                    let Some(di) = s.sched.pick(&s.dests, &f.dest_stats, &key) else {
+                        return self.drop_pkt(pkt, DropReason::NoDest);
+                    };
+                    let dest = s.dests[di];
+                    let IpAddr::V4(rip) = dest.rip else {
+                        return self.drop_pkt(pkt, DropReason::NoDest);
+                    };
+                    let stats = &f.dest_stats;
+                    let (t, r) = (p.timeout_ms, dest.rport);
+                    match found {
+                        Some(ti) => {
+                            f.templates.bind(ti, dest.id, rip, r, now_ms, t, stats);
+                            tmpl = ti;
+                        }
+                        None => match f.templates.insert(tk, dest.id, rip, r, now_ms, t, stats) {
+                            Some(ti) => tmpl = ti,
+                            None => self.counters.persist_table_full.inc(),
+                        },
+                    }
+                    self.counters.persist_new.inc();
+                    di
+                }
+            }
+        } else {
+            let Some(di) = s.sched.pick(&s.dests, &f.dest_stats, &key) else {
+                return self.drop_pkt(pkt, DropReason::NoDest);
+            };
+            di
         };
-        let dest = s.dests[di];
+        let mut dest = s.dests[di];
+        if dest.rport == 0 {
+            // Port-0 service: the real server listens on the client's destination port.
+            dest.rport = be16(d, l4 + 2);
+        }
         if dest.fwd != Fwd::FullNat {
             let IpAddr::V4(rip) = dest.rip else {
                 return self.drop_pkt(pkt, DropReason::NoDest);
@@ -489,6 +553,7 @@ impl<P: PacketBuf> Stack<P> {
             );
             sess.fwd = dest.fwd;
             sess.lip_pool = u16::MAX;
+            sess.tmpl = tmpl;
             return self.fnat_insert(io, port, pkt, ihl, sess, dest.id, now_ms);
         }
         let start = s.lip_cursor;
@@ -516,6 +581,7 @@ impl<P: PacketBuf> Stack<P> {
             dest.rport,
         );
         sess.lip_pool = pool;
+        sess.tmpl = tmpl;
         self.fnat_insert(io, port, pkt, ihl, sess, dest.id, now_ms);
     }
 
@@ -549,6 +615,9 @@ impl<P: PacketBuf> Stack<P> {
             return self.drop_pkt(pkt, DropReason::SessionTableFull);
         };
         f.wheel.schedule(idx, sess.expires_ms);
+        if sess.tmpl != NO_TMPL {
+            f.templates.hold(sess.tmpl);
+        }
         if let Some(st) = f.dest_stats.get(dest as usize) {
             st.conns.inc();
             st.inactive.inc();
@@ -820,13 +889,24 @@ impl<P: PacketBuf> Stack<P> {
         }
         if isrc == dst {
             // From the client side, quoting VIP:vport → CIP:cport.
-            if let Some(svc) = self.fnat.services.lookup(iproto, IpAddr::V4(isrc), isport) {
-                if self.fnat.services.list[svc as usize].has_nat {
-                    let owner = crate::fwd::nat_owner(idst, idport, self.fnat.n_workers);
-                    if owner != self.fnat.worker {
-                        self.fnat_redirect(io, owner, port, pkt);
-                        return None;
-                    }
+            if let Some(svc) = self
+                .fnat
+                .services
+                .lookup_port(iproto, IpAddr::V4(isrc), isport)
+            {
+                let sv = &self.fnat.services.list[svc as usize];
+                let n = self.fnat.n_workers;
+                let owner = if let Some(p) = sv.persist {
+                    let cnet = Ipv4Addr::from(u32::from(idst) & p.netmask);
+                    persist_owner(cnet, iproto, isrc, sv.vport, n)
+                } else if sv.has_nat {
+                    crate::fwd::nat_owner(idst, idport, n)
+                } else {
+                    self.fnat.worker
+                };
+                if owner != self.fnat.worker {
+                    self.fnat_redirect(io, owner, port, pkt);
+                    return None;
                 }
             }
             let Some(idx) = self
@@ -960,6 +1040,7 @@ impl<P: PacketBuf> Stack<P> {
         let lports = &mut f.lports;
         let stats = &f.dest_stats;
         let counters = &self.counters;
+        let templates = &mut f.templates;
         f.wheel
             .expire(now_ms, EXPIRE_BUDGET, EXPIRE_MAX_TICKS, |idx| {
                 let s = sessions.get(idx);
@@ -973,6 +1054,9 @@ impl<P: PacketBuf> Stack<P> {
                 if s.fwd == Fwd::FullNat {
                     lports.release(s.lip_pool, s.lport, now_ms);
                 }
+                if s.tmpl != NO_TMPL {
+                    templates.release(s.tmpl);
+                }
                 if let Some(st) = stats.get(s.dest as usize) {
                     if s.flags & F_ACTIVE != 0 {
                         st.active.dec();
@@ -983,6 +1067,22 @@ impl<P: PacketBuf> Stack<P> {
                 counters.sessions_expired.inc();
                 None
             });
+        f.templates.expire(now_ms, EXPIRE_MAX_TICKS, &f.dest_stats);
+    }
+
+    /// Persistence templates on this worker (control path: allocates).
+    pub fn persist_templates(&self) -> Vec<TemplateInfo> {
+        self.fnat.templates.infos()
+    }
+
+    /// Number of persistence templates on this worker.
+    pub fn template_count(&self) -> usize {
+        self.fnat.templates.len()
+    }
+
+    /// Template table capacity of this worker.
+    pub fn template_capacity(&self) -> usize {
+        self.fnat.templates.capacity()
     }
 
     /// Replace the service set (control operation; allocates). Existing sessions are untouched:

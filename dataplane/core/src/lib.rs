@@ -16,6 +16,7 @@ pub mod io;
 pub mod lport;
 pub mod neigh;
 pub mod packet;
+pub mod persist;
 pub mod route;
 pub mod sched;
 pub mod service;
@@ -28,12 +29,13 @@ pub mod wire;
 
 pub use addr::{MacAddr, Prefix};
 pub use config::{
-    DestConf, FullnatConf, Fwd, NeighConf, PortConf, Proto, RouteConf, RssConf, Sched, ServiceConf,
-    StackConfig, Timeouts,
+    DestConf, FullnatConf, Fwd, NeighConf, Persist, PortConf, Proto, RouteConf, RssConf, Sched,
+    ServiceConf, StackConfig, Timeouts,
 };
 pub use fullnat::SessionInfo;
 pub use fwd::nat_owner;
 pub use neigh::NeighState;
+pub use persist::persist_owner;
 pub use sched::DestStats;
 pub use stack::Stack;
 pub use tcp_state::TcpState;

@@ -82,6 +82,8 @@ pub struct DestStats {
     pub inbytes: Counter,
     /// IP bytes real server → client (as received).
     pub outbytes: Counter,
+    /// Persistence templates pointing at the dest (gauge, ipvsadm's `PersistConn`).
+    pub persist: Counter,
 }
 
 /// IPVS's `ip_vs_wrr_mark`. `cl == dests.len()` stands for the list head.

@@ -6,7 +6,7 @@
 //! its RIP:rport and LIP:lport (and its dest id for the counters) until it expires, even when its
 //! service or dest was removed; only new sessions see the new set.
 
-use crate::config::{is_prime, Fwd, Proto, Sched, ServiceConf, MH_TABLE_SIZE_MAX};
+use crate::config::{is_prime, Fwd, Persist, Proto, Sched, ServiceConf, MH_TABLE_SIZE_MAX};
 use crate::fixedmap::{ip_bits, mix, FixedKey, FixedMap};
 use crate::io::PortIdx;
 use crate::lport::LportAlloc;
@@ -51,6 +51,9 @@ pub struct Service {
     /// Some dest is NAT: every session of the service lives on the worker owning the client
     /// ([`crate::fwd::nat_owner`]), whatever its dest's method.
     pub has_nat: bool,
+    /// Persistence ([`crate::persist`]): every session of the service lives on the worker owning
+    /// the client network.
+    pub persist: Option<Persist>,
 }
 
 /// Invalid service configuration.
@@ -70,6 +73,11 @@ pub enum ServiceError {
     BadPort(PortIdx),
     /// The Maglev table size is not a prime in `2..=MH_TABLE_SIZE_MAX`.
     MhTableSize(u32),
+    /// A port-0 service (vport 0) without persistence.
+    Port0NotPersistent(SvcKey),
+    /// A persistent service with a NAT dest (not supported: NAT replies are owned by
+    /// `nat_owner(CIP, cport)`, not by the persistence owner).
+    PersistentNat(SvcKey),
 }
 
 impl std::fmt::Display for ServiceError {
@@ -91,6 +99,16 @@ impl std::fmt::Display for ServiceError {
                 f,
                 "mh table size {n} is not a prime in 2..={MH_TABLE_SIZE_MAX}"
             ),
+            ServiceError::Port0NotPersistent(k) => write!(
+                f,
+                "service {}:0 (proto {}) matches every port: it must be persistent",
+                k.vip, k.proto
+            ),
+            ServiceError::PersistentNat(k) => write!(
+                f,
+                "persistent service {}:{} has a NAT dest (not supported)",
+                k.vip, k.vport
+            ),
         }
     }
 }
@@ -102,6 +120,8 @@ pub struct Services {
     /// Services, indexed by the map's values.
     pub list: Vec<Service>,
     vips: FixedMap<IpAddr, ()>,
+    /// Some service has vport 0 (a lookup miss then tries port 0).
+    any_port0: bool,
 }
 
 impl Services {
@@ -111,6 +131,7 @@ impl Services {
             map: FixedMap::with_capacity(1),
             list: Vec::new(),
             vips: FixedMap::with_capacity(1),
+            any_port0: false,
         }
     }
 
@@ -146,6 +167,12 @@ impl Services {
             }
             if c.lips.is_empty() && c.dests.iter().any(|d| d.fwd == Fwd::FullNat) {
                 return Err(ServiceError::NoLip(key));
+            }
+            if c.vport == 0 && c.persist.is_none() {
+                return Err(ServiceError::Port0NotPersistent(key));
+            }
+            if c.persist.is_some() && c.dests.iter().any(|d| d.fwd == Fwd::Nat) {
+                return Err(ServiceError::PersistentNat(key));
             }
             if let Sched::Mh { table_size, .. } = c.sched {
                 if table_size > MH_TABLE_SIZE_MAX || !is_prime(table_size) {
@@ -183,9 +210,16 @@ impl Services {
                 lips,
                 lip_cursor: 0,
                 has_nat: c.dests.iter().any(|d| d.fwd == Fwd::Nat),
+                persist: c.persist,
             });
         }
-        Ok(Services { map, list, vips })
+        let any_port0 = confs.iter().any(|c| c.vport == 0);
+        Ok(Services {
+            map,
+            list,
+            vips,
+            any_port0,
+        })
     }
 
     /// The service index of (proto, VIP, vport).
@@ -195,6 +229,16 @@ impl Services {
             return None;
         }
         self.map.get(&SvcKey { proto, vip, vport }).copied()
+    }
+
+    /// The service a packet to (proto, VIP, `dport`) belongs to: the exact service, else the
+    /// VIP's port-0 service.
+    #[inline]
+    pub fn lookup_port(&self, proto: u8, vip: IpAddr, dport: u16) -> Option<u32> {
+        match self.lookup(proto, vip, dport) {
+            None if self.any_port0 => self.lookup(proto, vip, 0),
+            r => r,
+        }
     }
 
     /// True when `ip` is the VIP of some service.

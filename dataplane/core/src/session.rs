@@ -89,6 +89,8 @@ pub struct Session<A> {
     pub flags: u8,
     /// Forwarding method of the session's dest.
     pub fwd: Fwd,
+    /// Persistence template the session holds a reference on ([`crate::persist::NO_TMPL`]: none).
+    pub tmpl: u32,
 }
 
 impl<A: SessAddr> Session<A> {
@@ -123,6 +125,7 @@ impl<A: SessAddr> Session<A> {
             state: 0,
             flags: 0,
             fwd: Fwd::FullNat,
+            tmpl: crate::persist::NO_TMPL,
         }
     }
 

@@ -123,6 +123,7 @@ fn cfg() -> StackConfig {
                 ],
                 lips: vec![ip(LIP)],
                 lip_port: 1,
+                persist: None,
             },
             ServiceConf {
                 proto: Proto::Udp,
@@ -133,6 +134,7 @@ fn cfg() -> StackConfig {
                 dests: vec![dest(3, 4, 5353, 1), dest(4, 5, 5353, 1)],
                 lips: vec![ip(LIP)],
                 lip_port: 1,
+                persist: None,
             },
         ],
         fullnat: FullnatConf {

@@ -90,6 +90,7 @@ fn service(proto: Proto, vport: u16, sched: Sched, dests: Vec<DestConf>) -> Serv
         dests,
         lips: if full { vec![ip(LIP)] } else { vec![] },
         lip_port: 1,
+        persist: None,
     }
 }
 

@@ -106,6 +106,15 @@ impl Daemon {
         (st, active, inactive)
     }
 
+    /// Persistence templates pointing at dest `id`, summed over workers (ipvsadm's `PersistConn`).
+    fn persist(&self, id: u32) -> u64 {
+        self.dest_stats
+            .iter()
+            .filter_map(|w| w.get(id as usize))
+            .map(|d| d.persist.get())
+            .sum()
+    }
+
     /// Sample every dest's counters every 2 s and update the rate estimates until `stop`.
     pub fn run_estimator(self: Arc<Self>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
         std::thread::Builder::new()
@@ -189,7 +198,7 @@ impl Daemon {
                         },
                         active,
                         inactive,
-                        persist: 0,
+                        persist: self.persist(id),
                         stats: st,
                         rates,
                     });

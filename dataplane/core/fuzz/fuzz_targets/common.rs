@@ -48,6 +48,11 @@ pub fn stack() -> Stack<VecPacket> {
         ],
         lips: vec![ip("198.51.100.2")],
         lip_port: 1,
+        // The UDP service is persistent per /24, so the fuzzer also drives templates.
+        persist: (vport == 53).then_some(rvs_core::Persist {
+            timeout_ms: 30_000,
+            netmask: 0xffff_ff00,
+        }),
     };
     let cfg = StackConfig {
         ports: vec![

@@ -1,0 +1,505 @@
+//! Persistent services (ipvsadm `-p`/`-M`, port-0 services) of `Stack`, with etherparse as the
+//! independent oracle: inputs built with etherparse, outputs parsed by it, checksums recomputed.
+
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use rvs_core::counters::CoreCounters;
+use rvs_core::io::{Io, PortIdx};
+use rvs_core::packet::VecPacket;
+use rvs_core::service::ServiceError;
+use rvs_core::{
+    persist_owner, DestConf, FullnatConf, Fwd, MacAddr, Persist, PortConf, Proto, RouteConf, Sched,
+    ServiceConf, Stack, StackConfig, TcpState, Timeouts,
+};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+const MAC0: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const GW0: [u8; 6] = [0x0a, 0, 0, 0, 0, 0xfe];
+const CIP: &str = "100.64.0.7";
+const VIP: &str = "203.0.113.10";
+const LIP: &str = "198.51.100.100";
+const TCP: u8 = 6;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+fn a4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+fn rs_mac(i: u8) -> [u8; 6] {
+    [0x0a, 0, 0, 0, 1, i]
+}
+/// Real server `i`: 198.51.100.(10 + i).
+fn rip(i: u8) -> String {
+    format!("198.51.100.{}", 10 + i)
+}
+
+#[derive(Default)]
+struct TestIo {
+    sent: Vec<(PortIdx, Vec<u8>)>,
+    redirected: Vec<(u16, PortIdx, Vec<u8>)>,
+}
+
+impl Io for TestIo {
+    type Pkt = VecPacket;
+    fn alloc(&mut self) -> Option<VecPacket> {
+        Some(VecPacket::empty())
+    }
+    fn send(&mut self, port: PortIdx, pkt: VecPacket) {
+        self.sent.push((port, pkt.to_vec()));
+    }
+    fn redirect(&mut self, worker: u16, port: PortIdx, pkt: VecPacket) -> bool {
+        self.redirected.push((worker, port, pkt.to_vec()));
+        true
+    }
+}
+
+impl TestIo {
+    fn one(&mut self) -> (PortIdx, Vec<u8>) {
+        let mut v = std::mem::take(&mut self.sent);
+        assert_eq!(v.len(), 1, "expected one frame, got {}", v.len());
+        v.pop().unwrap()
+    }
+}
+
+fn dest(id: u32, i: u8, rport: u16, weight: u32, fwd: Fwd) -> DestConf {
+    DestConf {
+        id,
+        rip: ip(&rip(i)),
+        rport,
+        weight,
+        fwd,
+        upper: 0,
+        lower: 0,
+    }
+}
+
+/// Three FULLNAT real servers (ids 0..3, real servers 1..=3), round robin.
+fn rr3(rport: u16) -> Vec<DestConf> {
+    (0..3)
+        .map(|i| dest(i, i as u8 + 1, rport, 1, Fwd::FullNat))
+        .collect()
+}
+
+fn service(vport: u16, dests: Vec<DestConf>, persist: Option<Persist>) -> ServiceConf {
+    let full = dests.iter().any(|d| d.fwd == Fwd::FullNat);
+    ServiceConf {
+        proto: Proto::Tcp,
+        vip: ip(VIP),
+        vport,
+        vip_port: 0,
+        sched: Sched::Rr,
+        dests,
+        lips: if full { vec![ip(LIP)] } else { vec![] },
+        lip_port: 1,
+        persist,
+    }
+}
+
+fn persist(secs: u64, netmask: u32) -> Option<Persist> {
+    Some(Persist {
+        timeout_ms: secs * 1000,
+        netmask,
+    })
+}
+
+/// The demo topology: port 0 (clients) 192.0.2.1/24, default via 192.0.2.254; port 1 (real
+/// servers) 198.51.100.1/24.
+fn cfg(services: Vec<ServiceConf>) -> StackConfig {
+    StackConfig {
+        ports: vec![
+            PortConf {
+                mac: MacAddr(MAC0),
+                mtu: 1500,
+                addrs: vec!["192.0.2.1/24".parse().unwrap()],
+            },
+            PortConf {
+                mac: MacAddr(MAC1),
+                mtu: 1500,
+                addrs: vec!["198.51.100.1/24".parse().unwrap()],
+            },
+        ],
+        routes: vec![RouteConf {
+            prefix: "0.0.0.0/0".parse().unwrap(),
+            via: Some(ip("192.0.2.254")),
+            port: 0,
+        }],
+        ip_forward: true,
+        services,
+        fullnat: FullnatConf {
+            sessions: 1024,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn setup(c: StackConfig) -> (Stack<VecPacket>, TestIo, Arc<CoreCounters>) {
+    let counters = Arc::new(CoreCounters::default());
+    let mut s = Stack::new(&c, counters.clone());
+    let mut io = TestIo::default();
+    s.neigh_update(&mut io, 0, ip("192.0.2.254"), MacAddr(GW0), 0);
+    for i in 1..=3 {
+        s.neigh_update(&mut io, 1, ip(&rip(i)), MacAddr(rs_mac(i)), 0);
+    }
+    assert!(io.sent.is_empty());
+    (s, io, counters)
+}
+
+const SYN: u8 = 1;
+const ACK: u8 = 2;
+
+/// Client `cip`:`cport` → VIP:`vport` TCP segment (`fl`: SYN and/or ACK).
+fn c2v(cip: &str, cport: u16, vport: u16, fl: u8) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(GW0, MAC0)
+        .ipv4(a4(cip).octets(), a4(VIP).octets(), 64)
+        .tcp(cport, vport, 1000, 64000);
+    if fl & SYN != 0 {
+        b = b.syn();
+    }
+    if fl & ACK != 0 {
+        b = b.ack(5000);
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, b"").unwrap();
+    v
+}
+
+/// (destination MAC, destination IP, destination port) of an output IPv4 TCP frame, checksums
+/// checked by etherparse.
+fn out(frame: &[u8]) -> ([u8; 6], Ipv4Addr, u16) {
+    let h = PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let Some(etherparse::LinkHeader::Ethernet2(eth)) = h.link else {
+        panic!("no eth")
+    };
+    let Some(NetHeaders::Ipv4(iph, _)) = h.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(iph.header_checksum, iph.calc_header_checksum(), "ip csum");
+    let payload = h.payload.slice().to_vec();
+    let Some(TransportHeader::Tcp(t)) = h.transport else {
+        panic!("not tcp")
+    };
+    assert_eq!(
+        t.checksum,
+        t.calc_checksum_ipv4(&iph, &payload).unwrap(),
+        "tcp csum"
+    );
+    (
+        eth.destination,
+        Ipv4Addr::from(iph.destination),
+        t.destination_port,
+    )
+}
+
+/// Send a SYN from `cip:cport` to VIP:`vport` and return where it went (RIP, rport).
+fn connect(
+    s: &mut Stack<VecPacket>,
+    io: &mut TestIo,
+    cip: &str,
+    cport: u16,
+    vport: u16,
+    now: u64,
+) -> (Ipv4Addr, u16) {
+    s.handle(
+        io,
+        0,
+        VecPacket::from_slice(&c2v(cip, cport, vport, SYN)),
+        now,
+    );
+    let (port, f) = io.one();
+    assert_eq!(port, 1);
+    let (_, d, p) = out(&f);
+    (d, p)
+}
+
+fn tick(s: &mut Stack<VecPacket>, io: &mut TestIo, from: u64, to: u64) {
+    let mut t = from;
+    while t <= to {
+        s.poll_timers(io, t);
+        t += 100;
+    }
+    // Neighbour probes (ARP) of the timers are not what these tests look at: keep the
+    // neighbours fresh.
+    s.neigh_update(io, 0, ip("192.0.2.254"), MacAddr(GW0), to);
+    for i in 1..=3 {
+        s.neigh_update(io, 1, ip(&rip(i)), MacAddr(rs_mac(i)), to);
+    }
+    io.sent.clear();
+}
+
+#[test]
+fn all_connections_of_a_client_land_on_one_real_server() {
+    let (mut s, mut io, c) = setup(cfg(vec![service(80, rr3(80), persist(300, !0))]));
+    let first = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    for p in 1001..1030 {
+        assert_eq!(connect(&mut s, &mut io, CIP, p, 80, 1), first);
+    }
+    assert_eq!((c.persist_new.get(), c.persist_hits.get()), (1, 29));
+    assert_eq!(s.session_count(), 30);
+    assert_eq!(s.template_count(), 1);
+    let t = s.persist_templates()[0];
+    assert_eq!((t.cnet, t.vport, t.refs, t.proto), (a4(CIP), 80, 30, TCP));
+    assert_eq!(t.rip, first.0);
+    let id = s.persist_templates()[0].dest;
+    assert_eq!(s.dest_stats(id).unwrap().persist.get(), 1);
+    // Another client is scheduled (rr moves on) and then sticks to its own real server.
+    let other = connect(&mut s, &mut io, "100.64.9.9", 1000, 80, 2);
+    assert_ne!(other, first);
+    assert_eq!(connect(&mut s, &mut io, "100.64.9.9", 1001, 80, 2), other);
+    assert_eq!(s.template_count(), 2);
+    // Without persistence, rr spreads the same client's connections.
+    let (mut s, mut io, _) = setup(cfg(vec![service(80, rr3(80), None)]));
+    let a = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    assert_ne!(connect(&mut s, &mut io, CIP, 1001, 80, 0), a);
+    assert_eq!(s.template_count(), 0);
+}
+
+#[test]
+fn port_zero_service_sticks_across_ports() {
+    let mut dests = rr3(0);
+    dests[1].rport = 8080;
+    let (mut s, mut io, c) = setup(cfg(vec![
+        service(0, dests, persist(300, !0)),
+        // An exact service of the same VIP takes precedence over the port-0 one.
+        service(22, vec![dest(9, 3, 2222, 1, Fwd::FullNat)], None),
+    ]));
+    // rr picks dest 0 (rport 0): the real server gets the client's destination port.
+    let (r, p) = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    assert_eq!((r, p), (a4(&rip(1)), 80));
+    assert_eq!(connect(&mut s, &mut io, CIP, 1001, 443, 0), (r, 443));
+    assert_eq!(connect(&mut s, &mut io, CIP, 1002, 8443, 0), (r, 8443));
+    assert_eq!(
+        connect(&mut s, &mut io, CIP, 1003, 22, 0),
+        (a4(&rip(3)), 2222)
+    );
+    assert_eq!((c.persist_new.get(), c.persist_hits.get()), (1, 2));
+    let t = s.persist_templates()[0];
+    assert_eq!((t.vport, t.dest), (0, 0));
+    let i = s
+        .session_by_client(Proto::Tcp, a4(CIP), 1001, a4(VIP), 443)
+        .unwrap();
+    assert_eq!((i.vport, i.rport), (443, 443));
+    // The next client gets dest 1, whose fixed port 8080 is used whatever the client's port.
+    let (r2, p2) = connect(&mut s, &mut io, "100.64.9.9", 1000, 443, 0);
+    assert_eq!((r2, p2), (a4(&rip(2)), 8080));
+    assert_eq!(
+        connect(&mut s, &mut io, "100.64.9.9", 1001, 80, 0),
+        (r2, 8080)
+    );
+}
+
+#[test]
+fn per_port_persistence_keeps_one_template_per_service() {
+    let (mut s, mut io, _) = setup(cfg(vec![
+        service(80, rr3(80), persist(300, !0)),
+        service(443, rr3(443), persist(300, !0)),
+    ]));
+    let a = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    let b = connect(&mut s, &mut io, CIP, 1001, 443, 0);
+    assert_eq!((a.1, b.1), (80, 443));
+    assert_eq!(connect(&mut s, &mut io, CIP, 1002, 80, 0), a);
+    assert_eq!(connect(&mut s, &mut io, CIP, 1003, 443, 0), b);
+    assert_eq!(s.template_count(), 2);
+}
+
+#[test]
+fn non_owner_worker_redirects_and_owner_uses_the_template() {
+    let mk = |w: u16| {
+        let mut c = cfg(vec![service(80, rr3(80), persist(300, !0))]);
+        c.worker = w;
+        c.n_workers = 2;
+        setup(c)
+    };
+    let (mut w0, mut io0, c0) = mk(0);
+    let (mut w1, mut io1, c1) = mk(1);
+    let owned_by = |w: u16| {
+        (1..=250u8)
+            .map(|i| format!("100.64.0.{i}"))
+            .find(|c| persist_owner(a4(c), TCP, a4(VIP), 80, 2) == w)
+            .unwrap()
+    };
+    let (cip1, cip0) = (owned_by(1), owned_by(0));
+    assert_eq!(persist_owner(a4(&cip1), TCP, a4(VIP), 80, 1), 0);
+    // Every connection of the client arriving on worker 0 goes to worker 1 untouched, whatever
+    // its source port.
+    for p in 1000..1010 {
+        let syn = c2v(&cip1, p, 80, SYN);
+        w0.handle(&mut io0, 0, VecPacket::from_slice(&syn), 0);
+        assert!(io0.sent.is_empty());
+        assert_eq!(io0.redirected.pop(), Some((1, 0, syn.clone())));
+        // The owner schedules them all on one real server.
+        w1.handle(&mut io1, 0, VecPacket::from_slice(&syn), 0);
+        let (_, d, _) = out(&io1.one().1);
+        assert_eq!(d, w1.persist_templates()[0].rip);
+    }
+    assert_eq!(c0.redirected_out.get(), 10);
+    assert_eq!((w0.session_count(), w0.template_count()), (0, 0));
+    assert_eq!((w1.session_count(), w1.template_count()), (10, 1));
+    assert_eq!((c1.persist_new.get(), c1.persist_hits.get()), (1, 9));
+    // A packet of an existing session arriving on the non-owner is redirected too.
+    let ack = c2v(&cip1, 1000, 80, ACK);
+    w0.handle(&mut io0, 0, VecPacket::from_slice(&ack), 1);
+    assert_eq!(io0.redirected.pop(), Some((1, 0, ack)));
+    // A client owned by worker 0 stays there.
+    connect(&mut w0, &mut io0, &cip0, 1000, 80, 2);
+    assert!(io0.redirected.is_empty());
+    assert_eq!(w0.template_count(), 1);
+}
+
+#[test]
+fn new_connections_refresh_the_template_and_it_expires_after() {
+    let mut c = cfg(vec![service(80, rr3(80), persist(10, !0))]);
+    c.fullnat.timeouts = Timeouts {
+        tcp_syn_recv: 1000,
+        tcp_none: 1000,
+        ..Default::default()
+    };
+    let (mut s, mut io, c) = setup(c);
+    let first = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    assert_eq!(s.persist_templates()[0].expires_ms, 10_000);
+    tick(&mut s, &mut io, 0, 8000);
+    assert_eq!(s.session_count(), 0);
+    assert_eq!(s.persist_templates()[0].refs, 0);
+    // A new connection at 8 s uses the template and restarts its timer: 18 s.
+    assert_eq!(connect(&mut s, &mut io, CIP, 1001, 80, 8000), first);
+    assert_eq!(s.persist_templates()[0].expires_ms, 18_000);
+    // At 12 s (past the first expiry) it still holds.
+    tick(&mut s, &mut io, 8100, 12_000);
+    assert_eq!(s.template_count(), 1);
+    assert_eq!(connect(&mut s, &mut io, CIP, 1002, 80, 12_000), first);
+    assert_eq!(s.persist_templates()[0].expires_ms, 22_000);
+    // Past 22 s without connections it is freed; the next connection is scheduled anew (rr
+    // moves on).
+    tick(&mut s, &mut io, 12_100, 23_000);
+    assert_eq!((s.session_count(), s.template_count()), (0, 0));
+    assert_eq!(s.dest_stats(0).unwrap().persist.get(), 0);
+    assert_ne!(connect(&mut s, &mut io, CIP, 1003, 80, 23_000), first);
+    assert_eq!(c.persist_new.get(), 2);
+}
+
+#[test]
+fn template_expiry_never_cuts_a_live_connection() {
+    // DR: the client's SYN and ACK make the session ESTABLISHED (input-only states).
+    let dr = (0..3)
+        .map(|i| dest(i, i as u8 + 1, 80, 1, Fwd::Dr))
+        .collect();
+    let (mut s, mut io, c) = setup(cfg(vec![service(80, dr, persist(10, !0))]));
+    s.handle(
+        &mut io,
+        0,
+        VecPacket::from_slice(&c2v(CIP, 1000, 80, SYN)),
+        0,
+    );
+    let (mac, ..) = out(&io.one().1);
+    s.handle(
+        &mut io,
+        0,
+        VecPacket::from_slice(&c2v(CIP, 1000, 80, ACK)),
+        1,
+    );
+    assert_eq!(out(&io.one().1).0, mac);
+    let st = |s: &Stack<VecPacket>| {
+        s.session_by_client(Proto::Tcp, a4(CIP), 1000, a4(VIP), 80)
+            .and_then(|i| i.tcp_state)
+    };
+    assert_eq!(st(&s), Some(TcpState::Established));
+    // 60 s later (6 persistence timeouts), the connection still flows.
+    tick(&mut s, &mut io, 100, 60_000);
+    assert_eq!(st(&s), Some(TcpState::Established));
+    s.handle(
+        &mut io,
+        0,
+        VecPacket::from_slice(&c2v(CIP, 1000, 80, ACK)),
+        60_000,
+    );
+    assert_eq!(out(&io.one().1).0, mac);
+    // The template is kept while it has a connection: a new one still goes to the same server.
+    assert_eq!(s.persist_templates()[0].refs, 1);
+    s.handle(
+        &mut io,
+        0,
+        VecPacket::from_slice(&c2v(CIP, 1001, 80, SYN)),
+        60_000,
+    );
+    assert_eq!(out(&io.one().1).0, mac);
+    assert_eq!((c.persist_new.get(), c.persist_hits.get()), (1, 1));
+}
+
+#[test]
+fn quiesced_or_removed_dest_template_is_ignored() {
+    let (mut s, mut io, c) = setup(cfg(vec![service(80, rr3(80), persist(300, !0))]));
+    let first = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    assert_eq!(first.0, a4(&rip(1)));
+    // Quiesce dest 0: the template is ignored and re-bound to a newly scheduled dest.
+    let mut d = rr3(80);
+    d[0].weight = 0;
+    s.set_services(&[service(80, d.clone(), persist(300, !0))])
+        .unwrap();
+    let second = connect(&mut s, &mut io, CIP, 1001, 80, 1);
+    assert_ne!(second, first);
+    assert_eq!(connect(&mut s, &mut io, CIP, 1002, 80, 1), second);
+    assert_eq!(s.template_count(), 1);
+    assert_eq!((c.persist_new.get(), c.persist_hits.get()), (2, 1));
+    assert_eq!(s.dest_stats(0).unwrap().persist.get(), 0);
+    // The old connection goes on to the quiesced server.
+    s.handle(
+        &mut io,
+        0,
+        VecPacket::from_slice(&c2v(CIP, 1000, 80, ACK)),
+        2,
+    );
+    assert_eq!(out(&io.one().1).1, first.0);
+    // Remove the template's dest: rescheduled again.
+    let kept: Vec<_> = d
+        .into_iter()
+        .filter(|x| x.rip != IpAddr::V4(second.0))
+        .collect();
+    s.set_services(&[service(80, kept, persist(300, !0))])
+        .unwrap();
+    let third = connect(&mut s, &mut io, CIP, 1003, 80, 3);
+    assert!(third != first && third != second);
+    assert_eq!(c.persist_new.get(), 3);
+}
+
+#[test]
+fn netmask_groups_a_client_network() {
+    let (mut s, mut io, _) = setup(cfg(vec![service(80, rr3(80), persist(300, 0xffff_ff00))]));
+    let a = connect(&mut s, &mut io, "100.64.0.7", 1000, 80, 0);
+    assert_eq!(connect(&mut s, &mut io, "100.64.0.200", 1000, 80, 0), a);
+    assert_eq!(connect(&mut s, &mut io, "100.64.0.1", 5000, 80, 0), a);
+    let b = connect(&mut s, &mut io, "100.64.1.7", 1000, 80, 0);
+    assert_ne!(a, b);
+    let nets: Vec<_> = s.persist_templates().iter().map(|t| t.cnet).collect();
+    assert!(nets.contains(&a4("100.64.0.0")) && nets.contains(&a4("100.64.1.0")));
+}
+
+#[test]
+fn full_template_table_schedules_without_persistence() {
+    let mut c = cfg(vec![service(80, rr3(80), persist(300, !0))]);
+    c.fullnat.sessions = 8; // 2 templates
+    let (mut s, mut io, c) = setup(c);
+    assert_eq!(s.template_capacity(), 2);
+    connect(&mut s, &mut io, "100.64.0.1", 1000, 80, 0);
+    connect(&mut s, &mut io, "100.64.0.2", 1000, 80, 0);
+    connect(&mut s, &mut io, "100.64.0.3", 1000, 80, 0);
+    assert_eq!(c.persist_table_full.get(), 1);
+    assert_eq!(s.session_count(), 3);
+    assert_eq!(s.template_count(), 2);
+}
+
+#[test]
+fn invalid_persistent_services_are_refused() {
+    let (mut s, _, _) = setup(cfg(vec![]));
+    assert!(matches!(
+        s.set_services(&[service(0, rr3(0), None)]),
+        Err(ServiceError::Port0NotPersistent(_))
+    ));
+    let nat = vec![dest(0, 1, 80, 1, Fwd::Nat)];
+    assert!(matches!(
+        s.set_services(&[service(80, nat, persist(300, !0))]),
+        Err(ServiceError::PersistentNat(_))
+    ));
+    assert_eq!(s.service_count(), 0);
+}
