@@ -15,6 +15,7 @@ mod fnat;
 mod harness;
 mod report;
 mod trace;
+mod veth;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
@@ -152,6 +153,10 @@ enum Cmd {
     Instr,
     /// Table memory only.
     Mem,
+    /// Over-veth benchmark (scripts/bench-veth): UDP load generator on one DPDK port.
+    VethGen(veth::GenArgs),
+    /// Over-veth benchmark: plain io-forward between two DPDK ports, Ethernet header rewritten.
+    VethFwd(veth::FwdArgs),
 }
 
 fn main() -> ExitCode {
@@ -162,6 +167,8 @@ fn main() -> ExitCode {
         Cmd::Throughput => throughput_only(o),
         Cmd::Instr => instr_child(o),
         Cmd::Mem => mem_only(o),
+        Cmd::VethGen(a) => veth::gen(&a),
+        Cmd::VethFwd(a) => veth::fwd(&a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
