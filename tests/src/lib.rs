@@ -316,6 +316,36 @@ pub mod pcap {
     }
 }
 
+/// The two-port gateway config of `scripts/topo`: `[eal]` with `file_prefix`, one worker
+/// (lcore 1), a `[control]` socket when `socket` is given, the client port (`{pmd}0` on gw-c,
+/// 192.0.2.1/24) and the servers port (`{pmd}1` on gw-s, 198.51.100.1/24), then `extra`
+/// (services and the like) verbatim.
+pub fn gateway_toml(pmd: &str, file_prefix: &str, socket: Option<&Path>, extra: &str) -> String {
+    let control = socket
+        .map(|s| format!("[control]\nsocket = \"{}\"\n\n", s.display()))
+        .unwrap_or_default();
+    format!(
+        r#"
+[eal]
+file_prefix = "{file_prefix}"
+args = ["--log-level", "*:warning"]
+
+[dataplane]
+workers = [1]
+
+{control}[[port]]
+name = "client"
+device = "{pmd}0,iface=gw-c"
+addresses = ["192.0.2.1/24"]
+
+[[port]]
+name = "servers"
+device = "{pmd}1,iface=gw-s"
+addresses = ["198.51.100.1/24"]
+{extra}"#
+    )
+}
+
 /// Start rvsd in `netns` with the config `make(pmd)` on AF_XDP, or on AF_PACKET when AF_XDP cannot
 /// start here (reported on stderr, never silent). Returns the daemon and the PMD used.
 pub fn start_gateway(

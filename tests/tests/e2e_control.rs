@@ -23,30 +23,7 @@ fn rvsadm(sock: &Path, args: &str) -> (i32, String) {
 }
 
 fn config(pmd: &str, prefix: &str, sock: &Path, services: &str) -> String {
-    format!(
-        r#"
-[eal]
-file_prefix = "{prefix}-ctl"
-args = ["--log-level", "*:warning"]
-
-[dataplane]
-workers = [1]
-
-[control]
-socket = "{}"
-
-[[port]]
-name = "client"
-device = "{pmd}0,iface=gw-c"
-addresses = ["192.0.2.1/24"]
-
-[[port]]
-name = "servers"
-device = "{pmd}1,iface=gw-s"
-addresses = ["198.51.100.1/24"]
-{services}"#,
-        sock.display()
-    )
+    gateway_toml(pmd, &format!("{prefix}-ctl"), Some(sock), services)
 }
 
 /// Conns column of each real server in `rvsadm -L -n --stats` output.

@@ -9,26 +9,7 @@ use rvs_tests::*;
 const VIP: &str = "203.0.113.10";
 
 fn gateway_config(pmd: &str, prefix: &str, services: &str) -> String {
-    format!(
-        r#"
-[eal]
-file_prefix = "{prefix}-methods"
-args = ["--log-level", "*:warning"]
-
-[dataplane]
-workers = [1]
-
-[[port]]
-name = "client"
-device = "{pmd}0,iface=gw-c"
-addresses = ["192.0.2.1/24"]
-
-[[port]]
-name = "servers"
-device = "{pmd}1,iface=gw-s"
-addresses = ["198.51.100.1/24"]
-{services}"#
-    )
+    gateway_toml(pmd, &format!("{prefix}-methods"), None, services)
 }
 
 fn service(proto: &str, vport: u16, forward: &str, reals: &[(u8, u16)]) -> String {

@@ -2,31 +2,16 @@
 //! connections from different source ports to a persistent service always lands on one real
 //! server; with a port-0 service, connections to two ports of the VIP land on the same one.
 
+use std::path::Path;
+
 use rvs_tests::*;
 
 fn config(pmd: &str) -> String {
-    format!(
+    gateway_toml(
+        pmd,
+        "rvsp-persist",
+        Some(Path::new("/tmp/rvsp-persist.sock")),
         r#"
-[eal]
-file_prefix = "rvsp-persist"
-args = ["--log-level", "*:warning"]
-
-[dataplane]
-workers = [1]
-
-[control]
-socket = "/tmp/rvsp-persist.sock"
-
-[[port]]
-name = "client"
-device = "{pmd}0,iface=gw-c"
-addresses = ["192.0.2.1/24"]
-
-[[port]]
-name = "servers"
-device = "{pmd}1,iface=gw-s"
-addresses = ["198.51.100.1/24"]
-
 # Per-port persistence: rr would alternate; persistence pins the client.
 [[service]]
 proto = "tcp"
@@ -61,7 +46,7 @@ persistent = 300
   [[service.real]]
   ip = "198.51.100.13"
   port = 0
-"#
+"#,
     )
 }
 

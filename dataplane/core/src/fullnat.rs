@@ -133,6 +133,32 @@ pub(crate) struct Fullnat {
 }
 
 impl Fullnat {
+    /// The worker that schedules and holds a new connection of client `cip`:`cport` to service
+    /// `svc` on `vip`.
+    fn new_conn_owner(
+        &self,
+        svc: usize,
+        proto: u8,
+        cip: Ipv4Addr,
+        cport: u16,
+        vip: Ipv4Addr,
+    ) -> u16 {
+        let sv = &self.services.list[svc];
+        let n = self.n_workers;
+        if let Some(p) = sv.persist {
+            // Templates are per worker: every connection of the client network to the service
+            // is scheduled by (and lives on) one worker.
+            let cnet = Ipv4Addr::from(u32::from(cip) & p.netmask);
+            persist_owner(cnet, proto, vip, sv.vport, n)
+        } else if sv.has_nat {
+            // NAT replies reach the worker owning the client, so every session of a service
+            // with a NAT dest lives there (decided before scheduling).
+            crate::fwd::nat_owner(cip, cport, n)
+        } else {
+            self.worker
+        }
+    }
+
     pub(crate) fn new(cfg: &StackConfig) -> Result<Self, ServiceError> {
         let f = &cfg.fullnat;
         let mut lports = LportAlloc::new(
@@ -339,6 +365,54 @@ pub fn clamp_mss(d: &mut [u8], ihl: usize, clamp: u16) -> bool {
 
 // ------------------------------------------------------------------------- packet path
 
+/// The TCP/UDP connection an ICMP destination-unreachable or time-exceeded error quotes: offsets
+/// and fields of its inner IPv4 header (a first fragment, with 8 bytes of transport header).
+pub(crate) struct IcmpQuote {
+    /// Offset of the ICMP header.
+    pub ic: usize,
+    /// Length of the inner IPv4 header.
+    pub iihl: usize,
+    pub iproto: u8,
+    pub isrc: Ipv4Addr,
+    pub idst: Ipv4Addr,
+    pub isport: u16,
+    pub idport: u16,
+}
+
+/// Parse the quote of the ICMP error in `d` (outer IPv4 header `ihl` long); `None` when it is
+/// not a destination-unreachable or time-exceeded error quoting the first fragment of a TCP or
+/// UDP packet. The ICMP checksum is not checked.
+pub(crate) fn icmp_quote(d: &[u8], ihl: usize) -> Option<IcmpQuote> {
+    let ic = ETH_LEN + ihl;
+    let end = d.len();
+    if end < ic + 8 + 20 + 8 {
+        return None;
+    }
+    let ty = d[ic];
+    if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED {
+        return None;
+    }
+    let inner = ic + 8;
+    let iihl = (d[inner] & 0xf) as usize * 4;
+    if d[inner] >> 4 != 4 || iihl < 20 || inner + iihl + 8 > end {
+        return None;
+    }
+    let iproto = d[inner + 9];
+    if (iproto != PROTO_TCP && iproto != PROTO_UDP) || be16(d, inner + 6) & ip4::OFFSET != 0 {
+        return None;
+    }
+    let il4 = inner + iihl;
+    Some(IcmpQuote {
+        ic,
+        iihl,
+        iproto,
+        isrc: ipv4_at(d, inner + 12),
+        idst: ipv4_at(d, inner + 16),
+        isport: be16(d, il4),
+        idport: be16(d, il4 + 2),
+    })
+}
+
 impl<P: PacketBuf> Stack<P> {
     /// FULLNAT dispatch of a validated IPv4 packet to an owned address. Returns the packet when
     /// it is not FULLNAT traffic (local handling continues).
@@ -410,20 +484,9 @@ impl<P: PacketBuf> Stack<P> {
         }
         match self.fnat.services.lookup_port(proto, dst_ip, dport) {
             Some(svc) => {
-                let sv = &self.fnat.services.list[svc as usize];
-                let n = self.fnat.n_workers;
-                let owner = if let Some(p) = sv.persist {
-                    // Templates are per worker: every connection of the client network to the
-                    // service is scheduled by (and lives on) one worker.
-                    let cnet = Ipv4Addr::from(u32::from(src) & p.netmask);
-                    persist_owner(cnet, proto, dst, sv.vport, n)
-                } else if sv.has_nat {
-                    // NAT replies reach the worker owning the client, so every session of a
-                    // service with a NAT dest lives there (decided before scheduling).
-                    crate::fwd::nat_owner(src, sport, n)
-                } else {
-                    self.fnat.worker
-                };
+                let owner = self
+                    .fnat
+                    .new_conn_owner(svc as usize, proto, src, sport, dst);
                 if owner != self.fnat.worker {
                     self.fnat_redirect(io, owner, port, pkt);
                     return None;
@@ -672,7 +735,7 @@ impl<P: PacketBuf> Stack<P> {
         &mut self,
         io: &mut I,
         in_port: PortIdx,
-        mut pkt: P,
+        pkt: P,
         ihl: usize,
         idx: u32,
         now_ms: u64,
@@ -708,27 +771,11 @@ impl<P: PacketBuf> Stack<P> {
         let Some(route) = self.routes.lookup(IpAddr::V4(s.rip)).copied() else {
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
-        if d[ip4::TTL] <= 1 {
-            self.icmp_error(io, in_port, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
-            return self.drop_pkt(pkt, DropReason::TtlExceeded);
-        }
+        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, route.port, now_ms)
+        else {
+            return;
+        };
         let mtu = self.ports[route.port as usize].mtu;
-        if total > mtu {
-            if be16(d, ip4::FRAG) & ip4::DF != 0 {
-                let m = mtu;
-                self.icmp_error(
-                    io,
-                    in_port,
-                    d,
-                    ihl,
-                    ICMP_DEST_UNREACH,
-                    ICMP_FRAG_NEEDED,
-                    m,
-                    now_ms,
-                );
-            }
-            return self.drop_pkt(pkt, DropReason::MtuExceeded);
-        }
         if let Some(clamp) = self.fnat.conf.mss_clamp.filter(|_| full) {
             if tcp_flags & flags::SYN != 0 && clamp_mss(pkt.data_mut(), ihl, clamp) {
                 self.counters.mss_clamped.inc();
@@ -760,7 +807,7 @@ impl<P: PacketBuf> Stack<P> {
         &mut self,
         io: &mut I,
         in_port: PortIdx,
-        mut pkt: P,
+        pkt: P,
         ihl: usize,
         idx: u32,
         now_ms: u64,
@@ -783,26 +830,10 @@ impl<P: PacketBuf> Stack<P> {
         let Some(route) = self.routes.lookup(IpAddr::V4(s.cip)).copied() else {
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
-        if d[ip4::TTL] <= 1 {
-            self.icmp_error(io, in_port, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
-            return self.drop_pkt(pkt, DropReason::TtlExceeded);
-        }
-        let mtu = self.ports[route.port as usize].mtu;
-        if total > mtu {
-            if be16(d, ip4::FRAG) & ip4::DF != 0 {
-                self.icmp_error(
-                    io,
-                    in_port,
-                    d,
-                    ihl,
-                    ICMP_DEST_UNREACH,
-                    ICMP_FRAG_NEEDED,
-                    mtu,
-                    now_ms,
-                );
-            }
-            return self.drop_pkt(pkt, DropReason::MtuExceeded);
-        }
+        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, route.port, now_ms)
+        else {
+            return;
+        };
         let full = s.fwd == Fwd::FullNat;
         if let Some(clamp) = self.fnat.conf.mss_clamp.filter(|_| full) {
             if tcp_flags & flags::SYN != 0 && clamp_mss(pkt.data_mut(), ihl, clamp) {
@@ -830,37 +861,19 @@ impl<P: PacketBuf> Stack<P> {
         now_ms: u64,
     ) -> Option<P> {
         let d = pkt.data();
-        let ic = ETH_LEN + ihl;
-        let end = d.len();
-        if end < ic + 8 + 20 + 8 {
+        let Some(q) = icmp_quote(d, ihl) else {
+            return Some(pkt);
+        };
+        if checksum(&d[q.ic..]) != 0 {
             return Some(pkt);
         }
-        let ty = d[ic];
-        if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED {
-            return Some(pkt);
-        }
-        let inner = ic + 8;
-        let iihl = (d[inner] & 0xf) as usize * 4;
-        if d[inner] >> 4 != 4 || iihl < 20 || inner + iihl + 8 > end {
-            return Some(pkt);
-        }
-        let iproto = d[inner + 9];
-        if (iproto != PROTO_TCP && iproto != PROTO_UDP)
-            || be16(d, inner + 6) & ip4::OFFSET != 0
-            || checksum(&d[ic..end]) != 0
-        {
-            return Some(pkt);
-        }
-        let il4 = inner + iihl;
-        let (isrc, idst) = (ipv4_at(d, inner + 12), ipv4_at(d, inner + 16));
-        let (isport, idport) = (be16(d, il4), be16(d, il4 + 2));
         let dst = ipv4_at(d, ip4::DST);
-        if isrc == dst
+        if q.isrc == dst
             && self.fnat.lports.pool_of(IpAddr::V4(dst)).is_some()
-            && self.fnat.lports.in_range(isport)
+            && self.fnat.lports.in_range(q.isport)
         {
             // From the real-server side, quoting LIP:lport → RIP:rport.
-            let owner = self.fnat.lports.owner(isport);
+            let owner = self.fnat.lports.owner(q.isport);
             if owner != self.fnat.worker {
                 self.fnat_redirect(io, owner, port, pkt);
                 return None;
@@ -868,13 +881,13 @@ impl<P: PacketBuf> Stack<P> {
             let Some(idx) = self
                 .fnat
                 .sessions
-                .lookup_out(iproto, idst, idport, isrc, isport)
+                .lookup_out(q.iproto, q.idst, q.idport, q.isrc, q.isport)
             else {
                 return Some(pkt);
             };
             let s = *self.fnat.sessions.get(idx);
             let toa_pending =
-                iproto == PROTO_TCP && self.fnat.conf.toa && s.flags & F_TOA_DONE == 0;
+                q.iproto == PROTO_TCP && self.fnat.conf.toa && s.flags & F_TOA_DONE == 0;
             let t = Translate {
                 osrc: s.vip,
                 odst: s.cip,
@@ -884,26 +897,19 @@ impl<P: PacketBuf> Stack<P> {
                 idport: s.vport,
                 mtu_sub: if toa_pending { TCPOLEN_TOA as u16 } else { 0 },
             };
-            self.icmp_translate(io, pkt, ihl, iihl, t, now_ms);
+            self.icmp_translate(io, pkt, ihl, q.iihl, t, now_ms);
             return None;
         }
-        if isrc == dst {
+        if q.isrc == dst {
             // From the client side, quoting VIP:vport → CIP:cport.
-            if let Some(svc) = self
-                .fnat
-                .services
-                .lookup_port(iproto, IpAddr::V4(isrc), isport)
+            if let Some(svc) =
+                self.fnat
+                    .services
+                    .lookup_port(q.iproto, IpAddr::V4(q.isrc), q.isport)
             {
-                let sv = &self.fnat.services.list[svc as usize];
-                let n = self.fnat.n_workers;
-                let owner = if let Some(p) = sv.persist {
-                    let cnet = Ipv4Addr::from(u32::from(idst) & p.netmask);
-                    persist_owner(cnet, iproto, isrc, sv.vport, n)
-                } else if sv.has_nat {
-                    crate::fwd::nat_owner(idst, idport, n)
-                } else {
-                    self.fnat.worker
-                };
+                let owner =
+                    self.fnat
+                        .new_conn_owner(svc as usize, q.iproto, q.idst, q.idport, q.isrc);
                 if owner != self.fnat.worker {
                     self.fnat_redirect(io, owner, port, pkt);
                     return None;
@@ -912,7 +918,7 @@ impl<P: PacketBuf> Stack<P> {
             let Some(idx) = self
                 .fnat
                 .sessions
-                .lookup_in(iproto, idst, idport, isrc, isport)
+                .lookup_in(q.iproto, q.idst, q.idport, q.isrc, q.isport)
             else {
                 return Some(pkt);
             };
@@ -946,7 +952,7 @@ impl<P: PacketBuf> Stack<P> {
                 idport: s.lport,
                 mtu_sub: 0,
             };
-            self.icmp_translate(io, pkt, ihl, iihl, t, now_ms);
+            self.icmp_translate(io, pkt, ihl, q.iihl, t, now_ms);
             return None;
         }
         Some(pkt)

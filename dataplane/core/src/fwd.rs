@@ -70,7 +70,7 @@ use crate::checksum::checksum;
 use crate::config::Fwd;
 use crate::counters::DropReason;
 use crate::fixedmap::mix;
-use crate::fullnat::{Translate, PROTO_TCP, PROTO_UDP};
+use crate::fullnat::{icmp_quote, Translate, PROTO_TCP, PROTO_UDP};
 use crate::io::{Io, PortIdx};
 use crate::packet::PacketBuf;
 use crate::stack::Stack;
@@ -154,31 +154,13 @@ impl<P: PacketBuf> Stack<P> {
         now_ms: u64,
     ) -> Option<P> {
         let d = pkt.data();
-        let ic = ETH_LEN + ihl;
-        let end = d.len();
-        if end < ic + 8 + 20 + 8 {
+        let Some(q) = icmp_quote(d, ihl) else {
+            return Some(pkt);
+        };
+        if ipv4_at(d, ip4::DST) != q.isrc {
             return Some(pkt);
         }
-        let ty = d[ic];
-        if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED {
-            return Some(pkt);
-        }
-        let inner = ic + 8;
-        let iihl = (d[inner] & 0xf) as usize * 4;
-        if d[inner] >> 4 != 4 || iihl < 20 || inner + iihl + 8 > end {
-            return Some(pkt);
-        }
-        let iproto = d[inner + 9];
-        if (iproto != PROTO_TCP && iproto != PROTO_UDP) || be16(d, inner + 6) & ip4::OFFSET != 0 {
-            return Some(pkt);
-        }
-        let il4 = inner + iihl;
-        let (isrc, idst) = (ipv4_at(d, inner + 12), ipv4_at(d, inner + 16));
-        let (isport, idport) = (be16(d, il4), be16(d, il4 + 2));
-        if ipv4_at(d, ip4::DST) != isrc {
-            return Some(pkt);
-        }
-        let owner = nat_owner(isrc, isport, self.fnat.n_workers);
+        let owner = nat_owner(q.isrc, q.isport, self.fnat.n_workers);
         if owner != self.fnat.worker {
             self.fnat_redirect(io, owner, port, pkt);
             return None;
@@ -186,9 +168,9 @@ impl<P: PacketBuf> Stack<P> {
         let idx = self
             .fnat
             .sessions
-            .lookup_out(iproto, idst, idport, isrc, isport)?;
+            .lookup_out(q.iproto, q.idst, q.idport, q.isrc, q.isport)?;
         let s = *self.fnat.sessions.get(idx);
-        if s.fwd != Fwd::Nat || checksum(&d[ic..end]) != 0 {
+        if s.fwd != Fwd::Nat || checksum(&d[q.ic..]) != 0 {
             return Some(pkt);
         }
         let t = Translate {
@@ -200,7 +182,7 @@ impl<P: PacketBuf> Stack<P> {
             idport: s.vport,
             mtu_sub: 0,
         };
-        self.icmp_translate(io, pkt, ihl, iihl, t, now_ms);
+        self.icmp_translate(io, pkt, ihl, q.iihl, t, now_ms);
         None
     }
 

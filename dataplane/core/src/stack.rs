@@ -797,11 +797,52 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
+    /// TTL and MTU checks of `pkt` (IPv4 total length `total`) before it is forwarded out of
+    /// `out_port`: when the TTL would reach zero or it is larger than the port's MTU, answers ICMP
+    /// time exceeded or fragmentation needed (DF set), drops it and returns `None`; else gives it
+    /// back.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ttl_mtu_check<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        in_port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        total: u16,
+        out_port: PortIdx,
+        now_ms: u64,
+    ) -> Option<P> {
+        let d = pkt.data();
+        if d[ip4::TTL] <= 1 {
+            self.icmp_error(io, in_port, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
+            self.drop_pkt(pkt, DropReason::TtlExceeded);
+            return None;
+        }
+        let mtu = self.ports[out_port as usize].mtu;
+        if total > mtu {
+            if be16(d, ip4::FRAG) & ip4::DF != 0 {
+                self.icmp_error(
+                    io,
+                    in_port,
+                    d,
+                    ihl,
+                    ICMP_DEST_UNREACH,
+                    ICMP_FRAG_NEEDED,
+                    mtu,
+                    now_ms,
+                );
+            }
+            self.drop_pkt(pkt, DropReason::MtuExceeded);
+            return None;
+        }
+        Some(pkt)
+    }
+
     fn forward<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         in_port: PortIdx,
-        mut pkt: P,
+        pkt: P,
         l2_bcast: bool,
         ihl: usize,
         now_ms: u64,
@@ -828,26 +869,11 @@ impl<P: PacketBuf> Stack<P> {
             );
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
-        if d[ip4::TTL] <= 1 {
-            self.icmp_error(io, in_port, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
-            return self.drop_pkt(pkt, DropReason::TtlExceeded);
-        }
-        let mtu = self.ports[route.port as usize].mtu;
-        if be16(d, ip4::TOTAL_LEN) > mtu {
-            if be16(d, ip4::FRAG) & ip4::DF != 0 {
-                self.icmp_error(
-                    io,
-                    in_port,
-                    d,
-                    ihl,
-                    ICMP_DEST_UNREACH,
-                    ICMP_FRAG_NEEDED,
-                    mtu,
-                    now_ms,
-                );
-            }
-            return self.drop_pkt(pkt, DropReason::MtuExceeded);
-        }
+        let total = be16(d, ip4::TOTAL_LEN);
+        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, route.port, now_ms)
+        else {
+            return;
+        };
         let d = pkt.data_mut();
         let old = be16(d, ip4::TTL);
         d[ip4::TTL] -= 1;

@@ -6,85 +6,29 @@ use etherparse::{
     TcpOptionElement, TcpOptionReadError, TcpOptionsIterator, TransportHeader, UdpHeader,
 };
 use rvs_core::counters::{CoreCounters, DropReason};
-use rvs_core::io::{Io, PortIdx};
 use rvs_core::packet::VecPacket;
 use rvs_core::{
-    DestConf, FullnatConf, Fwd, MacAddr, PortConf, Proto, RouteConf, RssConf, Sched, ServiceConf,
-    Stack, StackConfig, TcpState,
+    DestConf, Fwd, MacAddr, Proto, RssConf, Sched, ServiceConf, Stack, StackConfig, TcpState,
 };
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-const MAC0: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const GW0: [u8; 6] = [0x0a, 0, 0, 0, 0, 0xfe];
+mod common;
+use common::{
+    a4, dest_at, gateway, handle, ip, rs_mac, tcp, udp, v4, Fl, TestIo, ACK, FINACK, GW0, MAC0,
+    MAC1, RST, SYN, SYNACK,
+};
+
 const CIP: &str = "203.0.113.7";
 const VIP: &str = "192.0.2.100";
 const LIP: &str = "10.1.0.100";
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-fn a4(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-fn v4(s: &str) -> [u8; 4] {
-    a4(s).octets()
-}
-fn rs_mac(i: u8) -> [u8; 6] {
-    [0x0a, 0, 0, 0, 1, i]
-}
 fn rip(i: u8) -> String {
     format!("10.1.0.{}", 10 + i)
 }
 
-#[derive(Default)]
-struct TestIo {
-    sent: Vec<(PortIdx, Vec<u8>)>,
-    redirected: Vec<(u16, PortIdx, Vec<u8>)>,
-    redirect_fail: bool,
-    allocs: u64,
-}
-
-impl Io for TestIo {
-    type Pkt = VecPacket;
-    fn alloc(&mut self) -> Option<VecPacket> {
-        self.allocs += 1;
-        Some(VecPacket::empty())
-    }
-    fn send(&mut self, port: PortIdx, pkt: VecPacket) {
-        self.sent.push((port, pkt.to_vec()));
-    }
-    fn redirect(&mut self, worker: u16, port: PortIdx, pkt: VecPacket) -> bool {
-        if self.redirect_fail {
-            return false;
-        }
-        self.redirected.push((worker, port, pkt.to_vec()));
-        true
-    }
-}
-
-impl TestIo {
-    fn take(&mut self) -> Vec<(PortIdx, Vec<u8>)> {
-        std::mem::take(&mut self.sent)
-    }
-    fn one(&mut self) -> (PortIdx, Vec<u8>) {
-        let mut v = self.take();
-        assert_eq!(v.len(), 1, "expected one frame, got {}", v.len());
-        v.pop().unwrap()
-    }
-}
-
 fn dest(id: u32, i: u8, rport: u16, weight: u32) -> DestConf {
-    DestConf {
-        id,
-        rip: ip(&rip(i)),
-        rport,
-        weight,
-        fwd: Fwd::FullNat,
-        upper: 0,
-        lower: 0,
-    }
+    dest_at(id, &rip(i), rport, weight, Fwd::FullNat)
 }
 
 /// Port 0 (client side): 192.0.2.1/24, default via 192.0.2.254. Port 1 (real servers):
@@ -92,158 +36,43 @@ fn dest(id: u32, i: u8, rport: u16, weight: u32) -> DestConf {
 /// 4..5 (port 5353, dest ids 3, 4). LIP 10.1.0.100.
 fn cfg() -> StackConfig {
     StackConfig {
-        ports: vec![
-            PortConf {
-                mac: MacAddr(MAC0),
-                mtu: 1500,
-                addrs: vec!["192.0.2.1/24".parse().unwrap()],
-            },
-            PortConf {
-                mac: MacAddr(MAC1),
-                mtu: 1500,
-                addrs: vec!["10.1.0.1/16".parse().unwrap()],
-            },
-        ],
-        routes: vec![RouteConf {
-            prefix: "0.0.0.0/0".parse().unwrap(),
-            via: Some(ip("192.0.2.254")),
-            port: 0,
-        }],
-        services: vec![
-            ServiceConf {
-                proto: Proto::Tcp,
-                vip: ip(VIP),
-                vport: 80,
-                vip_port: 0,
-                sched: Sched::Wrr,
-                dests: vec![
-                    dest(0, 1, 8080, 3),
-                    dest(1, 2, 8080, 2),
-                    dest(2, 3, 8080, 1),
-                ],
-                lips: vec![ip(LIP)],
-                lip_port: 1,
-                persist: None,
-            },
-            ServiceConf {
-                proto: Proto::Udp,
-                vip: ip(VIP),
-                vport: 53,
-                vip_port: 0,
-                sched: Sched::Rr,
-                dests: vec![dest(3, 4, 5353, 1), dest(4, 5, 5353, 1)],
-                lips: vec![ip(LIP)],
-                lip_port: 1,
-                persist: None,
-            },
-        ],
-        fullnat: FullnatConf {
-            sessions: 1024,
-            ..Default::default()
-        },
-        ..Default::default()
+        ip_forward: false,
+        ..gateway(
+            "10.1.0.1/16",
+            vec![
+                ServiceConf {
+                    proto: Proto::Tcp,
+                    vip: ip(VIP),
+                    vport: 80,
+                    vip_port: 0,
+                    sched: Sched::Wrr,
+                    dests: vec![
+                        dest(0, 1, 8080, 3),
+                        dest(1, 2, 8080, 2),
+                        dest(2, 3, 8080, 1),
+                    ],
+                    lips: vec![ip(LIP)],
+                    lip_port: 1,
+                    persist: None,
+                },
+                ServiceConf {
+                    proto: Proto::Udp,
+                    vip: ip(VIP),
+                    vport: 53,
+                    vip_port: 0,
+                    sched: Sched::Rr,
+                    dests: vec![dest(3, 4, 5353, 1), dest(4, 5, 5353, 1)],
+                    lips: vec![ip(LIP)],
+                    lip_port: 1,
+                    persist: None,
+                },
+            ],
+        )
     }
 }
 
 fn setup(c: StackConfig) -> (Stack<VecPacket>, TestIo, Arc<CoreCounters>) {
-    let counters = Arc::new(CoreCounters::default());
-    let mut s = Stack::new(&c, counters.clone());
-    let mut io = TestIo::default();
-    s.neigh_update(&mut io, 0, ip("192.0.2.254"), MacAddr(GW0), 0);
-    for i in 1..=5 {
-        s.neigh_update(&mut io, 1, ip(&rip(i)), MacAddr(rs_mac(i)), 0);
-    }
-    assert!(io.sent.is_empty());
-    (s, io, counters)
-}
-
-#[derive(Clone, Copy, Default)]
-struct Fl {
-    syn: bool,
-    ack: bool,
-    fin: bool,
-    rst: bool,
-}
-const SYN: Fl = Fl {
-    syn: true,
-    ack: false,
-    fin: false,
-    rst: false,
-};
-const SYNACK: Fl = Fl {
-    syn: true,
-    ack: true,
-    fin: false,
-    rst: false,
-};
-const ACK: Fl = Fl {
-    syn: false,
-    ack: true,
-    fin: false,
-    rst: false,
-};
-const FINACK: Fl = Fl {
-    syn: false,
-    ack: true,
-    fin: true,
-    rst: false,
-};
-const RST: Fl = Fl {
-    syn: false,
-    ack: false,
-    fin: false,
-    rst: true,
-};
-
-#[allow(clippy::too_many_arguments)]
-fn tcp(
-    eth_src: [u8; 6],
-    eth_dst: [u8; 6],
-    src: &str,
-    sport: u16,
-    dst: &str,
-    dport: u16,
-    fl: Fl,
-    opts: &[TcpOptionElement],
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(eth_src, eth_dst)
-        .ipv4(v4(src), v4(dst), 64)
-        .tcp(sport, dport, 1000, 64000);
-    if fl.syn {
-        b = b.syn();
-    }
-    if fl.ack {
-        b = b.ack(5000);
-    }
-    if fl.fin {
-        b = b.fin();
-    }
-    if fl.rst {
-        b = b.rst();
-    }
-    let b = b.options(opts).unwrap();
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
-}
-
-fn udp(
-    eth_src: [u8; 6],
-    eth_dst: [u8; 6],
-    src: &str,
-    sport: u16,
-    dst: &str,
-    dport: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(eth_src, eth_dst)
-        .ipv4(v4(src), v4(dst), 64)
-        .udp(sport, dport)
-        .write(&mut v, payload)
-        .unwrap();
-    v
+    common::setup_with(c, rip, &[1, 2, 3, 4, 5])
 }
 
 /// Client → VIP TCP segment.
@@ -315,10 +144,6 @@ fn parse(frame: &[u8]) -> Out {
         udp,
         payload,
     }
-}
-
-fn handle(s: &mut Stack<VecPacket>, io: &mut TestIo, port: PortIdx, f: &[u8], now: u64) {
-    s.handle(io, port, VecPacket::from_slice(f), now);
 }
 
 /// Send a SYN for `cport` and return the lport and RS index it was given.

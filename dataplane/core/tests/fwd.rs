@@ -5,203 +5,40 @@ use etherparse::{
     IpDscp, IpEcn, IpNumber, Ipv4Header, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
 };
 use rvs_core::counters::{CoreCounters, DropReason};
-use rvs_core::io::{Io, PortIdx};
 use rvs_core::packet::VecPacket;
-use rvs_core::{
-    nat_owner, DestConf, FullnatConf, Fwd, MacAddr, PortConf, Proto, RouteConf, Sched, ServiceConf,
-    Stack, StackConfig, TcpState,
-};
-use std::net::{IpAddr, Ipv4Addr};
+use rvs_core::{nat_owner, DestConf, Fwd, Proto, Sched, ServiceConf, Stack, StackConfig, TcpState};
 use std::sync::Arc;
 
-const MAC0: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const GW0: [u8; 6] = [0x0a, 0, 0, 0, 0, 0xfe];
-const CIP: &str = "100.64.0.7";
-const VIP: &str = "203.0.113.10";
+mod common;
+use common::{
+    a4, cfg, dest, handle, ip, rip, rs_mac, setup, tcp, udp, v4, Fl, ACK, CIP, FINACK, GW0, LIP,
+    MAC0, MAC1, RST, SYN, SYNACK, VIP,
+};
+
 const DIP: &str = "198.51.100.1";
-const LIP: &str = "198.51.100.100";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-fn a4(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-fn v4(s: &str) -> [u8; 4] {
-    a4(s).octets()
-}
-fn rs_mac(i: u8) -> [u8; 6] {
-    [0x0a, 0, 0, 0, 1, i]
-}
-/// Real server `i`: 198.51.100.(10 + i).
-fn rip(i: u8) -> String {
-    format!("198.51.100.{}", 10 + i)
-}
-
-#[derive(Default)]
-struct TestIo {
-    sent: Vec<(PortIdx, Vec<u8>)>,
-    redirected: Vec<(u16, PortIdx, Vec<u8>)>,
-}
-
-impl Io for TestIo {
-    type Pkt = VecPacket;
-    fn alloc(&mut self) -> Option<VecPacket> {
-        Some(VecPacket::empty())
-    }
-    fn send(&mut self, port: PortIdx, pkt: VecPacket) {
-        self.sent.push((port, pkt.to_vec()));
-    }
-    fn redirect(&mut self, worker: u16, port: PortIdx, pkt: VecPacket) -> bool {
-        self.redirected.push((worker, port, pkt.to_vec()));
-        true
-    }
-}
-
-impl TestIo {
-    fn one(&mut self) -> (PortIdx, Vec<u8>) {
-        let mut v = std::mem::take(&mut self.sent);
-        assert_eq!(v.len(), 1, "expected one frame, got {}", v.len());
-        v.pop().unwrap()
-    }
-}
-
-fn dest(id: u32, i: u8, rport: u16, weight: u32, fwd: Fwd) -> DestConf {
-    DestConf {
-        id,
-        rip: ip(&rip(i)),
-        rport,
-        weight,
-        fwd,
-        upper: 0,
-        lower: 0,
-    }
-}
 
 fn service(proto: Proto, vport: u16, sched: Sched, dests: Vec<DestConf>) -> ServiceConf {
-    let full = dests.iter().any(|d| d.fwd == Fwd::FullNat);
-    ServiceConf {
-        proto,
-        vip: ip(VIP),
-        vport,
-        vip_port: 0,
-        sched,
-        dests,
-        lips: if full { vec![ip(LIP)] } else { vec![] },
-        lip_port: 1,
-        persist: None,
-    }
-}
-
-/// The demo topology: port 0 (clients) 192.0.2.1/24, default via 192.0.2.254; port 1 (real
-/// servers) 198.51.100.1/24.
-fn cfg(services: Vec<ServiceConf>) -> StackConfig {
-    StackConfig {
-        ports: vec![
-            PortConf {
-                mac: MacAddr(MAC0),
-                mtu: 1500,
-                addrs: vec!["192.0.2.1/24".parse().unwrap()],
-            },
-            PortConf {
-                mac: MacAddr(MAC1),
-                mtu: 1500,
-                addrs: vec!["198.51.100.1/24".parse().unwrap()],
-            },
-        ],
-        routes: vec![RouteConf {
-            prefix: "0.0.0.0/0".parse().unwrap(),
-            via: Some(ip("192.0.2.254")),
-            port: 0,
-        }],
-        ip_forward: true,
-        services,
-        fullnat: FullnatConf {
-            sessions: 1024,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
-/// A stack with the gateway and real servers `resolved` in its neighbour table.
-fn setup(c: StackConfig, resolved: &[u8]) -> (Stack<VecPacket>, TestIo, Arc<CoreCounters>) {
-    let counters = Arc::new(CoreCounters::default());
-    let mut s = Stack::new(&c, counters.clone());
-    let mut io = TestIo::default();
-    s.neigh_update(&mut io, 0, ip("192.0.2.254"), MacAddr(GW0), 0);
-    for &i in resolved {
-        s.neigh_update(&mut io, 1, ip(&rip(i)), MacAddr(rs_mac(i)), 0);
-    }
-    assert!(io.sent.is_empty());
-    (s, io, counters)
-}
-
-#[derive(Clone, Copy)]
-struct Fl(u8);
-const SYN: Fl = Fl(1);
-const SYNACK: Fl = Fl(3);
-const ACK: Fl = Fl(2);
-const FINACK: Fl = Fl(6);
-const RST: Fl = Fl(8);
-
-#[allow(clippy::too_many_arguments)]
-fn tcp(
-    eth_src: [u8; 6],
-    eth_dst: [u8; 6],
-    src: &str,
-    sport: u16,
-    dst: &str,
-    dport: u16,
-    fl: Fl,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(eth_src, eth_dst)
-        .ipv4(v4(src), v4(dst), 64)
-        .tcp(sport, dport, 1000, 64000);
-    if fl.0 & 1 != 0 {
-        b = b.syn();
-    }
-    if fl.0 & 2 != 0 {
-        b = b.ack(5000);
-    }
-    if fl.0 & 4 != 0 {
-        b = b.fin();
-    }
-    if fl.0 & 8 != 0 {
-        b = b.rst();
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
-}
-
-fn udp(
-    eth_src: [u8; 6],
-    eth_dst: [u8; 6],
-    src: &str,
-    sport: u16,
-    dst: &str,
-    dport: u16,
-) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(eth_src, eth_dst)
-        .ipv4(v4(src), v4(dst), 64)
-        .udp(sport, dport)
-        .write(&mut v, b"question")
-        .unwrap();
-    v
+    common::service(proto, vport, sched, dests, None)
 }
 
 /// Client → VIP:vport TCP segment.
 fn c2v(cport: u16, vport: u16, fl: Fl, payload: &[u8]) -> Vec<u8> {
-    tcp(GW0, MAC0, CIP, cport, VIP, vport, fl, payload)
+    tcp(GW0, MAC0, CIP, cport, VIP, vport, fl, &[], payload)
 }
 
 /// Real server `i` (port `rport`) → CIP:cport TCP segment, sent to rvs as its gateway.
 fn r2c(i: u8, rport: u16, cport: u16, fl: Fl, payload: &[u8]) -> Vec<u8> {
-    tcp(rs_mac(i), MAC1, &rip(i), rport, CIP, cport, fl, payload)
+    tcp(
+        rs_mac(i),
+        MAC1,
+        &rip(i),
+        rport,
+        CIP,
+        cport,
+        fl,
+        &[],
+        payload,
+    )
 }
 
 /// Rewrite the IPv4 header of `frame` with `f` (checksum recomputed by etherparse).
@@ -255,10 +92,6 @@ fn parse(frame: &[u8]) -> Out {
         dport,
         payload,
     }
-}
-
-fn handle(s: &mut Stack<VecPacket>, io: &mut TestIo, port: PortIdx, f: &[u8], now: u64) {
-    s.handle(io, port, VecPacket::from_slice(f), now);
 }
 
 fn state(s: &Stack<VecPacket>, cport: u16, vport: u16) -> Option<TcpState> {
@@ -357,7 +190,13 @@ fn nat_udp_and_icmp_translation() {
         vec![dest(0, 2, 5353, 1, Fwd::Nat)],
     );
     let (mut s, mut io, c) = setup(cfg(vec![svc]), &[2]);
-    handle(&mut s, &mut io, 0, &udp(GW0, MAC0, CIP, 7000, VIP, 53), 0);
+    handle(
+        &mut s,
+        &mut io,
+        0,
+        &udp(GW0, MAC0, CIP, 7000, VIP, 53, b"question"),
+        0,
+    );
     let (port, f) = io.one();
     assert_eq!(port, 1);
     let o = parse(&f);
@@ -368,7 +207,7 @@ fn nat_udp_and_icmp_translation() {
         &mut s,
         &mut io,
         1,
-        &udp(rs_mac(2), MAC1, &rip(2), 5353, CIP, 7000),
+        &udp(rs_mac(2), MAC1, &rip(2), 5353, CIP, 7000, b"question"),
         1,
     );
     let o = parse(&io.one().1);

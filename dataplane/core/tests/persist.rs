@@ -1,79 +1,21 @@
 //! Persistent services (ipvsadm `-p`/`-M`, port-0 services) of `Stack`, with etherparse as the
 //! independent oracle: inputs built with etherparse, outputs parsed by it, checksums recomputed.
 
-use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use rvs_core::counters::CoreCounters;
-use rvs_core::io::{Io, PortIdx};
 use rvs_core::packet::VecPacket;
 use rvs_core::service::ServiceError;
 use rvs_core::{
-    persist_owner, DestConf, FullnatConf, Fwd, MacAddr, Persist, PortConf, Proto, RouteConf, Sched,
-    ServiceConf, Stack, StackConfig, TcpState, Timeouts,
+    persist_owner, DestConf, Fwd, MacAddr, Persist, Proto, Sched, ServiceConf, Stack, StackConfig,
+    TcpState, Timeouts,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-const MAC0: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const GW0: [u8; 6] = [0x0a, 0, 0, 0, 0, 0xfe];
-const CIP: &str = "100.64.0.7";
-const VIP: &str = "203.0.113.10";
-const LIP: &str = "198.51.100.100";
+mod common;
+use common::{a4, cfg, dest, ip, rip, rs_mac, tcp, Fl, TestIo, ACK, CIP, GW0, MAC0, SYN, VIP};
+
 const TCP: u8 = 6;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-fn a4(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-fn rs_mac(i: u8) -> [u8; 6] {
-    [0x0a, 0, 0, 0, 1, i]
-}
-/// Real server `i`: 198.51.100.(10 + i).
-fn rip(i: u8) -> String {
-    format!("198.51.100.{}", 10 + i)
-}
-
-#[derive(Default)]
-struct TestIo {
-    sent: Vec<(PortIdx, Vec<u8>)>,
-    redirected: Vec<(u16, PortIdx, Vec<u8>)>,
-}
-
-impl Io for TestIo {
-    type Pkt = VecPacket;
-    fn alloc(&mut self) -> Option<VecPacket> {
-        Some(VecPacket::empty())
-    }
-    fn send(&mut self, port: PortIdx, pkt: VecPacket) {
-        self.sent.push((port, pkt.to_vec()));
-    }
-    fn redirect(&mut self, worker: u16, port: PortIdx, pkt: VecPacket) -> bool {
-        self.redirected.push((worker, port, pkt.to_vec()));
-        true
-    }
-}
-
-impl TestIo {
-    fn one(&mut self) -> (PortIdx, Vec<u8>) {
-        let mut v = std::mem::take(&mut self.sent);
-        assert_eq!(v.len(), 1, "expected one frame, got {}", v.len());
-        v.pop().unwrap()
-    }
-}
-
-fn dest(id: u32, i: u8, rport: u16, weight: u32, fwd: Fwd) -> DestConf {
-    DestConf {
-        id,
-        rip: ip(&rip(i)),
-        rport,
-        weight,
-        fwd,
-        upper: 0,
-        lower: 0,
-    }
-}
 
 /// Three FULLNAT real servers (ids 0..3, real servers 1..=3), round robin.
 fn rr3(rport: u16) -> Vec<DestConf> {
@@ -83,18 +25,7 @@ fn rr3(rport: u16) -> Vec<DestConf> {
 }
 
 fn service(vport: u16, dests: Vec<DestConf>, persist: Option<Persist>) -> ServiceConf {
-    let full = dests.iter().any(|d| d.fwd == Fwd::FullNat);
-    ServiceConf {
-        proto: Proto::Tcp,
-        vip: ip(VIP),
-        vport,
-        vip_port: 0,
-        sched: Sched::Rr,
-        dests,
-        lips: if full { vec![ip(LIP)] } else { vec![] },
-        lip_port: 1,
-        persist,
-    }
+    common::service(Proto::Tcp, vport, Sched::Rr, dests, persist)
 }
 
 fn persist(secs: u64, netmask: u32) -> Option<Persist> {
@@ -104,66 +35,13 @@ fn persist(secs: u64, netmask: u32) -> Option<Persist> {
     })
 }
 
-/// The demo topology: port 0 (clients) 192.0.2.1/24, default via 192.0.2.254; port 1 (real
-/// servers) 198.51.100.1/24.
-fn cfg(services: Vec<ServiceConf>) -> StackConfig {
-    StackConfig {
-        ports: vec![
-            PortConf {
-                mac: MacAddr(MAC0),
-                mtu: 1500,
-                addrs: vec!["192.0.2.1/24".parse().unwrap()],
-            },
-            PortConf {
-                mac: MacAddr(MAC1),
-                mtu: 1500,
-                addrs: vec!["198.51.100.1/24".parse().unwrap()],
-            },
-        ],
-        routes: vec![RouteConf {
-            prefix: "0.0.0.0/0".parse().unwrap(),
-            via: Some(ip("192.0.2.254")),
-            port: 0,
-        }],
-        ip_forward: true,
-        services,
-        fullnat: FullnatConf {
-            sessions: 1024,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
 fn setup(c: StackConfig) -> (Stack<VecPacket>, TestIo, Arc<CoreCounters>) {
-    let counters = Arc::new(CoreCounters::default());
-    let mut s = Stack::new(&c, counters.clone());
-    let mut io = TestIo::default();
-    s.neigh_update(&mut io, 0, ip("192.0.2.254"), MacAddr(GW0), 0);
-    for i in 1..=3 {
-        s.neigh_update(&mut io, 1, ip(&rip(i)), MacAddr(rs_mac(i)), 0);
-    }
-    assert!(io.sent.is_empty());
-    (s, io, counters)
+    common::setup(c, &[1, 2, 3])
 }
 
-const SYN: u8 = 1;
-const ACK: u8 = 2;
-
-/// Client `cip`:`cport` → VIP:`vport` TCP segment (`fl`: SYN and/or ACK).
-fn c2v(cip: &str, cport: u16, vport: u16, fl: u8) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(GW0, MAC0)
-        .ipv4(a4(cip).octets(), a4(VIP).octets(), 64)
-        .tcp(cport, vport, 1000, 64000);
-    if fl & SYN != 0 {
-        b = b.syn();
-    }
-    if fl & ACK != 0 {
-        b = b.ack(5000);
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, b"").unwrap();
-    v
+/// Client `cip`:`cport` → VIP:`vport` TCP segment (`fl`: SYN or ACK).
+fn c2v(cip: &str, cport: u16, vport: u16, fl: Fl) -> Vec<u8> {
+    tcp(GW0, MAC0, cip, cport, VIP, vport, fl, &[], b"")
 }
 
 /// (destination MAC, destination IP, destination port) of an output IPv4 TCP frame, checksums
