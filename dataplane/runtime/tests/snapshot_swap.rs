@@ -154,7 +154,11 @@ fn bursts_never_mix_two_generations() {
         let mut applied = 0u32;
         while !s2.load(Ordering::Relaxed) {
             generation += 1;
-            let rip = if generation.is_multiple_of(2) { RIP_B } else { RIP_A };
+            let rip = if generation.is_multiple_of(2) {
+                RIP_B
+            } else {
+                RIP_A
+            };
             let snap = Arc::new(Snapshot {
                 generation,
                 services: services(rip, (generation as u32 % 2) * 2),
