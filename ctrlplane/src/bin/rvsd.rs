@@ -15,6 +15,7 @@ use rvs_core::io::PortIdx;
 use rvs_core::{NeighConf, PortConf, RouteConf, Stack, StackConfig};
 use rvs_ctrlplane::config::{self, Config};
 use rvs_ctrlplane::ctl::model::Model;
+use rvs_ctrlplane::metrics;
 
 #[path = "rvsd/daemon.rs"]
 mod daemon;
@@ -427,7 +428,36 @@ fn run(cfg: &Config) -> Result<(), String> {
             return Err(e);
         }
     };
+    let metrics_listener = match cfg.metrics.listen {
+        None => None,
+        Some(addr) => match std::net::TcpListener::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                drop(listener);
+                let _ = std::fs::remove_file(&cfg.control.socket);
+                stop.store(true, Ordering::SeqCst);
+                for h in launched {
+                    h.wait();
+                }
+                return Err(format!("metrics listen {addr}: {e}"));
+            }
+        },
+    };
     let server = rvs_ctrlplane::ctl::server::serve(listener, d.clone(), ctl_stop.clone());
+    // The metrics endpoint: a control-side thread; a scrape only reads counters.
+    let metrics_server = metrics_listener.map(|l| {
+        let source = Arc::new(MetricsSource {
+            daemon: d.clone(),
+            cores: counters.clone(),
+            ports: cfg
+                .ports
+                .iter()
+                .zip(&ports)
+                .map(|(pc, p)| (pc.name.clone(), *p))
+                .collect(),
+        });
+        metrics::serve(l, Arc::new(metrics::registry(source)), ctl_stop.clone())
+    });
     let est = d.clone().run_estimator(ctl_stop.clone());
     println!(
         "rvsd: running with {} worker(s) on lcore(s) {:?}; control socket {}; SIGHUP reloads, SIGINT/SIGTERM stop",
@@ -435,6 +465,9 @@ fn run(cfg: &Config) -> Result<(), String> {
         workers,
         cfg.control.socket.display()
     );
+    if let Some(addr) = cfg.metrics.listen {
+        println!("rvsd: metrics on http://{addr}/metrics");
+    }
 
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
@@ -445,6 +478,10 @@ fn run(cfg: &Config) -> Result<(), String> {
     ctl_stop.store(true, Ordering::SeqCst);
     let _ = server.join();
     let _ = est.join();
+    if let Some(m) = metrics_server {
+        // Joined before the ports are closed: a scrape reads their statistics.
+        let _ = m.join();
+    }
     let _ = std::fs::remove_file(&cfg.control.socket);
     stop.store(true, Ordering::SeqCst);
     for h in launched {
@@ -486,6 +523,41 @@ fn run(cfg: &Config) -> Result<(), String> {
     // The EAL itself is released by process exit (see dpdk::Eal::cleanup).
     let _ = eal;
     Ok(())
+}
+
+/// The metrics [`metrics::Source`] of a running rvsd: the control side's services and rates,
+/// the workers' per-core counters, and the ports' DPDK statistics (ports are `Copy` ids; reading
+/// their statistics from a control thread is what DPDK's own telemetry does).
+struct MetricsSource {
+    daemon: Arc<daemon::Daemon>,
+    cores: Vec<(u32, Arc<CoreCounters>)>,
+    ports: Vec<(String, dpdk::Port)>,
+}
+
+impl metrics::Source for MetricsSource {
+    fn sample(&self) -> metrics::Sample {
+        let (services, generation, reloads_ok, reloads_failed) = self.daemon.metrics_sample();
+        metrics::Sample {
+            services,
+            cores: self
+                .cores
+                .iter()
+                .map(|(lcore, c)| (*lcore, c.snapshot()))
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|(name, p)| metrics::PortSample {
+                    name: name.clone(),
+                    link_up: p.link().is_ok_and(|l| l.up),
+                    stats: p.stats().ok(),
+                })
+                .collect(),
+            generation,
+            reloads_ok,
+            reloads_failed,
+        }
+    }
 }
 
 fn format_core(label: &str, s: &CounterSnapshot) -> String {

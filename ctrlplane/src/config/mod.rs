@@ -42,6 +42,16 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// The control socket rvsadm talks to (`[control]`).
     pub control: ControlConfig,
+    /// The Prometheus metrics endpoint (`[metrics]`).
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus metrics endpoint: the `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// Address (`IP:PORT`) rvsd serves `GET /metrics` on over HTTP
+    /// (`listen`, e.g. `"127.0.0.1:9400"`); `None` (absent) serves no metrics.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The control socket: the `[control]` table.

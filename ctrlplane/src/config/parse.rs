@@ -7,8 +7,8 @@ use std::path::Path;
 use super::tree::{self, Entry, Kind, Node};
 use super::{
     Config, ConfigError, ControlConfig, DataplaneConfig, Device, EalConfig, Forward, FullnatConfig,
-    NeighbourConfig, PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig,
-    TimeoutsConfig, MH_TABLE_SIZE,
+    MetricsConfig, NeighbourConfig, PortConfig, Proto, RealConfig, RouteConfig, Scheduler,
+    ServiceConfig, TimeoutsConfig, MH_TABLE_SIZE,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -33,6 +33,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
             "route",
             "service",
             "control",
+            "metrics",
         ],
     )?;
 
@@ -43,6 +44,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
     let neighbour = parse_neighbour(&top.sub("neighbour")?)?;
     let fullnat = parse_fullnat(&top.sub("fullnat")?)?;
     let control = parse_control(&top.sub("control")?)?;
+    let metrics = parse_metrics(&top.sub("metrics")?)?;
 
     let port_nodes = match top.get("port") {
         None => {
@@ -95,6 +97,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
         fullnat,
         services,
         control,
+        metrics,
     })
 }
 
@@ -273,6 +276,7 @@ impl<'a> Table<'a> {
                 "max_probes",
             ],
             "control" => &["socket", "mode"],
+            "metrics" => &["listen"],
             "fullnat" => &[
                 "sessions",
                 "toa",
@@ -753,6 +757,25 @@ fn parse_fullnat(t: &Table) -> Result<FullnatConfig> {
         lport_reuse_delay_s: t.int("lport_reuse_delay_s", d.lport_reuse_delay_s, 0, 86_400)?,
         timeouts,
     })
+}
+
+/// The `[metrics]` table: `listen`, an `IP:PORT` socket address (IPv6 as `[::1]:9400`).
+fn parse_metrics(t: &Table) -> Result<MetricsConfig> {
+    let listen = match t.opt_str("listen")? {
+        None => None,
+        Some(s) => match s.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                return Err(t.err(
+                    "listen",
+                    format!(
+                        "listen must be a socket address IP:PORT like \"127.0.0.1:9400\" or \"[::1]:9400\", got {s:?}"
+                    ),
+                ))
+            }
+        },
+    };
+    Ok(MetricsConfig { listen })
 }
 
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).

@@ -1637,3 +1637,55 @@ fn control_errors() {
     let m = error_at(&format!("control = 3\n{BASE}"), 1, 11, "control");
     assert_eq!(m, "expected a table, found an integer");
 }
+
+#[test]
+fn metrics_section() {
+    assert_eq!(parse(BASE).unwrap().metrics, MetricsConfig::default());
+    assert_eq!(parse(BASE).unwrap().metrics.listen, None);
+    let text = format!("[metrics]\nlisten = \"127.0.0.1:9400\"\n{BASE}");
+    assert_eq!(
+        parse(&text).unwrap().metrics.listen,
+        Some("127.0.0.1:9400".parse().unwrap())
+    );
+    let text = format!("metrics.listen = \"[::1]:9100\"\n{BASE}");
+    assert_eq!(
+        parse(&text).unwrap().metrics.listen,
+        Some("[::1]:9100".parse().unwrap())
+    );
+}
+
+#[test]
+fn metrics_errors() {
+    for bad in [
+        "127.0.0.1",
+        "localhost:9400",
+        "127.0.0.1:99999",
+        "",
+        "::1:9400",
+    ] {
+        let m = error_at(
+            &format!("[metrics]\nlisten = \"{bad}\"\n{BASE}"),
+            2,
+            10,
+            "metrics.listen",
+        );
+        assert_eq!(
+            m,
+            format!("listen must be a socket address IP:PORT like \"127.0.0.1:9400\" or \"[::1]:9400\", got {bad:?}")
+        );
+    }
+    let m = error_at(
+        &format!("[metrics]\nlisten = 9400\n{BASE}"),
+        2,
+        10,
+        "metrics.listen",
+    );
+    assert_eq!(m, "expected a string, found an integer");
+    let m = error_at(
+        &format!("[metrics]\nport = 9400\n{BASE}"),
+        2,
+        1,
+        "metrics.port",
+    );
+    assert!(m.contains("unknown key"), "{m}");
+}

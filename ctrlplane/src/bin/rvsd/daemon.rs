@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +52,9 @@ pub struct Daemon {
     /// Translates a core session to the model's services (see `Daemon::new`).
     build: fn(&Model) -> Vec<rvs_core::config::ServiceConf>,
     timeouts: fn(&rvs_ctrlplane::config::TimeoutsConfig) -> rvs_core::config::Timeouts,
+    /// Reloads applied / refused or rolled back (`rvs_reloads_total{result}`).
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
 }
 
 impl Daemon {
@@ -81,6 +84,8 @@ impl Daemon {
             conn_table_size,
             build,
             timeouts,
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
         })
     }
 
@@ -167,7 +172,25 @@ impl Daemon {
         }
     }
 
+    /// What the metrics endpoint exports from the control side: the services with their
+    /// monotonic counters (not reset by `-Z`) and rates, the configuration generation, and the
+    /// reloads applied / failed. Only reads counters.
+    pub fn metrics_sample(&self) -> (Vec<ServiceView>, u64, u64, u64) {
+        let g = self.lock();
+        (
+            self.views_of(&g, false),
+            g.model.generation,
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
     fn views(&self, g: &Inner) -> Vec<ServiceView> {
+        self.views_of(g, true)
+    }
+
+    /// Per-service views; `zeroed` subtracts the counters saved by `-Z` (rvsadm's view).
+    fn views_of(&self, g: &Inner, zeroed: bool) -> Vec<ServiceView> {
         g.model
             .services
             .iter()
@@ -182,7 +205,7 @@ impl Daemon {
                 for r in &s.reals {
                     let id = g.model.dest_id(s, r);
                     let (mut st, active, inactive) = self.totals(id);
-                    if let Some(z) = g.zero.get(&id) {
+                    if let Some(z) = g.zero.get(&id).filter(|_| zeroed) {
                         st = sub(st, *z);
                     }
                     let rates = self.rates(id);
@@ -243,6 +266,16 @@ impl Daemon {
 
     /// Re-read the configuration file and apply what changed (SIGHUP, `rvsadm --reload`).
     pub fn reload(&self) -> Response {
+        let r = self.reload_inner();
+        let n = match r {
+            Response::Reloaded { .. } => &self.reloads_ok,
+            _ => &self.reloads_failed,
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn reload_inner(&self) -> Response {
         let mut g = self.lock();
         let cfg = match Config::load(&g.config_path) {
             Ok(c) => c,
@@ -439,6 +472,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.control != new.control {
         v.push("control".to_string());
+    }
+    if old.metrics != new.metrics {
+        v.push("metrics".to_string());
     }
     let mut a = old.fullnat.clone();
     a.timeouts = new.fullnat.timeouts.clone();
