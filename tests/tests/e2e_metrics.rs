@@ -89,3 +89,123 @@ fn metrics_scrape_is_valid_and_counts_connections() {
     let (ok, log) = rvsd.stop();
     assert!(ok, "{log}");
 }
+
+/// A real Prometheus server (Debian's) scrapes rvsd in the gateway namespace; after N requests a
+/// PromQL query over its HTTP API returns N connections for the service. Meanwhile a steady
+/// request loop checks the rate estimator: `rvsadm -L --rate` CPS and the `rvs_service_cps` metric
+/// agree with the client's own rate.
+#[test]
+fn prometheus_server_query_and_rate_estimator() {
+    if !prerequisites("e2e prometheus") {
+        return;
+    }
+    let have = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !have("prometheus") {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        assert!(!ci, "prometheus missing (scripts/deps installs it)");
+        eprintln!("NOT RUN: prometheus missing");
+        return;
+    }
+    let _g = serial();
+    let topo = Topo::up("rvsq", 2);
+    let (cl, gw) = (topo.ns("cl"), topo.ns("gw"));
+    let dir = tempdir("prom");
+    let extra = "\n[metrics]\nlisten = \"127.0.0.1:9400\"\n\n[[service]]\nproto = \"tcp\"\nvip = \"203.0.113.10\"\nvport = 80\nscheduler = \"rr\"\nport = \"client\"\nlips = [\"198.51.100.2\"]\n  [[service.real]]\n  ip = \"198.51.100.11\"\n  [[service.real]]\n  ip = \"198.51.100.12\"\n";
+    let sock = dir.join("rvsd.sock");
+    let (rvsd, _) = start_gateway(&dir, &gw, "prom", |pmd| {
+        gateway_toml(pmd, "rvsq-prom", Some(&sock), extra)
+    });
+    let _ = sh(&format!("ip netns exec {gw} ip link set lo up"));
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rvs\n    static_configs:\n      - targets: ['127.0.0.1:9400']\n",
+    )
+    .unwrap();
+    let mut prom = Command::new("ip")
+        .args(["netns", "exec", &gw, "prometheus"])
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .args(["--web.listen-address=127.0.0.1:9090", "--log.level=warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _ = &mut prom;
+    let prom = Kill(prom);
+
+    // Steady loop: 10 requests per second for 16 s (the estimator's EWMA needs a few 2 s samples).
+    let secs = 16u64;
+    let t0 = std::time::Instant::now();
+    let o = ns(
+        &cl,
+        &format!("bash -c 'for i in $(seq {}); do curl -s -o /dev/null --max-time 2 http://203.0.113.10/; sleep 0.1; done'", secs * 9),
+    );
+    assert!(o.status.success());
+    let client_rate = (secs * 9) as f64 / t0.elapsed().as_secs_f64();
+    let (_, rate) = Command::new(rvsd_bin().with_file_name("rvsadm"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["-L", "-n", "--rate"])
+        .output()
+        .map(|o| {
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).to_string(),
+            )
+        })
+        .unwrap();
+    let cps: f64 = rate
+        .lines()
+        .find(|l| l.starts_with("TCP"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no CPS in:\n{rate}"));
+    assert!(
+        (cps - client_rate).abs() <= client_rate * 0.35 + 1.0,
+        "rvsadm --rate CPS {cps} vs the client's {client_rate:.1}/s\n{rate}"
+    );
+    let scrape = ns(&gw, "curl -s --max-time 5 http://127.0.0.1:9400/metrics");
+    let metric_cps = series_sum(&String::from_utf8_lossy(&scrape.stdout), "rvs_service_cps");
+    assert!(
+        (metric_cps - cps).abs() <= 1.0,
+        "metric cps {metric_cps} vs rvsadm {cps}"
+    );
+
+    // PromQL over Prometheus's HTTP API: the connections of the service equal the requests made.
+    let want = secs * 9;
+    let mut last = String::new();
+    for _ in 0..30 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let q = ns(&gw, "curl -s --max-time 2 'http://127.0.0.1:9090/api/v1/query?query=sum(rvs_service_connections_total)'");
+        last = String::from_utf8_lossy(&q.stdout).to_string();
+        if last.contains(&format!("\"{want}\"")) {
+            break;
+        }
+    }
+    assert!(
+        last.contains(&format!("\"{want}\"")),
+        "PromQL sum(rvs_service_connections_total) != {want}: {last}"
+    );
+    drop(prom);
+    let (ok, log) = rvsd.stop();
+    assert!(ok, "{log}");
+}
