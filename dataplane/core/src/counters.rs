@@ -157,6 +157,8 @@ events! {
     neigh_evicted,
     redirected_out,
     redirected_in,
+    to_kernel,
+    from_kernel,
     polls,
     busy_polls,
     sessions_created,

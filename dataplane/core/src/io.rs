@@ -27,4 +27,11 @@ pub trait Io {
         drop(pkt);
         false
     }
+    /// The exception path: hand a frame addressed to rvs itself that the dataplane does not
+    /// serve (TCP/UDP to an interface address, ICMP other than echo, fragments, ARP replies) to
+    /// the kernel interface mirroring `port`. Gives the frame back when `port` has no exception
+    /// path (the caller then drops and counts it).
+    fn to_kernel(&mut self, _port: PortIdx, pkt: Self::Pkt) -> Result<(), Self::Pkt> {
+        Err(pkt)
+    }
 }

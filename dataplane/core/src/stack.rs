@@ -470,7 +470,10 @@ impl<P: PacketBuf> Stack<P> {
 
         if !request {
             self.counters.arp_replies_rx.inc();
-            drop(pkt);
+            // The kernel side of the exception path resolves its own next hops: it gets the replies.
+            if io.to_kernel(port, pkt).is_ok() {
+                self.counters.to_kernel.inc();
+            }
             return;
         }
         if !for_us {
@@ -752,6 +755,21 @@ impl<P: PacketBuf> Stack<P> {
         self.forward(io, port, pkt, l2_bcast, ihl, now_ms)
     }
 
+    /// A frame for rvs's own addresses that the dataplane does not serve: the kernel gets it when
+    /// the port has an exception path, else it is dropped under `reason`.
+    fn kernel_or_drop<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        reason: DropReason,
+    ) {
+        match io.to_kernel(port, pkt) {
+            Ok(()) => self.counters.to_kernel.inc(),
+            Err(pkt) => self.drop_pkt(pkt, reason),
+        }
+    }
+
     fn local_input<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
@@ -765,10 +783,10 @@ impl<P: PacketBuf> Stack<P> {
         };
         let d = pkt.data();
         if be16(d, ip4::FRAG) & ip4::MF_OFFSET != 0 {
-            return self.drop_pkt(pkt, DropReason::Ipv4Fragment);
+            return self.kernel_or_drop(io, port, pkt, DropReason::Ipv4Fragment);
         }
         if d[ip4::PROTO] != PROTO_ICMP {
-            return self.drop_pkt(pkt, DropReason::LocalL4);
+            return self.kernel_or_drop(io, port, pkt, DropReason::LocalL4);
         }
         let ic = ETH_LEN + ihl;
         let icmp = &d[ic..];
@@ -776,7 +794,7 @@ impl<P: PacketBuf> Stack<P> {
             return self.drop_pkt(pkt, DropReason::IcmpMalformed);
         }
         if icmp[0] != ICMP_ECHO_REQUEST {
-            return self.drop_pkt(pkt, DropReason::IcmpUnhandled);
+            return self.kernel_or_drop(io, port, pkt, DropReason::IcmpUnhandled);
         }
         let src = ipv4_at(d, ip4::SRC);
         let dst = ipv4_at(d, ip4::DST);

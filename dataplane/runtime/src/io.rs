@@ -91,6 +91,8 @@ pub struct WorkerIo {
     pub(crate) tx: Vec<(TxQueue, Burst)>,
     neigh_peers: Vec<Producer<NeighMsg>>,
     redirect: Vec<Option<(MbufProducer, Burst)>>,
+    /// Exception path: per port, the TX queue of the kernel interface (TAP) mirroring it.
+    kernel: Vec<Option<(TxQueue, Burst)>>,
     counters: Arc<CoreCounters>,
 }
 
@@ -112,7 +114,32 @@ impl WorkerIo {
             tx,
             neigh_peers: peers.neigh,
             redirect,
+            kernel: Vec::new(),
             counters,
+        }
+    }
+
+    /// Give this worker the exception path: per port, its TX queue on the kernel interface.
+    pub fn with_kernel(mut self, queues: Vec<Option<TxQueue>>) -> Self {
+        self.kernel = queues
+            .into_iter()
+            .map(|q| q.map(|q| (q, Burst::new())))
+            .collect();
+        self
+    }
+
+    /// Hand queued frames to the kernel interfaces; what a queue refuses is freed and counted.
+    #[inline]
+    fn flush_kernel(&mut self) {
+        for (q, b) in self.kernel.iter_mut().flatten() {
+            if b.is_empty() {
+                continue;
+            }
+            q.tx_burst(b);
+            for _ in 0..b.len() {
+                self.counters.count_drop(DropReason::TxFull);
+            }
+            b.clear();
         }
     }
 
@@ -153,6 +180,7 @@ impl WorkerIo {
     #[inline]
     pub fn flush(&mut self) {
         self.flush_redirects();
+        self.flush_kernel();
         for p in 0..self.tx.len() {
             self.flush_port(p);
         }
@@ -193,6 +221,23 @@ impl Io for WorkerIo {
             // A full ring loses a refresh; the peer resolves by ARP itself if it needs the entry.
             let _ = p.send_burst(&msg);
         }
+    }
+
+    #[inline]
+    fn to_kernel(&mut self, port: PortIdx, pkt: MbufPacket) -> Result<(), MbufPacket> {
+        let Some(Some((_, b))) = self.kernel.get_mut(port as usize) else {
+            return Err(pkt);
+        };
+        if b.len() >= TX_FLUSH_AT {
+            self.flush_kernel();
+        }
+        if let Some(Some((_, b))) = self.kernel.get_mut(port as usize) {
+            if let Err(m) = b.push(pkt.0) {
+                drop(m);
+                self.counters.count_drop(DropReason::TxFull);
+            }
+        }
+        Ok(())
     }
 
     #[inline]

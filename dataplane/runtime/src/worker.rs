@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use dpdk::{Burst, Consumer, MbufConsumer, RxQueue};
 use rvs_core::counters::CoreCounters;
-use rvs_core::io::PortIdx;
+use rvs_core::io::{Io, PortIdx};
 use rvs_core::Stack;
 
 use crate::ctl::{Cmd, Snapshot, WorkerCtl};
@@ -41,6 +41,8 @@ pub struct Worker {
     polls_since_timer: u32,
     ctl: Option<WorkerCtl>,
     snapshot: Option<Arc<Snapshot>>,
+    /// Exception path: per port, this worker's RX queue on the kernel interface mirroring it.
+    kernel_rx: Vec<Option<RxQueue>>,
 }
 
 /// Timers run once per this many polls (and at least once per millisecond of TSC time).
@@ -72,12 +74,20 @@ impl Worker {
             polls_since_timer: 0,
             ctl: None,
             snapshot: None,
+            kernel_rx: Vec::new(),
         }
     }
 
     /// Attach the control mailbox (configuration snapshots, session listings).
     pub fn with_ctl(mut self, ctl: WorkerCtl) -> Self {
         self.ctl = Some(ctl);
+        self
+    }
+
+    /// Attach the exception path: per port, the RX queue of its kernel interface. What the kernel
+    /// sends there leaves through the port unchanged.
+    pub fn with_kernel(mut self, queues: Vec<Option<RxQueue>>) -> Self {
+        self.kernel_rx = queues;
         self
     }
 
@@ -142,6 +152,17 @@ impl Worker {
             for m in self.rxb.drain() {
                 self.stack
                     .handle(&mut self.io, p as PortIdx, MbufPacket(m), now);
+            }
+        }
+        for (p, q) in self.kernel_rx.iter_mut().enumerate() {
+            let Some(q) = q else { continue };
+            let n = q.rx_burst(&mut self.rxb, self.burst);
+            if n == 0 {
+                continue;
+            }
+            self.counters.from_kernel.add(n as u64);
+            for m in self.rxb.drain() {
+                self.io.send(p as PortIdx, MbufPacket(m));
             }
         }
         for c in &mut self.peers.redirect {
