@@ -11,6 +11,8 @@
 //!   `rvs_{service,real}_connections_total`, `_active_connections`, `_inactive_connections`,
 //!   `_in_packets_total`, `_out_packets_total`, `_in_bytes_total`, `_out_bytes_total`, and the
 //!   estimator's rates `_cps`, `_inpps`, `_outpps`, `_inbps`, `_outbps` (bytes per second);
+//! - per health-checked real server: `rvs_real_up` (1 up, 0 down) and
+//!   `rvs_real_health_transitions_total` (real servers without a check have neither);
 //! - per core (`core`, the lcore): `rvs_core_rx_packets_total`, `rvs_core_tx_packets_total`,
 //!   `rvs_core_drops_total{reason}`, `rvs_core_redirected_{in,out}_total`,
 //!   `rvs_core_sessions_{created,expired}_total`, `rvs_core_polls_total`,
@@ -260,6 +262,20 @@ const CTL_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
     ),
 ];
 
+/// Per health-checked real server families: (name, help, kind).
+const HEALTH_FAMILIES: &[(&str, &str, Kind)] = &[
+    (
+        "rvs_real_up",
+        "Health-check state (1 up, 0 down), per health-checked real server",
+        Kind::Gauge,
+    ),
+    (
+        "rvs_real_health_transitions_total",
+        "Health-check state changes, per health-checked real server",
+        Kind::Counter,
+    ),
+];
+
 /// A family being filled at scrape time.
 struct Fam(MetricFamily);
 
@@ -341,6 +357,10 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
         .iter()
         .map(|(n, h, k)| Fam::new(&format!("rvs_real_{n}"), &vs_help(h, REAL), *k))
         .collect();
+    let mut health: Vec<Fam> = HEALTH_FAMILIES
+        .iter()
+        .map(|(n, h, k)| Fam::new(n, h, *k))
+        .collect();
     for sv in &s.services {
         let k = &sv.spec.key;
         let (proto, vip, vport) = (
@@ -371,6 +391,10 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
                 .zip(vs_values(&r.stats, r.active, r.inactive, &r.rates))
             {
                 f.push(REAL, &labels, v);
+            }
+            if let Some(h) = &r.health {
+                health[0].push(REAL, &labels, if h == "DOWN" { 0.0 } else { 1.0 });
+                health[1].push(REAL, &labels, r.health_transitions as f64);
             }
         }
     }
@@ -436,6 +460,7 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
 
     svc.into_iter()
         .chain(real)
+        .chain(health)
         .chain(core)
         .chain(port)
         .chain(ctl)
@@ -467,6 +492,12 @@ impl RvsCollector {
                     .expect("valid metric description"),
                 );
             }
+        }
+        for (n, h, _) in HEALTH_FAMILIES {
+            descs.push(
+                Desc::new(n.to_string(), h.to_string(), own(REAL), Default::default())
+                    .expect("valid metric description"),
+            );
         }
         for (n, h, _, labels) in CORE_FAMILIES.iter().chain(CTL_FAMILIES) {
             descs.push(

@@ -90,6 +90,8 @@ fn answer(op: Op) -> Response {
                     persist: 0,
                     stats: Stats::default(),
                     rates: Rates::default(),
+                    health: None,
+                    health_transitions: 0,
                 }],
                 lips: vec![],
                 stats: Stats::default(),

@@ -459,6 +459,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         metrics::serve(l, Arc::new(metrics::registry(source)), ctl_stop.clone())
     });
     let est = d.clone().run_estimator(ctl_stop.clone());
+    // Real-server health checks: control-side threads through the kernel's stack.
+    let checker =
+        rvs_ctrlplane::health::spawn(d.clone(), HEALTH_PROBES, connect_from, ctl_stop.clone())
+            .map_err(|e| eprintln!("rvsd: health checker not started: {e}"))
+            .ok();
     println!(
         "rvsd: running with {} worker(s) on lcore(s) {:?}; control socket {}; SIGHUP reloads, SIGINT/SIGTERM stop",
         nw,
@@ -478,6 +483,9 @@ fn run(cfg: &Config) -> Result<(), String> {
     ctl_stop.store(true, Ordering::SeqCst);
     let _ = server.join();
     let _ = est.join();
+    if let Some(c) = checker {
+        c.join();
+    }
     if let Some(m) = metrics_server {
         // Joined before the ports are closed: a scrape reads their statistics.
         let _ = m.join();
@@ -523,6 +531,130 @@ fn run(cfg: &Config) -> Result<(), String> {
     // The EAL itself is released by process exit (see dpdk::Eal::cleanup).
     let _ = eal;
     Ok(())
+}
+
+/// Probe threads of the health checker (checks of different real servers run in parallel, each
+/// bounded by its timeout).
+const HEALTH_PROBES: usize = 4;
+
+/// The health checker's TCP connector: like `TcpStream::connect_timeout`, but bound to `source`
+/// (`[health] source`) first when given.
+fn connect_from(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::net::SocketAddr;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let Some(src) = source else {
+        return std::net::TcpStream::connect_timeout(&addr, timeout);
+    };
+    let last = std::io::Error::last_os_error;
+    /// A sockaddr for `a` and its length.
+    fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match a {
+            SocketAddr::V4(v4) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+                let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                // SAFETY: as above.
+                let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_addr.s6_addr = v6.ip().octets();
+                sin6.sin6_scope_id = v6.scope_id();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    }
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (ss, len) = sockaddr(SocketAddr::new(src, 0));
+    // SAFETY: `ss` holds a sockaddr of `len` bytes.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        )
+    } < 0
+    {
+        return Err(last());
+    }
+    let (ss, len) = sockaddr(addr);
+    // SAFETY: as above.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    if r < 0 {
+        let e = last();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            return Err(last());
+        }
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        }
+        let mut err: libc::c_int = 0;
+        let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one c_int into `err`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut _ as *mut libc::c_void,
+                &mut elen,
+            )
+        };
+        if r < 0 {
+            return Err(last());
+        }
+        if err != 0 {
+            return Err(std::io::Error::from_raw_os_error(err));
+        }
+    }
+    let s = std::net::TcpStream::from(fd);
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 /// The metrics [`metrics::Source`] of a running rvsd: the control side's services and rates,

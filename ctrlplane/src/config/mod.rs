@@ -44,6 +44,107 @@ pub struct Config {
     pub control: ControlConfig,
     /// The Prometheus metrics endpoint (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// Real-server health checking (`[health]`); the checks themselves are
+    /// per service (`[service.check]`) or per real server
+    /// (`[service.real.check]`).
+    pub health: HealthConfig,
+}
+
+/// Global health-check settings: the `[health]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HealthConfig {
+    /// Local address the checks' sockets are bound to (`source`, default
+    /// none: the kernel picks one). Checks go through the kernel's stack, not
+    /// DPDK, so this is an address of the management interface. Used only for
+    /// real servers of its family.
+    pub source: Option<IpAddr>,
+    /// What happens to a real server that is down (`down_action`).
+    pub down_action: DownAction,
+}
+
+/// What rvsd does with a real server whose health check says it is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DownAction {
+    /// `"quiesce"` (the only one for now): its effective weight becomes 0,
+    /// so it gets no new sessions; existing sessions are kept (they expire
+    /// or end normally). The configured weight is kept and shown.
+    #[default]
+    Quiesce,
+}
+
+/// A health check (`[service.check]`, `[service.real.check]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    /// What is checked (`type`).
+    pub kind: CheckKind,
+    /// Port checked (`port`, 1..=65535, default the real server's port).
+    pub port: Option<u16>,
+    /// Time between the starts of two checks, in ms (`interval_ms`,
+    /// 100..=3600000, default 2000).
+    pub interval_ms: u32,
+    /// How long one check may take, in ms (`timeout_ms`, 10..=60000, at most
+    /// `interval_ms`, default 1000).
+    pub timeout_ms: u32,
+    /// Consecutive successes that bring a down real server up (`rise`,
+    /// 1..=100, default 2).
+    pub rise: u32,
+    /// Consecutive failures that bring an up real server down (`fall`,
+    /// 1..=100, default 3).
+    pub fall: u32,
+}
+
+/// The kind of a health check (`type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// `"none"`: not checked (always up); turns a service's check off for one
+    /// real server.
+    None,
+    /// `"tcp"`: a TCP connection is accepted.
+    Tcp,
+    /// `"http"`: an HTTP/1.0 `GET path` answers `expect_status`, with
+    /// `expect_body` in the body when given.
+    Http {
+        /// `path` (default `"/"`): starts with `/`, no spaces or control
+        /// characters.
+        path: String,
+        /// `expect_status` (100..=599, default 200).
+        expect_status: u16,
+        /// `expect_body` (default none): a substring the body must contain.
+        expect_body: Option<String>,
+    },
+    /// `"udp"`: a datagram `send` is answered (by any reply, or by one
+    /// containing `expect`); an ICMP port unreachable fails at once.
+    Udp {
+        /// `send` (required): the datagram's payload.
+        send: String,
+        /// `expect` (default none): a substring the reply must contain.
+        expect: Option<String>,
+    },
+}
+
+impl CheckConfig {
+    /// The check with keepalived-like defaults.
+    pub fn new(kind: CheckKind) -> CheckConfig {
+        CheckConfig {
+            kind,
+            port: None,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// The health check in force for real server `r`: its own check, else
+    /// the service's; `None` when neither is given or it is `type = "none"`.
+    pub fn check_of<'a>(&'a self, r: &'a RealConfig) -> Option<&'a CheckConfig> {
+        r.check
+            .as_ref()
+            .or(self.check.as_ref())
+            .filter(|c| c.kind != CheckKind::None)
+    }
 }
 
 /// The Prometheus metrics endpoint: the `[metrics]` table.
@@ -428,6 +529,9 @@ pub struct ServiceConfig {
     pub lip_port: usize,
     /// The real servers (`[[service.real]]`), in file order; at least one.
     pub reals: Vec<RealConfig>,
+    /// The health check of its real servers (`[service.check]`, default
+    /// none: real servers are always up).
+    pub check: Option<CheckConfig>,
 }
 
 /// One `[[service.real]]`: a real server of a service.
@@ -454,6 +558,9 @@ pub struct RealConfig {
     /// `-y`): an overloaded real server takes new sessions again below it
     /// (below 3/4 of `upper` when 0).
     pub lower: u32,
+    /// This real server's health check (`[service.real.check]`, default
+    /// none: the service's). Keys it leaves out are the service check's.
+    pub check: Option<CheckConfig>,
 }
 
 /// One `[[port]]`.

@@ -6,9 +6,10 @@ use std::path::Path;
 
 use super::tree::{self, Entry, Kind, Node};
 use super::{
-    Config, ConfigError, ControlConfig, DataplaneConfig, Device, EalConfig, Forward, FullnatConfig,
-    MetricsConfig, NeighbourConfig, PortConfig, Proto, RealConfig, RouteConfig, Scheduler,
-    ServiceConfig, TimeoutsConfig, MH_TABLE_SIZE,
+    CheckConfig, CheckKind, Config, ConfigError, ControlConfig, DataplaneConfig, Device,
+    DownAction, EalConfig, Forward, FullnatConfig, HealthConfig, MetricsConfig, NeighbourConfig,
+    PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig, TimeoutsConfig,
+    MH_TABLE_SIZE,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -34,6 +35,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
             "service",
             "control",
             "metrics",
+            "health",
         ],
     )?;
 
@@ -45,6 +47,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
     let fullnat = parse_fullnat(&top.sub("fullnat")?)?;
     let control = parse_control(&top.sub("control")?)?;
     let metrics = parse_metrics(&top.sub("metrics")?)?;
+    let health = parse_health(&top.sub("health")?)?;
 
     let port_nodes = match top.get("port") {
         None => {
@@ -98,6 +101,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
         services,
         control,
         metrics,
+        health,
     })
 }
 
@@ -277,6 +281,7 @@ impl<'a> Table<'a> {
             ],
             "control" => &["socket", "mode"],
             "metrics" => &["listen"],
+            "health" => &["source", "down_action"],
             "fullnat" => &[
                 "sessions",
                 "toa",
@@ -1089,7 +1094,208 @@ const SERVICE_KEYS: &[&str] = &[
     "lips",
     "lip_port",
     "real",
+    "check",
 ];
+
+/// The keys of `[service.check]` and `[service.real.check]`.
+const CHECK_KEYS: &[&str] = &[
+    "type",
+    "port",
+    "interval_ms",
+    "timeout_ms",
+    "rise",
+    "fall",
+    "path",
+    "expect_status",
+    "expect_body",
+    "send",
+    "expect",
+];
+
+/// The `[health]` table: `source` (an IP address) and `down_action`.
+fn parse_health(t: &Table) -> Result<HealthConfig> {
+    let source = match t.get("source") {
+        None => None,
+        Some(node) => Some(ip_value(
+            t.cx,
+            node,
+            &t.path("source"),
+            "source (the local address health checks are sent from)",
+        )?),
+    };
+    let down_action = match t.opt_str("down_action")? {
+        None | Some("quiesce") => DownAction::Quiesce,
+        Some(other) => {
+            return Err(t.err(
+                "down_action",
+                format!("down_action must be \"quiesce\" (the only action for now), got {other:?}"),
+            ))
+        }
+    };
+    Ok(HealthConfig {
+        source,
+        down_action,
+    })
+}
+
+/// The error for a missing required `key` of table `t`.
+fn missing(t: &Table, key: &str, what: &str) -> ConfigError {
+    t.cx.err(
+        t.pos,
+        t.path(key),
+        format!("missing required key `{key}` ({what})"),
+    )
+}
+
+/// The `check` sub-table of `parent` (a service or a real server), if any.
+/// Keys it leaves out come from `base` (the service's check, for a real
+/// server's), else the defaults; `real_port` is the port checked by default
+/// (`None` for a service: each real server's own).
+fn parse_check(
+    parent: &Table,
+    base: Option<&CheckConfig>,
+    real_port: Option<u16>,
+) -> Result<Option<CheckConfig>> {
+    if parent.get("check").is_none() {
+        return Ok(None);
+    }
+    let t = parent.table("check", CHECK_KEYS)?;
+    let base_kind = base.map(|b| &b.kind);
+    let type_name = match t.opt_str("type")? {
+        Some(s) => s,
+        None => match base_kind {
+            Some(CheckKind::None) => "none",
+            Some(CheckKind::Tcp) => "tcp",
+            Some(CheckKind::Http { .. }) => "http",
+            Some(CheckKind::Udp { .. }) => "udp",
+            None => {
+                return Err(missing(
+                    &t,
+                    "type",
+                    "\"tcp\", \"http\", \"udp\" or \"none\"",
+                ))
+            }
+        },
+    };
+    let only = |keys: &[&str], kind: &str| -> Result<()> {
+        for k in keys {
+            if t.get(k).is_some() {
+                return Err(t.err(
+                    k,
+                    format!(
+                        "{k} applies to type = \"{kind}\" checks only, this one is {type_name:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let opt_string =
+        |key: &str| -> Result<Option<String>> { Ok(t.opt_str(key)?.map(str::to_owned)) };
+    let kind = match type_name {
+        "none" => {
+            if let Some(e) = t.entries.iter().find(|e| e.key != "type") {
+                return Err(t.err(
+                    &e.key,
+                    format!("type = \"none\" takes no other key, got `{}`", e.key),
+                ));
+            }
+            return Ok(Some(CheckConfig::new(CheckKind::None)));
+        }
+        "tcp" => {
+            only(&["path", "expect_status", "expect_body"], "http")?;
+            only(&["send", "expect"], "udp")?;
+            CheckKind::Tcp
+        }
+        "http" => {
+            only(&["send", "expect"], "udp")?;
+            let (bpath, bstatus, bbody) = match base_kind {
+                Some(CheckKind::Http {
+                    path,
+                    expect_status,
+                    expect_body,
+                }) => (path.clone(), *expect_status, expect_body.clone()),
+                _ => ("/".to_owned(), 200, None),
+            };
+            let path = opt_string("path")?.unwrap_or(bpath);
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(t.err(
+                    "path",
+                    format!("path must start with `/` and hold no spaces or control characters, got {path:?}"),
+                ));
+            }
+            let expect_status = t.int("expect_status", bstatus, 100, 599)?;
+            let expect_body = opt_string("expect_body")?.or(bbody);
+            CheckKind::Http {
+                path,
+                expect_status,
+                expect_body,
+            }
+        }
+        "udp" => {
+            only(&["path", "expect_status", "expect_body"], "http")?;
+            let (bsend, bexpect) = match base_kind {
+                Some(CheckKind::Udp { send, expect }) => (Some(send.clone()), expect.clone()),
+                _ => (None, None),
+            };
+            let send = match (opt_string("send")?, bsend) {
+                (Some(s), _) | (None, Some(s)) => s,
+                (None, None) => {
+                    return Err(missing(
+                        &t,
+                        "send",
+                        "the datagram a udp check sends, like \"ping\"",
+                    ))
+                }
+            };
+            let expect = opt_string("expect")?.or(bexpect);
+            CheckKind::Udp { send, expect }
+        }
+        other => {
+            return Err(t.err(
+                "type",
+                format!(
+                    "type must be \"tcp\", \"http\", \"udp\" or \"none\" (ICMP checks are not supported), got {other:?}"
+                ),
+            ))
+        }
+    };
+    let d = match base {
+        Some(b) if b.kind != CheckKind::None => b.clone(),
+        _ => CheckConfig::new(CheckKind::Tcp),
+    };
+    let port = t.opt_int::<u16>("port", 1, 65535)?.or(d.port);
+    let interval_ms: u32 = t.int("interval_ms", d.interval_ms, 100, 3_600_000)?;
+    let timeout_ms: u32 = t.int("timeout_ms", d.timeout_ms, 10, 60_000)?;
+    if timeout_ms > interval_ms {
+        let key = if t.get("timeout_ms").is_some() {
+            "timeout_ms"
+        } else {
+            "interval_ms"
+        };
+        return Err(t.err(
+            key,
+            format!("timeout_ms ({timeout_ms}) must not exceed interval_ms ({interval_ms}): one check at a time per real server"),
+        ));
+    }
+    let rise: u32 = t.int("rise", d.rise, 1, 100)?;
+    let fall: u32 = t.int("fall", d.fall, 1, 100)?;
+    if port.is_none() && real_port == Some(0) {
+        return Err(t.err(
+            "port",
+            "the real server's port is 0 (it keeps the client's); say which port to check with `port`",
+        ));
+    }
+    Ok(Some(CheckConfig {
+        kind,
+        port,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+    }))
+}
 
 /// The forwarding methods.
 const FORWARDS: &str = "\"fullnat\", \"nat\", \"dr\" or \"tun\"";
@@ -1333,6 +1539,8 @@ fn parse_service(
         }
     };
 
+    let service_check = parse_check(&t, None, None)?;
+
     let reals_node = t.get("real").ok_or_else(|| {
         t.err(
             "real",
@@ -1353,7 +1561,7 @@ fn parse_service(
             cx,
             node,
             format!("{}[{k}]", t.path("real")),
-            &["ip", "port", "weight", "forward", "upper", "lower"],
+            &["ip", "port", "weight", "forward", "upper", "lower", "check"],
         )?;
         let ip_node = rt.required("ip", "the real server's address, like \"198.51.100.11\"")?;
         let ip = ip_value(cx, ip_node, &rt.path("ip"), "ip")?;
@@ -1439,6 +1647,17 @@ fn parse_service(
                 ),
             ));
         }
+        let check = parse_check(&rt, service_check.as_ref(), Some(port))?;
+        if check.is_none() && port == 0 {
+            if let Some(c) = service_check.as_ref().filter(|c| c.port.is_none()) {
+                if c.kind != CheckKind::None {
+                    return Err(rt.err(
+                        "port",
+                        "the real server's port is 0 (it keeps the client's) and the service's check has no `port`; set `port` in [service.check] or [service.real.check]",
+                    ));
+                }
+            }
+        }
         reals.push(RealConfig {
             ip,
             port,
@@ -1446,6 +1665,7 @@ fn parse_service(
             forward,
             upper,
             lower,
+            check,
         });
     }
     if lips.is_empty() && reals.iter().any(|r| r.forward == Forward::FullNat) {
@@ -1466,6 +1686,7 @@ fn parse_service(
         lips,
         lip_port,
         reals,
+        check: service_check,
     })
 }
 

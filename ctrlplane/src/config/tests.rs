@@ -1080,6 +1080,7 @@ fn services() {
                     forward: Forward::FullNat,
                     upper: 0,
                     lower: 0,
+                    check: None,
                 },
                 RealConfig {
                     ip: ip("10.1.2.3"),
@@ -1088,8 +1089,10 @@ fn services() {
                     forward: Forward::FullNat,
                     upper: 0,
                     lower: 0,
+                    check: None,
                 },
             ],
+            check: None,
         }]
     );
     assert_eq!(Proto::Udp.as_str(), "udp");
@@ -1124,6 +1127,7 @@ fn services() {
                 forward: Forward::FullNat,
                 upper: 0,
                 lower: 0,
+                check: None,
             },
             RealConfig {
                 ip: ip("198.51.100.11"),
@@ -1132,6 +1136,7 @@ fn services() {
                 forward: Forward::FullNat,
                 upper: 0,
                 lower: 0,
+                check: None,
             },
         ]
     );
@@ -1211,7 +1216,7 @@ fn service_fields() {
         ("lips = [\"198.51.100.2\"", "lips = [\"172.16.0.2\"", 12, 1, "service[0].lip_port", "local address 172.16.0.2 is not in a connected subnet of any port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); say which port owns the local addresses with `lip_port`"),
         ("port = \"client\"", "port = \"client\"\nlip_port = \"s\"", 18, 12, "service[0].lip_port", "no port is named `s`; the ports are: client, servers"),
         ("port = \"client\"", "port = \"client\"\nlip_port = 1", 18, 12, "service[0].lip_port", "expected a string, found an integer"),
-        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, sched_flags, mh_table_size, persistent, netmask, forward, port, lips, lip_port, real"),
+        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, sched_flags, mh_table_size, persistent, netmask, forward, port, lips, lip_port, real, check"),
         ("ip = \"198.51.100.11\"", "ip = \"2001:db8::11\"", 20, 6, "service[0].real[0].ip", "real server 2001:db8::11 is IPv6 but the vip 203.0.113.10 is IPv4: NAT64 is not supported yet; local and real server addresses must be of the VIP's family"),
         ("ip = \"198.51.100.11\"", "ip = \"198.51.100.1\"", 20, 6, "service[0].real[0].ip", "real server 198.51.100.1 is an address of rvs itself (port `servers`); a real server must be another host"),
         ("ip = \"198.51.100.11\"", "ip = \"203.0.113.10\"", 20, 6, "service[0].real[0].ip", "real server 203.0.113.10 is the vip of this service"),
@@ -1226,7 +1231,7 @@ fn service_fields() {
         ("port = 8080", "port = \"http\"", 24, 8, "service[0].real[1].port", "expected an integer, found a string"),
         ("weight = 3", "weight = 65536", 21, 10, "service[0].real[0].weight", "weight must be between 0 and 65535, got 65536"),
         ("weight = 3", "weight = 1.5", 21, 10, "service[0].real[0].weight", "expected an integer, found a float"),
-        ("weight = 3", "wieght = 3", 21, 1, "service[0].real[0].wieght", "unknown key `wieght`; allowed keys here: ip, port, weight, forward, upper, lower"),
+        ("weight = 3", "wieght = 3", 21, 1, "service[0].real[0].wieght", "unknown key `wieght`; allowed keys here: ip, port, weight, forward, upper, lower, check"),
     ];
     for &(from, to, line, col, key, want) in cases {
         let msg = error_at(&svc(from, to), line, col, key);
@@ -1688,4 +1693,187 @@ fn metrics_errors() {
         "metrics.port",
     );
     assert!(m.contains("unknown key"), "{m}");
+}
+
+#[test]
+fn health_checks() {
+    // SVC is 24 lines; what follows starts on line 25.
+    let text = format!(
+        "{SVC}[service.check]\ntype = \"http\"\npath = \"/hz\"\nexpect_body = \"ok\"\n\
+         [service.real.check]\nport = 9000\nrise = 5\n"
+    );
+    let cfg = parse(&text).unwrap();
+    let s = &cfg.services[0];
+    let http = CheckKind::Http {
+        path: "/hz".into(),
+        expect_status: 200,
+        expect_body: Some("ok".into()),
+    };
+    assert_eq!(
+        s.check,
+        Some(CheckConfig {
+            kind: http.clone(),
+            port: None,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+        })
+    );
+    assert_eq!(s.reals[0].check, None);
+    assert_eq!(s.check_of(&s.reals[0]), s.check.as_ref());
+    // The real server's check takes the service's for the keys it leaves out.
+    assert_eq!(
+        s.reals[1].check,
+        Some(CheckConfig {
+            kind: http,
+            port: Some(9000),
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 5,
+            fall: 3,
+        })
+    );
+    assert_eq!(cfg.health, HealthConfig::default());
+    assert_eq!(cfg.health.down_action, DownAction::Quiesce);
+
+    // type = "none" turns the service's check off for one real server; tcp and udp checks.
+    let text = format!(
+        "{SVC}[service.check]\ntype = \"udp\"\nsend = \"ping\"\nexpect = \"pong\"\n\
+         interval_ms = 500\ntimeout_ms = 500\nfall = 1\n[service.real.check]\ntype = \"none\"\n\
+         [health]\nsource = \"192.0.2.250\"\ndown_action = \"quiesce\"\n"
+    );
+    let cfg = parse(&text).unwrap();
+    let s = &cfg.services[0];
+    assert_eq!(
+        s.check_of(&s.reals[0])
+            .map(|c| (&c.kind, c.interval_ms, c.fall)),
+        Some((
+            &CheckKind::Udp {
+                send: "ping".into(),
+                expect: Some("pong".into())
+            },
+            500,
+            1
+        ))
+    );
+    assert_eq!(s.check_of(&s.reals[1]), None);
+    assert_eq!(cfg.health.source, Some(ip("192.0.2.250")));
+    let cfg = parse(&format!("{SVC}[service.real.check]\ntype = \"tcp\"\n")).unwrap();
+    let s = &cfg.services[0];
+    assert_eq!(s.check_of(&s.reals[0]), None);
+    assert_eq!(
+        s.check_of(&s.reals[1]),
+        Some(&CheckConfig::new(CheckKind::Tcp))
+    );
+    // No check anywhere: nothing is checked.
+    let cfg = parse(SVC).unwrap();
+    assert!(cfg.services[0]
+        .reals
+        .iter()
+        .all(|r| cfg.services[0].check_of(r).is_none()));
+}
+
+#[test]
+fn health_check_errors() {
+    let with = |extra: &str| format!("{SVC}{extra}");
+    let m = error_at(
+        &with("[service.check]\ntype = \"icmp\"\n"),
+        26,
+        8,
+        "service[0].check.type",
+    );
+    assert_eq!(
+        m,
+        "type must be \"tcp\", \"http\", \"udp\" or \"none\" (ICMP checks are not supported), got \"icmp\""
+    );
+    let m = error_at(
+        &with("[service.check]\nport = 81\n"),
+        25,
+        1,
+        "service[0].check.type",
+    );
+    assert_eq!(
+        m,
+        "missing required key `type` (\"tcp\", \"http\", \"udp\" or \"none\")"
+    );
+    let m = error_at(
+        &with("[service.check]\ntype = \"tcp\"\ntimeout_ms = 3000\n"),
+        27,
+        14,
+        "service[0].check.timeout_ms",
+    );
+    assert_eq!(
+        m,
+        "timeout_ms (3000) must not exceed interval_ms (2000): one check at a time per real server"
+    );
+    let m = error_at(
+        &with("[service.check]\ntype = \"tcp\"\npath = \"/\"\n"),
+        27,
+        8,
+        "service[0].check.path",
+    );
+    assert_eq!(
+        m,
+        "path applies to type = \"http\" checks only, this one is \"tcp\""
+    );
+    let m = error_at(
+        &with("[service.check]\ntype = \"udp\"\n"),
+        25,
+        1,
+        "service[0].check.send",
+    );
+    assert!(m.starts_with("missing required key `send`"), "{m}");
+    let m = error_at(
+        &with("[service.check]\ntype = \"http\"\npath = \"no-slash\"\n"),
+        27,
+        8,
+        "service[0].check.path",
+    );
+    assert!(m.starts_with("path must start with `/`"), "{m}");
+    let m = error_at(
+        &with("[service.check]\ntype = \"http\"\nexpect_status = 42\n"),
+        27,
+        17,
+        "service[0].check.expect_status",
+    );
+    assert_eq!(m, "expect_status must be between 100 and 599, got 42");
+    let m = error_at(
+        &with("[service.check]\ntype = \"tcp\"\nrise = 0\n"),
+        27,
+        8,
+        "service[0].check.rise",
+    );
+    assert_eq!(m, "rise must be between 1 and 100, got 0");
+    let m = error_at(
+        &with("[service.check]\ntype = \"tcp\"\nintervall = 5\n"),
+        27,
+        1,
+        "service[0].check.intervall",
+    );
+    assert!(m.starts_with("unknown key `intervall`"), "{m}");
+    let m = error_at(
+        &with("[service.real.check]\ntype = \"none\"\nport = 1\n"),
+        27,
+        8,
+        "service[0].real[1].check.port",
+    );
+    assert_eq!(m, "type = \"none\" takes no other key, got `port`");
+    let m = error_at(
+        &with("[health]\nsource = \"nope\"\n"),
+        26,
+        10,
+        "health.source",
+    );
+    assert!(m.starts_with("source (the local address"), "{m}");
+    let m = error_at(
+        &with("[health]\ndown_action = \"remove\"\n"),
+        26,
+        15,
+        "health.down_action",
+    );
+    assert_eq!(
+        m,
+        "down_action must be \"quiesce\" (the only action for now), got \"remove\""
+    );
 }

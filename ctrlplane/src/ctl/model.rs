@@ -220,6 +220,7 @@ impl Model {
                     lips: Vec::new(),
                     lip_port: port,
                     reals: Vec::new(),
+                    check: None,
                 });
             }
             Op::EditService { spec } => {
@@ -279,6 +280,7 @@ impl Model {
                     forward: forward_of(real.fwd),
                     upper: real.upper,
                     lower: real.lower,
+                    check: None,
                 });
             }
             Op::EditReal { key, real } => {

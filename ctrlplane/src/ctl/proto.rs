@@ -135,6 +135,12 @@ pub struct RealView {
     pub persist: u64,
     pub stats: Stats,
     pub rates: Rates,
+    /// Health-check state, `"UP"` or `"DOWN"`; `None` when the real server is not checked.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// Health state changes since rvsd started (0 when not checked).
+    #[serde(default)]
+    pub health_transitions: u64,
 }
 
 /// A virtual service as listed.

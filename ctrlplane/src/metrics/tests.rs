@@ -42,6 +42,8 @@ fn real(ip: &str, port: u16, conns: u64) -> RealView {
             inbps: 3000,
             outbps: 2400,
         },
+        health: None,
+        health_transitions: 0,
     }
 }
 
@@ -484,4 +486,57 @@ fn http_server() {
 
     stop.store(true, Ordering::SeqCst);
     h.join().unwrap();
+}
+
+#[test]
+fn health_series_only_for_checked_reals() {
+    let mut down = real("198.51.100.12", 80, 1);
+    down.health = Some("DOWN".into());
+    down.health_transitions = 3;
+    let mut up = real("198.51.100.13", 80, 1);
+    up.health = Some("UP".into());
+    let sample = Sample {
+        services: vec![service(
+            Proto::Tcp,
+            "203.0.113.10",
+            80,
+            vec![real("198.51.100.11", 80, 1), down, up],
+        )],
+        ..Sample::default()
+    };
+    let fams = families(&sample);
+    let get = |name: &str| fams.iter().find(|f| f.name() == name).unwrap();
+    let ups = get("rvs_real_up");
+    let vals: Vec<(String, f64)> = ups
+        .get_metric()
+        .iter()
+        .map(|m| {
+            let rip = m
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "rip")
+                .unwrap()
+                .value()
+                .to_string();
+            (rip, m.get_gauge().get_value())
+        })
+        .collect();
+    assert_eq!(
+        vals,
+        vec![("198.51.100.12".into(), 0.0), ("198.51.100.13".into(), 1.0)]
+    );
+    let tr = get("rvs_real_health_transitions_total");
+    assert_eq!(tr.get_field_type(), MetricType::COUNTER);
+    assert_eq!(tr.get_metric()[0].get_counter().get_value(), 3.0);
+    // Without any checked real server the families are left out.
+    let none = families(&Sample {
+        services: vec![service(
+            Proto::Tcp,
+            "203.0.113.10",
+            80,
+            vec![real("198.51.100.11", 80, 1)],
+        )],
+        ..Sample::default()
+    });
+    assert!(!none.iter().any(|f| f.name() == "rvs_real_up"));
 }

@@ -2,7 +2,7 @@
 //! snapshots to the workers' mailboxes, sums the workers' per-real-server counters and keeps
 //! IPVS-style rate estimates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use rvs_ctrlplane::ctl::proto::{
     TimeoutsView, MAX_CONNS_PAGE,
 };
 use rvs_ctrlplane::ctl::server::Handler;
+use rvs_ctrlplane::health::{self, RealId, Target};
 use rvs_dataplane::ctl::{Cmd, CtlLink, Snapshot};
 
 /// Dest ids per daemon (the length of every worker's per-real-server counter array).
@@ -33,6 +34,24 @@ struct Inner {
     config_path: PathBuf,
     /// Counter values at the last `-Z`, subtracted from what is shown.
     zero: HashMap<u32, Stats>,
+    /// Real servers their health check says are down: their effective weight in the snapshots
+    /// is 0 (`down_action = "quiesce"`) while the model keeps the configured one. Consulted only
+    /// for real servers that have a check (one whose check was removed counts as up).
+    down: HashSet<RealId>,
+    /// Health state changes per real server since start.
+    transitions: HashMap<RealId, u64>,
+}
+
+impl Inner {
+    /// The health of real `r` of service `s`: `Some(up)` when it has a check.
+    fn health_of(
+        &self,
+        s: &rvs_ctrlplane::config::ServiceConfig,
+        r: &rvs_ctrlplane::config::RealConfig,
+    ) -> Option<bool> {
+        s.check_of(r)
+            .map(|_| !self.down.contains(&(key_of(s), r.ip, r.port)))
+    }
 }
 
 /// Per-dest rate estimate (IPVS's estimator: 2 s samples, EWMA with weight 1/4).
@@ -77,6 +96,8 @@ impl Daemon {
                 running,
                 config_path,
                 zero: HashMap::new(),
+                down: HashSet::new(),
+                transitions: HashMap::new(),
             }),
             dest_stats,
             est: Mutex::new(HashMap::new()),
@@ -209,6 +230,7 @@ impl Daemon {
                         st = sub(st, *z);
                     }
                     let rates = self.rates(id);
+                    let up = g.health_of(s, r);
                     sv.stats = add(sv.stats, st);
                     sv.rates = add_rates(sv.rates, rates);
                     sv.reals.push(RealView {
@@ -224,6 +246,12 @@ impl Daemon {
                         persist: self.persist(id),
                         stats: st,
                         rates,
+                        health: up.map(|u| if u { "UP" } else { "DOWN" }.to_string()),
+                        health_transitions: g
+                            .transitions
+                            .get(&(key_of(s), r.ip, r.port))
+                            .copied()
+                            .unwrap_or(0),
                     });
                 }
                 sv
@@ -238,9 +266,29 @@ impl Daemon {
         g: &mut Inner,
         announce: Vec<(usize, std::net::IpAddr)>,
     ) -> Result<(), String> {
+        let mut services = (self.build)(&g.model);
+        // Quiesce the real servers that are down: effective weight 0, sessions kept.
+        let down_ids: HashSet<u32> = g
+            .model
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.reals
+                    .iter()
+                    .filter(|r| g.health_of(s, r) == Some(false))
+                    .map(|r| g.model.dest_id(s, r))
+            })
+            .collect();
+        if !down_ids.is_empty() {
+            for d in services.iter_mut().flat_map(|s| s.dests.iter_mut()) {
+                if down_ids.contains(&d.id) {
+                    d.weight = 0;
+                }
+            }
+        }
         let snap = Arc::new(Snapshot {
             generation: g.model.generation,
-            services: (self.build)(&g.model),
+            services,
             timeouts: (self.timeouts)(&g.model.timeouts),
             announce: announce.into_iter().map(|(p, ip)| (p as u16, ip)).collect(),
         });
@@ -301,6 +349,7 @@ impl Daemon {
             }
         }
         g.running.services = cfg.services.clone();
+        g.running.health = cfg.health.clone();
         g.running.fullnat.timeouts = cfg.fullnat.timeouts.clone();
         Response::Reloaded {
             generation: g.model.generation,
@@ -482,6 +531,47 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         v.push("fullnat (other than timeouts)".to_string());
     }
     v
+}
+
+/// The health checker's view of the daemon: the checked real servers of the model, and what a
+/// state change does (`down_action = "quiesce"`: republish with the real's effective weight 0 or
+/// back to its configured weight; existing sessions are kept).
+impl health::Sink for Daemon {
+    fn targets(&self) -> Vec<Target> {
+        let mut g = self.lock();
+        let source = g.running.health.source;
+        let mut v = Vec::new();
+        for s in &g.model.services {
+            for r in &s.reals {
+                if let Some(c) = s.check_of(r) {
+                    v.push(Target::new(key_of(s), r.ip, r.port, c, source));
+                }
+            }
+        }
+        // Forget the state of real servers that are gone or no longer checked (the checker
+        // forgets them too, so a check added again starts up).
+        if !g.down.is_empty() {
+            let ids: HashSet<RealId> = v.iter().map(|t| t.id).collect();
+            g.down.retain(|id| ids.contains(id));
+        }
+        v
+    }
+
+    fn transition(&self, t: &Target, up: bool, detail: &str) {
+        let mut g = self.lock();
+        let changed = if up {
+            g.down.remove(&t.id)
+        } else {
+            g.down.insert(t.id)
+        };
+        *g.transitions.entry(t.id).or_insert(0) += 1;
+        println!("rvsd: {}", health::transition_line(t, up, detail));
+        if changed {
+            if let Err(e) = self.publish(&mut g, Vec::new()) {
+                println!("rvsd: health: publishing the new weights failed: {e}");
+            }
+        }
+    }
 }
 
 impl Handler for Daemon {

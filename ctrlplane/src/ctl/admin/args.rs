@@ -43,6 +43,8 @@ pub struct ListOptions {
     pub exact: bool,
     /// `--nosort`: keep rvsd's order (sorting is the default; `--sort` is accepted).
     pub nosort: bool,
+    /// `--health` (rvs's own): a `Health` column after `InActConn`.
+    pub health: bool,
 }
 
 /// One rvsadm command.
@@ -251,9 +253,10 @@ enum Opt {
     Exact,
     SchedFlags,
     Laddr,
+    Health,
 }
 
-const ALL_OPTS: [Opt; 20] = [
+const ALL_OPTS: [Opt; 21] = [
     Opt::Numeric,
     Opt::Connection,
     Opt::Service,
@@ -274,6 +277,7 @@ const ALL_OPTS: [Opt; 20] = [
     Opt::Exact,
     Opt::SchedFlags,
     Opt::Laddr,
+    Opt::Health,
 ];
 
 impl Opt {
@@ -299,6 +303,7 @@ impl Opt {
             Opt::Exact => "exact",
             Opt::SchedFlags => "sched-flags",
             Opt::Laddr => "laddr",
+            Opt::Health => "health",
         }
     }
     fn bit(self) -> u32 {
@@ -321,7 +326,7 @@ fn rule(cmd: Cmd, opt: Opt) -> char {
             _ => 'x',
         },
         Cmd::List => match opt {
-            Numeric | Stats | Rate | Thresholds | PersistentConn | NoSort | Exact => ' ',
+            Numeric | Stats | Rate | Thresholds | PersistentConn | NoSort | Exact | Health => ' ',
             Connection | Service | Timeout => '1',
             _ => 'x',
         },
@@ -401,6 +406,7 @@ enum Item {
     Exact,
     Laddr,
     Socket,
+    Health,
 }
 
 impl Item {
@@ -516,6 +522,7 @@ fn long(name: &str) -> Option<Item> {
         "nosort" => Item::NoSort,
         "exact" => Item::Exact,
         "laddr" => Item::Laddr,
+        "health" => Item::Health,
         "socket" => Item::Socket,
         _ => return None,
     })
@@ -824,6 +831,10 @@ fn apply(
             st.set(Opt::Exact)?;
             st.list.exact = true;
         }
+        Item::Health => {
+            st.set(Opt::Health)?;
+            st.list.health = true;
+        }
     }
     Ok(())
 }
@@ -1028,7 +1039,11 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
             let mut list = st.list;
             list.service = key;
             if (list.connections || list.timeout)
-                && (list.stats || list.persistent_conn || list.rate || list.thresholds)
+                && (list.stats
+                    || list.persistent_conn
+                    || list.rate
+                    || list.thresholds
+                    || list.health)
             {
                 return fail("options conflicts in the list command");
             }

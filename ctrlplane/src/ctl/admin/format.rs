@@ -27,6 +27,10 @@ pub struct Layout {
     pub persistent_conn: bool,
     /// `--exact`.
     pub exact: bool,
+    /// `--health` (rvs's own): a `Health` column after `InActConn` (`UP`, `DOWN`, or `-` for a
+    /// real server without a health check) in the default, `--thresholds` and
+    /// `--persistent-conn` layouts.
+    pub health: bool,
 }
 
 /// `addr:port`, `[v6]:port`.
@@ -105,18 +109,33 @@ pub fn title(l: &Layout) -> String {
     } else if l.rate {
         t("CPS", "InPPS", "OutPPS", "InBPS", "OutBPS")
     } else if l.thresholds {
+        let h = if l.health { " Health" } else { "" };
         format!(
-            "{:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port\n",
+            "{:<33} {:<10} {:<10} {:<10} {:<10}{h}\n  -> RemoteAddress:Port\n",
             "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
         )
     } else if l.persistent_conn {
+        let h = if l.health { " Health" } else { "" };
         format!(
-            "{:<33} {:<9} {:<11} {:<10} {:<10}\n  -> RemoteAddress:Port\n",
+            "{:<33} {:<9} {:<11} {:<10} {:<10}{h}\n  -> RemoteAddress:Port\n",
             "Prot LocalAddress:Port", "Weight", "PersistConn", "ActiveConn", "InActConn"
         )
+    } else if l.health {
+        "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn  Health\n"
+            .to_owned()
     } else {
         "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
             .to_owned()
+    }
+}
+
+/// The `Health` column of real server `r`: ` UP`, ` DOWN`, ` -` (not checked); empty without
+/// `--health`.
+fn health_col(r: &RealView, l: &Layout) -> String {
+    if l.health {
+        format!(" {}", r.health.as_deref().unwrap_or("-"))
+    } else {
+        String::new()
     }
 }
 
@@ -206,23 +225,32 @@ pub fn service_entry(s: &ServiceView, l: &Layout) -> String {
         } else if l.thresholds {
             let _ = writeln!(
                 out,
-                "  -> {d:<28} {:<10} {:<10} {:<10} {:<10}",
-                r.spec.upper, r.spec.lower, r.active, r.inactive
+                "  -> {d:<28} {:<10} {:<10} {:<10} {:<10}{}",
+                r.spec.upper,
+                r.spec.lower,
+                r.active,
+                r.inactive,
+                health_col(r, l)
             );
         } else if l.persistent_conn {
             let _ = writeln!(
                 out,
-                "  -> {d:<28} {:<9} {:<11} {:<10} {:<10}",
-                r.spec.weight, r.persist, r.active, r.inactive
+                "  -> {d:<28} {:<9} {:<11} {:<10} {:<10}{}",
+                r.spec.weight,
+                r.persist,
+                r.active,
+                r.inactive,
+                health_col(r, l)
             );
         } else {
             let _ = writeln!(
                 out,
-                "  -> {d:<28} {:<7} {:<6} {:<10} {:<10}",
+                "  -> {d:<28} {:<7} {:<6} {:<10} {:<10}{}",
                 r.spec.fwd.name(),
                 r.spec.weight,
                 r.active,
-                r.inactive
+                r.inactive,
+                health_col(r, l)
             );
         }
     }

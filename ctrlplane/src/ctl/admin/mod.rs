@@ -88,6 +88,7 @@ Options:
   --exact                             expand numbers (display exact values)
   --thresholds                        output of thresholds information
   --persistent-conn                   output of persistent connection info
+  --health                            add a Health column (UP, DOWN, - unchecked) after InActConn
   --nosort                            disable sorting output of service/server entries
   --sort                              does nothing, for backwards compatibility
   --numeric      -n                   numeric output of addresses and ports (rvsadm always
@@ -340,6 +341,7 @@ fn list(
         thresholds: l.thresholds,
         persistent_conn: l.persistent_conn,
         exact: l.exact,
+        health: l.health,
     };
     if l.connections {
         // Pages, printed as they come.

@@ -38,6 +38,8 @@ fn real(addr: &str, fwd: Fwd, weight: u32, active: u64, inactive: u64) -> RealVi
         persist: 0,
         stats: Stats::default(),
         rates: Rates::default(),
+        health: None,
+        health_transitions: 0,
     }
 }
 fn svc(key: ServiceKey, sched: &str, reals: Vec<RealView>) -> ServiceView {
@@ -879,6 +881,8 @@ fn save_then_restore_round_trip() {
                     persist: 0,
                     stats: Stats::default(),
                     rates: Rates::default(),
+                    health: None,
+                    health_transitions: 0,
                 });
             }
             Command::AddLaddr { key, lip } => {
@@ -1171,4 +1175,56 @@ fn run_reports_usage_and_unreachable_socket() {
     );
     let (code, out, _) = run_it(&["-h"]);
     assert_eq!((code, out.as_str()), (0, USAGE));
+}
+
+#[test]
+fn health_column() {
+    let mut reals = vec![
+        real("198.51.100.11:80", Fwd::FullNat, 1, 0, 0),
+        real("198.51.100.12:80", Fwd::FullNat, 2, 3, 4),
+        real("198.51.100.13:80", Fwd::FullNat, 1, 0, 0),
+    ];
+    reals[0].health = Some("UP".into());
+    reals[1].health = Some("DOWN".into());
+    let s = svc(key(Proto::Tcp, "203.0.113.10", 80), "wrr", reals);
+    // Unchanged without --health.
+    let plain = format::list_all(4096, std::slice::from_ref(&s), &Layout::default(), false);
+    assert!(
+        !plain.contains("Health") && !plain.contains("DOWN"),
+        "{plain}"
+    );
+    let l = Layout {
+        health: true,
+        ..Layout::default()
+    };
+    assert_eq!(
+        format::list_all(4096, std::slice::from_ref(&s), &l, false),
+        concat!(
+            "IP Virtual Server version 1.2.1 (size=4096)\n",
+            "Prot LocalAddress:Port Scheduler Flags\n",
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn  Health\n",
+            "TCP  203.0.113.10:80 wrr\n",
+            "  -> 198.51.100.11:80             FullNat 1      0          0          UP\n",
+            "  -> 198.51.100.12:80             FullNat 2      3          4          DOWN\n",
+            "  -> 198.51.100.13:80             FullNat 1      0          0          -\n",
+        )
+    );
+    let t = Layout {
+        health: true,
+        thresholds: true,
+        ..Layout::default()
+    };
+    let out = format::list_all(4096, std::slice::from_ref(&s), &t, false);
+    assert!(out.contains("ActiveConn InActConn  Health\n"), "{out}");
+    assert!(out.contains(" 4          DOWN\n"), "{out}");
+    // Parsing: --health lists, and conflicts with -c / --timeout.
+    assert_eq!(
+        p("-L -n --health"),
+        Command::List(ListOptions {
+            numeric: true,
+            health: true,
+            ..ListOptions::default()
+        })
+    );
+    bad("-L -c --health", "options conflicts in the list command");
 }

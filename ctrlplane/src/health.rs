@@ -1,0 +1,422 @@
+//! Real-server health checks, run by the control plane through the kernel's network stack.
+//!
+//! One scheduler thread (`rvs-health`) and a small fixed pool of probe threads
+//! (`rvs-health-N`), all control-side threads: never on a worker core and never touching the
+//! packet path. Each real server with a check (see [`crate::config::CheckConfig`]) is probed every
+//! `interval_ms`; at most one probe per real server is in flight and a probe never blocks longer
+//! than its `timeout_ms` (every socket operation gets the time left before the probe's deadline).
+//!
+//! A real server starts up; it goes down after `fall` consecutive failures and comes back after
+//! `rise` consecutive successes ([`HealthState`]). What a transition does is the [`Sink`]'s
+//! business (rvsd logs it and republishes its snapshot with the real server's effective weight
+//! 0: `down_action = "quiesce"`).
+//!
+//! Probes: `tcp` connects; `http` sends an HTTP/1.0 `GET` and matches the status code and
+//! optionally a body substring; `udp` sends a datagram and waits for a reply (containing `expect`
+//! when given), an ICMP port unreachable failing it at once.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{CheckConfig, CheckKind};
+use crate::ctl::proto::ServiceKey;
+
+/// A real server of a service: (service, real IP, real port).
+pub type RealId = (ServiceKey, IpAddr, u16);
+
+/// Most body bytes an HTTP check reads.
+const MAX_HTTP_RESPONSE: usize = 64 * 1024;
+/// How often the scheduler looks for due checks and new targets.
+const TICK: Duration = Duration::from_millis(50);
+
+/// One real server to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Which real server.
+    pub id: RealId,
+    /// The address checked (the real server's IP, the check's port or the real's).
+    pub addr: SocketAddr,
+    /// The check.
+    pub check: CheckConfig,
+    /// Local address to bind the probe's socket to (`[health] source`), when of the real
+    /// server's family.
+    pub source: Option<IpAddr>,
+}
+
+impl Target {
+    /// The target for real `ip:port` of service `key` with `check`; `source` is kept only when
+    /// it is of the real server's family.
+    pub fn new(
+        key: ServiceKey,
+        ip: IpAddr,
+        port: u16,
+        check: &CheckConfig,
+        source: Option<IpAddr>,
+    ) -> Target {
+        Target {
+            id: (key, ip, port),
+            addr: SocketAddr::new(ip, check.port.unwrap_or(port)),
+            check: check.clone(),
+            source: source.filter(|s| s.is_ipv4() == ip.is_ipv4()),
+        }
+    }
+}
+
+/// What the checker reports to and asks from its owner (rvsd's control side).
+pub trait Sink: Send + Sync {
+    /// The real servers to check now (asked every scheduler tick).
+    fn targets(&self) -> Vec<Target>;
+    /// `t` changed state: `up` is the new state; `detail` says why, like
+    /// `connect refused, 3 failures` or `2 successes`.
+    fn transition(&self, t: &Target, up: bool, detail: &str);
+}
+
+/// Connects a TCP socket to `addr` within `timeout`, from `source` when given. The library
+/// cannot bind a socket before connecting without `unsafe` (std has no such call), so rvsd passes
+/// one that can; [`connect_plain`] ignores `source`.
+pub type Connector = fn(SocketAddr, Option<IpAddr>, Duration) -> io::Result<TcpStream>;
+
+/// A [`Connector`] that lets the kernel pick the source address.
+pub fn connect_plain(
+    addr: SocketAddr,
+    _source: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    TcpStream::connect_timeout(&addr, timeout)
+}
+
+/// The rise/fall state machine of one real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthState {
+    /// Whether it is up (the start state).
+    pub up: bool,
+    /// Consecutive successes.
+    pub successes: u32,
+    /// Consecutive failures.
+    pub failures: u32,
+}
+
+impl Default for HealthState {
+    fn default() -> Self {
+        HealthState {
+            up: true,
+            successes: 0,
+            failures: 0,
+        }
+    }
+}
+
+impl HealthState {
+    /// Record one check's outcome; returns the new state when it changed (down after `fall`
+    /// consecutive failures, up after `rise` consecutive successes).
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            if !self.up && self.successes >= rise.max(1) {
+                self.up = true;
+                return Some(true);
+            }
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if self.up && self.failures >= fall.max(1) {
+                self.up = false;
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+/// The log line of a transition: `health: TCP 203.0.113.10:80 -> 198.51.100.11:80 DOWN (connect
+/// refused, 3 failures)`.
+pub fn transition_line(t: &Target, up: bool, detail: &str) -> String {
+    let (key, ip, port) = t.id;
+    format!(
+        "health: {} {} -> {} {} ({detail})",
+        key.proto.upper(),
+        SocketAddr::new(key.vip, key.vport),
+        SocketAddr::new(ip, port),
+        if up { "UP" } else { "DOWN" }
+    )
+}
+
+/// A short reason for a failed I/O step.
+fn reason(what: &str, e: &io::Error) -> String {
+    match e.kind() {
+        ErrorKind::ConnectionRefused if what == "connect" => "connect refused".into(),
+        ErrorKind::ConnectionRefused => format!("{what}: refused (port unreachable)"),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => format!("{what} timeout"),
+        _ => format!("{what}: {e}"),
+    }
+}
+
+/// Time left before `deadline`, or a timeout error naming `what`.
+fn left(deadline: Instant, what: &str) -> Result<Duration, String> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    if d.is_zero() {
+        Err(format!("{what} timeout"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Whether `needle` occurs in `hay` (an empty needle always does).
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Run one check of `t` now; `Err` says why it failed. Never blocks longer than the check's
+/// timeout (plus scheduling noise).
+pub fn probe(t: &Target, connect: Connector) -> Result<(), String> {
+    let timeout = Duration::from_millis(u64::from(t.check.timeout_ms.max(1)));
+    let deadline = Instant::now() + timeout;
+    match &t.check.kind {
+        CheckKind::None => Ok(()),
+        CheckKind::Tcp => connect(t.addr, t.source, timeout)
+            .map(drop)
+            .map_err(|e| reason("connect", &e)),
+        CheckKind::Http {
+            path,
+            expect_status,
+            expect_body,
+        } => http(
+            t,
+            connect,
+            deadline,
+            path,
+            *expect_status,
+            expect_body.as_deref(),
+        ),
+        CheckKind::Udp { send, expect } => udp(t, deadline, send, expect.as_deref()),
+    }
+}
+
+fn http(
+    t: &Target,
+    connect: Connector,
+    deadline: Instant,
+    path: &str,
+    expect_status: u16,
+    expect_body: Option<&str>,
+) -> Result<(), String> {
+    let mut s =
+        connect(t.addr, t.source, left(deadline, "connect")?).map_err(|e| reason("connect", &e))?;
+    let host = match t.addr.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rvs-health\r\nConnection: close\r\n\r\n"
+    );
+    s.set_write_timeout(Some(left(deadline, "send")?))
+        .map_err(|e| reason("send", &e))?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| reason("send", &e))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        s.set_read_timeout(Some(left(deadline, "read")?))
+            .map_err(|e| reason("read", &e))?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() >= MAX_HTTP_RESPONSE {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A reset after a complete answer still counts as the answer.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && !buf.is_empty() => break,
+            Err(e) => return Err(reason("read", &e)),
+        }
+    }
+    let line_end = buf
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(buf.len());
+    let line = String::from_utf8_lossy(&buf[..line_end]);
+    let mut parts = line.split_whitespace();
+    let status = match (parts.next(), parts.next()) {
+        (Some(v), Some(code)) if v.starts_with("HTTP/") => code.parse::<u16>().ok(),
+        _ => None,
+    };
+    let Some(status) = status else {
+        return Err(if buf.is_empty() {
+            "empty HTTP response".into()
+        } else {
+            "not an HTTP response".into()
+        });
+    };
+    if status != expect_status {
+        return Err(format!("HTTP status {status}, expected {expect_status}"));
+    }
+    if let Some(want) = expect_body {
+        let body = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(&[][..], |i| &buf[i + 4..]);
+        if !contains(body, want.as_bytes()) {
+            return Err(format!("HTTP body lacks {want:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn udp(t: &Target, deadline: Instant, send: &str, expect: Option<&str>) -> Result<(), String> {
+    let local = t.source.unwrap_or(match t.addr {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    let s = UdpSocket::bind(SocketAddr::new(local, 0)).map_err(|e| reason("bind", &e))?;
+    s.connect(t.addr).map_err(|e| reason("connect", &e))?;
+    s.send(send.as_bytes()).map_err(|e| reason("send", &e))?;
+    let mut buf = [0u8; 2048];
+    loop {
+        s.set_read_timeout(Some(left(deadline, "reply")?))
+            .map_err(|e| reason("reply", &e))?;
+        match s.recv(&mut buf) {
+            Ok(n) => {
+                return match expect {
+                    Some(want) if !contains(&buf[..n], want.as_bytes()) => {
+                        Err(format!("UDP reply lacks {want:?}"))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(reason("reply", &e)),
+        }
+    }
+}
+
+/// A running checker; [`Checker::join`] waits for its threads after `stop` is set.
+pub struct Checker {
+    scheduler: JoinHandle<()>,
+}
+
+impl Checker {
+    /// Wait for the scheduler and probe threads (after `stop` was set; at most about one check
+    /// timeout).
+    pub fn join(self) {
+        let _ = self.scheduler.join();
+    }
+}
+
+/// A probe's answer: the target as probed, and the outcome.
+type Done = (Target, Result<(), String>);
+
+/// Start the checker: a scheduler thread and `probes` probe threads (at least 1), until `stop`.
+pub fn spawn(
+    sink: Arc<dyn Sink>,
+    probes: usize,
+    connect: Connector,
+    stop: Arc<AtomicBool>,
+) -> io::Result<Checker> {
+    let (job_tx, job_rx) = mpsc::channel::<Target>();
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let mut pool = Vec::new();
+    for i in 0..probes.max(1) {
+        let rx = job_rx.clone();
+        let tx = done_tx.clone();
+        pool.push(
+            std::thread::Builder::new()
+                .name(format!("rvs-health-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(t) = job else { break };
+                    let r = probe(&t, connect);
+                    if tx.send((t, r)).is_err() {
+                        break;
+                    }
+                })?,
+        );
+    }
+    drop(done_tx);
+    let scheduler = std::thread::Builder::new()
+        .name("rvs-health".into())
+        .spawn(move || {
+            schedule(&*sink, &job_tx, &done_rx, &stop);
+            drop(job_tx);
+            for h in pool {
+                let _ = h.join();
+            }
+        })?;
+    Ok(Checker { scheduler })
+}
+
+/// The scheduler loop: hands due checks to the pool, one in flight per real server, and feeds
+/// the outcomes to each real server's [`HealthState`].
+fn schedule(
+    sink: &dyn Sink,
+    jobs: &mpsc::Sender<Target>,
+    done: &mpsc::Receiver<Done>,
+    stop: &AtomicBool,
+) {
+    let mut state: HashMap<RealId, HealthState> = HashMap::new();
+    let mut next: HashMap<RealId, Instant> = HashMap::new();
+    let mut in_flight: HashSet<RealId> = HashSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let targets = sink.targets();
+        let ids: HashSet<RealId> = targets.iter().map(|t| t.id).collect();
+        state.retain(|id, _| ids.contains(id));
+        next.retain(|id, _| ids.contains(id));
+        for t in targets {
+            if in_flight.contains(&t.id) {
+                continue;
+            }
+            let due = next.entry(t.id).or_insert(now);
+            if *due > now {
+                continue;
+            }
+            *due = now + Duration::from_millis(u64::from(t.check.interval_ms));
+            in_flight.insert(t.id);
+            if jobs.send(t).is_err() {
+                return;
+            }
+        }
+        // Outcomes, until the next tick.
+        let until = now + TICK;
+        loop {
+            let wait = until.saturating_duration_since(Instant::now());
+            match done.recv_timeout(wait) {
+                Ok((t, r)) => {
+                    in_flight.remove(&t.id);
+                    if !ids.contains(&t.id) {
+                        continue;
+                    }
+                    let st = state.entry(t.id).or_default();
+                    let ok = r.is_ok();
+                    if let Some(up) = st.record(ok, t.check.rise, t.check.fall) {
+                        let detail = match &r {
+                            Ok(()) => plural(st.successes, "success", "successes"),
+                            Err(why) => {
+                                format!("{why}, {}", plural(st.failures, "failure", "failures"))
+                            }
+                        };
+                        sink.transition(&t, up, &detail);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+fn plural(n: u32, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+//! Tests of the health checker: the rise/fall state machine, and each probe against local
+//! servers on the loopback.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::sync::atomic::AtomicBool;
+
+use super::*;
+use crate::config::{CheckConfig, CheckKind};
+use crate::ctl::proto::Proto;
+
+fn key() -> ServiceKey {
+    ServiceKey {
+        proto: Proto::Tcp,
+        vip: "203.0.113.10".parse().unwrap(),
+        vport: 80,
+    }
+}
+
+fn target(addr: SocketAddr, kind: CheckKind, timeout_ms: u32) -> Target {
+    let mut c = CheckConfig::new(kind);
+    c.timeout_ms = timeout_ms;
+    Target::new(key(), addr.ip(), addr.port(), &c, None)
+}
+
+fn http_kind(status: u16, body: Option<&str>) -> CheckKind {
+    CheckKind::Http {
+        path: "/health".into(),
+        expect_status: status,
+        expect_body: body.map(str::to_owned),
+    }
+}
+
+#[test]
+fn rise_and_fall() {
+    let mut s = HealthState::default();
+    assert!(s.up);
+    // fall = 3: two failures are not enough; a success resets the count.
+    assert_eq!(s.record(false, 2, 3), None);
+    assert_eq!(s.record(false, 2, 3), None);
+    assert_eq!(s.record(true, 2, 3), None);
+    assert_eq!(s.record(false, 2, 3), None);
+    assert_eq!(s.record(false, 2, 3), None);
+    assert_eq!(s.record(false, 2, 3), Some(false));
+    assert!(!s.up);
+    assert_eq!(s.failures, 3);
+    // More failures while down change nothing.
+    assert_eq!(s.record(false, 2, 3), None);
+    // rise = 2, with flapping in between.
+    assert_eq!(s.record(true, 2, 3), None);
+    assert_eq!(s.record(false, 2, 3), None);
+    assert_eq!(s.record(true, 2, 3), None);
+    assert_eq!(s.record(true, 2, 3), Some(true));
+    assert!(s.up);
+    assert_eq!(s.record(true, 2, 3), None);
+    // rise = fall = 1: every change flips.
+    let mut s = HealthState::default();
+    assert_eq!(s.record(false, 1, 1), Some(false));
+    assert_eq!(s.record(true, 1, 1), Some(true));
+    assert_eq!(s.record(false, 1, 1), Some(false));
+    // Zero counts behave as 1.
+    assert_eq!(s.record(true, 0, 0), Some(true));
+}
+
+#[test]
+fn transition_lines() {
+    let t = target("198.51.100.11:80".parse().unwrap(), CheckKind::Tcp, 1000);
+    assert_eq!(
+        transition_line(&t, false, "connect refused, 3 failures"),
+        "health: TCP 203.0.113.10:80 -> 198.51.100.11:80 DOWN (connect refused, 3 failures)"
+    );
+    assert_eq!(
+        transition_line(&t, true, "2 successes"),
+        "health: TCP 203.0.113.10:80 -> 198.51.100.11:80 UP (2 successes)"
+    );
+    // The check's port overrides the real's; a source of the other family is dropped.
+    let mut c = CheckConfig::new(CheckKind::Tcp);
+    c.port = Some(8080);
+    let t = Target::new(
+        key(),
+        "198.51.100.11".parse().unwrap(),
+        80,
+        &c,
+        Some("2001:db8::1".parse().unwrap()),
+    );
+    assert_eq!(t.addr, "198.51.100.11:8080".parse().unwrap());
+    assert_eq!(t.source, None);
+}
+
+/// A one-shot HTTP server answering `response` to the first request; its address.
+fn http_server(response: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
+            assert!(req.starts_with(b"GET /health HTTP/1.0\r\n"));
+            let _ = s.write_all(response.as_bytes());
+        }
+    });
+    addr
+}
+
+#[test]
+fn http_checks() {
+    let ok = "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall good\n";
+    let a = http_server(ok);
+    assert_eq!(
+        probe(&target(a, http_kind(200, None), 2000), connect_plain),
+        Ok(())
+    );
+    let a = http_server(ok);
+    assert_eq!(
+        probe(
+            &target(a, http_kind(200, Some("good")), 2000),
+            connect_plain
+        ),
+        Ok(())
+    );
+    let a = http_server(ok);
+    assert_eq!(
+        probe(&target(a, http_kind(200, Some("bad")), 2000), connect_plain),
+        Err("HTTP body lacks \"bad\"".into())
+    );
+    let a = http_server("HTTP/1.1 503 Service Unavailable\r\n\r\n");
+    assert_eq!(
+        probe(&target(a, http_kind(200, None), 2000), connect_plain),
+        Err("HTTP status 503, expected 200".into())
+    );
+    let a = http_server("HTTP/1.1 503 Service Unavailable\r\n\r\n");
+    assert_eq!(
+        probe(&target(a, http_kind(503, None), 2000), connect_plain),
+        Ok(())
+    );
+    let a = http_server("garbage\r\n\r\n");
+    assert_eq!(
+        probe(&target(a, http_kind(200, None), 2000), connect_plain),
+        Err("not an HTTP response".into())
+    );
+}
+
+#[test]
+fn http_check_times_out_within_its_timeout() {
+    // Accepts (the kernel does) but never answers.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    let t0 = Instant::now();
+    let r = probe(&target(a, http_kind(200, None), 200), connect_plain);
+    let took = t0.elapsed();
+    assert_eq!(r, Err("read timeout".into()));
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    drop(l);
+}
+
+/// A loopback port nothing listens on (bound, then closed).
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+#[test]
+fn tcp_checks() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    assert_eq!(
+        probe(&target(a, CheckKind::Tcp, 500), connect_plain),
+        Ok(())
+    );
+    assert_eq!(
+        probe(&target(closed_port(), CheckKind::Tcp, 500), connect_plain),
+        Err("connect refused".into())
+    );
+    assert_eq!(
+        probe(
+            &target(closed_port(), http_kind(200, None), 500),
+            connect_plain
+        ),
+        Err("connect refused".into())
+    );
+}
+
+#[test]
+fn udp_checks() {
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let a = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 512];
+        while let Ok((n, from)) = echo.recv_from(&mut b) {
+            let mut reply = b"echo: ".to_vec();
+            reply.extend_from_slice(&b[..n]);
+            let _ = echo.send_to(&reply, from);
+        }
+    });
+    let udp = |send: &str, expect: Option<&str>| CheckKind::Udp {
+        send: send.into(),
+        expect: expect.map(str::to_owned),
+    };
+    assert_eq!(
+        probe(&target(a, udp("ping", None), 1000), connect_plain),
+        Ok(())
+    );
+    assert_eq!(
+        probe(
+            &target(a, udp("ping", Some("echo: ping")), 1000),
+            connect_plain
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        probe(&target(a, udp("ping", Some("pong")), 1000), connect_plain),
+        Err("UDP reply lacks \"pong\"".into())
+    );
+    // Nothing listening: the kernel's port unreachable fails it at once.
+    let free = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let t0 = Instant::now();
+    let r = probe(&target(free, udp("ping", None), 1000), connect_plain);
+    assert_eq!(r, Err("reply: refused (port unreachable)".into()));
+    assert!(t0.elapsed() < Duration::from_millis(900));
+    // A silent server: a timeout, within the check's timeout.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t0 = Instant::now();
+    let r = probe(
+        &target(silent.local_addr().unwrap(), udp("ping", None), 200),
+        connect_plain,
+    );
+    assert_eq!(r, Err("reply timeout".into()));
+    assert!(t0.elapsed() < Duration::from_millis(1000));
+}
+
+/// A sink recording transitions over fixed targets.
+struct Rec {
+    targets: Mutex<Vec<Target>>,
+    seen: Mutex<Vec<(RealId, bool, String)>>,
+}
+
+impl Sink for Rec {
+    fn targets(&self) -> Vec<Target> {
+        self.targets.lock().unwrap().clone()
+    }
+    fn transition(&self, t: &Target, up: bool, detail: &str) {
+        self.seen.lock().unwrap().push((t.id, up, detail.into()));
+    }
+}
+
+#[test]
+fn checker_marks_down_and_up() {
+    // A real server whose port is closed goes down after `fall` checks, then up once it listens.
+    let a = closed_port();
+    let mut c = CheckConfig::new(CheckKind::Tcp);
+    c.interval_ms = 100;
+    c.timeout_ms = 100;
+    c.fall = 2;
+    c.rise = 2;
+    let t = Target::new(key(), a.ip(), a.port(), &c, None);
+    let rec = Arc::new(Rec {
+        targets: Mutex::new(vec![t.clone()]),
+        seen: Mutex::new(Vec::new()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let checker = spawn(rec.clone(), 2, connect_plain, stop.clone()).unwrap();
+    let wait_for = |n: usize| {
+        let t0 = Instant::now();
+        while rec.seen.lock().unwrap().len() < n && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(1);
+    assert_eq!(
+        rec.seen.lock().unwrap().clone(),
+        vec![(t.id, false, "connect refused, 2 failures".to_string())]
+    );
+    let l = TcpListener::bind(a);
+    if let Ok(_l) = l {
+        wait_for(2);
+        assert_eq!(
+            rec.seen.lock().unwrap()[1],
+            (t.id, true, "2 successes".to_string())
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    checker.join();
+}
