@@ -315,6 +315,57 @@ fn run(cfg: &Config) -> Result<(), String> {
         macs.push(mac);
     }
 
+    // Exception path: a TAP per port that asks for one, with the port's MAC and addresses, one
+    // queue pair per worker.
+    let mut taps: Vec<Option<dpdk::Port>> = Vec::new();
+    for (i, pc) in cfg.ports.iter().enumerate() {
+        let Some(k) = &pc.kernel else {
+            taps.push(None);
+            continue;
+        };
+        let name = config::PortConfig::kernel_dpdk_name(i);
+        let tap = dpdk::Port::by_name(&name)
+            .map_err(|e| format!("port {:?}: kernel interface {k}: {e}", pc.name))?;
+        let conf = dpdk::PortConf {
+            rx_queues: nq,
+            tx_queues: nq,
+            rx_desc: 512,
+            tx_desc: 512,
+            rss: false,
+            mtu: Some(pc.mtu),
+            promiscuous: false,
+            rss_key: None,
+        };
+        tap.configure(&conf, &pool)
+            .map_err(|e| format!("kernel interface {k}: {e}"))?;
+        tap.set_mac(macs[i])
+            .map_err(|e| format!("kernel interface {k}: set MAC: {e}"))?;
+        tap.start()
+            .map_err(|e| format!("kernel interface {k}: {e}"))?;
+        let mut cmds = vec![format!("ip link set {k} up")];
+        cmds.extend(
+            pc.addresses
+                .iter()
+                .map(|(a, l)| format!("ip addr replace {a}/{l} dev {k}")),
+        );
+        for c in cmds {
+            let ok = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&c)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                return Err(format!("kernel interface {k}: `{c}` failed"));
+            }
+        }
+        println!(
+            "rvsd: port {i} {:?}: exception path through kernel interface {k}",
+            pc.name
+        );
+        taps.push(Some(tap));
+    }
+
     // RSS of the port that receives real servers' replies (the LIP port), when it reports one:
     // FULLNAT then picks lports whose replies hash to the owning worker's queue.
     let lip_port = cfg.services.first().map(|s| s.lip_port);
@@ -379,7 +430,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         counters.push((lcore, c.clone()));
         let rxq = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
         let txq = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
-        let io = WorkerIo::new(pool.clone(), txq, tx, c.clone());
+        let io = WorkerIo::new(pool.clone(), txq, tx, c.clone()).with_kernel(
+            taps.iter()
+                .map(|t| t.map(|t| t.tx_queue(w as u16)))
+                .collect(),
+        );
         let stack = Stack::try_new(
             &stack_config(cfg, &model, &macs, w as u16, rss.clone()),
             c.clone(),
@@ -398,7 +453,12 @@ fn run(cfg: &Config) -> Result<(), String> {
             cfg.dataplane.burst,
             eal.tsc_hz(),
         )
-        .with_ctl(wctl);
+        .with_ctl(wctl)
+        .with_kernel(
+            taps.iter()
+                .map(|t| t.map(|t| t.rx_queue(w as u16)))
+                .collect(),
+        );
         let stop = stop.clone();
         let h = dpdk::lcore::launch(lcore, move || worker.run(stop))
             .map_err(|e| format!("worker {w}: {e}"))?;
@@ -522,7 +582,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         total.add(&s);
     }
     println!("{}", format_core("total", &total));
-    for port in &ports {
+    for port in ports.iter().chain(taps.iter().flatten()) {
         let _ = port.stop();
         let _ = port.close();
     }

@@ -563,6 +563,13 @@ pub struct RealConfig {
     pub check: Option<CheckConfig>,
 }
 
+impl PortConfig {
+    /// DPDK name of the exception-path TAP of port `i` (`net_tap` vdev).
+    pub fn kernel_dpdk_name(i: usize) -> String {
+        format!("net_tap{i}")
+    }
+}
+
 /// One `[[port]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortConfig {
@@ -583,6 +590,11 @@ pub struct PortConfig {
     pub rss: bool,
     /// Put the port in promiscuous mode (`promiscuous`, default false).
     pub promiscuous: bool,
+    /// The exception path (`kernel`, optional): name of a kernel TAP interface (DPDK `net_tap`)
+    /// that mirrors the port — same MAC and addresses — and receives what rvs does not serve
+    /// itself (TCP/UDP to the port's addresses, other ICMP, fragments, ARP replies); what the
+    /// kernel sends there leaves through the port.
+    pub kernel: Option<String>,
 }
 
 /// A DPDK device a port is bound to.
@@ -679,6 +691,12 @@ impl EalConfig {
         }
         for port in &cfg.ports {
             argv.extend(port.device.eal_args());
+        }
+        for (i, port) in cfg.ports.iter().enumerate() {
+            if let Some(k) = &port.kernel {
+                argv.push("--vdev".to_owned());
+                argv.push(format!("{},iface={k}", PortConfig::kernel_dpdk_name(i)));
+            }
         }
         argv.extend(self.args.iter().cloned());
         argv

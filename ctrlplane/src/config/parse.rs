@@ -884,6 +884,7 @@ const PORT_KEYS: &[&str] = &[
     "addresses",
     "rss",
     "promiscuous",
+    "kernel",
 ];
 
 fn parse_port(cx: &Cx, node: &Node, i: usize, earlier: &[PortConfig]) -> Result<PortConfig> {
@@ -964,6 +965,34 @@ fn parse_port(cx: &Cx, node: &Node, i: usize, earlier: &[PortConfig]) -> Result<
         addresses.push((addr, len));
     }
 
+    let kernel = match t.opt_str("kernel")? {
+        None => None,
+        Some(k) => {
+            if k.is_empty()
+                || k.len() > 15
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            {
+                return Err(t.err(
+                    "kernel",
+                    format!("a kernel interface name must be 1 to 15 letters, digits, `_`, `-` or `.`, got {k:?}"),
+                ));
+            }
+            if let Some((j, _)) = earlier
+                .iter()
+                .enumerate()
+                .find(|(_, p)| p.kernel.as_deref() == Some(k))
+            {
+                return Err(t.err(
+                    "kernel",
+                    format!("kernel interface `{k}` is already used by port[{j}]"),
+                ));
+            }
+            Some(k.to_owned())
+        }
+    };
+
     Ok(PortConfig {
         name: name.to_owned(),
         device,
@@ -972,6 +1001,7 @@ fn parse_port(cx: &Cx, node: &Node, i: usize, earlier: &[PortConfig]) -> Result<
         addresses,
         rss: t.bool("rss", true)?,
         promiscuous: t.bool("promiscuous", false)?,
+        kernel,
     })
 }
 

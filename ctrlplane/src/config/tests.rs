@@ -141,6 +141,7 @@ fn full_config() {
                 addresses: vec![(ip("192.0.2.1"), 24), (ip("2001:db8::1"), 64)],
                 rss: false,
                 promiscuous: true,
+                kernel: None,
             },
             PortConfig {
                 name: "servers".into(),
@@ -150,6 +151,7 @@ fn full_config() {
                 addresses: vec![(ip("198.51.100.1"), 24)],
                 rss: true,
                 promiscuous: false,
+                kernel: None,
             },
         ]
     );
@@ -1875,5 +1877,28 @@ fn health_check_errors() {
     assert_eq!(
         m,
         "down_action must be \"quiesce\" (the only action for now), got \"remove\""
+    );
+}
+
+#[test]
+fn port_kernel_interface() {
+    let base = "[[port]]\nname = \"a\"\ndevice = \"net_null0\"\naddresses = [\"192.0.2.1/24\"]\n";
+    let cfg = Config::parse(&format!("{base}kernel = \"rvs-a\"\n"), Path::new("k.toml")).unwrap();
+    assert_eq!(cfg.ports[0].kernel.as_deref(), Some("rvs-a"));
+    let argv = cfg.eal.args(&cfg);
+    assert!(
+        argv.windows(2)
+            .any(|w| w[0] == "--vdev" && w[1] == "net_tap0,iface=rvs-a"),
+        "{argv:?}"
+    );
+    let e = Config::parse(
+        &format!("{base}kernel = \"much-too-long-name\"\n"),
+        Path::new("k.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (5, 10, "port[0].kernel"),
+        "{e}"
     );
 }
