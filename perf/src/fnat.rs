@@ -95,6 +95,7 @@ pub fn config(capacity: usize, lips: usize, timeouts: Timeouts, reuse_ms: u64) -
                 lips: lip_list.clone(),
                 lip_port: 0,
                 persist: None,
+                mark: None,
             });
         }
     }

@@ -189,6 +189,16 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
                 .collect(),
             lips: s.lips.clone(),
             lip_port: s.lip_port as PortIdx,
+            mark: s.mark.as_ref().map(|m| rvs_core::ServiceMatch {
+                mark: m.mark,
+                proto: match m.proto {
+                    config::Proto::Tcp => Proto::Tcp,
+                    config::Proto::Udp => Proto::Udp,
+                },
+                dst: m.dst,
+                dport: m.dport,
+                src: m.src,
+            }),
             persist: s.persistent.map(|secs| rvs_core::Persist {
                 timeout_ms: u64::from(secs) * 1000,
                 netmask: match s.netmask {

@@ -532,6 +532,26 @@ pub struct ServiceConfig {
     /// The health check of its real servers (`[service.check]`, default
     /// none: real servers are always up).
     pub check: Option<CheckConfig>,
+    /// Match service (`mark` with a `[service.match]` table instead of `vip`/`vport`; ipvsadm
+    /// `-f MARK`). `vip` is then the match's network address and `vport` 0 (placeholders).
+    pub mark: Option<MatchConfig>,
+}
+
+/// `mark = N` with `[service.match]`: the packets a match (fwmark-like) service balances.
+/// Destination prefixes of at most 256 addresses are owned by rvs (ARP answered); the
+/// addresses of a larger prefix must be routed to rvs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchConfig {
+    /// The mark (`mark`, 1..=2^32-1, unique).
+    pub mark: u32,
+    /// The protocol (`match.proto`, required).
+    pub proto: Proto,
+    /// Destination prefix (`match.dst`, IPv4, required).
+    pub dst: rvs_core::Prefix,
+    /// Destination port range (`match.dport`: `"80"` or `"8000-8100"`, required).
+    pub dport: (u16, u16),
+    /// Source prefix (`match.src`, IPv4, default every client).
+    pub src: Option<rvs_core::Prefix>,
 }
 
 /// One `[[service.real]]`: a real server of a service.

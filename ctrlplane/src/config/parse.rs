@@ -7,9 +7,9 @@ use std::path::Path;
 use super::tree::{self, Entry, Kind, Node};
 use super::{
     CheckConfig, CheckKind, Config, ConfigError, ControlConfig, DataplaneConfig, Device,
-    DownAction, EalConfig, Forward, FullnatConfig, HealthConfig, MetricsConfig, NeighbourConfig,
-    PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig, TimeoutsConfig,
-    MH_TABLE_SIZE,
+    DownAction, EalConfig, Forward, FullnatConfig, HealthConfig, MatchConfig, MetricsConfig,
+    NeighbourConfig, PortConfig, Proto, RealConfig, RouteConfig, Scheduler, ServiceConfig,
+    TimeoutsConfig, MH_TABLE_SIZE,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -1125,7 +1125,95 @@ const SERVICE_KEYS: &[&str] = &[
     "lip_port",
     "real",
     "check",
+    "mark",
+    "match",
 ];
+
+/// The keys of `[service.match]`.
+const MATCH_KEYS: &[&str] = &["proto", "dst", "dport", "src"];
+
+/// `mark` and `[service.match]` of a match service (None when `mark` is absent).
+fn parse_match(cx: &Cx, t: &Table, earlier: &[ServiceConfig]) -> Result<Option<MatchConfig>> {
+    let Some(mark) = t.opt_int::<u32>("mark", 1, u32::MAX.into())? else {
+        if t.get("match").is_some() {
+            return Err(t.err("match", "[service.match] needs `mark`"));
+        }
+        return Ok(None);
+    };
+    for k in ["vip", "vport"] {
+        if t.get(k).is_some() {
+            return Err(t.err(
+                k,
+                format!("`{k}` and `mark` are mutually exclusive (a match service is defined by [service.match])"),
+            ));
+        }
+    }
+    if let Some(j) = earlier
+        .iter()
+        .position(|s| s.mark.as_ref().is_some_and(|m| m.mark == mark))
+    {
+        return Err(t.err(
+            "mark",
+            format!("mark {mark} is already defined by service[{j}]"),
+        ));
+    }
+    if t.get("match").is_none() {
+        return Err(t.err(
+            "match",
+            "missing required table [service.match] (a service with `mark` is defined by its match)",
+        ));
+    }
+    let m = t.table("match", MATCH_KEYS)?;
+    let proto_node = m.required("proto", "\"tcp\" or \"udp\"")?;
+    let proto = match as_str(cx, proto_node, &m.path("proto"))? {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => {
+            return Err(m.err(
+                "proto",
+                format!("proto must be \"tcp\" or \"udp\", got {other:?}"),
+            ))
+        }
+    };
+    let prefix = |key: &str| -> Result<Option<rvs_core::Prefix>> {
+        let Some(node) = m.get(key) else {
+            return Ok(None);
+        };
+        let v = as_str(cx, node, &m.path(key))?;
+        match v.parse::<rvs_core::Prefix>() {
+            Ok(p) if p.addr.is_ipv4() => Ok(Some(p)),
+            _ => Err(m.err(
+                key,
+                format!("{key} must be an IPv4 prefix like \"203.0.113.0/24\", got {v:?}"),
+            )),
+        }
+    };
+    let Some(dst) = prefix("dst")? else {
+        m.required("dst", "the destination prefix, like \"203.0.113.0/24\"")?;
+        unreachable!("dst is present");
+    };
+    let src = prefix("src")?;
+    let dport_node = m.required("dport", "a port like \"80\" or a range like \"8000-8100\"")?;
+    let ds = as_str(cx, dport_node, &m.path("dport"))?;
+    let num = |x: &str| x.trim().parse::<u16>().ok().filter(|&p| p > 0);
+    let dport = match ds.split_once('-') {
+        None => num(ds).map(|p| (p, p)),
+        Some((a, b)) => num(a).zip(num(b)).filter(|(a, b)| a <= b),
+    }
+    .ok_or_else(|| {
+        m.err(
+            "dport",
+            format!("dport must be a port 1..=65535 like \"80\" or a range like \"8000-8100\", got {ds:?}"),
+        )
+    })?;
+    Ok(Some(MatchConfig {
+        mark,
+        proto,
+        dst,
+        dport,
+        src,
+    }))
+}
 
 /// The keys of `[service.check]` and `[service.real.check]`.
 const CHECK_KEYS: &[&str] = &[
@@ -1360,21 +1448,40 @@ fn parse_service(
 ) -> Result<ServiceConfig> {
     let t = Table::new(cx, node, format!("service[{i}]"), SERVICE_KEYS)?;
 
-    let proto_node = t.required("proto", "\"tcp\" or \"udp\"")?;
-    let proto = match as_str(cx, proto_node, &t.path("proto"))? {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        other => {
-            return Err(t.err(
-                "proto",
-                format!("proto must be \"tcp\" or \"udp\", got {other:?}"),
-            ))
+    let mark = parse_match(cx, &t, earlier)?;
+    let proto = match &mark {
+        Some(m) => {
+            if t.get("proto").is_some() {
+                return Err(t.err(
+                    "proto",
+                    "a service with `mark` takes its proto from [service.match]",
+                ));
+            }
+            m.proto
+        }
+        None => {
+            let proto_node = t.required("proto", "\"tcp\" or \"udp\"")?;
+            match as_str(cx, proto_node, &t.path("proto"))? {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                other => {
+                    return Err(t.err(
+                        "proto",
+                        format!("proto must be \"tcp\" or \"udp\", got {other:?}"),
+                    ))
+                }
+            }
         }
     };
 
-    let vip_node = t.required("vip", "the virtual IP address, like \"203.0.113.10\"")?;
-    let vip = ip_value(cx, vip_node, &t.path("vip"), "vip")?;
-    if let Some(p) = port_owning(ports, vip) {
+    let vip = match &mark {
+        Some(m) => m.dst.network(),
+        None => {
+            let vip_node = t.required("vip", "the virtual IP address, like \"203.0.113.10\"")?;
+            ip_value(cx, vip_node, &t.path("vip"), "vip")?
+        }
+    };
+    if let Some(p) = port_owning(ports, vip).filter(|_| mark.is_none()) {
         return Err(t.err(
             "vip",
             format!(
@@ -1392,14 +1499,18 @@ fn parse_service(
         ));
     }
 
-    let vport_node = t.required(
-        "vport",
-        "the virtual port, 1..=65535, or 0 (every port) when persistent",
-    )?;
-    let vport: u16 = as_int(cx, vport_node, &t.path("vport"), "vport", 0, 65535)?;
+    let vport: u16 = if mark.is_some() {
+        0
+    } else {
+        let vport_node = t.required(
+            "vport",
+            "the virtual port, 1..=65535, or 0 (every port) when persistent",
+        )?;
+        as_int(cx, vport_node, &t.path("vport"), "vport", 0, 65535)?
+    };
     // ipvsadm -p [timeout]: 1..=2^31 seconds (IPVS refuses 0).
     let persistent: Option<u32> = t.opt_int("persistent", 1, 1 << 31)?;
-    if vport == 0 && persistent.is_none() {
+    if vport == 0 && persistent.is_none() && mark.is_none() {
         return Err(t.err(
             "vport",
             "vport 0 (every port of the VIP) needs `persistent` (as IPVS: zero port specified for non-persistent service)",
@@ -1433,10 +1544,9 @@ fn parse_service(
             Some(len)
         }
     };
-    if let Some(j) = earlier
-        .iter()
-        .position(|s| s.proto == proto && s.vip == vip && s.vport == vport)
-    {
+    if let Some(j) = earlier.iter().position(|s| {
+        mark.is_none() && s.mark.is_none() && s.proto == proto && s.vip == vip && s.vport == vport
+    }) {
         return Err(t.err(
             "vip",
             format!(
@@ -1717,6 +1827,7 @@ fn parse_service(
         lip_port,
         reals,
         check: service_check,
+        mark,
     })
 }
 

@@ -1095,6 +1095,7 @@ fn services() {
                 },
             ],
             check: None,
+            mark: None,
         }]
     );
     assert_eq!(Proto::Udp.as_str(), "udp");
@@ -1218,7 +1219,7 @@ fn service_fields() {
         ("lips = [\"198.51.100.2\"", "lips = [\"172.16.0.2\"", 12, 1, "service[0].lip_port", "local address 172.16.0.2 is not in a connected subnet of any port (`client`: 192.0.2.0/24; `servers`: 198.51.100.0/24); say which port owns the local addresses with `lip_port`"),
         ("port = \"client\"", "port = \"client\"\nlip_port = \"s\"", 18, 12, "service[0].lip_port", "no port is named `s`; the ports are: client, servers"),
         ("port = \"client\"", "port = \"client\"\nlip_port = 1", 18, 12, "service[0].lip_port", "expected a string, found an integer"),
-        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, sched_flags, mh_table_size, persistent, netmask, forward, port, lips, lip_port, real, check"),
+        ("port = \"client\"", "port = \"client\"\nweight = 1", 18, 1, "service[0].weight", "unknown key `weight`; allowed keys here: proto, vip, vport, scheduler, sched_flags, mh_table_size, persistent, netmask, forward, port, lips, lip_port, real, check, mark, match"),
         ("ip = \"198.51.100.11\"", "ip = \"2001:db8::11\"", 20, 6, "service[0].real[0].ip", "real server 2001:db8::11 is IPv6 but the vip 203.0.113.10 is IPv4: NAT64 is not supported yet; local and real server addresses must be of the VIP's family"),
         ("ip = \"198.51.100.11\"", "ip = \"198.51.100.1\"", 20, 6, "service[0].real[0].ip", "real server 198.51.100.1 is an address of rvs itself (port `servers`); a real server must be another host"),
         ("ip = \"198.51.100.11\"", "ip = \"203.0.113.10\"", 20, 6, "service[0].real[0].ip", "real server 203.0.113.10 is the vip of this service"),
@@ -1901,4 +1902,84 @@ fn port_kernel_interface() {
         (5, 10, "port[0].kernel"),
         "{e}"
     );
+}
+
+/// `SVC` plus a match service (lines 25..) with `extra` lines in its `[[service]]` table and
+/// `m` as its `[service.match]` body.
+fn match_svc(extra: &str, m: &str) -> String {
+    format!(
+        "{SVC}[[service]]\nmark = 1\nscheduler = \"rr\"\nport = \"client\"\n{extra}\
+         [service.match]\n{m}[[service.real]]\nip = \"198.51.100.11\"\nforward = \"nat\"\n"
+    )
+}
+
+const MATCH: &str =
+    "proto = \"tcp\"\ndst = \"203.0.113.0/28\"\ndport = \"8000-8100\"\nsrc = \"100.64.0.0/16\"\n";
+
+#[test]
+fn match_services() {
+    let cfg = parse(&match_svc("", MATCH)).unwrap();
+    let s = &cfg.services[1];
+    assert_eq!(
+        s.mark,
+        Some(super::MatchConfig {
+            mark: 1,
+            proto: Proto::Tcp,
+            dst: "203.0.113.0/28".parse().unwrap(),
+            dport: (8000, 8100),
+            src: Some("100.64.0.0/16".parse().unwrap()),
+        })
+    );
+    assert_eq!(
+        (s.vip, s.vport, s.proto),
+        (ip("203.0.113.0"), 0, Proto::Tcp)
+    );
+    assert_eq!(s.reals[0].port, 0);
+    let one = parse(&match_svc(
+        "",
+        "proto = \"udp\"\ndst = \"10.0.0.0/8\"\ndport = \"53\"\n",
+    ))
+    .unwrap();
+    let m = one.services[1].mark.as_ref().unwrap();
+    assert_eq!((m.proto, m.dport, m.src), (Proto::Udp, (53, 53), None));
+}
+
+#[test]
+fn match_service_errors() {
+    let m = error_at(
+        &match_svc("vip = \"203.0.113.9\"\n", MATCH),
+        29,
+        7,
+        "service[1].vip",
+    );
+    assert!(m.contains("mutually exclusive"), "{m}");
+    let m = error_at(&match_svc("vport = 80\n", MATCH), 29, 9, "service[1].vport");
+    assert!(m.contains("mutually exclusive"), "{m}");
+    let m = error_at(
+        &match_svc("proto = \"tcp\"\n", MATCH),
+        29,
+        9,
+        "service[1].proto",
+    );
+    assert!(m.contains("[service.match]"), "{m}");
+    let bad = MATCH.replace("8000-8100", "8100-8000");
+    let m = error_at(&match_svc("", &bad), 32, 9, "service[1].match.dport");
+    assert!(m.contains("range"), "{m}");
+    let bad = MATCH.replace("203.0.113.0/28", "2001:db8::/64");
+    let m = error_at(&match_svc("", &bad), 31, 7, "service[1].match.dst");
+    assert!(m.contains("IPv4 prefix"), "{m}");
+    let bad = MATCH.replace("proto = \"tcp\"\n", "");
+    let m = error_at(&match_svc("", &bad), 29, 1, "service[1].match.proto");
+    assert!(m.contains("missing"), "{m}");
+    let bad = MATCH.replace("src = \"100.64.0.0/16\"", "color = 1");
+    error_at(&match_svc("", &bad), 33, 1, "service[1].match.color");
+    let dup = match_svc("", MATCH);
+    let dup = format!(
+        "{dup}[[service]]\nmark = 1\nscheduler = \"rr\"\nport = \"client\"\n[service.match]\n{MATCH}"
+    );
+    let m = error_at(&dup, 38, 8, "service[2].mark");
+    assert!(m.contains("already defined by service[1]"), "{m}");
+    let nomatch = SVC.to_string() + "[[service]]\nmark = 3\nscheduler = \"rr\"\n";
+    let m = error_at(&nomatch, 25, 1, "service[1].match");
+    assert!(m.contains("missing required table"), "{m}");
 }

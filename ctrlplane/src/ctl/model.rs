@@ -221,6 +221,7 @@ impl Model {
                     lip_port: port,
                     reals: Vec::new(),
                     check: None,
+                    mark: None,
                 });
             }
             Op::EditService { spec } => {

@@ -257,6 +257,74 @@ pub struct ServiceConf {
     /// Persistence (ipvsadm `-p`/`-M`): None for a plain service. Required when `vport` is 0
     /// (a port-0 service matches every port of the VIP).
     pub persist: Option<Persist>,
+    /// Match service (ipvsadm `-f MARK`): the service has no single VIP:vport and balances the
+    /// packets the [`ServiceMatch`] selects; `vip`, `vport` and `proto` are then ignored by the
+    /// lookup (conventionally the match's network address, 0 and the match's protocol).
+    /// Addresses of the match's `dst` are owned on `vip_port` when the prefix holds at most
+    /// [`MATCH_OWN_MAX`] addresses (ARP answered); larger prefixes must be routed to rvs.
+    pub mark: Option<ServiceMatch>,
+}
+
+/// Most addresses a match's `dst` prefix may hold for rvs to own (answer ARP for) each of them
+/// (a /24); the addresses of a larger prefix must be routed to rvs by the network.
+pub const MATCH_OWN_MAX: u32 = 256;
+
+/// Most match services (marks) per service set; packets to owned addresses not matching an
+/// exact or port-0 service are checked against them linearly.
+pub const MAX_MATCH_SERVICES: usize = 64;
+
+/// The packets a match (fwmark-like) service balances: `proto` to an address in `dst` on a
+/// destination port in `dport` (inclusive), from an address in `src` when set. Checked after
+/// exact VIP:vport services and port-0 services; the first match service (in configuration
+/// order) that matches wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceMatch {
+    /// The mark naming the service (ipvsadm `-f`), non-zero.
+    pub mark: u32,
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Destination prefix (IPv4).
+    pub dst: Prefix,
+    /// Destination port range, inclusive (`(80, 80)` for one port).
+    pub dport: (u16, u16),
+    /// Source prefix (IPv4); None matches every client.
+    pub src: Option<Prefix>,
+}
+
+impl ServiceMatch {
+    /// True when a packet `proto` `src` → `dst`:`dport` is selected by the match.
+    #[inline]
+    pub fn matches(&self, proto: u8, src: IpAddr, dst: IpAddr, dport: u16) -> bool {
+        proto == self.proto.number()
+            && dport >= self.dport.0
+            && dport <= self.dport.1
+            && self.dst.contains(dst)
+            && self.src.is_none_or(|p| p.contains(src))
+    }
+
+    /// Number of addresses of `dst` (saturating at `u32::MAX`; IPv4 only).
+    pub fn dst_size(&self) -> u32 {
+        match self.dst.len {
+            0 => u32::MAX,
+            l => 1u32 << (32 - l.min(32)),
+        }
+    }
+
+    /// The addresses rvs owns for the match: every address of `dst` when it holds at most
+    /// [`MATCH_OWN_MAX`] addresses, none otherwise (control path).
+    pub fn owned_addrs(&self) -> Vec<IpAddr> {
+        let IpAddr::V4(a) = self.dst.addr else {
+            return Vec::new();
+        };
+        let n = self.dst_size();
+        if n > MATCH_OWN_MAX {
+            return Vec::new();
+        }
+        let base = u32::from(a) & crate::addr::mask_v4(self.dst.len);
+        (0..n)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(base + i)))
+            .collect()
+    }
 }
 
 /// Persistence of a service (ipvsadm `-p [timeout] -M netmask`): every connection of a client

@@ -149,7 +149,8 @@ impl Fullnat {
             // Templates are per worker: every connection of the client network to the service
             // is scheduled by (and lives on) one worker.
             let cnet = Ipv4Addr::from(u32::from(cip) & p.netmask);
-            persist_owner(cnet, proto, vip, sv.vport, n)
+            let (tproto, tvip, tvport) = sv.tmpl_id(proto, vip);
+            persist_owner(cnet, tproto, tvip, tvport, n)
         } else if sv.has_nat {
             // NAT replies reach the worker owning the client, so every session of a service
             // with a NAT dest lives there (decided before scheduling).
@@ -482,7 +483,11 @@ impl<P: PacketBuf> Stack<P> {
             self.fnat_in(io, port, pkt, ihl, idx, now_ms);
             return None;
         }
-        match self.fnat.services.lookup_port(proto, dst_ip, dport) {
+        match self
+            .fnat
+            .services
+            .lookup_packet(proto, IpAddr::V4(src), dst_ip, dport)
+        {
             Some(svc) => {
                 let owner = self
                     .fnat
@@ -545,7 +550,8 @@ impl<P: PacketBuf> Stack<P> {
             // IPVS ip_vs_sched_persist: reuse the client network's template while its dest is
             // still in the service with weight > 0, else schedule and (re)bind it.
             let cnet = Ipv4Addr::from(u32::from(src) & p.netmask);
-            let tk = f.templates.key(proto, dst, s.vport, cnet);
+            let (tproto, tvip, tvport) = s.tmpl_id(proto, dst);
+            let tk = f.templates.key(tproto, tvip, tvport, cnet);
             let found = f.templates.lookup(&tk);
             let hit = found.and_then(|t| {
                 let t = f.templates.get(t);
@@ -902,11 +908,12 @@ impl<P: PacketBuf> Stack<P> {
         }
         if q.isrc == dst {
             // From the client side, quoting VIP:vport → CIP:cport.
-            if let Some(svc) =
-                self.fnat
-                    .services
-                    .lookup_port(q.iproto, IpAddr::V4(q.isrc), q.isport)
-            {
+            if let Some(svc) = self.fnat.services.lookup_packet(
+                q.iproto,
+                IpAddr::V4(q.idst),
+                IpAddr::V4(q.isrc),
+                q.isport,
+            ) {
                 let owner =
                     self.fnat
                         .new_conn_owner(svc as usize, q.iproto, q.idst, q.idport, q.isrc);
@@ -1103,7 +1110,16 @@ impl<P: PacketBuf> Stack<P> {
         f.nat_enabled |= svcs.any_nat();
         f.services = svcs;
         for s in services {
-            self.own_quiet(s.vip_port, s.vip);
+            match s.mark {
+                Some(m) => {
+                    for a in m.owned_addrs() {
+                        self.own_quiet(s.vip_port, a);
+                    }
+                }
+                None => {
+                    self.own_quiet(s.vip_port, s.vip);
+                }
+            }
             for l in &s.lips {
                 self.own_quiet(s.lip_port, *l);
             }

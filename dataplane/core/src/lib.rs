@@ -30,7 +30,7 @@ pub mod wire;
 pub use addr::{MacAddr, Prefix};
 pub use config::{
     DestConf, FullnatConf, Fwd, NeighConf, Persist, PortConf, Proto, RouteConf, RssConf, Sched,
-    ServiceConf, StackConfig, Timeouts,
+    ServiceConf, ServiceMatch, StackConfig, Timeouts, MATCH_OWN_MAX, MAX_MATCH_SERVICES,
 };
 pub use fullnat::SessionInfo;
 pub use fwd::nat_owner;

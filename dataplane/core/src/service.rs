@@ -6,12 +6,15 @@
 //! its RIP:rport and LIP:lport (and its dest id for the counters) until it expires, even when its
 //! service or dest was removed; only new sessions see the new set.
 
-use crate::config::{is_prime, Fwd, Persist, Proto, Sched, ServiceConf, MH_TABLE_SIZE_MAX};
+use crate::config::{
+    is_prime, Fwd, Persist, Proto, Sched, ServiceConf, ServiceMatch, MAX_MATCH_SERVICES,
+    MH_TABLE_SIZE_MAX,
+};
 use crate::fixedmap::{ip_bits, mix, FixedKey, FixedMap};
 use crate::io::PortIdx;
 use crate::lport::LportAlloc;
 use crate::sched::{Dest, Scheduler};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Lookup key of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +57,22 @@ pub struct Service {
     /// Persistence ([`crate::persist`]): every session of the service lives on the worker owning
     /// the client network.
     pub persist: Option<Persist>,
+    /// The match of a match service (ipvsadm `-f MARK`); `vip`/`vport` are then meaningless.
+    pub mark: Option<ServiceMatch>,
+}
+
+impl Service {
+    /// The (proto, VIP, vport) naming the service in persistence templates and
+    /// [`crate::persist::persist_owner`] for a packet to `dst`: (proto, `dst`, vport) for a
+    /// VIP service, (0, the mark as an address, 0) for a match service (as IPVS keys fwmark
+    /// templates by the mark; protocol 0 never collides with a TCP/UDP service).
+    #[inline]
+    pub fn tmpl_id(&self, proto: u8, dst: Ipv4Addr) -> (u8, Ipv4Addr, u16) {
+        match self.mark {
+            Some(m) => (0, Ipv4Addr::from(m.mark), 0),
+            None => (proto, dst, self.vport),
+        }
+    }
 }
 
 /// Invalid service configuration.
@@ -78,6 +97,12 @@ pub enum ServiceError {
     /// A persistent service with a NAT dest (not supported: NAT replies are owned by
     /// `nat_owner(CIP, cport)`, not by the persistence owner).
     PersistentNat(SvcKey),
+    /// The same mark twice.
+    DuplicateMark(u32),
+    /// More than [`MAX_MATCH_SERVICES`] match services.
+    TooManyMarks,
+    /// A match service with mark 0, an IPv6 prefix or an empty port range.
+    BadMatch(u32),
 }
 
 impl std::fmt::Display for ServiceError {
@@ -109,6 +134,14 @@ impl std::fmt::Display for ServiceError {
                 "persistent service {}:{} has a NAT dest (not supported)",
                 k.vip, k.vport
             ),
+            ServiceError::DuplicateMark(m) => write!(f, "duplicate match service mark {m}"),
+            ServiceError::TooManyMarks => {
+                write!(f, "more than {MAX_MATCH_SERVICES} match services")
+            }
+            ServiceError::BadMatch(m) => write!(
+                f,
+                "match service mark {m}: mark 0, IPv6 prefix or empty port range"
+            ),
         }
     }
 }
@@ -122,6 +155,9 @@ pub struct Services {
     vips: FixedMap<IpAddr, ()>,
     /// Some service has vport 0 (a lookup miss then tries port 0).
     any_port0: bool,
+    /// Match services: (match, index in `list`), in configuration order, at most
+    /// [`MAX_MATCH_SERVICES`] (checked linearly after the exact and port-0 lookups).
+    matches: Vec<(ServiceMatch, u32)>,
 }
 
 impl Services {
@@ -132,6 +168,7 @@ impl Services {
             list: Vec::new(),
             vips: FixedMap::with_capacity(1),
             any_port0: false,
+            matches: Vec::new(),
         }
     }
 
@@ -145,13 +182,36 @@ impl Services {
         let mut map = FixedMap::with_capacity(confs.len());
         let mut vips = FixedMap::with_capacity(confs.len());
         let mut list = Vec::with_capacity(confs.len());
+        let mut matches: Vec<(ServiceMatch, u32)> = Vec::new();
         for c in confs {
-            let key = SvcKey {
-                proto: c.proto.number(),
-                vip: c.vip,
-                vport: c.vport,
+            let key = match c.mark {
+                // A match service is named by its mark in errors.
+                Some(m) => SvcKey {
+                    proto: m.proto.number(),
+                    vip: IpAddr::V4(Ipv4Addr::from(m.mark)),
+                    vport: 0,
+                },
+                None => SvcKey {
+                    proto: c.proto.number(),
+                    vip: c.vip,
+                    vport: c.vport,
+                },
             };
-            if map.get(&key).is_some() {
+            if let Some(m) = c.mark {
+                if m.mark == 0
+                    || !m.dst.addr.is_ipv4()
+                    || m.src.is_some_and(|p| !p.addr.is_ipv4())
+                    || m.dport.0 > m.dport.1
+                {
+                    return Err(ServiceError::BadMatch(m.mark));
+                }
+                if matches.iter().any(|(o, _)| o.mark == m.mark) {
+                    return Err(ServiceError::DuplicateMark(m.mark));
+                }
+                if matches.len() >= MAX_MATCH_SERVICES {
+                    return Err(ServiceError::TooManyMarks);
+                }
+            } else if map.get(&key).is_some() {
                 return Err(ServiceError::Duplicate(key));
             }
             for p in [c.vip_port, c.lip_port] {
@@ -168,7 +228,7 @@ impl Services {
             if c.lips.is_empty() && c.dests.iter().any(|d| d.fwd == Fwd::FullNat) {
                 return Err(ServiceError::NoLip(key));
             }
-            if c.vport == 0 && c.persist.is_none() {
+            if c.mark.is_none() && c.vport == 0 && c.persist.is_none() {
                 return Err(ServiceError::Port0NotPersistent(key));
             }
             if c.persist.is_some() && c.dests.iter().any(|d| d.fwd == Fwd::Nat) {
@@ -198,8 +258,13 @@ impl Services {
             for l in &c.lips {
                 lips.push(lports.pool(*l).ok_or(ServiceError::TooManyLips)?);
             }
-            let _ = map.insert(key, list.len() as u32);
-            let _ = vips.insert(c.vip, ());
+            match c.mark {
+                Some(m) => matches.push((m, list.len() as u32)),
+                None => {
+                    let _ = map.insert(key, list.len() as u32);
+                    let _ = vips.insert(c.vip, ());
+                }
+            }
             list.push(Service {
                 proto: c.proto,
                 vip: c.vip,
@@ -211,14 +276,16 @@ impl Services {
                 lip_cursor: 0,
                 has_nat: c.dests.iter().any(|d| d.fwd == Fwd::Nat),
                 persist: c.persist,
+                mark: c.mark,
             });
         }
-        let any_port0 = confs.iter().any(|c| c.vport == 0);
+        let any_port0 = confs.iter().any(|c| c.mark.is_none() && c.vport == 0);
         Ok(Services {
             map,
             list,
             vips,
             any_port0,
+            matches,
         })
     }
 
@@ -241,10 +308,39 @@ impl Services {
         }
     }
 
-    /// True when `ip` is the VIP of some service.
+    /// The service a packet `proto` `src` → `dst`:`dport` belongs to: the exact service, else
+    /// the VIP's port-0 service, else the first match service selecting it (a linear scan of at
+    /// most [`MAX_MATCH_SERVICES`] entries, no allocation).
+    #[inline]
+    pub fn lookup_packet(&self, proto: u8, src: IpAddr, dst: IpAddr, dport: u16) -> Option<u32> {
+        match self.lookup_port(proto, dst, dport) {
+            None => self
+                .matches
+                .iter()
+                .find(|(m, _)| m.matches(proto, src, dst, dport))
+                .map(|(_, i)| *i),
+            r => r,
+        }
+    }
+
+    /// The service index of match service `mark`.
+    pub fn lookup_mark(&self, mark: u32) -> Option<u32> {
+        self.matches
+            .iter()
+            .find(|(m, _)| m.mark == mark)
+            .map(|(_, i)| *i)
+    }
+
+    /// True when `ip` lies in the destination prefix of some match service.
+    #[inline]
+    pub fn in_match_dst(&self, ip: IpAddr) -> bool {
+        self.matches.iter().any(|(m, _)| m.dst.contains(ip))
+    }
+
+    /// True when `ip` is the VIP of some service or in the destination of a match service.
     #[inline]
     pub fn is_vip(&self, ip: IpAddr) -> bool {
-        !self.list.is_empty() && self.vips.get(&ip).is_some()
+        !self.list.is_empty() && (self.vips.get(&ip).is_some() || self.in_match_dst(ip))
     }
 
     /// Number of services.

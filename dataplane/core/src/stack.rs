@@ -219,8 +219,14 @@ impl<P: PacketBuf> Stack<P> {
         };
         // VIPs and LIPs are owned (ARP answered, announced by on_start) on their ports.
         for s in &cfg.services {
-            if !st.own_quiet(s.vip_port, s.vip) {
-                return Err(ConfigError::TooManyAddrs);
+            let vips = match s.mark {
+                Some(m) => m.owned_addrs(),
+                None => vec![s.vip],
+            };
+            for v in vips {
+                if !st.own_quiet(s.vip_port, v) {
+                    return Err(ConfigError::TooManyAddrs);
+                }
             }
             for l in &s.lips {
                 if !st.own_quiet(s.lip_port, *l) {
@@ -739,7 +745,9 @@ impl<P: PacketBuf> Stack<P> {
         if d.len() > ETH_LEN + total {
             pkt.set_len(ETH_LEN + total); // strip Ethernet padding
         }
-        if self.is_owned(IpAddr::V4(dst)) {
+        // Destinations of match services are served like owned addresses, also those of a
+        // prefix too large to own (routed to rvs).
+        if self.is_owned(IpAddr::V4(dst)) || self.fnat.services.in_match_dst(IpAddr::V4(dst)) {
             return self.local_input(io, port, pkt, ihl, now_ms);
         }
         if dst.is_broadcast() || self.bcast.contains(&dst) {

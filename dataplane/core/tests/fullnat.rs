@@ -54,6 +54,7 @@ fn cfg() -> StackConfig {
                     lips: vec![ip(LIP)],
                     lip_port: 1,
                     persist: None,
+                    mark: None,
                 },
                 ServiceConf {
                     proto: Proto::Udp,
@@ -65,6 +66,7 @@ fn cfg() -> StackConfig {
                     lips: vec![ip(LIP)],
                     lip_port: 1,
                     persist: None,
+                    mark: None,
                 },
             ],
         )

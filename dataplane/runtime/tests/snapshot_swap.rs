@@ -44,6 +44,7 @@ fn services(rip: [u8; 4], id: u32) -> Vec<ServiceConf> {
             lips: vec![],
             lip_port: 0,
             persist: None,
+            mark: None,
         })
         .collect()
 }

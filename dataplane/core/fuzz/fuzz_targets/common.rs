@@ -21,6 +21,7 @@ fn ip(s: &str) -> IpAddr {
 
 pub fn stack() -> Stack<VecPacket> {
     let svc = |proto, vport| ServiceConf {
+        mark: None,
         proto,
         vip: ip("203.0.113.10"),
         vport,

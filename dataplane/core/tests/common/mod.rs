@@ -115,6 +115,7 @@ pub fn service(
         lips: if full { vec![ip(LIP)] } else { vec![] },
         lip_port: 1,
         persist,
+        mark: None,
     }
 }
 
