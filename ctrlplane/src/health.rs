@@ -196,6 +196,27 @@ pub fn probe(t: &Target, connect: Connector) -> Result<(), String> {
             expect_body.as_deref(),
         ),
         CheckKind::Udp { send, expect } => udp(t, deadline, send, expect.as_deref()),
+        CheckKind::Icmp => icmp(t, timeout),
+    }
+}
+
+/// One ICMP echo through the system `ping` (iputils): raw ICMP sockets need privileges this crate
+/// does not take, and the check runs on the control side where a short-lived process is fine.
+fn icmp(t: &Target, timeout: Duration) -> Result<(), String> {
+    let mut cmd = std::process::Command::new("ping");
+    cmd.args(["-n", "-q", "-c", "1", "-W"])
+        .arg(format!("{:.3}", timeout.as_secs_f64()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(src) = t.source {
+        cmd.arg("-I").arg(src.to_string());
+    }
+    cmd.arg(t.addr.ip().to_string());
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(_) => Err("no echo reply".into()),
+        Err(e) => Err(format!("cannot run ping: {e}")),
     }
 }
 

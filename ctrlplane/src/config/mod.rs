@@ -101,6 +101,8 @@ pub enum CheckKind {
     None,
     /// `"tcp"`: a TCP connection is accepted.
     Tcp,
+    /// `"icmp"`: an ICMP echo request is answered (the system `ping`, run on the control side).
+    Icmp,
     /// `"http"`: an HTTP/1.0 `GET path` answers `expect_status`, with
     /// `expect_body` in the body when given.
     Http {

@@ -1284,13 +1284,14 @@ fn parse_check(
         None => match base_kind {
             Some(CheckKind::None) => "none",
             Some(CheckKind::Tcp) => "tcp",
+            Some(CheckKind::Icmp) => "icmp",
             Some(CheckKind::Http { .. }) => "http",
             Some(CheckKind::Udp { .. }) => "udp",
             None => {
                 return Err(missing(
                     &t,
                     "type",
-                    "\"tcp\", \"http\", \"udp\" or \"none\"",
+                    "\"tcp\", \"http\", \"udp\", \"icmp\" or \"none\"",
                 ))
             }
         },
@@ -1325,6 +1326,11 @@ fn parse_check(
             only(&["send", "expect"], "udp")?;
             CheckKind::Tcp
         }
+        "icmp" => {
+            only(&["path", "expect_status", "expect_body"], "http")?;
+            only(&["send", "expect"], "udp")?;
+            CheckKind::Icmp
+        }
         "http" => {
             only(&["send", "expect"], "udp")?;
             let (bpath, bstatus, bbody) = match base_kind {
@@ -1336,8 +1342,7 @@ fn parse_check(
                 _ => ("/".to_owned(), 200, None),
             };
             let path = opt_string("path")?.unwrap_or(bpath);
-            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(t.err(
                     "path",
                     format!("path must start with `/` and hold no spaces or control characters, got {path:?}"),
@@ -1374,7 +1379,7 @@ fn parse_check(
             return Err(t.err(
                 "type",
                 format!(
-                    "type must be \"tcp\", \"http\", \"udp\" or \"none\" (ICMP checks are not supported), got {other:?}"
+                    "type must be \"tcp\", \"http\", \"udp\", \"icmp\" or \"none\", got {other:?}"
                 ),
             ))
         }

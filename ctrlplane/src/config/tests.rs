@@ -1781,14 +1781,23 @@ fn health_checks() {
 fn health_check_errors() {
     let with = |extra: &str| format!("{SVC}{extra}");
     let m = error_at(
-        &with("[service.check]\ntype = \"icmp\"\n"),
+        &with("[service.check]\ntype = \"ping\"\n"),
         26,
         8,
         "service[0].check.type",
     );
     assert_eq!(
         m,
-        "type must be \"tcp\", \"http\", \"udp\" or \"none\" (ICMP checks are not supported), got \"icmp\""
+        "type must be \"tcp\", \"http\", \"udp\", \"icmp\" or \"none\", got \"ping\""
+    );
+    assert_eq!(
+        parse(&with("[service.check]\ntype = \"icmp\"\n"))
+            .unwrap()
+            .services[0]
+            .check
+            .as_ref()
+            .map(|c| c.kind.clone()),
+        Some(CheckKind::Icmp)
     );
     let m = error_at(
         &with("[service.check]\nport = 81\n"),
@@ -1798,7 +1807,7 @@ fn health_check_errors() {
     );
     assert_eq!(
         m,
-        "missing required key `type` (\"tcp\", \"http\", \"udp\" or \"none\")"
+        "missing required key `type` (\"tcp\", \"http\", \"udp\", \"icmp\" or \"none\")"
     );
     let m = error_at(
         &with("[service.check]\ntype = \"tcp\"\ntimeout_ms = 3000\n"),

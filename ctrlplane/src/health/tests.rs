@@ -293,3 +293,9 @@ fn checker_marks_down_and_up() {
     stop.store(true, Ordering::Relaxed);
     checker.join();
 }
+
+#[test]
+fn icmp_checks_ping_loopback() {
+    let t = target("127.0.0.1:0".parse().unwrap(), CheckKind::Icmp, 1000);
+    assert_eq!(probe(&t, connect_plain), Ok(()), "loopback answers ping");
+}
