@@ -102,7 +102,9 @@ fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
     let c = conns_by_real(&stats);
     let get = |a: &str| c.iter().find(|(x, _)| x == a).map(|x| x.1).unwrap_or(0) as f64;
     let (a, b) = (get("198.51.100.11:80"), get("198.51.100.12:80"));
-    assert!(a + b >= 1000.0, "{stats}");
+    // A client port reused while its previous session is in TIME_WAIT reuses that session (as
+    // IPVS with conn_reuse_mode 0) and is not counted as a new connection: allow a few.
+    assert!(a + b >= 950.0, "{stats}");
     assert!(
         (a / b - 3.0).abs() < 0.3,
         "split {a}:{b} is not about 3:1\n{stats}"
