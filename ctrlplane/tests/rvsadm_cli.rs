@@ -60,6 +60,7 @@ fn answer(op: Op) -> Response {
         proto: Proto::Tcp,
         vip: "203.0.113.10".parse().unwrap(),
         vport: 80,
+        mark: None,
     };
     match op {
         Op::Status => Response::Status {

@@ -34,6 +34,9 @@ pub struct Model {
 }
 
 pub fn key_of(s: &ServiceConfig) -> ServiceKey {
+    if let Some(m) = &s.mark {
+        return ServiceKey::of_mark(m.mark);
+    }
     ServiceKey {
         proto: match s.proto {
             config::Proto::Tcp => Proto::Tcp,
@@ -41,6 +44,7 @@ pub fn key_of(s: &ServiceConfig) -> ServiceKey {
         },
         vip: s.vip,
         vport: s.vport,
+        mark: None,
     }
 }
 
@@ -194,6 +198,12 @@ impl Model {
             Op::AddService { spec } => {
                 if self.find(&spec.key).is_some() {
                     return err(code::EEXIST, "Service already exists");
+                }
+                if let Some(mark) = spec.key.mark {
+                    return err(
+                        code::ENOENT,
+                        format!("mark {mark} has no match in the configuration (match services are defined in the TOML file)"),
+                    );
                 }
                 self.check_spec(spec)?;
                 let port = self.port_for(spec.key.vip, 0);
@@ -372,7 +382,7 @@ impl Model {
         if spec.netmask.is_some() && spec.persistent.is_none() {
             return err(code::EINVAL, "netmask applies to persistent services only");
         }
-        if spec.key.vport == 0 && spec.persistent.is_none() {
+        if spec.key.mark.is_none() && spec.key.vport == 0 && spec.persistent.is_none() {
             return err(
                 code::EINVAL,
                 "Zero port specified for non-persistent service",
@@ -399,7 +409,10 @@ impl Model {
         let new: BTreeMap<ServiceKey, &ServiceConfig> =
             cfg.services.iter().map(|s| (key_of(s), s)).collect();
         let mut changes = Vec::new();
-        let name = |k: &ServiceKey| format!("{} {}", k.proto.upper(), fmt_addr(k.vip, k.vport));
+        let name = |k: &ServiceKey| match k.mark {
+            Some(m) => format!("FWM {m}"),
+            None => format!("{} {}", k.proto.upper(), fmt_addr(k.vip, k.vport)),
+        };
         for (k, s) in &new {
             match old.get(k) {
                 None => changes.push(format!("added service {}", name(k))),
@@ -492,6 +505,7 @@ lips = ["198.51.100.2"]
             proto: Proto::Tcp,
             vip: vip.parse().unwrap(),
             vport: port,
+            mark: None,
         }
     }
 
@@ -805,5 +819,87 @@ lips = ["198.51.100.2"]
         r.lower = 60;
         let e = m.apply(&Op::EditReal { key: k, real: r }).unwrap_err();
         assert!(e.1.starts_with("Illegal threshold"), "{e:?}");
+    }
+
+    #[test]
+    fn match_services_are_edited_by_mark() {
+        let cfg = Config::parse(
+            r#"
+[[port]]
+name = "client"
+device = "net_null0"
+addresses = ["192.0.2.1/24"]
+[[port]]
+name = "servers"
+device = "net_null1"
+addresses = ["198.51.100.1/24"]
+[[service]]
+mark = 7
+scheduler = "rr"
+port = "client"
+  [service.match]
+  proto = "tcp"
+  dst = "203.0.113.0/28"
+  dport = "8000-8100"
+  [[service.real]]
+  ip = "198.51.100.11"
+  forward = "nat"
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let mut m = Model::from_config(&cfg, 16);
+        let k = ServiceKey::of_mark(7);
+        assert_eq!(key_of(&m.services[0]), k);
+        assert_eq!(Model::spec_of(&m.services[0]).key.mark, Some(7));
+        let spec = |mark: u32| ServiceSpec {
+            key: ServiceKey::of_mark(mark),
+            scheduler: "rr".into(),
+            persistent: None,
+            netmask: None,
+            sched_flags: vec![],
+        };
+        assert_eq!(
+            m.apply(&Op::AddService { spec: spec(7) }).unwrap_err().1,
+            "Service already exists"
+        );
+        assert_eq!(
+            m.apply(&Op::AddService { spec: spec(8) }).unwrap_err().1,
+            "mark 8 has no match in the configuration (match services are defined in the TOML file)"
+        );
+        // Edit the service (no zero-port refusal for a match service) and its reals by mark.
+        let mut wrr = spec(7);
+        wrr.scheduler = "wrr".into();
+        m.apply(&Op::EditService { spec: wrr }).unwrap();
+        assert_eq!(m.services[0].scheduler.as_str(), "wrr");
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.12:0", Fwd::Nat, 3),
+        })
+        .unwrap();
+        m.apply(&Op::EditReal {
+            key: k,
+            real: real("198.51.100.11:0", Fwd::Nat, 5),
+        })
+        .unwrap();
+        let s = &m.services[0];
+        assert_eq!(s.reals.len(), 2);
+        assert_eq!((s.reals[0].weight, s.reals[1].weight), (5, 3));
+        assert_ne!(m.dest_id(s, &s.reals[0]), m.dest_id(s, &s.reals[1]));
+        assert!(s.mark.is_some(), "still a match service");
+        m.apply(&Op::DelReal {
+            key: k,
+            addr: "198.51.100.11:0".parse().unwrap(),
+        })
+        .unwrap();
+        assert_eq!(m.services[0].reals.len(), 1);
+        // An address key does not reach the match service.
+        let by_addr = key("203.0.113.0", 0);
+        assert_eq!(
+            m.apply(&Op::DelService { key: by_addr }).unwrap_err().1,
+            "No such service"
+        );
+        m.apply(&Op::DelService { key: k }).unwrap();
+        assert!(m.services.is_empty());
     }
 }

@@ -36,12 +36,27 @@ impl Proto {
     }
 }
 
-/// How a virtual service is named: `-t VIP:port`, `-u VIP:port` (and `-f mark` later).
+/// How a virtual service is named: `-t VIP:port`, `-u VIP:port`, or `-f MARK` (a match service:
+/// `mark` is set and `proto`/`vip`/`vport` are then Tcp, 0.0.0.0 and 0, so keys compare by mark).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub proto: Proto,
     pub vip: IpAddr,
     pub vport: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<u32>,
+}
+
+impl ServiceKey {
+    /// The key of match service `mark` (`-f MARK`).
+    pub fn of_mark(mark: u32) -> ServiceKey {
+        ServiceKey {
+            proto: Proto::Tcp,
+            vip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            vport: 0,
+            mark: Some(mark),
+        }
+    }
 }
 
 /// Forwarding method of a real server (ipvsadm `-m`, `-g`, `-i`, and `-b` for FULLNAT).
@@ -366,6 +381,7 @@ mod tests {
                     proto: Proto::Tcp,
                     vip: "203.0.113.10".parse().unwrap(),
                     vport: 80,
+                    mark: None,
                 },
                 real: RealSpec {
                     addr: "198.51.100.11:80".parse().unwrap(),

@@ -14,6 +14,7 @@ fn key() -> ServiceKey {
         proto: Proto::Tcp,
         vip: "203.0.113.10".parse().unwrap(),
         vport: 80,
+        mark: None,
     }
 }
 

@@ -68,6 +68,7 @@ fn service(proto: Proto, vip: &str, vport: u16, reals: Vec<RealView>) -> Service
                 proto,
                 vip: vip.parse::<IpAddr>().unwrap(),
                 vport,
+                mark: None,
             },
             scheduler: "rr".into(),
             persistent: None,

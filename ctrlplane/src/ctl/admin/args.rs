@@ -532,7 +532,7 @@ fn long(name: &str) -> Option<Item> {
 #[derive(Clone, Copy)]
 enum Svc {
     Addr { proto: Proto, ip: IpAddr, port: u16 },
-    Fwmark,
+    Fwmark(u32),
 }
 
 /// Everything gathered while reading the options.
@@ -716,12 +716,12 @@ fn apply(
         Item::Fwmark => {
             st.set(Opt::Service)?;
             match v.parse::<u64>() {
-                Ok(m) if m > 0 && m <= u64::from(u32::MAX) => st.svc = Some(Svc::Fwmark),
+                Ok(m) if m > 0 && m <= u64::from(u32::MAX) => st.svc = Some(Svc::Fwmark(m as u32)),
                 _ => return fail(format!("invalid fwmark value `{v}' specified")),
             }
         }
         Item::Ipv6 => {
-            if !matches!(st.svc, Some(Svc::Fwmark)) {
+            if !matches!(st.svc, Some(Svc::Fwmark(_))) {
                 return fail("-6 used before -f");
             }
             st.ipv6 = true;
@@ -966,23 +966,22 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
     if let Some(extra) = positional.first() {
         return fail(format!("unexpected argument {extra}"));
     }
-    if matches!(st.svc, Some(Svc::Fwmark)) {
-        return fail("fwmark services are not supported yet");
-    }
     let key = match st.svc {
         Some(Svc::Addr { proto, ip, port }) => Some(ServiceKey {
             proto,
             vip: ip,
             vport: port,
+            mark: None,
         }),
-        _ => None,
+        Some(Svc::Fwmark(m)) => Some(ServiceKey::of_mark(m)),
+        None => None,
     };
     // Compulsory options were checked above, so `key` is there where the command needs it.
     let need_key = || key.ok_or_else(|| usage("You need to supply the 'service-address' option"));
     let command = match cmd {
         Cmd::Add | Cmd::Edit => {
             let key = need_key()?;
-            if key.vport == 0 && st.persistent.is_none() {
+            if key.mark.is_none() && key.vport == 0 && st.persistent.is_none() {
                 return fail("Zero port specified for non-persistent service");
             }
             let netmask = match &st.netmask {

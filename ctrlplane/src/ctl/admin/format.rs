@@ -77,9 +77,16 @@ fn dotted(len: u8) -> Ipv4Addr {
     Ipv4Addr::from(m)
 }
 
-/// The ordering of ipvsadm's `ipvs_cmp_services`: family (IPv4 first), protocol, address, port.
+/// The ordering of ipvsadm's `ipvs_cmp_services`: fwmark (address services first, then match
+/// services by mark), family (IPv4 first), protocol, address, port.
 fn cmp_keys(a: &ServiceKey, b: &ServiceKey) -> Ordering {
-    (a.vip.is_ipv6(), a.proto, a.vip, a.vport).cmp(&(b.vip.is_ipv6(), b.proto, b.vip, b.vport))
+    (a.mark, a.vip.is_ipv6(), a.proto, a.vip, a.vport).cmp(&(
+        b.mark,
+        b.vip.is_ipv6(),
+        b.proto,
+        b.vip,
+        b.vport,
+    ))
 }
 
 /// Services and their real servers in ipvsadm's sorted order (services by `ipvs_cmp_services`,
@@ -139,8 +146,12 @@ fn health_col(r: &RealView, l: &Layout) -> String {
     }
 }
 
-/// `TCP  addr:port` (ipvsadm's `svc_name`, cut at 33 characters for IPv4).
+/// `TCP  addr:port` (ipvsadm's `svc_name`, cut at 33 characters for IPv4), or `FWM  MARK` for a
+/// match service.
 fn svc_name(key: &ServiceKey) -> String {
+    if let Some(m) = key.mark {
+        return format!("FWM  {m}");
+    }
     let mut s = format!("{}  {}", key.proto.upper(), addr_port(key.vip, key.vport));
     if key.vip.is_ipv4() {
         s.truncate(33);
@@ -291,7 +302,10 @@ pub fn save(services: &[ServiceView], nosort: bool) -> String {
     let mut out = String::new();
     for s in sorted(services, nosort) {
         let key = &s.spec.key;
-        let svc = format!("{} {}", proto_flag(key), addr_port(key.vip, key.vport));
+        let svc = match key.mark {
+            Some(m) => format!("-f {m}"),
+            None => format!("{} {}", proto_flag(key), addr_port(key.vip, key.vport)),
+        };
         let _ = write!(out, "-A {svc} -s {}", s.spec.scheduler);
         if let Some(t) = s.spec.persistent {
             let _ = write!(out, " -p {t}");

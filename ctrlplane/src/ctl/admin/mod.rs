@@ -66,7 +66,8 @@ Either long or short options are allowed.
 Options:
   --tcp-service  -t service-address   service-address is host[:port] ([v6addr]:port for IPv6)
   --udp-service  -u service-address   service-address is host[:port]
-  --fwmark-service  -f fwmark         fwmark is an integer greater than zero (not supported yet)
+  --fwmark-service  -f fwmark         fwmark is an integer greater than zero: a match
+                                      service of the configuration (TOML file)
   --scheduler    -s scheduler         rvs supports rr and wrr; the default scheduler is wlc,
                                       as ipvsadm's, which rvsd refuses: give -s
   --persistent   -p [timeout]         persistent service (default timeout 300)

@@ -22,6 +22,7 @@ fn key(proto: Proto, vip: &str, vport: u16) -> ServiceKey {
         proto,
         vip: ip(vip),
         vport,
+        mark: None,
     }
 }
 fn real(addr: &str, fwd: Fwd, weight: u32, active: u64, inactive: u64) -> RealView {
@@ -605,6 +606,7 @@ fn parse_lists() {
                 proto: Proto::Tcp,
                 vip: "10.0.0.1".parse().unwrap(),
                 vport: 80,
+                mark: None,
             });
         })
     );
@@ -813,7 +815,6 @@ fn parse_errors() {
         "-A -t 10.0.0.1:80 -b sh-port,",
         "invalid scheduler flags `sh-port,' specified",
     );
-    bad("-A -f 7 -s rr", "fwmark services are not supported yet");
     bad("-A -f 0", "invalid fwmark value `0' specified");
     bad("-A -t 10.0.0.1:80 -6", "-6 used before -f");
     bad("--set 1 2", "--set option requires 3 timeout values");
@@ -1227,4 +1228,125 @@ fn health_column() {
         })
     );
     bad("-L -c --health", "options conflicts in the list command");
+}
+
+// ---- match (fwmark) services ----
+
+fn fwm_table() -> Vec<ServiceView> {
+    let mut m = svc(
+        ServiceKey::of_mark(7),
+        "rr",
+        vec![
+            real("198.51.100.12:0", Fwd::Nat, 2, 0, 0),
+            real("198.51.100.11:0", Fwd::FullNat, 1, 3, 4),
+        ],
+    );
+    m.lips = vec![ip("192.0.2.2")];
+    let tcp = svc(
+        key(Proto::Tcp, "203.0.113.10", 80),
+        "wrr",
+        vec![real("198.51.100.13:80", Fwd::Dr, 1, 0, 0)],
+    );
+    let m2 = svc(ServiceKey::of_mark(3), "wlc", vec![]);
+    vec![m, tcp, m2]
+}
+
+#[test]
+fn golden_list_fwmark() {
+    // ipvsadm: "FWM  %u" then the scheduler; address services sort before fwmark services,
+    // which sort by mark.
+    let want = concat!(
+        "IP Virtual Server version 1.2.1 (size=4096)\n",
+        "Prot LocalAddress:Port Scheduler Flags\n",
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n",
+        "TCP  203.0.113.10:80 wrr\n",
+        "  -> 198.51.100.13:80             Route   1      0          0         \n",
+        "FWM  3 wlc\n",
+        "FWM  7 rr\n",
+        "  -> 198.51.100.11:0              FullNat 1      3          4         \n",
+        "  -> 198.51.100.12:0              Masq    2      0          0         \n",
+    );
+    assert_eq!(
+        format::list_all(4096, &fwm_table(), &Layout::default(), false),
+        want
+    );
+    let one = format::list_service(&fwm_table()[0], &Layout::default(), false);
+    assert!(one.ends_with("FWM  7 rr\n  -> 198.51.100.11:0              FullNat 1      3          4         \n  -> 198.51.100.12:0              Masq    2      0          0         \n"), "{one}");
+}
+
+#[test]
+fn golden_save_fwmark() {
+    let want = concat!(
+        "-A -t 203.0.113.10:80 -s wrr\n",
+        "-a -t 203.0.113.10:80 -r 198.51.100.13:80 -g -w 1\n",
+        "-A -f 3 -s wlc\n",
+        "-A -f 7 -s rr\n",
+        "-a -f 7 -r 198.51.100.11:0 -b -w 1\n",
+        "-a -f 7 -r 198.51.100.12:0 -m -w 2\n",
+        "--add-laddr -f 7 -z 192.0.2.2\n",
+    );
+    assert_eq!(format::save(&fwm_table(), false), want);
+}
+
+#[test]
+fn parse_fwmark() {
+    let k = ServiceKey::of_mark(7);
+    assert_eq!(k.mark, Some(7));
+    assert_eq!(p("-A -f 7 -s rr"), Command::AddService(spec(k, "rr")));
+    assert_eq!(
+        p("--edit-service --fwmark-service 7 -s wrr"),
+        Command::EditService(spec(k, "wrr"))
+    );
+    assert_eq!(p("-D -f 7"), Command::DelService(k));
+    assert_eq!(
+        p("-a -f 7 -r 192.168.1.2:8080 -m -w 3"),
+        Command::AddReal {
+            key: k,
+            real: RealSpec {
+                addr: sa("192.168.1.2:8080"),
+                fwd: Fwd::Nat,
+                weight: 3,
+                upper: 0,
+                lower: 0,
+            }
+        }
+    );
+    assert_eq!(
+        p("-e -f 7 -r 192.168.1.2 -w 0"),
+        Command::EditReal {
+            key: k,
+            real: RealSpec {
+                addr: sa("192.168.1.2:0"),
+                fwd: Fwd::Dr,
+                weight: 0,
+                upper: 0,
+                lower: 0,
+            }
+        }
+    );
+    assert_eq!(
+        p("-d -f 4294967295 -r 192.168.1.2:80"),
+        Command::DelReal {
+            key: ServiceKey::of_mark(u32::MAX),
+            addr: sa("192.168.1.2:80")
+        }
+    );
+    let o = ListOptions {
+        service: Some(k),
+        ..Default::default()
+    };
+    assert_eq!(p("-L -f 7"), Command::List(o));
+    assert_eq!(p("-Z -f 7"), Command::Zero(Some(k)));
+    bad(
+        "-A -f 4294967296",
+        "invalid fwmark value `4294967296' specified",
+    );
+    bad("-A -f x", "invalid fwmark value `x' specified");
+    // The key travels with `mark`; address keys do not carry it.
+    let json = serde_json::to_string(&k).unwrap();
+    assert!(json.contains("\"mark\":7"), "{json}");
+    let a = serde_json::to_string(&key(Proto::Tcp, "10.0.0.1", 80)).unwrap();
+    assert!(!a.contains("mark"), "{a}");
+    let back: ServiceKey = serde_json::from_str(&a).unwrap();
+    assert_eq!(back.mark, None);
 }
