@@ -68,8 +68,9 @@ pub struct Daemon {
     est: Mutex<HashMap<u32, Est>>,
     tsc_per_ms: u64,
     conn_table_size: u64,
-    /// Translates a core session to the model's services (see `Daemon::new`).
+    /// Builds the core services of a snapshot from the model (rvsd's `core_services`).
     build: fn(&Model) -> Vec<rvs_core::config::ServiceConf>,
+    /// Converts the model's timeouts (seconds) to the core's (rvsd's `core_timeouts`).
     timeouts: fn(&rvs_ctrlplane::config::TimeoutsConfig) -> rvs_core::config::Timeouts,
     /// Reloads applied / refused or rolled back (`rvs_reloads_total{result}`).
     reloads_ok: AtomicU64,
