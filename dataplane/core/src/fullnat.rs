@@ -26,7 +26,7 @@
 //! from the client side are only translated on the worker that holds the session (the ICMP packet
 //! may be steered to another queue; it is then handled locally as an unhandled ICMP).
 
-use crate::checksum::{checksum, update_u16, update_u32};
+use crate::checksum::{checksum, fold, update_u16, update_u32};
 use crate::config::{FullnatConf, Fwd, Proto, ServiceConf, StackConfig};
 use crate::counters::DropReason;
 use crate::io::{Io, PortIdx};
@@ -232,6 +232,11 @@ fn l4_csum_off(proto: u8) -> usize {
 /// Rewrite the addresses and ports of the IPv4 TCP/UDP packet in `d` (a frame; IP header at
 /// [`ETH_LEN`], `ihl` bytes), decrement its TTL and update the IP and L4 checksums incrementally.
 /// A UDP checksum of 0 (none) stays 0.
+///
+/// One ones'-complement delta (RFC 1624: `~old + new` for every changed word) covers both
+/// addresses; the IP checksum adds the TTL word to it, the L4 checksum the port pair, and each is
+/// folded once. 32-bit words can be added whole because 2^16 ≡ 1 (mod 2^16 − 1).
+#[inline]
 pub fn rewrite_v4(
     d: &mut [u8],
     ihl: usize,
@@ -242,29 +247,29 @@ pub fn rewrite_v4(
     dport: u16,
 ) {
     let l4 = ETH_LEN + ihl;
+    let co = l4 + l4_csum_off(proto);
+    if d.len() < co + 2 || ihl < ip4::MIN_HDR {
+        return; // callers validated the headers; never rewrite out of bounds
+    }
     let (osrc, odst) = (be32(d, ip4::SRC), be32(d, ip4::DST));
     let (nsrc, ndst) = (u32::from(src), u32::from(dst));
+    let addr = (!osrc) as u64 + (!odst) as u64 + nsrc as u64 + ndst as u64;
+    // TTL shares its 16-bit word with the protocol byte.
     let old_ttl = be16(d, ip4::TTL);
-    d[ip4::TTL] = d[ip4::TTL].wrapping_sub(1);
-    let mut c = be16(d, ip4::CSUM);
-    c = update_u32(c, osrc, nsrc);
-    c = update_u32(c, odst, ndst);
-    c = update_u16(c, old_ttl, be16(d, ip4::TTL));
-    put16(d, ip4::CSUM, c);
+    let new_ttl = old_ttl.wrapping_sub(0x100);
+    let ipc = !be16(d, ip4::CSUM) as u64 + addr + (!old_ttl) as u64 + new_ttl as u64;
+    put16(d, ip4::TTL, new_ttl);
+    put16(d, ip4::CSUM, !fold(ipc));
     put32(d, ip4::SRC, nsrc);
     put32(d, ip4::DST, ndst);
-    let (osp, odp) = (be16(d, l4), be16(d, l4 + 2));
-    put16(d, l4, sport);
-    put16(d, l4 + 2, dport);
-    let co = l4 + l4_csum_off(proto);
+    let oports = be32(d, l4);
+    let nports = (sport as u32) << 16 | dport as u32;
+    put32(d, l4, nports);
     let c = be16(d, co);
     if proto == PROTO_UDP && c == 0 {
         return;
     }
-    let mut c = update_u32(c, osrc, nsrc);
-    c = update_u32(c, odst, ndst);
-    c = update_u16(c, osp, sport);
-    c = update_u16(c, odp, dport);
+    let mut c = !fold(!c as u64 + addr + (!oports) as u64 + nports as u64);
     if proto == PROTO_UDP && c == 0 {
         c = 0xffff;
     }

@@ -1230,3 +1230,68 @@ fn upper_threshold_on_the_packet_path() {
     io.take();
     assert_eq!(open(&mut s, &mut io, 5000, 400_000).1, 1);
 }
+
+/// `rewrite_v4` (one delta, folded once per checksum) against etherparse recomputing both
+/// checksums from scratch, over random headers, TTLs (incl. 1 and 255), payloads and rewrites;
+/// a UDP checksum of 0 stays 0 and a computed 0 becomes 0xffff.
+#[test]
+fn rewrite_v4_matches_full_recompute() {
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    for i in 0..20_000u32 {
+        let tcp_pkt = i % 2 == 0;
+        let ttl = match i % 7 {
+            0 => 1,
+            1 => 255,
+            _ => (r.next() % 254 + 1) as u8,
+        };
+        let a = |r: &mut Rng| Ipv4Addr::from(r.next() as u32).octets();
+        let (s0, d0) = (a(&mut r), a(&mut r));
+        let payload: Vec<u8> = (0..(r.next() % 40) as usize).map(|_| r.next() as u8).collect();
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4(s0, d0, ttl);
+        let mut frame = Vec::new();
+        let (sp, dp) = (r.next() as u16, r.next() as u16);
+        if tcp_pkt {
+            b.tcp(sp, dp, r.next() as u32, 1000)
+                .ack(r.next() as u32)
+                .write(&mut frame, &payload)
+                .unwrap();
+        } else {
+            b.udp(sp, dp).write(&mut frame, &payload).unwrap();
+        }
+        let no_udp_csum = !tcp_pkt && i % 5 == 1;
+        if no_udp_csum {
+            frame[14 + 20 + 6] = 0;
+            frame[14 + 20 + 7] = 0;
+        }
+        let (ns, nd) = (Ipv4Addr::from(r.next() as u32), Ipv4Addr::from(r.next() as u32));
+        let (nsp, ndp) = (r.next() as u16, r.next() as u16);
+        let proto = if tcp_pkt { 6 } else { 17 };
+        rvs_core::fullnat::rewrite_v4(&mut frame, 20, proto, ns, nd, nsp, ndp);
+
+        let h = PacketHeaders::from_ethernet_slice(&frame).unwrap();
+        let Some(NetHeaders::Ipv4(ip4, _)) = &h.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip4.time_to_live, ttl.wrapping_sub(1));
+        assert_eq!((ip4.source, ip4.destination), (ns.octets(), nd.octets()));
+        assert_eq!(ip4.header_checksum, ip4.calc_header_checksum(), "IP csum, case {i}");
+        let body = h.payload.slice();
+        match h.transport.unwrap() {
+            TransportHeader::Tcp(t) => {
+                assert_eq!((t.source_port, t.destination_port), (nsp, ndp));
+                let want = t.calc_checksum_ipv4(ip4, body).unwrap();
+                assert_eq!(t.checksum, want, "TCP csum, case {i}");
+            }
+            TransportHeader::Udp(u) => {
+                assert_eq!((u.source_port, u.destination_port), (nsp, ndp));
+                if no_udp_csum {
+                    assert_eq!(u.checksum, 0, "UDP without checksum, case {i}");
+                } else {
+                    let want = u.calc_checksum_ipv4(ip4, body).unwrap();
+                    assert_eq!(u.checksum, want, "UDP csum, case {i}");
+                }
+            }
+            _ => panic!("not TCP/UDP"),
+        }
+    }
+}
