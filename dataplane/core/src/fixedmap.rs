@@ -160,6 +160,13 @@ impl<K: FixedKey, V> FixedMap<K, V> {
             .iter()
             .filter_map(|s| s.as_ref().map(|(k, v)| (k, v)))
     }
+
+    /// Call `f` on every entry, its value writable.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&K, &mut V)) {
+        for (k, v) in self.slots.iter_mut().flatten() {
+            f(k, v)
+        }
+    }
 }
 
 #[cfg(test)]

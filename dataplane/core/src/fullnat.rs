@@ -36,7 +36,7 @@ use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
 use crate::sched::{DestStats, SchedKey};
 use crate::service::{ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
-use crate::stack::Stack;
+use crate::stack::{Owned, Stack};
 use crate::tcp_state::{flags, Dir, TcpState};
 use crate::timer::TimerWheel;
 use crate::wire::*;
@@ -185,6 +185,16 @@ impl Fullnat {
             dest_stats,
             templates: Templates::new((f.sessions / 4).max(1) as usize, WHEEL_SLOTS, TICK_MS),
         })
+    }
+
+    /// What `ip` is to FULLNAT: its LIP pool, whether it is a VIP (control path; the result is
+    /// kept in the owned set).
+    pub(crate) fn classify(&self, ip: IpAddr) -> Owned {
+        Owned {
+            ports: 0,
+            pool: self.lports.pool_of(ip).unwrap_or(Owned::NO_POOL),
+            vip: self.services.is_vip(ip),
+        }
     }
 
     /// Move the session's active/inactive accounting to `established`.
@@ -428,14 +438,16 @@ impl<P: PacketBuf> Stack<P> {
         port: PortIdx,
         pkt: P,
         ihl: usize,
+        class: Owned,
         now_ms: u64,
     ) -> Option<P> {
         let d = pkt.data();
         let dst = ipv4_at(d, ip4::DST);
         let dst_ip = IpAddr::V4(dst);
         let proto = d[ip4::PROTO];
+        let is_vip = class.vip;
         if be16(d, ip4::FRAG) & ip4::MF_OFFSET != 0 {
-            if self.fnat.services.is_vip(dst_ip) {
+            if is_vip {
                 self.drop_pkt(pkt, DropReason::Ipv4FragmentVip);
                 return None;
             }
@@ -447,8 +459,7 @@ impl<P: PacketBuf> Stack<P> {
         if proto != PROTO_TCP && proto != PROTO_UDP {
             return Some(pkt);
         }
-        let lip_pool = self.fnat.lports.pool_of(dst_ip);
-        let is_vip = self.fnat.services.is_vip(dst_ip);
+        let lip_pool = (class.pool != Owned::NO_POOL).then_some(class.pool);
         if lip_pool.is_none() && !is_vip && self.fnat.sessions.is_empty() {
             return Some(pkt);
         }
@@ -1129,6 +1140,7 @@ impl<P: PacketBuf> Stack<P> {
                 self.own_quiet(s.lip_port, *l);
             }
         }
+        self.reclassify_owned();
         Ok(())
     }
 

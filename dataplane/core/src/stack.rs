@@ -144,6 +144,28 @@ impl TokenBucket {
     }
 }
 
+/// An owned address: the ports it is owned on and its FULLNAT role, looked up once per packet.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Owned {
+    /// Mask of the ports it is owned on (0 for a match-service destination that is not owned).
+    pub ports: u64,
+    /// Its LIP pool ([`Owned::NO_POOL`]: not a LIP).
+    pub pool: u16,
+    /// The VIP of a service.
+    pub vip: bool,
+}
+
+impl Owned {
+    /// Not a LIP.
+    pub const NO_POOL: u16 = u16::MAX;
+    /// Nothing.
+    pub const NONE: Owned = Owned {
+        ports: 0,
+        pool: Owned::NO_POOL,
+        vip: false,
+    };
+}
+
 /// The L2/L3 stack of one worker core. `Send` when `P` is.
 pub struct Stack<P: PacketBuf> {
     pub(crate) counters: Arc<CoreCounters>,
@@ -151,8 +173,9 @@ pub struct Stack<P: PacketBuf> {
     pub(crate) routes: RouteTable,
     ip_forward: bool,
     neigh: NeighTable<P>,
-    /// Owned address → mask of the ports it is owned on.
-    owned: FixedMap<IpAddr, u64>,
+    /// Owned address → the ports it is owned on and what it is to FULLNAT (one lookup per
+    /// packet classifies the destination).
+    owned: FixedMap<IpAddr, Owned>,
     /// Directed broadcast addresses of the connected IPv4 subnets.
     bcast: Vec<Ipv4Addr>,
     icmp_bucket: TokenBucket,
@@ -184,9 +207,10 @@ impl<P: PacketBuf> Stack<P> {
         let mut ports = Vec::with_capacity(cfg.ports.len());
         for (i, p) in cfg.ports.iter().enumerate() {
             for a in &p.addrs {
-                let m = owned.get(&a.addr).copied().unwrap_or(0);
+                let mut o = owned.get(&a.addr).copied().unwrap_or(Owned::NONE);
+                o.ports |= 1u64 << i;
                 owned
-                    .insert(a.addr, m | 1u64 << i)
+                    .insert(a.addr, o)
                     .map_err(|_| ConfigError::TooManyAddrs)?;
                 if let Some(b) = a.broadcast_v4() {
                     if !bcast.contains(&b) {
@@ -234,6 +258,7 @@ impl<P: PacketBuf> Stack<P> {
                 }
             }
         }
+        st.reclassify_owned();
         Ok(st)
     }
 
@@ -244,13 +269,25 @@ impl<P: PacketBuf> Stack<P> {
             return false;
         }
         let bit = 1u64 << port;
+        let class = self.fnat.classify(ip);
         match self.owned.get_mut(&ip) {
-            Some(m) => {
-                *m |= bit;
+            Some(o) => {
+                o.ports |= bit;
                 true
             }
-            None => self.owned.insert(ip, bit).is_ok(),
+            None => self.owned.insert(ip, Owned { ports: bit, ..class }).is_ok(),
         }
+    }
+
+    /// Recompute what every owned address is to FULLNAT (after the services changed).
+    pub(crate) fn reclassify_owned(&mut self) {
+        let fnat = &self.fnat;
+        self.owned.for_each_mut(|ip, o| {
+            *o = Owned {
+                ports: o.ports,
+                ..fnat.classify(*ip)
+            }
+        });
     }
 
     /// Build a stack; panics on an invalid configuration (see [`Stack::try_new`]).
@@ -269,7 +306,8 @@ impl<P: PacketBuf> Stack<P> {
     /// Send a gratuitous ARP for every owned IPv4 address on every port.
     pub fn on_start<I: Io<Pkt = P>>(&mut self, io: &mut I, _now_ms: u64) {
         let mut list: Vec<(PortIdx, Ipv4Addr)> = Vec::new();
-        for (ip, mask) in self.owned.iter() {
+        for (ip, o) in self.owned.iter() {
+            let mask = o.ports;
             if let IpAddr::V4(v4) = ip {
                 for p in 0..self.ports.len() {
                     if mask & (1u64 << p) != 0 {
@@ -298,10 +336,14 @@ impl<P: PacketBuf> Stack<P> {
             return Err(OwnedError::BadPort);
         }
         let bit = 1u64 << port;
+        let class = self.fnat.classify(ip);
         match self.owned.get_mut(&ip) {
-            Some(m) if *m & bit != 0 => return Ok(false),
-            Some(m) => *m |= bit,
-            None => self.owned.insert(ip, bit).map_err(|_| OwnedError::Full)?,
+            Some(o) if o.ports & bit != 0 => return Ok(false),
+            Some(o) => o.ports |= bit,
+            None => self
+                .owned
+                .insert(ip, Owned { ports: bit, ..class })
+                .map_err(|_| OwnedError::Full)?,
         }
         if let IpAddr::V4(v4) = ip {
             self.send_garp(io, port, v4);
@@ -312,14 +354,14 @@ impl<P: PacketBuf> Stack<P> {
     /// Stop owning `ip` on `port`. Returns whether it was owned there.
     pub fn remove_owned(&mut self, port: PortIdx, ip: IpAddr) -> bool {
         let bit = 1u64 << (port as u32 % 64);
-        let Some(m) = self.owned.get_mut(&ip) else {
+        let Some(o) = self.owned.get_mut(&ip) else {
             return false;
         };
-        if port as usize >= MAX_PORTS || *m & bit == 0 {
+        if port as usize >= MAX_PORTS || o.ports & bit == 0 {
             return false;
         }
-        *m &= !bit;
-        if *m == 0 {
+        o.ports &= !bit;
+        if o.ports == 0 {
             self.owned.remove(&ip);
         }
         true
@@ -332,7 +374,7 @@ impl<P: PacketBuf> Stack<P> {
 
     /// True when `ip` is owned on `port`.
     pub fn is_owned_on(&self, port: PortIdx, ip: IpAddr) -> bool {
-        (port as usize) < MAX_PORTS && self.owned.get(&ip).is_some_and(|m| m & (1u64 << port) != 0)
+        (port as usize) < MAX_PORTS && self.owned.get(&ip).is_some_and(|o| o.ports & (1u64 << port) != 0)
     }
 
     /// Number of owned addresses.
@@ -747,8 +789,15 @@ impl<P: PacketBuf> Stack<P> {
         }
         // Destinations of match services are served like owned addresses, also those of a
         // prefix too large to own (routed to rvs).
-        if self.is_owned(IpAddr::V4(dst)) || self.fnat.services.in_match_dst(IpAddr::V4(dst)) {
-            return self.local_input(io, port, pkt, ihl, now_ms);
+        if let Some(&o) = self.owned.get(&IpAddr::V4(dst)) {
+            return self.local_input(io, port, pkt, ihl, o, now_ms);
+        }
+        if self.fnat.services.in_match_dst(IpAddr::V4(dst)) {
+            let o = Owned {
+                vip: true,
+                ..Owned::NONE
+            };
+            return self.local_input(io, port, pkt, ihl, o, now_ms);
         }
         if dst.is_broadcast() || self.bcast.contains(&dst) {
             return self.drop_pkt(pkt, DropReason::DstBroadcast);
@@ -784,9 +833,10 @@ impl<P: PacketBuf> Stack<P> {
         port: PortIdx,
         pkt: P,
         ihl: usize,
+        dst: Owned,
         now_ms: u64,
     ) {
-        let Some(mut pkt) = self.fnat_input(io, port, pkt, ihl, now_ms) else {
+        let Some(mut pkt) = self.fnat_input(io, port, pkt, ihl, dst, now_ms) else {
             return;
         };
         let d = pkt.data();

@@ -1018,6 +1018,31 @@ fn config_validation() {
     more[1].vip = ip("192.0.2.101");
     s.set_services(&more).unwrap();
     assert!(s.is_owned_on(0, ip("192.0.2.101")));
+
+    // A live change moves the TCP service to a new VIP and a new LIP: the new VIP is balanced
+    // from the new LIP, the old VIP (still owned) is no longer a service, replies to the new
+    // LIP find their session.
+    let mut io = TestIo::default();
+    let mut moved = cfg().services;
+    moved[0].vip = ip("192.0.2.102");
+    moved[0].lips = vec![ip("10.1.0.102")];
+    s.set_services(&moved).unwrap();
+    handle(&mut s, &mut io, 0, &tcp(GW0, MAC0, CIP, 41000, "192.0.2.102", 80, SYN, &[], &[]), 0);
+    let (port, f) = io.one();
+    assert_eq!(port, 1);
+    let o = parse(&f);
+    assert_eq!(o.ip.source, v4("10.1.0.102"));
+    let lport = o.tcp.unwrap().source_port;
+    let i = o.ip.destination[3] - 10;
+    let reply = tcp(rs_mac(i), MAC1, &rip(i), 8080, "10.1.0.102", lport, SYNACK, &[], &[]);
+    handle(&mut s, &mut io, 1, &reply, 0);
+    let (port, f) = io.one();
+    assert_eq!(port, 0);
+    assert_eq!(parse(&f).ip.source, v4("192.0.2.102"));
+    let before = s.counters().drops(DropReason::LocalL4);
+    handle(&mut s, &mut io, 0, &c2v(41001, SYN, &[], &[]), 0);
+    assert!(io.sent.is_empty());
+    assert_eq!(s.counters().drops(DropReason::LocalL4), before + 1);
 }
 
 // ------------------------------------------------------------------------------------- Property
