@@ -74,6 +74,20 @@ impl Mbuf {
         }
     }
 
+    /// Hint the CPU to bring the first cache line of the frame in (reads the mbuf header).
+    #[inline(always)]
+    pub fn prefetch_data(&self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint and never faults; the address is inside our buffer.
+        unsafe {
+            let m = self.m();
+            core::arch::x86_64::_mm_prefetch(
+                (m.buf_addr as *const i8).add(m.data_off as usize),
+                core::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+    }
+
     /// The frame bytes, writable.
     #[inline(always)]
     pub fn data_mut(&mut self) -> &mut [u8] {
@@ -192,6 +206,26 @@ impl Burst {
         self.ptrs[..n]
             .iter()
             .map(|&p| unsafe { Mbuf::from_raw(p).unwrap_unchecked() })
+    }
+
+    /// Take every mbuf out, in order, calling `f(mbuf, ahead)` where `ahead` lends the mbufs
+    /// still behind it in the burst (to prefetch for them while this one is handled).
+    #[inline(always)]
+    pub fn drain_ahead(&mut self, mut f: impl FnMut(Mbuf, &[Mbuf])) {
+        let n = std::mem::replace(&mut self.len, 0);
+        for i in 0..n {
+            // SAFETY: slots i..n hold owned, valid, non-null mbufs; slot i is taken exactly once
+            // here and the later ones are only lent (Mbuf is a repr(transparent) pointer, the
+            // layout of the stored raw pointers). The burst is borrowed mutably meanwhile.
+            let (m, ahead) = unsafe {
+                let base = self.ptrs.as_ptr();
+                (
+                    Mbuf::from_raw(*base.add(i)).unwrap_unchecked(),
+                    std::slice::from_raw_parts(base.add(i + 1) as *const Mbuf, n - i - 1),
+                )
+            };
+            f(m, ahead);
+        }
     }
 
     /// Take every mbuf out with its tag ([`Mbuf::tag`]), in order.

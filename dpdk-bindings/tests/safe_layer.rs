@@ -74,6 +74,27 @@ fn eal_port_mbuf_ring_and_lcore() {
         "dropping an Mbuf returns it to the pool"
     );
 
+    // drain_ahead hands each mbuf out once, in order, lending the ones behind it.
+    let in_use = pool.in_use();
+    let mut b = Burst::new();
+    for i in 0..5u8 {
+        let mut m = pool.alloc().expect("mbuf");
+        assert!(m.set_len(1));
+        m.data_mut()[0] = i;
+        assert!(b.push(m).is_ok());
+    }
+    let mut seen = Vec::new();
+    b.drain_ahead(|m, ahead| {
+        m.prefetch_data();
+        let rest: Vec<u8> = ahead.iter().map(|a| a.data()[0]).collect();
+        seen.push((m.data()[0], rest));
+    });
+    assert!(b.is_empty());
+    assert_eq!(seen[0], (0, vec![1, 2, 3, 4]));
+    assert_eq!(seen[3], (3, vec![4]));
+    assert_eq!(seen[4], (4, vec![]));
+    assert_eq!(pool.in_use(), in_use, "every drained mbuf was freed exactly once");
+
     let st = port.stats().unwrap();
     assert_eq!((st.ipackets, st.opackets), (1, 1));
     assert!(!port.xstats().unwrap().is_empty());

@@ -1,17 +1,22 @@
 //! The per-core FULLNAT session table.
 //!
-//! A fixed array of [`Session`] entries (allocated at start, never grown) with two chained hash
-//! indexes: inbound `(proto, CIP, cport, VIP, vport)` and outbound `(proto, RIP, rport, LIP,
-//! lport)`. NAT, DR and TUN sessions use the same entries with `lip = CIP` and `lport = cport`,
-//! so the outbound key of a NAT session is exactly the tuple of the real server's reply
-//! `(proto, RIP, rport, CIP, cport)`. Bucket heads are `u32` arrays (one per index, a power of two ≥ capacity) and the chains
-//! are threaded through the entries (`in_next`, `out_next`), so the whole index costs 8 bytes per
-//! bucket pair plus 8 bytes in each entry. Lookups, inserts and removals are O(1) on average and
-//! never allocate. The hash is keyed with a per-table random seed (from std's `RandomState`) so
-//! clients cannot aim at one bucket.
+//! A fixed array of [`Session`] entries (allocated at start, never grown, each aligned to a cache
+//! line) with one chained hash index holding two keys per session: inbound `(proto, CIP, cport,
+//! VIP, vport)` and outbound `(proto, RIP, rport, LIP, lport)`. NAT, DR and TUN sessions use the
+//! same entries with `lip = CIP` and `lport = cport`, so the outbound key of a NAT session is
+//! exactly the tuple of the real server's reply `(proto, RIP, rport, CIP, cport)`.
 //!
-//! The table is generic over the address type ([`SessAddr`]): IPv4 ([`Ipv4Addr`], 56-byte
-//! entries) now, IPv6 ([`Ipv6Addr`]) ready.
+//! Both keys are the `(proto, source, sport, destination, dport)` of a packet as it arrives, so a
+//! packet's bucket is known before its direction: the batched lookup prefetches one bucket head
+//! and then one entry per packet. Bucket heads are one `u32` array (a power of two ≥ twice the
+//! capacity); a head or chain link is `index << 1 | direction`, and the chains are threaded
+//! through the entries (`next[direction]`), so the index costs 8 bytes per session plus 8 bytes
+//! in each entry. Lookups, inserts and removals are O(1) on average and never allocate. The hash
+//! is keyed with a per-table random seed (from std's `RandomState`) so clients cannot aim at one
+//! bucket.
+//!
+//! The table is generic over the address type ([`SessAddr`]): IPv4 ([`Ipv4Addr`], 64-byte
+//! entries, one cache line) now, IPv6 ([`Ipv6Addr`]) ready.
 
 use crate::config::Fwd;
 use crate::fixedmap::mix;
@@ -20,6 +25,14 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// End of a chain / no entry.
 pub const NIL: u32 = u32::MAX;
+
+/// Largest capacity: links are `index << 1 | direction` and must stay below [`NIL`].
+pub const MAX_SESSIONS: u32 = (1 << 31) - 2;
+
+/// Link direction of the inbound key (client → VIP).
+const DIR_IN: u32 = 0;
+/// Link direction of the outbound key (real server → LIP).
+const DIR_OUT: u32 = 1;
 
 /// Entry flag: slot in use.
 pub const F_USED: u8 = 1;
@@ -54,8 +67,10 @@ impl SessAddr for Ipv6Addr {
 }
 
 /// One session: client CIP:cport ↔ VIP:vport on the client side, LIP:lport ↔ RIP:rport on the
-/// real-server side (NAT, DR, TUN: LIP:lport = CIP:cport).
+/// real-server side (NAT, DR, TUN: LIP:lport = CIP:cport). Aligned to a cache line, so a lookup
+/// touches one line per entry.
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 pub struct Session<A> {
     /// Client address.
     pub cip: A,
@@ -77,8 +92,9 @@ pub struct Session<A> {
     pub expires_ms: u64,
     /// Dest id (indexes the per-dest counters).
     pub dest: u32,
-    in_next: u32,
-    out_next: u32,
+    /// Next link of the chain of the inbound key (`[0]`) and of the outbound key (`[1]`); `[0]`
+    /// links the free list while unused.
+    next: [u32; 2],
     /// Index of the LIP's lport pool.
     pub lip_pool: u16,
     /// IP protocol number.
@@ -118,8 +134,7 @@ impl<A: SessAddr> Session<A> {
             rport,
             expires_ms: 0,
             dest: 0,
-            in_next: NIL,
-            out_next: NIL,
+            next: [NIL; 2],
             lip_pool: 0,
             proto,
             state: 0,
@@ -144,8 +159,7 @@ pub enum InsertError {
 /// The table.
 pub struct SessionTable<A> {
     entries: Vec<Session<A>>,
-    in_heads: Vec<u32>,
-    out_heads: Vec<u32>,
+    heads: Vec<u32>,
     mask: u64,
     seed: u64,
     free: u32,
@@ -177,11 +191,11 @@ fn key_hash<A: SessAddr>(seed: u64, proto: u8, a: A, ap: u16, b: A, bp: u16) -> 
 impl<A: SessAddr> SessionTable<A> {
     /// A table of `capacity` sessions (allocates everything now).
     pub fn new(capacity: u32) -> Self {
-        let cap = capacity.min(NIL - 1);
-        let buckets = (cap.max(1) as usize).next_power_of_two();
+        let cap = capacity.min(MAX_SESSIONS);
+        let buckets = (cap.max(1) as usize * 2).next_power_of_two();
         let mut entries = vec![Session::empty(); cap as usize];
         for (i, e) in entries.iter_mut().enumerate() {
-            e.in_next = if i + 1 < cap as usize {
+            e.next[0] = if i + 1 < cap as usize {
                 i as u32 + 1
             } else {
                 NIL
@@ -192,8 +206,7 @@ impl<A: SessAddr> SessionTable<A> {
             .finish();
         SessionTable {
             entries,
-            in_heads: vec![NIL; buckets],
-            out_heads: vec![NIL; buckets],
+            heads: vec![NIL; buckets],
             mask: buckets as u64 - 1,
             seed,
             free: if cap > 0 { 0 } else { NIL },
@@ -224,10 +237,10 @@ impl<A: SessAddr> SessionTable<A> {
         self.free == NIL
     }
 
-    /// Bytes of memory per session: entry plus both indexes' bucket heads.
+    /// Bytes of memory per session: entry plus bucket heads.
     pub fn bytes_per_session(&self) -> usize {
         let cap = self.entries.len().max(1);
-        std::mem::size_of::<Session<A>>() + (self.in_heads.len() + self.out_heads.len()) * 4 / cap
+        std::mem::size_of::<Session<A>>() + self.heads.len() * 4 / cap
     }
 
     /// The entry `idx`.
@@ -242,54 +255,65 @@ impl<A: SessAddr> SessionTable<A> {
         &mut self.entries[idx as usize]
     }
 
+    /// The bucket of a packet tuple (either direction's key).
     #[inline(always)]
-    fn in_bucket(&self, proto: u8, cip: A, cport: u16, vip: A, vport: u16) -> usize {
-        (key_hash(self.seed, proto, cip, cport, vip, vport) & self.mask) as usize
+    fn bucket(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) -> usize {
+        (key_hash(self.seed, proto, src, sport, dst, dport) & self.mask) as usize
     }
 
+    /// Batched lookups, stage 1: prefetch the bucket head of a packet with this tuple (source,
+    /// sport, destination, dport), whichever direction it is.
     #[inline(always)]
-    fn out_bucket(&self, proto: u8, rip: A, rport: u16, lip: A, lport: u16) -> usize {
-        (key_hash(self.seed, proto, rip, rport, lip, lport) & self.mask) as usize
+    pub fn prefetch_head(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
+        prefetch(&self.heads[self.bucket(proto, src, sport, dst, dport)]);
     }
 
-    /// Batched lookups, stage 1: prefetch the index slots where a packet with this tuple (source,
-    /// sport, destination, dport) would be found, as a client → VIP packet (inbound index) or as a
-    /// real server → LIP packet (outbound index). Both keys hash the same fields in the same order,
-    /// so they share the bucket number.
+    /// Batched lookups, stage 2 (a few packets after stage 1): prefetch the first entry of the
+    /// bucket's chain.
     #[inline(always)]
-    pub fn prefetch_heads(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
-        let b = self.in_bucket(proto, src, sport, dst, dport);
-        prefetch(&self.in_heads[b]);
-        prefetch(&self.out_heads[b]);
+    pub fn prefetch_entry(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
+        let l = self.heads[self.bucket(proto, src, sport, dst, dport)];
+        if l != NIL {
+            prefetch(&self.entries[(l >> 1) as usize]);
+        }
     }
 
-    /// Batched lookups, stage 2 (after stage 1 for the whole burst): prefetch the first entry of
-    /// both chains.
+    /// Batched lookups, stage 3 (a few packets after stage 2): when the first entry of the chain
+    /// (now in cache) is not this packet's session in either direction, prefetch the next one.
     #[inline(always)]
-    pub fn prefetch_entries(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
-        let b = self.in_bucket(proto, src, sport, dst, dport);
-        for i in [self.in_heads[b], self.out_heads[b]] {
-            if i != NIL {
-                prefetch(&self.entries[i as usize]);
-            }
+    pub fn prefetch_next(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
+        let l = self.heads[self.bucket(proto, src, sport, dst, dport)];
+        if l == NIL {
+            return;
+        }
+        let e = &self.entries[(l >> 1) as usize];
+        let hit = if l & 1 == DIR_IN {
+            e.cport == sport && e.vport == dport && e.cip == src && e.vip == dst
+        } else {
+            e.lport == dport && e.rport == sport && e.lip == dst && e.rip == src
+        };
+        let n = e.next[(l & 1) as usize];
+        if !hit && n != NIL {
+            prefetch(&self.entries[(n >> 1) as usize]);
         }
     }
 
     /// The session of a client → VIP packet.
     #[inline]
     pub fn lookup_in(&self, proto: u8, cip: A, cport: u16, vip: A, vport: u16) -> Option<u32> {
-        let mut i = self.in_heads[self.in_bucket(proto, cip, cport, vip, vport)];
-        while i != NIL {
-            let e = &self.entries[i as usize];
-            if e.cport == cport
+        let mut l = self.heads[self.bucket(proto, cip, cport, vip, vport)];
+        while l != NIL {
+            let e = &self.entries[(l >> 1) as usize];
+            if l & 1 == DIR_IN
+                && e.cport == cport
                 && e.vport == vport
                 && e.proto == proto
                 && e.cip == cip
                 && e.vip == vip
             {
-                return Some(i);
+                return Some(l >> 1);
             }
-            i = e.in_next;
+            l = e.next[(l & 1) as usize];
         }
         None
     }
@@ -297,18 +321,19 @@ impl<A: SessAddr> SessionTable<A> {
     /// The session of a real server → LIP packet.
     #[inline]
     pub fn lookup_out(&self, proto: u8, rip: A, rport: u16, lip: A, lport: u16) -> Option<u32> {
-        let mut i = self.out_heads[self.out_bucket(proto, rip, rport, lip, lport)];
-        while i != NIL {
-            let e = &self.entries[i as usize];
-            if e.lport == lport
+        let mut l = self.heads[self.bucket(proto, rip, rport, lip, lport)];
+        while l != NIL {
+            let e = &self.entries[(l >> 1) as usize];
+            if l & 1 == DIR_OUT
+                && e.lport == lport
                 && e.rport == rport
                 && e.proto == proto
                 && e.lip == lip
                 && e.rip == rip
             {
-                return Some(i);
+                return Some(l >> 1);
             }
-            i = e.out_next;
+            l = e.next[(l & 1) as usize];
         }
         None
     }
@@ -319,17 +344,36 @@ impl<A: SessAddr> SessionTable<A> {
         if idx == NIL {
             return Err(InsertError::Full);
         }
-        self.free = self.entries[idx as usize].in_next;
-        let ib = self.in_bucket(s.proto, s.cip, s.cport, s.vip, s.vport);
-        let ob = self.out_bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
-        s.in_next = self.in_heads[ib];
-        s.out_next = self.out_heads[ob];
+        self.free = self.entries[idx as usize].next[0];
+        let ib = self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport);
+        let ob = self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
+        s.next[DIR_IN as usize] = self.heads[ib];
+        self.heads[ib] = idx << 1 | DIR_IN;
+        // Both keys may share a bucket: the outbound link then chains to the inbound one.
+        s.next[DIR_OUT as usize] = self.heads[ob];
+        self.heads[ob] = idx << 1 | DIR_OUT;
         s.flags |= F_USED;
         self.entries[idx as usize] = s;
-        self.in_heads[ib] = idx;
-        self.out_heads[ob] = idx;
         self.len += 1;
         Ok(idx)
+    }
+
+    /// Unlink `link` (whose successor is `after`) from the chain of bucket `b`.
+    fn unlink(&mut self, b: usize, link: u32, after: u32) {
+        let mut p = self.heads[b];
+        if p == link {
+            self.heads[b] = after;
+            return;
+        }
+        while p != NIL {
+            let e = &mut self.entries[(p >> 1) as usize];
+            let n = e.next[(p & 1) as usize];
+            if n == link {
+                e.next[(p & 1) as usize] = after;
+                return;
+            }
+            p = n;
+        }
     }
 
     /// Remove session `idx` from both indexes and free its entry. Returns the removed session.
@@ -338,39 +382,15 @@ impl<A: SessAddr> SessionTable<A> {
         if s.flags & F_USED == 0 {
             return None;
         }
-        let ib = self.in_bucket(s.proto, s.cip, s.cport, s.vip, s.vport);
-        let ob = self.out_bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
-        // Unlink from the inbound chain.
-        let mut p = self.in_heads[ib];
-        if p == idx {
-            self.in_heads[ib] = s.in_next;
-        } else {
-            while p != NIL {
-                let n = self.entries[p as usize].in_next;
-                if n == idx {
-                    self.entries[p as usize].in_next = s.in_next;
-                    break;
-                }
-                p = n;
-            }
-        }
-        let mut p = self.out_heads[ob];
-        if p == idx {
-            self.out_heads[ob] = s.out_next;
-        } else {
-            while p != NIL {
-                let n = self.entries[p as usize].out_next;
-                if n == idx {
-                    self.entries[p as usize].out_next = s.out_next;
-                    break;
-                }
-                p = n;
-            }
-        }
+        let ib = self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport);
+        let ob = self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
+        // The outbound link was inserted last: when both keys share a bucket it directly
+        // precedes the inbound one (later inserts go to the head), so it is unlinked first.
+        self.unlink(ob, idx << 1 | DIR_OUT, s.next[DIR_OUT as usize]);
+        self.unlink(ib, idx << 1 | DIR_IN, s.next[DIR_IN as usize]);
         let e = &mut self.entries[idx as usize];
         e.flags = 0;
-        e.out_next = NIL;
-        e.in_next = self.free;
+        e.next = [self.free, NIL];
         self.free = idx;
         self.len -= 1;
         Some(s)
@@ -411,10 +431,22 @@ mod tests {
 
     #[test]
     fn behaves_like_two_hashmaps() {
-        let cap = 200;
+        check_against_hashmaps(200, 12345);
+    }
+
+    /// Tiny tables: the two keys of a session often share one of the few buckets, and chains
+    /// mix both directions.
+    #[test]
+    fn tiny_tables_with_shared_buckets() {
+        for (cap, seed) in [(1, 1), (2, 7), (3, 99), (5, 4242)] {
+            check_against_hashmaps(cap, seed);
+        }
+    }
+
+    fn check_against_hashmaps(cap: u32, seed: u64) {
         let mut t: SessionTable<Ipv4Addr> = SessionTable::new(cap);
         let mut r: HashMap<(u8, u32, u16), u32> = HashMap::new();
-        let mut s = 12345u64;
+        let mut s = seed;
         for _ in 0..50_000 {
             s ^= s << 13;
             s ^= s >> 7;

@@ -12,6 +12,16 @@ use rvs_core::Stack;
 use crate::ctl::{Cmd, Snapshot, WorkerCtl};
 use crate::io::{MbufPacket, NeighMsg, WorkerIo};
 
+/// Prefetch distances of the RX pipeline, in packets ahead of the one handled: frame data, then
+/// the session bucket head (needs the frame), then the first session entry of the chain (needs
+/// the head), then the second when the first is not the packet's (needs the first). Four packets
+/// between stages is ~400 ns of work at 1M sessions, about one DRAM miss under virtualisation;
+/// measured here at 1M sessions: no prefetch ~700 ns/pkt, 12/8/4 ~330, 16/12/8/4 ~250–360.
+const PF_DATA: usize = 16;
+const PF_HEAD: usize = 12;
+const PF_ENTRY: usize = 8;
+const PF_NEXT: usize = 4;
+
 /// The queues a worker owns: RX queue `w` of every port (index = PortIdx). Its TX queues live in
 /// its [`WorkerIo`].
 pub struct WorkerPorts {
@@ -143,16 +153,37 @@ impl Worker {
             }
             got += n;
             self.counters.rx_packets.add(n as u64);
-            // Batched session lookups: index slots for the whole burst, then the entries.
-            for stage in 0..2 {
-                for m in self.rxb.as_slice() {
-                    self.stack.prefetch(m.data(), stage);
+            // Software pipeline over the burst: frame data PF_DATA packets ahead of the one
+            // handled, session bucket head PF_HEAD ahead, chain entries PF_ENTRY / PF_NEXT ahead.
+            let (stack, io) = (&mut self.stack, &mut self.io);
+            let first = self.rxb.as_slice();
+            for m in first.iter().take(PF_DATA) {
+                m.prefetch_data();
+            }
+            for m in first.iter().take(PF_HEAD) {
+                stack.prefetch(m.data(), 0);
+            }
+            for m in first.iter().take(PF_ENTRY) {
+                stack.prefetch(m.data(), 1);
+            }
+            for m in first.iter().take(PF_NEXT) {
+                stack.prefetch(m.data(), 2);
+            }
+            self.rxb.drain_ahead(|m, ahead| {
+                if let Some(a) = ahead.get(PF_DATA - 1) {
+                    a.prefetch_data();
                 }
-            }
-            for m in self.rxb.drain() {
-                self.stack
-                    .handle(&mut self.io, p as PortIdx, MbufPacket(m), now);
-            }
+                if let Some(a) = ahead.get(PF_HEAD - 1) {
+                    stack.prefetch(a.data(), 0);
+                }
+                if let Some(a) = ahead.get(PF_ENTRY - 1) {
+                    stack.prefetch(a.data(), 1);
+                }
+                if let Some(a) = ahead.get(PF_NEXT - 1) {
+                    stack.prefetch(a.data(), 2);
+                }
+                stack.handle(io, p as PortIdx, MbufPacket(m), now);
+            });
         }
         for (p, q) in self.kernel_rx.iter_mut().enumerate() {
             let Some(q) = q else { continue };
