@@ -93,7 +93,11 @@ fn eal_port_mbuf_ring_and_lcore() {
     assert_eq!(seen[0], (0, vec![1, 2, 3, 4]));
     assert_eq!(seen[3], (3, vec![4]));
     assert_eq!(seen[4], (4, vec![]));
-    assert_eq!(pool.in_use(), in_use, "every drained mbuf was freed exactly once");
+    assert_eq!(
+        pool.in_use(),
+        in_use,
+        "every drained mbuf was freed exactly once"
+    );
 
     let st = port.stats().unwrap();
     assert_eq!((st.ipackets, st.opackets), (1, 1));

@@ -33,6 +33,7 @@ use crate::io::{Io, PortIdx};
 use crate::lport::LportAlloc;
 use crate::packet::PacketBuf;
 use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
+use crate::route::Route;
 use crate::sched::{DestStats, SchedKey};
 use crate::service::{ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
@@ -790,14 +791,18 @@ impl<P: PacketBuf> Stack<P> {
             && new == TcpState::Established
             && tcp_flags & (flags::SYN | flags::RST) == 0
             && tcp_flags & flags::ACK != 0;
-        let Some(route) = self.routes.lookup(IpAddr::V4(s.rip)).copied() else {
-            return self.drop_pkt(pkt, DropReason::NoRoute);
+        let (out_port, via) = match self.nh_cached(s.rip) {
+            Some((port, idx)) => (port, Ok(idx)),
+            None => match self.routes.lookup(IpAddr::V4(s.rip)) {
+                Some(&r) => (r.port, Err(r)),
+                None => return self.drop_pkt(pkt, DropReason::NoRoute),
+            },
         };
-        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, route.port, now_ms)
+        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, now_ms)
         else {
             return;
         };
-        let mtu = self.ports[route.port as usize].mtu;
+        let mtu = self.ports[out_port as usize].mtu;
         if let Some(clamp) = self.fnat.conf.mss_clamp.filter(|_| full) {
             if tcp_flags & flags::SYN != 0 && clamp_mss(pkt.data_mut(), ihl, clamp) {
                 self.counters.mss_clamped.inc();
@@ -814,14 +819,40 @@ impl<P: PacketBuf> Stack<P> {
         }
         // NAT: lip:lport is CIP:cport, so this keeps the client's source.
         rewrite_v4(pkt.data_mut(), ihl, proto, s.lip, s.rip, s.lport, s.rport);
-        let nh = route.next_hop(IpAddr::V4(s.rip));
-        if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
+        if self.fnat_send(io, s.rip, via, pkt, now_ms) {
             if full {
                 self.counters.fullnat_in.inc();
             } else {
                 self.counters.nat_in.inc();
             }
         }
+    }
+
+    /// Send a rewritten packet to `dst` through the cached neighbour entry (`Ok`), or through
+    /// `route` (`Err`: resolve the next hop, then cache it). Returns true when it was sent or
+    /// held.
+    #[inline]
+    fn fnat_send<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        dst: Ipv4Addr,
+        via: Result<u32, Route>,
+        pkt: P,
+        now_ms: u64,
+    ) -> bool {
+        let route = match via {
+            Ok(idx) => {
+                self.neigh_send(io, idx, pkt, now_ms);
+                return true;
+            }
+            Err(route) => route,
+        };
+        let nh = route.next_hop(IpAddr::V4(dst));
+        let sent = self.neigh_output(io, route.port, nh, route.src, pkt, now_ms);
+        if sent {
+            self.nh_learn(dst, route.port, nh);
+        }
+        sent
     }
 
     /// Real server → client packet of session `idx` (FULLNAT or NAT).
@@ -849,10 +880,14 @@ impl<P: PacketBuf> Stack<P> {
             st.outpkts.inc();
             st.outbytes.add(total as u64);
         }
-        let Some(route) = self.routes.lookup(IpAddr::V4(s.cip)).copied() else {
-            return self.drop_pkt(pkt, DropReason::NoRoute);
+        let (out_port, via) = match self.nh_cached(s.cip) {
+            Some((port, idx)) => (port, Ok(idx)),
+            None => match self.routes.lookup(IpAddr::V4(s.cip)) {
+                Some(&r) => (r.port, Err(r)),
+                None => return self.drop_pkt(pkt, DropReason::NoRoute),
+            },
         };
-        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, route.port, now_ms)
+        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, now_ms)
         else {
             return;
         };
@@ -863,8 +898,7 @@ impl<P: PacketBuf> Stack<P> {
             }
         }
         rewrite_v4(pkt.data_mut(), ihl, proto, s.vip, s.cip, s.vport, s.cport);
-        let nh = route.next_hop(IpAddr::V4(s.cip));
-        if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
+        if self.fnat_send(io, s.cip, via, pkt, now_ms) {
             if full {
                 self.counters.fullnat_out.inc();
             } else {

@@ -78,6 +78,9 @@ pub(crate) struct NeighTable<P> {
     pub scan_cursor: usize,
     /// Next entry the eviction scan looks at.
     pub evict_cursor: usize,
+    /// Bumped whenever an entry is freed (its index may then name another neighbour): next-hop
+    /// cache lines of an older generation are void.
+    pub gen: u32,
 }
 
 impl<P> NeighTable<P> {
@@ -94,6 +97,7 @@ impl<P> NeighTable<P> {
             hold,
             scan_cursor: 0,
             evict_cursor: 0,
+            gen: 1,
         }
     }
 
@@ -134,6 +138,7 @@ impl<P> NeighTable<P> {
         self.index.remove(&(e.port, e.ip));
         *e = Entry::FREE;
         self.free.push(idx as u32);
+        self.gen = self.gen.wrapping_add(1).max(1);
     }
 
     /// Hold `pkt` on entry `idx`; gives it back when the entry's slots are full.

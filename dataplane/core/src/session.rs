@@ -261,28 +261,34 @@ impl<A: SessAddr> SessionTable<A> {
         (key_hash(self.seed, proto, src, sport, dst, dport) & self.mask) as usize
     }
 
-    /// Batched lookups, stage 1: prefetch the bucket head of a packet with this tuple (source,
-    /// sport, destination, dport), whichever direction it is.
+    /// Batched lookups, stage 1: the bucket of a packet with this tuple (source, sport,
+    /// destination, dport), whichever direction it is; its head is prefetched.
     #[inline(always)]
-    pub fn prefetch_head(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
-        prefetch(&self.heads[self.bucket(proto, src, sport, dst, dport)]);
+    pub fn prefetch_head(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) -> u32 {
+        let b = self.bucket(proto, src, sport, dst, dport);
+        prefetch(&self.heads[b]);
+        b as u32
     }
 
-    /// Batched lookups, stage 2 (a few packets after stage 1): prefetch the first entry of the
-    /// bucket's chain.
+    /// Batched lookups, stage 2 (a few packets after stage 1): prefetch the first entry of
+    /// bucket `b`'s chain.
     #[inline(always)]
-    pub fn prefetch_entry(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
-        let l = self.heads[self.bucket(proto, src, sport, dst, dport)];
-        if l != NIL {
-            prefetch(&self.entries[(l >> 1) as usize]);
+    pub fn prefetch_entry(&self, b: u32) {
+        if let Some(&l) = self.heads.get(b as usize) {
+            if l != NIL {
+                prefetch(&self.entries[(l >> 1) as usize]);
+            }
         }
     }
 
-    /// Batched lookups, stage 3 (a few packets after stage 2): when the first entry of the chain
-    /// (now in cache) is not this packet's session in either direction, prefetch the next one.
+    /// Batched lookups, stage 3 (a few packets after stage 2): when the first entry of bucket
+    /// `b`'s chain (now in cache) is not the session of the packet with this tuple in either
+    /// direction, prefetch the next one.
     #[inline(always)]
-    pub fn prefetch_next(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
-        let l = self.heads[self.bucket(proto, src, sport, dst, dport)];
+    pub fn prefetch_next(&self, b: u32, src: A, sport: u16, dst: A, dport: u16) {
+        let Some(&l) = self.heads.get(b as usize) else {
+            return;
+        };
         if l == NIL {
             return;
         }

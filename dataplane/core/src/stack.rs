@@ -166,6 +166,31 @@ impl Owned {
     };
 }
 
+/// Decrement the TTL of the IPv4 frame `d` (checked > 1 before) and update its header checksum.
+#[inline]
+fn dec_ttl(d: &mut [u8]) {
+    let old = be16(d, ip4::TTL);
+    d[ip4::TTL] -= 1;
+    let c = update_u16(be16(d, ip4::CSUM), old, be16(d, ip4::TTL));
+    put16(d, ip4::CSUM, c);
+}
+
+/// Lines of the next-hop cache (a power of two).
+const NH_CACHE: usize = 4096;
+
+/// A next-hop cache line: IPv4 destination → resolved neighbour entry (and so its port and MAC),
+/// valid while the neighbour table's generation is `gen` (0: empty). Routes never change after
+/// start, so only a freed (reusable) neighbour entry voids lines.
+#[derive(Clone, Copy, Default)]
+struct NhLine {
+    dst: u32,
+    gen: u32,
+    neigh: u32,
+}
+
+/// [`Stack::prefetch_bucket`] of a frame that is not IPv4 TCP/UDP.
+pub const NO_BUCKET: u32 = u32::MAX;
+
 /// The L2/L3 stack of one worker core. `Send` when `P` is.
 pub struct Stack<P: PacketBuf> {
     pub(crate) counters: Arc<CoreCounters>,
@@ -183,6 +208,9 @@ pub struct Stack<P: PacketBuf> {
     pub(crate) ip_id: u16,
     /// FULLNAT services, sessions, lports, timers.
     pub(crate) fnat: Fullnat,
+    /// Destination → neighbour cache of the forwarding paths: skips the route lookup and the
+    /// neighbour hash lookup for destinations seen recently (real servers, busy clients).
+    nh_cache: Box<[NhLine]>,
 }
 
 impl<P: PacketBuf> Stack<P> {
@@ -240,6 +268,7 @@ impl<P: PacketBuf> Stack<P> {
             icmp_bucket: TokenBucket::new(cfg.icmp_ratelimit_per_s),
             ip_id: 0,
             fnat,
+            nh_cache: vec![NhLine::default(); NH_CACHE].into_boxed_slice(),
         };
         // VIPs and LIPs are owned (ARP answered, announced by on_start) on their ports.
         for s in &cfg.services {
@@ -275,7 +304,16 @@ impl<P: PacketBuf> Stack<P> {
                 o.ports |= bit;
                 true
             }
-            None => self.owned.insert(ip, Owned { ports: bit, ..class }).is_ok(),
+            None => self
+                .owned
+                .insert(
+                    ip,
+                    Owned {
+                        ports: bit,
+                        ..class
+                    },
+                )
+                .is_ok(),
         }
     }
 
@@ -342,7 +380,13 @@ impl<P: PacketBuf> Stack<P> {
             Some(o) => o.ports |= bit,
             None => self
                 .owned
-                .insert(ip, Owned { ports: bit, ..class })
+                .insert(
+                    ip,
+                    Owned {
+                        ports: bit,
+                        ..class
+                    },
+                )
                 .map_err(|_| OwnedError::Full)?,
         }
         if let IpAddr::V4(v4) = ip {
@@ -374,7 +418,11 @@ impl<P: PacketBuf> Stack<P> {
 
     /// True when `ip` is owned on `port`.
     pub fn is_owned_on(&self, port: PortIdx, ip: IpAddr) -> bool {
-        (port as usize) < MAX_PORTS && self.owned.get(&ip).is_some_and(|o| o.ports & (1u64 << port) != 0)
+        (port as usize) < MAX_PORTS
+            && self
+                .owned
+                .get(&ip)
+                .is_some_and(|o| o.ports & (1u64 << port) != 0)
     }
 
     /// Number of owned addresses.
@@ -432,23 +480,37 @@ impl<P: PacketBuf> Stack<P> {
         self.count_drop(reason);
     }
 
-    /// Batched session lookups, as a software pipeline over a burst: call `prefetch(frame, 0)`
-    /// some packets ahead of `handle` (e.g. 9), `prefetch(frame, 1)` fewer ahead (e.g. 6),
-    /// `prefetch(frame, 2)` fewer still (e.g. 3). Stage 0 prefetches the session-index bucket of
-    /// the frame's IPv4 TCP/UDP tuple, stage 1 the first session entry it points to (one cache
-    /// line), stage 2 the second entry of the chain when the first is not the packet's session,
-    /// so the lookup in `handle` finds them in cache (they matter from ~100K sessions up). Cheap
-    /// on anything else.
+    /// Batched session lookups, as a software pipeline over a burst. Stage 1, some packets
+    /// ahead of `handle` (e.g. 12): the session-index bucket of the frame's IPv4 TCP/UDP tuple
+    /// (prefetched), or [`NO_BUCKET`] for anything else. Then [`Stack::prefetch_entry`] fewer
+    /// ahead (e.g. 8) and [`Stack::prefetch_next`] fewer still (e.g. 4), so the lookup in
+    /// `handle` finds the bucket and its chain in cache (they matter from ~100K sessions up).
     #[inline]
-    pub fn prefetch(&self, frame: &[u8], stage: u8) {
-        let Some((proto, src, sport, dst, dport)) = crate::wire::ipv4_l4_tuple(frame) else {
+    pub fn prefetch_bucket(&self, frame: &[u8]) -> u32 {
+        match crate::wire::ipv4_l4_tuple(frame) {
+            Some((proto, src, sport, dst, dport)) => self
+                .fnat
+                .sessions
+                .prefetch_head(proto, src, sport, dst, dport),
+            None => NO_BUCKET,
+        }
+    }
+
+    /// Stage 2: prefetch the first session entry of bucket `b` (from [`Stack::prefetch_bucket`]).
+    #[inline]
+    pub fn prefetch_entry(&self, b: u32) {
+        self.fnat.sessions.prefetch_entry(b);
+    }
+
+    /// Stage 3: prefetch the second session entry of bucket `b` when the first is not the
+    /// session of `frame`.
+    #[inline]
+    pub fn prefetch_next(&self, b: u32, frame: &[u8]) {
+        if b == NO_BUCKET {
             return;
-        };
-        let t = &self.fnat.sessions;
-        match stage {
-            0 => t.prefetch_head(proto, src, sport, dst, dport),
-            1 => t.prefetch_entry(proto, src, sport, dst, dport),
-            _ => t.prefetch_next(proto, src, sport, dst, dport),
+        }
+        if let Some((_, src, sport, dst, dport)) = crate::wire::ipv4_l4_tuple(frame) {
+            self.fnat.sessions.prefetch_next(b, src, sport, dst, dport);
         }
     }
 
@@ -932,6 +994,17 @@ impl<P: PacketBuf> Stack<P> {
         }
         let d = pkt.data();
         let dst = ipv4_at(d, ip4::DST);
+        if let Some((port, idx)) = self.nh_cached(dst) {
+            let total = be16(d, ip4::TOTAL_LEN);
+            let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, port, now_ms)
+            else {
+                return;
+            };
+            dec_ttl(pkt.data_mut());
+            self.neigh_send(io, idx, pkt, now_ms);
+            self.counters.forwarded.inc();
+            return;
+        }
         let Some(route) = self.routes.lookup(IpAddr::V4(dst)).copied() else {
             self.icmp_error(
                 io,
@@ -950,14 +1023,11 @@ impl<P: PacketBuf> Stack<P> {
         else {
             return;
         };
-        let d = pkt.data_mut();
-        let old = be16(d, ip4::TTL);
-        d[ip4::TTL] -= 1;
-        let c = update_u16(be16(d, ip4::CSUM), old, be16(d, ip4::TTL));
-        put16(d, ip4::CSUM, c);
+        dec_ttl(pkt.data_mut());
         let nh = route.next_hop(IpAddr::V4(dst));
         if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
             self.counters.forwarded.inc();
+            self.nh_learn(dst, route.port, nh);
         }
     }
 
@@ -988,6 +1058,61 @@ impl<P: PacketBuf> Stack<P> {
         )
     }
 
+    #[inline(always)]
+    fn nh_slot(dst: Ipv4Addr) -> usize {
+        (u32::from(dst).wrapping_mul(0x9e37_79b1) >> (32 - NH_CACHE.trailing_zeros())) as usize
+    }
+
+    /// The output port and resolved neighbour entry of IPv4 destination `dst`, when cached.
+    #[inline]
+    pub(crate) fn nh_cached(&self, dst: Ipv4Addr) -> Option<(PortIdx, u32)> {
+        let l = self.nh_cache[Self::nh_slot(dst)];
+        if l.dst != u32::from(dst) || l.gen != self.neigh.gen {
+            return None;
+        }
+        let e = self.neigh.entries.get(l.neigh as usize)?;
+        (e.resolved && e.in_use).then_some((e.port, l.neigh))
+    }
+
+    /// Remember that `dst` goes out of `port` through next hop `nh`, when `nh` is resolved.
+    #[inline]
+    pub(crate) fn nh_learn(&mut self, dst: Ipv4Addr, port: PortIdx, nh: IpAddr) {
+        if let Some(idx) = self.neigh.find(port, nh) {
+            if self.neigh.entries[idx].resolved {
+                self.nh_cache[Self::nh_slot(dst)] = NhLine {
+                    dst: u32::from(dst),
+                    gen: self.neigh.gen,
+                    neigh: idx as u32,
+                };
+            }
+        }
+    }
+
+    /// Send `pkt` (an IPv4 frame) to resolved neighbour entry `idx` (from [`Stack::nh_cached`]),
+    /// probing it first when it is stale.
+    #[inline]
+    pub(crate) fn neigh_send<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        idx: u32,
+        mut pkt: P,
+        now_ms: u64,
+    ) {
+        let e = &self.neigh.entries[idx as usize];
+        let (port, mac) = (e.port, e.mac);
+        let conf = &self.neigh.conf;
+        if now_ms.saturating_sub(e.confirmed_ms) >= conf.reachable_ms
+            && now_ms.saturating_sub(e.probe_ms) >= conf.retrans_ms
+        {
+            let (src, nh) = (e.src, e.ip);
+            self.neigh.entries[idx as usize].probe_ms = now_ms;
+            self.send_arp_request(io, port, src, nh, Some(mac));
+        }
+        let my_mac = self.ports[port as usize].mac;
+        write_eth(pkt.data_mut(), mac, my_mac, ETHERTYPE_IPV4);
+        io.send(port, pkt);
+    }
+
     /// Resolve `nh` on `port` and send `pkt` (an IPv4 frame) or hold it. Returns true when it was
     /// sent or held.
     pub(crate) fn neigh_output<I: Io<Pkt = P>>(
@@ -1005,16 +1130,21 @@ impl<P: PacketBuf> Stack<P> {
         }
         let idx = match self.neigh.find(port, nh) {
             Some(idx) => {
-                let e = self.neigh.entries[idx];
+                let e = &self.neigh.entries[idx];
                 if e.resolved {
-                    if e.state(now_ms, &self.neigh.conf) == NeighState::Stale
-                        && now_ms.saturating_sub(e.probe_ms) >= self.neigh.conf.retrans_ms
+                    let mac = e.mac;
+                    // Stale (not confirmed within reachable_ms): refresh with a unicast probe,
+                    // at most one per retrans_ms; the packet goes out anyway.
+                    let conf = &self.neigh.conf;
+                    if now_ms.saturating_sub(e.confirmed_ms) >= conf.reachable_ms
+                        && now_ms.saturating_sub(e.probe_ms) >= conf.retrans_ms
                     {
+                        let src = e.src;
                         self.neigh.entries[idx].probe_ms = now_ms;
-                        self.send_arp_request(io, port, e.src, nh, Some(e.mac));
+                        self.send_arp_request(io, port, src, nh, Some(mac));
                     }
                     let my_mac = self.ports[port as usize].mac;
-                    write_eth(pkt.data_mut(), e.mac, my_mac, ETHERTYPE_IPV4);
+                    write_eth(pkt.data_mut(), mac, my_mac, ETHERTYPE_IPV4);
                     io.send(port, pkt);
                     return true;
                 }

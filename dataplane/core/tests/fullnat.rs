@@ -1027,14 +1027,30 @@ fn config_validation() {
     moved[0].vip = ip("192.0.2.102");
     moved[0].lips = vec![ip("10.1.0.102")];
     s.set_services(&moved).unwrap();
-    handle(&mut s, &mut io, 0, &tcp(GW0, MAC0, CIP, 41000, "192.0.2.102", 80, SYN, &[], &[]), 0);
+    handle(
+        &mut s,
+        &mut io,
+        0,
+        &tcp(GW0, MAC0, CIP, 41000, "192.0.2.102", 80, SYN, &[], &[]),
+        0,
+    );
     let (port, f) = io.one();
     assert_eq!(port, 1);
     let o = parse(&f);
     assert_eq!(o.ip.source, v4("10.1.0.102"));
     let lport = o.tcp.unwrap().source_port;
     let i = o.ip.destination[3] - 10;
-    let reply = tcp(rs_mac(i), MAC1, &rip(i), 8080, "10.1.0.102", lport, SYNACK, &[], &[]);
+    let reply = tcp(
+        rs_mac(i),
+        MAC1,
+        &rip(i),
+        8080,
+        "10.1.0.102",
+        lport,
+        SYNACK,
+        &[],
+        &[],
+    );
     handle(&mut s, &mut io, 1, &reply, 0);
     let (port, f) = io.one();
     assert_eq!(port, 0);
@@ -1271,7 +1287,9 @@ fn rewrite_v4_matches_full_recompute() {
         };
         let a = |r: &mut Rng| Ipv4Addr::from(r.next() as u32).octets();
         let (s0, d0) = (a(&mut r), a(&mut r));
-        let payload: Vec<u8> = (0..(r.next() % 40) as usize).map(|_| r.next() as u8).collect();
+        let payload: Vec<u8> = (0..(r.next() % 40) as usize)
+            .map(|_| r.next() as u8)
+            .collect();
         let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4(s0, d0, ttl);
         let mut frame = Vec::new();
         let (sp, dp) = (r.next() as u16, r.next() as u16);
@@ -1288,7 +1306,10 @@ fn rewrite_v4_matches_full_recompute() {
             frame[14 + 20 + 6] = 0;
             frame[14 + 20 + 7] = 0;
         }
-        let (ns, nd) = (Ipv4Addr::from(r.next() as u32), Ipv4Addr::from(r.next() as u32));
+        let (ns, nd) = (
+            Ipv4Addr::from(r.next() as u32),
+            Ipv4Addr::from(r.next() as u32),
+        );
         let (nsp, ndp) = (r.next() as u16, r.next() as u16);
         let proto = if tcp_pkt { 6 } else { 17 };
         rvs_core::fullnat::rewrite_v4(&mut frame, 20, proto, ns, nd, nsp, ndp);
@@ -1299,7 +1320,11 @@ fn rewrite_v4_matches_full_recompute() {
         };
         assert_eq!(ip4.time_to_live, ttl.wrapping_sub(1));
         assert_eq!((ip4.source, ip4.destination), (ns.octets(), nd.octets()));
-        assert_eq!(ip4.header_checksum, ip4.calc_header_checksum(), "IP csum, case {i}");
+        assert_eq!(
+            ip4.header_checksum,
+            ip4.calc_header_checksum(),
+            "IP csum, case {i}"
+        );
         let body = h.payload.slice();
         match h.transport.unwrap() {
             TransportHeader::Tcp(t) => {

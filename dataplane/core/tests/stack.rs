@@ -1332,6 +1332,67 @@ fn table_full_and_stale_eviction() {
     assert_eq!(drops(&c, DropReason::NeighTableFull), 1);
 }
 
+/// The next-hop cache of the forwarding path follows the neighbour table: a MAC change is seen
+/// at once, and an entry evicted and reused for another neighbour is never used for the old one.
+#[test]
+fn next_hop_cache_follows_neighbour_changes() {
+    let (mut s, mut io, _c) = setup(small_neigh());
+    for i in 0..4 {
+        let a = ip(&format!("192.0.2.{}", 20 + i));
+        s.neigh_update(&mut io, 0, a, MacAddr(PEER), 0);
+    }
+    // Twice to every neighbour: the second packet takes the cached next hop.
+    for t in [10, 11] {
+        for i in 0..4 {
+            let dst = format!("192.0.2.{}", 20 + i);
+            handle(
+                &mut s,
+                &mut io,
+                1,
+                &udp(GW1, MAC1, "198.51.100.254", &dst, 64, b"x"),
+                t,
+            );
+            let out = io.take();
+            assert_eq!(out.len(), 1);
+            assert_eq!(parse_ip(&out[0].1).eth.destination, PEER);
+        }
+    }
+    let to20 = udp(GW1, MAC1, "198.51.100.254", "192.0.2.20", 64, b"x");
+    // New MAC: used by the next packet.
+    s.neigh_update(&mut io, 0, ip("192.0.2.20"), MacAddr(PEER2), 20);
+    handle(&mut s, &mut io, 1, &to20, 21);
+    let out = io.take();
+    assert_eq!(parse_ip(&out[0].1).eth.destination, PEER2);
+    // All stale except .20: .50 evicts one of the others and takes its slot, resolved with its
+    // own MAC; .21–.23 packets never go to .50's MAC.
+    let other = [0xee; 6];
+    handle(
+        &mut s,
+        &mut io,
+        1,
+        &udp(GW1, MAC1, "198.51.100.254", "192.0.2.50", 64, b"x"),
+        1015,
+    );
+    s.neigh_update(&mut io, 0, ip("192.0.2.50"), MacAddr(other), 1016);
+    io.take();
+    for i in 1..4 {
+        let dst = format!("192.0.2.{}", 20 + i);
+        handle(
+            &mut s,
+            &mut io,
+            1,
+            &udp(GW1, MAC1, "198.51.100.254", &dst, 64, b"x"),
+            1020,
+        );
+    }
+    for (_, f) in io.take() {
+        if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
+            let p = parse_ip(&f);
+            assert_ne!(p.eth.destination, other, "to {:?}", p.ip.destination);
+        }
+    }
+}
+
 #[test]
 fn timer_work_is_bounded() {
     let mut cf = cfg();

@@ -47,6 +47,8 @@ pub struct Worker {
     burst: u16,
     tsc_per_ms: u64,
     rxb: Burst,
+    /// Session-index bucket of each frame of the burst being handled (prefetch pipeline).
+    buckets: Box<[u32; dpdk::mbuf::MAX_BURST]>,
     last_timer_ms: u64,
     polls_since_timer: u32,
     ctl: Option<WorkerCtl>,
@@ -80,6 +82,7 @@ impl Worker {
             burst,
             tsc_per_ms: (tsc_hz / 1000).max(1),
             rxb: Burst::new(),
+            buckets: Box::new([0; dpdk::mbuf::MAX_BURST]),
             last_timer_ms: 0,
             polls_since_timer: 0,
             ctl: None,
@@ -155,33 +158,35 @@ impl Worker {
             self.counters.rx_packets.add(n as u64);
             // Software pipeline over the burst: frame data PF_DATA packets ahead of the one
             // handled, session bucket head PF_HEAD ahead, chain entries PF_ENTRY / PF_NEXT ahead.
-            let (stack, io) = (&mut self.stack, &mut self.io);
+            let (stack, io, bk) = (&mut self.stack, &mut self.io, &mut self.buckets);
             let first = self.rxb.as_slice();
             for m in first.iter().take(PF_DATA) {
                 m.prefetch_data();
             }
-            for m in first.iter().take(PF_HEAD) {
-                stack.prefetch(m.data(), 0);
+            for (i, m) in first.iter().take(PF_HEAD).enumerate() {
+                bk[i] = stack.prefetch_bucket(m.data());
             }
-            for m in first.iter().take(PF_ENTRY) {
-                stack.prefetch(m.data(), 1);
+            for &b in bk.iter().take(PF_ENTRY.min(n)) {
+                stack.prefetch_entry(b);
             }
-            for m in first.iter().take(PF_NEXT) {
-                stack.prefetch(m.data(), 2);
+            for (i, m) in first.iter().take(PF_NEXT).enumerate() {
+                stack.prefetch_next(bk[i], m.data());
             }
+            let mut i = 0;
             self.rxb.drain_ahead(|m, ahead| {
                 if let Some(a) = ahead.get(PF_DATA - 1) {
                     a.prefetch_data();
                 }
                 if let Some(a) = ahead.get(PF_HEAD - 1) {
-                    stack.prefetch(a.data(), 0);
+                    bk[i + PF_HEAD] = stack.prefetch_bucket(a.data());
                 }
-                if let Some(a) = ahead.get(PF_ENTRY - 1) {
-                    stack.prefetch(a.data(), 1);
+                if ahead.len() >= PF_ENTRY {
+                    stack.prefetch_entry(bk[i + PF_ENTRY]);
                 }
                 if let Some(a) = ahead.get(PF_NEXT - 1) {
-                    stack.prefetch(a.data(), 2);
+                    stack.prefetch_next(bk[i + PF_NEXT], a.data());
                 }
+                i += 1;
                 stack.handle(io, p as PortIdx, MbufPacket(m), now);
             });
         }
