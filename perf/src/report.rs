@@ -16,7 +16,20 @@ pub struct ThroughputRow {
     pub workers: usize,
     /// Packets per new connection (connection-rate traces), else 0.
     pub conn_pkts: u32,
+    /// The median run (by Mpps) of the repeats.
     pub result: RunResult,
+    /// Mpps of every repeat, ascending.
+    pub runs_mpps: Vec<f64>,
+}
+
+impl ThroughputRow {
+    /// "min–max" Mpps of the repeats, or "—" for a single run.
+    pub fn range(&self) -> String {
+        match (self.runs_mpps.first(), self.runs_mpps.last()) {
+            (Some(a), Some(b)) if self.runs_mpps.len() > 1 => format!("{a:.2}–{b:.2}"),
+            _ => "—".into(),
+        }
+    }
 }
 
 /// One callgrind region.
@@ -95,9 +108,9 @@ pub fn throughput_table(rows: &[ThroughputRow]) -> String {
         );
         let _ = writeln!(
             s,
-            "| trace | Mpps | × baseline | ns/pkt | − baseline ns | avg burst | worker busy | gen ns/pkt | outcome |"
+            "| trace | Mpps (median) | range of runs | × baseline | ns/pkt | − baseline ns | avg burst | worker busy | gen ns/pkt | outcome |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in &rs {
             let x = &r.result;
             let mut outcome = match r.success_name {
@@ -123,9 +136,10 @@ pub fn throughput_table(rows: &[ThroughputRow]) -> String {
             }
             let _ = writeln!(
                 s,
-                "| {} | {:.2} | {:.2} | {:.1} | {:+.1} | {:.1} | {:.0}% | {} | {} |",
+                "| {} | {:.2} | {} | {:.2} | {:.1} | {:+.1} | {:.1} | {:.0}% | {} | {} |",
                 r.name,
                 x.mpps(),
+                r.range(),
                 x.mpps() / bm,
                 x.ns_per_pkt(),
                 x.ns_per_pkt() - bn,
@@ -297,9 +311,9 @@ pub fn fnat_summary(rows: &[ThroughputRow], mem: &[SessMem]) -> String {
         );
         let _ = writeln!(
             s,
-            "| trace | Mpps/core | ns/pkt | × io-fwd | connections/s/core | outcome |"
+            "| trace | Mpps/core (median) | range of runs | ns/pkt | × io-fwd | connections/s/core | outcome |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|");
         for r in fn_rows {
             let x = &r.result;
             let cps = if r.conn_pkts > 0 {
@@ -314,9 +328,10 @@ pub fn fnat_summary(rows: &[ThroughputRow], mem: &[SessMem]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {:.2} | {:.1} | {:.2} | {} | {:.1}% {} |",
+                "| {} | {:.2} | {} | {:.1} | {:.2} | {} | {:.1}% {} |",
                 r.name,
                 x.mpps(),
+                r.range(),
                 x.ns_per_pkt(),
                 x.mpps() / bm,
                 cps,
