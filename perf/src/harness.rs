@@ -384,6 +384,9 @@ pub fn rvs_worker(
 pub struct Lane {
     pub dut: Box<dyn Dut>,
     pub gen: Generator,
+    /// The run's net_ring ports (same list in every lane), closed by [`run`] when it is over so
+    /// that repeated runs do not exhaust `RTE_MAX_ETHPORTS`.
+    pub ports: Vec<Port>,
 }
 
 /// Build the lanes (one per worker) of a run of `trace` on `device`.
@@ -459,7 +462,11 @@ pub fn lanes(
                 Device::IoFwd => None,
             },
         };
-        out.push(Lane { dut, gen });
+        out.push(Lane {
+            dut,
+            gen,
+            ports: ports.clone(),
+        });
     }
     Ok(out)
 }
@@ -556,13 +563,16 @@ pub fn run(
             conf.lcores.len()
         ));
     }
+    let ports: Vec<Port> = lanes.first().map(|l| l.ports.clone()).unwrap_or_default();
     let done = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<(usize, Stats)>();
     let mut launched = Vec::new();
     let mut main_job: Option<Box<dyn FnOnce() + Send>> = None;
     let (warm, meas) = (conf.warmup_ms, conf.measure_ms);
     for (w, lane) in lanes.into_iter().enumerate() {
-        let Lane { mut dut, mut gen } = lane;
+        let Lane {
+            mut dut, mut gen, ..
+        } = lane;
         let wjob: Box<dyn FnOnce() + Send> = match conf.mode {
             GenMode::Inline => {
                 let tx = tx.clone();
@@ -619,6 +629,11 @@ pub fn run(
     let mut per_worker = vec![Stats::default(); nw];
     for (w, s) in rx.iter() {
         per_worker[w] = s;
+    }
+    // Every lane (queues, rings' far ends) is gone: release the ports.
+    for p in ports {
+        let _ = p.stop();
+        let _ = p.close();
     }
     Ok(Result { per_worker, tsc_hz })
 }
