@@ -61,6 +61,12 @@ pub const TICK_MS: u64 = 100;
 /// Timer-wheel slots (horizon 409.6 s; longer timeouts are re-filed lazily).
 pub const WHEEL_SLOTS: usize = 4096;
 
+/// One persistence template slot per this many session slots (1M sessions: 65 536 templates,
+/// ~7 bytes per session). A template serves every connection of a client network for the
+/// persistence timeout, so far fewer are live than sessions; when the table is full a new client
+/// is scheduled without persistence and `persist_table_full` counts it.
+pub const TEMPLATES_PER_SESSIONS: u32 = 16;
+
 /// A session as the control plane and tests see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -184,7 +190,11 @@ impl Fullnat {
             wheel: TimerWheel::new(f.sessions as usize, WHEEL_SLOTS, TICK_MS),
             lports,
             dest_stats,
-            templates: Templates::new((f.sessions / 4).max(1) as usize, WHEEL_SLOTS, TICK_MS),
+            templates: Templates::new(
+                (f.sessions / TEMPLATES_PER_SESSIONS).max(1) as usize,
+                WHEEL_SLOTS,
+                TICK_MS,
+            ),
         })
     }
 

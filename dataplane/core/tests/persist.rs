@@ -356,7 +356,7 @@ fn netmask_groups_a_client_network() {
 #[test]
 fn full_template_table_schedules_without_persistence() {
     let mut c = cfg(vec![service(80, rr3(80), persist(300, !0))]);
-    c.fullnat.sessions = 8; // 2 templates
+    c.fullnat.sessions = 2 * rvs_core::fullnat::TEMPLATES_PER_SESSIONS; // 2 templates
     let (mut s, mut io, c) = setup(c);
     assert_eq!(s.template_capacity(), 2);
     connect(&mut s, &mut io, "100.64.0.1", 1000, 80, 0);
