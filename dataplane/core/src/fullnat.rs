@@ -267,6 +267,16 @@ pub fn rewrite_v4(
     sport: u16,
     dport: u16,
 ) {
+    // Fast path: no IP options and the frame covers a TCP header's checksum (every TCP segment,
+    // UDP with ≥ 12 payload bytes): fixed offsets, no bounds checks.
+    if ihl == ip4::MIN_HDR {
+        if let Some(f) = d
+            .get_mut(..FAST_LEN)
+            .and_then(|f| <&mut [u8; FAST_LEN]>::try_from(f).ok())
+        {
+            return rewrite_v4_fast(f, proto, src, dst, sport, dport);
+        }
+    }
     let l4 = ETH_LEN + ihl;
     let co = l4 + l4_csum_off(proto);
     if d.len() < co + 2 || ihl < ip4::MIN_HDR {
@@ -295,6 +305,61 @@ pub fn rewrite_v4(
         c = 0xffff;
     }
     put16(d, co, c);
+}
+
+/// Bytes [`rewrite_v4_fast`] works on: Ethernet, a 20-byte IPv4 header and 18 bytes of L4
+/// header (up to the end of the TCP checksum).
+const FAST_LEN: usize = ETH_LEN + 20 + 18;
+
+/// Fold a ones'-complement sum below 2^35 to 16 bits.
+#[inline(always)]
+fn fold35(mut s: u64) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+#[inline(always)]
+fn rd32<const N: usize>(f: &[u8; N], o: usize) -> u32 {
+    u32::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3]])
+}
+
+/// [`rewrite_v4`] for a 20-byte IP header, on fixed offsets.
+#[inline(always)]
+fn rewrite_v4_fast(
+    f: &mut [u8; FAST_LEN],
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) {
+    const L4: usize = ETH_LEN + 20;
+    let (nsrc, ndst) = (u32::from(src), u32::from(dst));
+    let addr =
+        (!rd32(f, ip4::SRC)) as u64 + (!rd32(f, ip4::DST)) as u64 + nsrc as u64 + ndst as u64;
+    let old_ttl = u16::from_be_bytes([f[ip4::TTL], f[ip4::TTL + 1]]);
+    let new_ttl = old_ttl.wrapping_sub(0x100);
+    let old_c = u16::from_be_bytes([f[ip4::CSUM], f[ip4::CSUM + 1]]);
+    let ipc = !fold35((!old_c) as u64 + addr + (!old_ttl) as u64 + new_ttl as u64);
+    f[ip4::TTL..ip4::TTL + 2].copy_from_slice(&new_ttl.to_be_bytes());
+    f[ip4::CSUM..ip4::CSUM + 2].copy_from_slice(&ipc.to_be_bytes());
+    f[ip4::SRC..ip4::SRC + 4].copy_from_slice(&nsrc.to_be_bytes());
+    f[ip4::DST..ip4::DST + 4].copy_from_slice(&ndst.to_be_bytes());
+    let oports = rd32(f, L4);
+    let nports = (sport as u32) << 16 | dport as u32;
+    f[L4..L4 + 4].copy_from_slice(&nports.to_be_bytes());
+    let co = if proto == PROTO_TCP { L4 + 16 } else { L4 + 6 };
+    let c = u16::from_be_bytes([f[co], f[co + 1]]);
+    if proto == PROTO_UDP && c == 0 {
+        return;
+    }
+    let mut c = !fold35((!c) as u64 + addr + (!oports) as u64 + nports as u64);
+    if proto == PROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    f[co..co + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Insert the TOA option `[254, 8, sport, saddr]` (the packet's current source, i.e. the client)
@@ -829,7 +894,7 @@ impl<P: PacketBuf> Stack<P> {
         }
         // NAT: lip:lport is CIP:cport, so this keeps the client's source.
         rewrite_v4(pkt.data_mut(), ihl, proto, s.lip, s.rip, s.lport, s.rport);
-        if self.fnat_send(io, s.rip, via, pkt, now_ms) {
+        if self.fnat_send(io, s.rip, via, pkt, now_ms).0 {
             if full {
                 self.counters.fullnat_in.inc();
             } else {
@@ -839,8 +904,8 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// Send a rewritten packet to `dst` through the cached neighbour entry (`Ok`), or through
-    /// `route` (`Err`: resolve the next hop, then cache it). Returns true when it was sent or
-    /// held.
+    /// `route` (`Err`: resolve the next hop, then cache it). Returns whether it was sent or held,
+    /// and the neighbour entry (and its generation) learnt for `dst` on the way, if any.
     #[inline]
     fn fnat_send<I: Io<Pkt = P>>(
         &mut self,
@@ -849,20 +914,22 @@ impl<P: PacketBuf> Stack<P> {
         via: Result<u32, Route>,
         pkt: P,
         now_ms: u64,
-    ) -> bool {
+    ) -> (bool, Option<(u32, u32)>) {
         let route = match via {
             Ok(idx) => {
                 self.neigh_send(io, idx, pkt, now_ms);
-                return true;
+                return (true, None);
             }
             Err(route) => route,
         };
         let nh = route.next_hop(IpAddr::V4(dst));
         let sent = self.neigh_output(io, route.port, nh, route.src, pkt, now_ms);
-        if sent {
-            self.nh_learn(dst, route.port, nh);
-        }
-        sent
+        let learnt = if sent {
+            self.nh_learn(dst, route.port, nh)
+        } else {
+            None
+        };
+        (sent, learnt)
     }
 
     /// Real server → client packet of session `idx` (FULLNAT or NAT).
@@ -890,7 +957,11 @@ impl<P: PacketBuf> Stack<P> {
             st.outpkts.inc();
             st.outbytes.add(total as u64);
         }
-        let (out_port, via) = match self.nh_cached(s.cip) {
+        let cached = match self.neigh_valid(s.nh_out, s.nh_gen) {
+            Some(port) => Some((port, s.nh_out)),
+            None => self.nh_cached(s.cip),
+        };
+        let (out_port, via) = match cached {
             Some((port, idx)) => (port, Ok(idx)),
             None => match self.routes.lookup(IpAddr::V4(s.cip)) {
                 Some(&r) => (r.port, Err(r)),
@@ -908,7 +979,12 @@ impl<P: PacketBuf> Stack<P> {
             }
         }
         rewrite_v4(pkt.data_mut(), ihl, proto, s.vip, s.cip, s.vport, s.cport);
-        if self.fnat_send(io, s.cip, via, pkt, now_ms) {
+        let (sent, learnt) = self.fnat_send(io, s.cip, via, pkt, now_ms);
+        if let Some((nh, gen)) = learnt {
+            let e = self.fnat.sessions.get_mut(idx);
+            (e.nh_out, e.nh_gen) = (nh, gen);
+        }
+        if sent {
             if full {
                 self.counters.fullnat_out.inc();
             } else {

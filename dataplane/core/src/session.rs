@@ -107,6 +107,11 @@ pub struct Session<A> {
     pub fwd: Fwd,
     /// Persistence template the session holds a reference on ([`crate::persist::NO_TMPL`]: none).
     pub tmpl: u32,
+    /// Neighbour entry the replies to the client went to (route and neighbour lookups skipped
+    /// while the neighbour table's generation is still `nh_gen`; 0: none).
+    pub nh_out: u32,
+    /// Neighbour table generation `nh_out` was learnt in.
+    pub nh_gen: u32,
 }
 
 impl<A: SessAddr> Session<A> {
@@ -141,6 +146,8 @@ impl<A: SessAddr> Session<A> {
             flags: 0,
             fwd: Fwd::FullNat,
             tmpl: crate::persist::NO_TMPL,
+            nh_out: 0,
+            nh_gen: 0,
         }
     }
 

@@ -19,7 +19,7 @@
 //! neighbour in use is refreshed with a unicast ARP request (like Linux's PROBE state).
 
 use crate::addr::{MacAddr, Prefix};
-use crate::checksum::{checksum, update_u16};
+use crate::checksum::{checksum, ip_header_checksum, update_u16};
 use crate::config::StackConfig;
 use crate::counters::{CoreCounters, DropReason};
 use crate::fixedmap::FixedMap;
@@ -838,7 +838,7 @@ impl<P: PacketBuf> Stack<P> {
         if ihl < ip4::MIN_HDR || total < ihl || ETH_LEN + total > d.len() {
             return self.drop_pkt(pkt, DropReason::Ipv4Malformed);
         }
-        if checksum(&d[ETH_LEN..ETH_LEN + ihl]) != 0 {
+        if ip_header_checksum(&d[ETH_LEN..ETH_LEN + ihl]) != 0 {
             return self.drop_pkt(pkt, DropReason::Ipv4BadChecksum);
         }
         let src = ipv4_at(d, ip4::SRC);
@@ -1027,7 +1027,7 @@ impl<P: PacketBuf> Stack<P> {
         let nh = route.next_hop(IpAddr::V4(dst));
         if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
             self.counters.forwarded.inc();
-            self.nh_learn(dst, route.port, nh);
+            let _ = self.nh_learn(dst, route.port, nh);
         }
     }
 
@@ -1075,17 +1075,36 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// Remember that `dst` goes out of `port` through next hop `nh`, when `nh` is resolved.
+    /// Returns the neighbour entry and the generation it is valid in.
     #[inline]
-    pub(crate) fn nh_learn(&mut self, dst: Ipv4Addr, port: PortIdx, nh: IpAddr) {
-        if let Some(idx) = self.neigh.find(port, nh) {
-            if self.neigh.entries[idx].resolved {
-                self.nh_cache[Self::nh_slot(dst)] = NhLine {
-                    dst: u32::from(dst),
-                    gen: self.neigh.gen,
-                    neigh: idx as u32,
-                };
-            }
+    pub(crate) fn nh_learn(
+        &mut self,
+        dst: Ipv4Addr,
+        port: PortIdx,
+        nh: IpAddr,
+    ) -> Option<(u32, u32)> {
+        let idx = self.neigh.find(port, nh)?;
+        if !self.neigh.entries[idx].resolved {
+            return None;
         }
+        let gen = self.neigh.gen;
+        self.nh_cache[Self::nh_slot(dst)] = NhLine {
+            dst: u32::from(dst),
+            gen,
+            neigh: idx as u32,
+        };
+        Some((idx as u32, gen))
+    }
+
+    /// The port of neighbour entry `idx` when it was learnt in generation `gen`, which is still
+    /// current, and it is resolved (a next hop cached elsewhere, e.g. in a session).
+    #[inline]
+    pub(crate) fn neigh_valid(&self, idx: u32, gen: u32) -> Option<PortIdx> {
+        if gen != self.neigh.gen {
+            return None;
+        }
+        let e = self.neigh.entries.get(idx as usize)?;
+        (e.resolved && e.in_use).then_some(e.port)
     }
 
     /// Send `pkt` (an IPv4 frame) to resolved neighbour entry `idx` (from [`Stack::nh_cached`]),

@@ -1306,13 +1306,25 @@ fn rewrite_v4_matches_full_recompute() {
             frame[14 + 20 + 6] = 0;
             frame[14 + 20 + 7] = 0;
         }
+        // Some with IP options (4 bytes of NOPs): the generic path.
+        let ihl = if i % 11 == 3 {
+            frame.splice(34..34, [1u8, 1, 1, 1]);
+            frame[14] = 0x46;
+            let tl = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+            frame[16..18].copy_from_slice(&tl.to_be_bytes());
+            let (h, _) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+            frame[24..26].copy_from_slice(&h.calc_header_checksum().to_be_bytes());
+            24
+        } else {
+            20
+        };
         let (ns, nd) = (
             Ipv4Addr::from(r.next() as u32),
             Ipv4Addr::from(r.next() as u32),
         );
         let (nsp, ndp) = (r.next() as u16, r.next() as u16);
         let proto = if tcp_pkt { 6 } else { 17 };
-        rvs_core::fullnat::rewrite_v4(&mut frame, 20, proto, ns, nd, nsp, ndp);
+        rvs_core::fullnat::rewrite_v4(&mut frame, ihl, proto, ns, nd, nsp, ndp);
 
         let h = PacketHeaders::from_ethernet_slice(&frame).unwrap();
         let Some(NetHeaders::Ipv4(ip4, _)) = &h.net else {
