@@ -400,7 +400,7 @@ fn established(env: &Env, proto: Proto) -> Trace {
         }
         Ok(Some(frames))
     });
-    let lips = lips_for(n);
+    let lips = lips_for(n * env.workers.max(1));
     Trace {
         name: format!("{kind}/{}", human(n)),
         about: format!(

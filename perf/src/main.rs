@@ -211,6 +211,7 @@ fn traces(o: &Opts) -> Result<Vec<Trace>, String> {
             let env = Env {
                 hosts: o.hosts,
                 sessions,
+                workers: o.workers.max(1),
             };
             out.push((k.build)(&env));
         }
@@ -248,6 +249,7 @@ fn mem_only(o: &Opts) -> Result<(), String> {
     let env = Env {
         hosts: o.hosts,
         sessions: 0,
+        workers: 1,
     };
     println!("{}", report::mem_table(&memory(&env)));
     let eal = Eal::init(&eal_args(&o.lcores[..1], 512)).map_err(|e| format!("EAL: {e}"))?;
@@ -385,6 +387,28 @@ fn throughput(
     Ok(rows)
 }
 
+/// 2 workers vs 1: with one worker and at least two lcores, run fnat-est (every size) and
+/// fnat-cps again on 2 workers, generator inline on each worker's lcore (two cores, each doing the
+/// work of one; the 1-worker figures are the inline rows of the main pass).
+fn scaling(o: &Opts, eal: &Eal, pool: &Arc<Mempool>) -> Result<Vec<ThroughputRow>, String> {
+    let names: Vec<String> = o
+        .traces
+        .iter()
+        .filter(|t| *t == "fnat-est" || *t == "fnat-cps")
+        .cloned()
+        .collect();
+    if o.workers != 1 || o.lcores.len() < 2 || names.is_empty() || o.gen == Some(GenArg::Lcore) {
+        return Ok(Vec::new());
+    }
+    let mut o2 = o.clone();
+    o2.traces = names;
+    o2.workers = 2;
+    o2.lcores = o.lcores[..2].to_vec();
+    o2.gen = Some(GenArg::Inline);
+    eprintln!("== 2 workers, generator inline on each worker's lcore");
+    throughput(&o2, eal, pool, &traces(&o2)?)
+}
+
 fn throughput_only(o: &Opts) -> Result<(), String> {
     let traces = traces(o)?;
     let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
@@ -495,6 +519,7 @@ fn callgrind(o: &Opts) -> Result<(String, Vec<InstrRow>), String> {
                 (k.build)(&Env {
                     hosts: 1,
                     sessions: 1,
+                    workers: 1,
                 })
                 .conn_pkts
             })
@@ -531,16 +556,19 @@ fn suite(o: &Opts) -> Result<(), String> {
     let env = Env {
         hosts: o.hosts,
         sessions: 0,
+        workers: 1,
     };
     let mem = memory(&env);
     let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
-    let pool = pool(o.workers)?;
+    // Sized for the 2-worker scaling pass too.
+    let pool = pool(o.workers.max(2))?;
     let sess_mem = if traces.iter().any(|t| t.name.starts_with("fnat")) {
         fnat_memory(o, &eal, &pool)?
     } else {
         Vec::new()
     };
     let rows = throughput(o, &eal, &pool, &traces)?;
+    let scaling = scaling(o, &eal, &pool)?;
     let instr = if o.no_callgrind {
         None
     } else {
@@ -576,6 +604,7 @@ fn suite(o: &Opts) -> Result<(), String> {
             o.instr_sessions
         ),
         throughput: rows,
+        scaling,
         instr,
         mem,
         sess_mem,

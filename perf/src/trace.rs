@@ -42,6 +42,8 @@ pub struct Env {
     pub hosts: usize,
     /// Concurrent sessions of the FULLNAT established traces.
     pub sessions: usize,
+    /// Worker lcores (each owns 1/workers of every LIP's lports, so more LIPs are configured).
+    pub workers: usize,
 }
 
 /// What a set-up knows about the worker it prepares.
