@@ -34,7 +34,8 @@ use report::{InstrRow, MemRow, Report, ThroughputRow};
 use std::time::Instant;
 use trace::{Env, Trace};
 
-/// Counts live heap bytes, to measure what `Stack::new` allocates.
+/// Counts live heap bytes, to measure what `Stack::new` allocates (plus the huge-page mappings of
+/// the big tables, `rvs_core::bigarray::mapped_bytes`, in `live()`).
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -223,7 +224,7 @@ fn traces(o: &Opts) -> Result<Vec<Trace>, String> {
 }
 
 fn live() -> i64 {
-    LIVE.load(Ordering::SeqCst) as i64
+    LIVE.load(Ordering::SeqCst) as i64 + rvs_core::bigarray::mapped_bytes() as i64
 }
 
 /// Session memory at every `--sessions` size (needs the EAL for the set-up's mbufs).
@@ -299,9 +300,9 @@ fn memory(env: &Env) -> Vec<MemRow> {
             cfg.neigh.capacity = neigh;
             cfg.fullnat.sessions = sessions;
             let counters = Arc::new(CoreCounters::default());
-            let before = LIVE.load(Ordering::SeqCst);
+            let before = live();
             let stack = Stack::<MbufPacket>::new(&cfg, counters);
-            let bytes = LIVE.load(Ordering::SeqCst) - before;
+            let bytes = live() - before;
             drop(stack);
             MemRow {
                 neigh_capacity: neigh,

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod bigarray;
 pub mod checksum;
 pub mod config;
 pub mod counters;

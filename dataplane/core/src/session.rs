@@ -18,6 +18,7 @@
 //! The table is generic over the address type ([`SessAddr`]): IPv4 ([`Ipv4Addr`], 64-byte
 //! entries, one cache line) now, IPv6 ([`Ipv6Addr`]) ready.
 
+use crate::bigarray::BigArray;
 use crate::config::Fwd;
 use crate::fixedmap::mix;
 use std::hash::{BuildHasher, Hasher};
@@ -165,8 +166,8 @@ pub enum InsertError {
 
 /// The table.
 pub struct SessionTable<A> {
-    entries: Vec<Session<A>>,
-    heads: Vec<u32>,
+    entries: BigArray<Session<A>>,
+    heads: BigArray<u32>,
     mask: u64,
     seed: u64,
     free: u32,
@@ -200,20 +201,21 @@ impl<A: SessAddr> SessionTable<A> {
     pub fn new(capacity: u32) -> Self {
         let cap = capacity.min(MAX_SESSIONS);
         let buckets = (cap.max(1) as usize * 2).next_power_of_two();
-        let mut entries = vec![Session::empty(); cap as usize];
-        for (i, e) in entries.iter_mut().enumerate() {
+        let entries = BigArray::new(cap as usize, |i| {
+            let mut e = Session::empty();
             e.next[0] = if i + 1 < cap as usize {
                 i as u32 + 1
             } else {
                 NIL
             };
-        }
+            e
+        });
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
         SessionTable {
             entries,
-            heads: vec![NIL; buckets],
+            heads: BigArray::filled(buckets, NIL),
             mask: buckets as u64 - 1,
             seed,
             free: if cap > 0 { 0 } else { NIL },
