@@ -294,26 +294,30 @@ impl<P: PacketBuf> Stack<P> {
     /// Own `ip` on `port` without announcing it. False when the owned set is full or the port
     /// does not exist.
     pub(crate) fn own_quiet(&mut self, port: PortIdx, ip: IpAddr) -> bool {
+        self.own(port, ip).is_ok()
+    }
+
+    /// Own `ip` on `port`, classified for FULLNAT when new. `Ok(false)` when it already was.
+    fn own(&mut self, port: PortIdx, ip: IpAddr) -> Result<bool, OwnedError> {
         if port as usize >= self.ports.len() {
-            return false;
+            return Err(OwnedError::BadPort);
         }
         let bit = 1u64 << port;
         let class = self.fnat.classify(ip);
         match self.owned.get_mut(&ip) {
+            Some(o) if o.ports & bit != 0 => Ok(false),
             Some(o) => {
                 o.ports |= bit;
-                true
+                Ok(true)
             }
-            None => self
-                .owned
-                .insert(
-                    ip,
-                    Owned {
-                        ports: bit,
-                        ..class
-                    },
-                )
-                .is_ok(),
+            None => {
+                let o = Owned {
+                    ports: bit,
+                    ..class
+                };
+                self.owned.insert(ip, o).map_err(|_| OwnedError::Full)?;
+                Ok(true)
+            }
         }
     }
 
@@ -370,24 +374,8 @@ impl<P: PacketBuf> Stack<P> {
         ip: IpAddr,
         _now_ms: u64,
     ) -> Result<bool, OwnedError> {
-        if port as usize >= self.ports.len() {
-            return Err(OwnedError::BadPort);
-        }
-        let bit = 1u64 << port;
-        let class = self.fnat.classify(ip);
-        match self.owned.get_mut(&ip) {
-            Some(o) if o.ports & bit != 0 => return Ok(false),
-            Some(o) => o.ports |= bit,
-            None => self
-                .owned
-                .insert(
-                    ip,
-                    Owned {
-                        ports: bit,
-                        ..class
-                    },
-                )
-                .map_err(|_| OwnedError::Full)?,
+        if !self.own(port, ip)? {
+            return Ok(false);
         }
         if let IpAddr::V4(v4) = ip {
             self.send_garp(io, port, v4);

@@ -1337,6 +1337,18 @@ fn table_full_and_stale_eviction() {
 #[test]
 fn next_hop_cache_follows_neighbour_changes() {
     let (mut s, mut io, _c) = setup(small_neigh());
+    // A UDP packet from the far side to 192.0.2.<host> at time t.
+    let send = |s: &mut Stack<VecPacket>, io: &mut TestIo, host: u8, t: u64| {
+        let f = udp(
+            GW1,
+            MAC1,
+            "198.51.100.254",
+            &format!("192.0.2.{host}"),
+            64,
+            b"x",
+        );
+        handle(s, io, 1, &f, t);
+    };
     for i in 0..4 {
         let a = ip(&format!("192.0.2.{}", 20 + i));
         s.neigh_update(&mut io, 0, a, MacAddr(PEER), 0);
@@ -1344,46 +1356,25 @@ fn next_hop_cache_follows_neighbour_changes() {
     // Twice to every neighbour: the second packet takes the cached next hop.
     for t in [10, 11] {
         for i in 0..4 {
-            let dst = format!("192.0.2.{}", 20 + i);
-            handle(
-                &mut s,
-                &mut io,
-                1,
-                &udp(GW1, MAC1, "198.51.100.254", &dst, 64, b"x"),
-                t,
-            );
+            send(&mut s, &mut io, 20 + i, t);
             let out = io.take();
             assert_eq!(out.len(), 1);
             assert_eq!(parse_ip(&out[0].1).eth.destination, PEER);
         }
     }
-    let to20 = udp(GW1, MAC1, "198.51.100.254", "192.0.2.20", 64, b"x");
     // New MAC: used by the next packet.
     s.neigh_update(&mut io, 0, ip("192.0.2.20"), MacAddr(PEER2), 20);
-    handle(&mut s, &mut io, 1, &to20, 21);
+    send(&mut s, &mut io, 20, 21);
     let out = io.take();
     assert_eq!(parse_ip(&out[0].1).eth.destination, PEER2);
     // All stale except .20: .50 evicts one of the others and takes its slot, resolved with its
     // own MAC; .21–.23 packets never go to .50's MAC.
     let other = [0xee; 6];
-    handle(
-        &mut s,
-        &mut io,
-        1,
-        &udp(GW1, MAC1, "198.51.100.254", "192.0.2.50", 64, b"x"),
-        1015,
-    );
+    send(&mut s, &mut io, 50, 1015);
     s.neigh_update(&mut io, 0, ip("192.0.2.50"), MacAddr(other), 1016);
     io.take();
     for i in 1..4 {
-        let dst = format!("192.0.2.{}", 20 + i);
-        handle(
-            &mut s,
-            &mut io,
-            1,
-            &udp(GW1, MAC1, "198.51.100.254", &dst, 64, b"x"),
-            1020,
-        );
+        send(&mut s, &mut io, 20 + i, 1020);
     }
     for (_, f) in io.take() {
         if u16::from_be_bytes([f[12], f[13]]) == 0x0800 {
