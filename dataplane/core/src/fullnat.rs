@@ -401,14 +401,17 @@ pub fn insert_toa<P: PacketBuf>(pkt: &mut P, ihl: usize, mtu: u16) -> bool {
     let c = update_u16(be16(d, ip4::CSUM), total as u16, new_total);
     put16(d, ip4::TOTAL_LEN, new_total);
     put16(d, ip4::CSUM, c);
+    // One delta, folded once: data offset word, pseudo-header TCP length, the option's words.
     let tcp_len = (total - ihl) as u16;
-    let mut c = be16(d, l4 + 16);
-    c = update_u16(c, old_w12, be16(d, l4 + 12));
-    c = update_u16(c, tcp_len, tcp_len + TCPOLEN_TOA as u16);
+    let mut sum = (!be16(d, l4 + 16)) as u64
+        + (!old_w12) as u64
+        + be16(d, l4 + 12) as u64
+        + (!tcp_len) as u64
+        + (tcp_len + TCPOLEN_TOA as u16) as u64;
     for w in opt.chunks_exact(2) {
-        c = update_u16(c, 0, u16::from_be_bytes([w[0], w[1]]));
+        sum += u16::from_be_bytes([w[0], w[1]]) as u64;
     }
-    put16(d, l4 + 16, c);
+    put16(d, l4 + 16, !fold(sum));
     true
 }
 
