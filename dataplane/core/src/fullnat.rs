@@ -267,51 +267,30 @@ pub fn rewrite_v4(
     sport: u16,
     dport: u16,
 ) {
-    // Fast path: no IP options and the frame covers a TCP header's checksum (every TCP segment,
-    // UDP with ≥ 12 payload bytes): fixed offsets, no bounds checks.
+    let l4 = ETH_LEN + ihl;
+    let co = l4 + l4_csum_off(proto);
+    if ihl < ip4::MIN_HDR || d.len() < co + 2 {
+        return; // callers validated the headers; never rewrite out of bounds
+    }
+    // Usual case: no IP options and the frame covers a TCP header's checksum (every TCP
+    // segment, UDP with ≥ 12 payload bytes). The same body on a fixed-size array at constant
+    // offsets compiles without bounds checks.
     if ihl == ip4::MIN_HDR {
         if let Some(f) = d
             .get_mut(..FAST_LEN)
             .and_then(|f| <&mut [u8; FAST_LEN]>::try_from(f).ok())
         {
-            return rewrite_v4_fast(f, proto, src, dst, sport, dport);
+            return rewrite_at(f, ETH_LEN + ip4::MIN_HDR, proto, src, dst, sport, dport);
         }
     }
-    let l4 = ETH_LEN + ihl;
-    let co = l4 + l4_csum_off(proto);
-    if d.len() < co + 2 || ihl < ip4::MIN_HDR {
-        return; // callers validated the headers; never rewrite out of bounds
-    }
-    let (osrc, odst) = (be32(d, ip4::SRC), be32(d, ip4::DST));
-    let (nsrc, ndst) = (u32::from(src), u32::from(dst));
-    let addr = (!osrc) as u64 + (!odst) as u64 + nsrc as u64 + ndst as u64;
-    // TTL shares its 16-bit word with the protocol byte.
-    let old_ttl = be16(d, ip4::TTL);
-    let new_ttl = old_ttl.wrapping_sub(0x100);
-    let ipc = !be16(d, ip4::CSUM) as u64 + addr + (!old_ttl) as u64 + new_ttl as u64;
-    put16(d, ip4::TTL, new_ttl);
-    put16(d, ip4::CSUM, !fold(ipc));
-    put32(d, ip4::SRC, nsrc);
-    put32(d, ip4::DST, ndst);
-    let oports = be32(d, l4);
-    let nports = (sport as u32) << 16 | dport as u32;
-    put32(d, l4, nports);
-    let c = be16(d, co);
-    if proto == PROTO_UDP && c == 0 {
-        return;
-    }
-    let mut c = !fold(!c as u64 + addr + (!oports) as u64 + nports as u64);
-    if proto == PROTO_UDP && c == 0 {
-        c = 0xffff;
-    }
-    put16(d, co, c);
+    rewrite_at(&mut d[..co + 2], l4, proto, src, dst, sport, dport)
 }
 
-/// Bytes [`rewrite_v4_fast`] works on: Ethernet, a 20-byte IPv4 header and 18 bytes of L4
-/// header (up to the end of the TCP checksum).
+/// Bytes the usual case of [`rewrite_v4`] covers: Ethernet, a 20-byte IPv4 header and 18 bytes
+/// of L4 header (up to the end of the TCP checksum).
 const FAST_LEN: usize = ETH_LEN + 20 + 18;
 
-/// Fold a ones'-complement sum below 2^35 to 16 bits.
+/// Fold a ones'-complement sum below 2^35 to 16 bits (three steps instead of [`fold`]'s five).
 #[inline(always)]
 fn fold35(mut s: u64) -> u16 {
     s = (s & 0xffff) + (s >> 16);
@@ -320,38 +299,34 @@ fn fold35(mut s: u64) -> u16 {
     s as u16
 }
 
+/// The body of [`rewrite_v4`]: `f` holds at least the L4 checksum, the L4 header starts at `l4`.
+/// Every sum below adds at most six 32-bit words, so [`fold35`] suffices.
 #[inline(always)]
-fn rd32<const N: usize>(f: &[u8; N], o: usize) -> u32 {
-    u32::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3]])
-}
-
-/// [`rewrite_v4`] for a 20-byte IP header, on fixed offsets.
-#[inline(always)]
-fn rewrite_v4_fast(
-    f: &mut [u8; FAST_LEN],
+fn rewrite_at(
+    f: &mut [u8],
+    l4: usize,
     proto: u8,
     src: Ipv4Addr,
     dst: Ipv4Addr,
     sport: u16,
     dport: u16,
 ) {
-    const L4: usize = ETH_LEN + 20;
     let (nsrc, ndst) = (u32::from(src), u32::from(dst));
     let addr =
-        (!rd32(f, ip4::SRC)) as u64 + (!rd32(f, ip4::DST)) as u64 + nsrc as u64 + ndst as u64;
-    let old_ttl = u16::from_be_bytes([f[ip4::TTL], f[ip4::TTL + 1]]);
+        (!be32(f, ip4::SRC)) as u64 + (!be32(f, ip4::DST)) as u64 + nsrc as u64 + ndst as u64;
+    // TTL shares its 16-bit word with the protocol byte.
+    let old_ttl = be16(f, ip4::TTL);
     let new_ttl = old_ttl.wrapping_sub(0x100);
-    let old_c = u16::from_be_bytes([f[ip4::CSUM], f[ip4::CSUM + 1]]);
-    let ipc = !fold35((!old_c) as u64 + addr + (!old_ttl) as u64 + new_ttl as u64);
-    f[ip4::TTL..ip4::TTL + 2].copy_from_slice(&new_ttl.to_be_bytes());
-    f[ip4::CSUM..ip4::CSUM + 2].copy_from_slice(&ipc.to_be_bytes());
-    f[ip4::SRC..ip4::SRC + 4].copy_from_slice(&nsrc.to_be_bytes());
-    f[ip4::DST..ip4::DST + 4].copy_from_slice(&ndst.to_be_bytes());
-    let oports = rd32(f, L4);
+    let ipc = (!be16(f, ip4::CSUM)) as u64 + addr + (!old_ttl) as u64 + new_ttl as u64;
+    put16(f, ip4::TTL, new_ttl);
+    put16(f, ip4::CSUM, !fold35(ipc));
+    put32(f, ip4::SRC, nsrc);
+    put32(f, ip4::DST, ndst);
+    let oports = be32(f, l4);
     let nports = (sport as u32) << 16 | dport as u32;
-    f[L4..L4 + 4].copy_from_slice(&nports.to_be_bytes());
-    let co = if proto == PROTO_TCP { L4 + 16 } else { L4 + 6 };
-    let c = u16::from_be_bytes([f[co], f[co + 1]]);
+    put32(f, l4, nports);
+    let co = l4 + l4_csum_off(proto);
+    let c = be16(f, co);
     if proto == PROTO_UDP && c == 0 {
         return;
     }
@@ -359,7 +334,7 @@ fn rewrite_v4_fast(
     if proto == PROTO_UDP && c == 0 {
         c = 0xffff;
     }
-    f[co..co + 2].copy_from_slice(&c.to_be_bytes());
+    put16(f, co, c);
 }
 
 /// Insert the TOA option `[254, 8, sport, saddr]` (the packet's current source, i.e. the client)
@@ -869,12 +844,8 @@ impl<P: PacketBuf> Stack<P> {
             && new == TcpState::Established
             && tcp_flags & (flags::SYN | flags::RST) == 0
             && tcp_flags & flags::ACK != 0;
-        let (out_port, via) = match self.nh_cached(s.rip) {
-            Some((port, idx)) => (port, Ok(idx)),
-            None => match self.routes.lookup(IpAddr::V4(s.rip)) {
-                Some(&r) => (r.port, Err(r)),
-                None => return self.drop_pkt(pkt, DropReason::NoRoute),
-            },
+        let Some((out_port, via)) = self.fnat_via(s.rip, None) else {
+            return self.drop_pkt(pkt, DropReason::NoRoute);
         };
         let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, now_ms)
         else {
@@ -903,6 +874,24 @@ impl<P: PacketBuf> Stack<P> {
             } else {
                 self.counters.nat_in.inc();
             }
+        }
+    }
+
+    /// Where a packet to `dst` leaves: its output port and either a resolved neighbour entry
+    /// (`known`, e.g. kept in the session, else the next-hop cache) or the route to resolve it
+    /// through. None: no route.
+    #[inline]
+    fn fnat_via(
+        &self,
+        dst: Ipv4Addr,
+        known: Option<(PortIdx, u32)>,
+    ) -> Option<(PortIdx, Result<u32, Route>)> {
+        match known.or_else(|| self.nh_cached(dst)) {
+            Some((port, idx)) => Some((port, Ok(idx))),
+            None => self
+                .routes
+                .lookup(IpAddr::V4(dst))
+                .map(|&r| (r.port, Err(r))),
         }
     }
 
@@ -960,16 +949,9 @@ impl<P: PacketBuf> Stack<P> {
             st.outpkts.inc();
             st.outbytes.add(total as u64);
         }
-        let cached = match self.neigh_valid(s.nh_out, s.nh_gen) {
-            Some(port) => Some((port, s.nh_out)),
-            None => self.nh_cached(s.cip),
-        };
-        let (out_port, via) = match cached {
-            Some((port, idx)) => (port, Ok(idx)),
-            None => match self.routes.lookup(IpAddr::V4(s.cip)) {
-                Some(&r) => (r.port, Err(r)),
-                None => return self.drop_pkt(pkt, DropReason::NoRoute),
-            },
+        let known = self.neigh_valid(s.nh_out, s.nh_gen).map(|p| (p, s.nh_out));
+        let Some((out_port, via)) = self.fnat_via(s.cip, known) else {
+            return self.drop_pkt(pkt, DropReason::NoRoute);
         };
         let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, now_ms)
         else {

@@ -1128,7 +1128,7 @@ impl<P: PacketBuf> Stack<P> {
         port: PortIdx,
         nh: IpAddr,
         src: IpAddr,
-        mut pkt: P,
+        pkt: P,
         now_ms: u64,
     ) -> bool {
         if nh.is_ipv6() {
@@ -1137,22 +1137,8 @@ impl<P: PacketBuf> Stack<P> {
         }
         let idx = match self.neigh.find(port, nh) {
             Some(idx) => {
-                let e = &self.neigh.entries[idx];
-                if e.resolved {
-                    let mac = e.mac;
-                    // Stale (not confirmed within reachable_ms): refresh with a unicast probe,
-                    // at most one per retrans_ms; the packet goes out anyway.
-                    let conf = &self.neigh.conf;
-                    if now_ms.saturating_sub(e.confirmed_ms) >= conf.reachable_ms
-                        && now_ms.saturating_sub(e.probe_ms) >= conf.retrans_ms
-                    {
-                        let src = e.src;
-                        self.neigh.entries[idx].probe_ms = now_ms;
-                        self.send_arp_request(io, port, src, nh, Some(mac));
-                    }
-                    let my_mac = self.ports[port as usize].mac;
-                    write_eth(pkt.data_mut(), mac, my_mac, ETHERTYPE_IPV4);
-                    io.send(port, pkt);
+                if self.neigh.entries[idx].resolved {
+                    self.neigh_send(io, idx as u32, pkt, now_ms);
                     return true;
                 }
                 idx
