@@ -370,8 +370,9 @@ fn established(env: &Env, proto: Proto) -> Trace {
             // Each session's first timer (tcp_none after the SYN) fires 2 s after it opened and is
             // pushed lazily to the established timeout. Run that one-time pass now, as if the
             // set-up were 2 s old, so the measurement sees steady-state established sessions
-            // rather than 1M reschedules spread over its first seconds.
-            let later = ctx.now_ms + Timeouts::default().tcp_none + 1;
+            // rather than 1M reschedules spread over its first seconds. The timers are filed on
+            // the wheel tick at or after their expiry, so the pass runs one tick later.
+            let later = ctx.now_ms + Timeouts::default().tcp_none + rvs_core::fullnat::TICK_MS;
             for _ in 0..n / rvs_core::fullnat::EXPIRE_BUDGET + 64 {
                 stack.expire_sessions(later);
             }

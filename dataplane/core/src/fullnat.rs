@@ -753,7 +753,7 @@ impl<P: PacketBuf> Stack<P> {
             }
             return self.drop_pkt(pkt, DropReason::SessionTableFull);
         };
-        f.wheel.schedule(idx, sess.expires_ms);
+        f.wheel.insert(idx, sess.expires_ms, now_ms);
         if sess.tmpl != NO_TMPL {
             f.templates.hold(sess.tmpl);
         }

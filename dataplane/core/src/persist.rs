@@ -284,7 +284,7 @@ impl Templates {
         if let Some(s) = stats.get(dest as usize) {
             s.persist.inc();
         }
-        self.wheel.schedule(idx, expires_ms);
+        self.wheel.insert(idx, expires_ms, now_ms);
         Some(idx)
     }
 

@@ -116,6 +116,18 @@ impl TimerWheel {
         self.len += 1;
     }
 
+    /// File a new `item` at `expires_ms`, at time `now_ms`. An empty wheel first moves its clock
+    /// to `now_ms`: a wheel created at time 0 that gets its first item before any
+    /// [`TimerWheel::expire`] would otherwise file it (and all that follow) relative to tick 0,
+    /// clamped to its horizon, and then walk and re-file them all until it has caught up.
+    #[inline]
+    pub fn insert(&mut self, item: u32, expires_ms: u64, now_ms: u64) {
+        if self.len == 0 {
+            self.cur = self.cur.max(now_ms / self.tick_ms);
+        }
+        self.schedule(item, expires_ms);
+    }
+
     /// Re-file `item` only if `expires_ms` is earlier than the time it is filed at (the cheap
     /// per-packet path: later expiries are handled lazily when the slot comes up).
     #[inline]
@@ -172,6 +184,46 @@ impl TimerWheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_insert_moves_an_empty_wheels_clock() {
+        // Clock far from 0 (the dataplane's ms clock is the TSC's), items inserted before any
+        // expire: each must come up once, at its expiry, not be re-filed on every pass.
+        let now = 16_744_341u64;
+        let mut w = TimerWheel::new(1000, 64, 100);
+        for i in 0..1000u32 {
+            w.insert(i, now + 2_000, now);
+        }
+        let mut seen = 0;
+        let mut t = now;
+        while t <= now + 2_000 {
+            w.expire(t, usize::MAX, usize::MAX, |_| {
+                seen += 1;
+                Some(now + 900_000)
+            });
+            t += 10;
+        }
+        // Not due before 2 s; at 2 s every item came up exactly once and was filed again.
+        assert_eq!(seen, 0);
+        w.expire(now + 2_100, usize::MAX, usize::MAX, |_| {
+            seen += 1;
+            Some(now + 900_000)
+        });
+        assert_eq!(seen, 1000);
+        let mut again = 0;
+        // Within the wheel's horizon (64 ticks of 100 ms) of the re-filing.
+        for k in 1..60 {
+            w.expire(now + 2_100 + k * 100, usize::MAX, usize::MAX, |_| {
+                again += 1;
+                None
+            });
+        }
+        assert_eq!(
+            again, 0,
+            "re-filed items came up again long before their expiry"
+        );
+        assert_eq!(w.len(), 1000);
+    }
 
     #[test]
     fn expires_in_order_lazily_and_bounded() {
