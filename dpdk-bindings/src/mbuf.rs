@@ -74,6 +74,20 @@ impl Mbuf {
         }
     }
 
+    /// Hint the CPU to bring the mbuf header's first cache line in (buffer address, data offset
+    /// and lengths: what [`Mbuf::prefetch_data`] and [`Mbuf::data`] read). Reads nothing.
+    #[inline(always)]
+    pub fn prefetch_header(&self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint and never faults.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch(
+                self.0.as_ptr() as *const i8,
+                core::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+    }
+
     /// Hint the CPU to bring the first cache line of the frame in (reads the mbuf header).
     #[inline(always)]
     pub fn prefetch_data(&self) {
@@ -228,6 +242,32 @@ impl Burst {
         }
     }
 
+    /// Take the first `k` mbufs out (at most all), in order, calling `f(i, mbuf, ahead)` where `i`
+    /// is the mbuf's index and `ahead` lends every mbuf behind it, including those that stay. The
+    /// ones that stay move to the front, so a later RX can append behind them
+    /// ([`crate::RxQueue::rx_burst_append`]): a prefetch pipeline then runs across bursts.
+    #[inline(always)]
+    pub fn drain_front_ahead(&mut self, k: usize, mut f: impl FnMut(usize, Mbuf, &[Mbuf])) {
+        let n = self.len;
+        let k = k.min(n);
+        // Taken mbufs no longer count as held, even if `f` panics.
+        self.len = 0;
+        for i in 0..k {
+            // SAFETY: as in `drain_ahead`: slots i..n hold owned, valid, non-null mbufs; slot i is
+            // taken exactly once and the later ones are only lent.
+            let (m, ahead) = unsafe {
+                let base = self.ptrs.as_ptr();
+                (
+                    Mbuf::from_raw(*base.add(i)).unwrap_unchecked(),
+                    std::slice::from_raw_parts(base.add(i + 1) as *const Mbuf, n - i - 1),
+                )
+            };
+            f(i, m, ahead);
+        }
+        self.ptrs.copy_within(k..n, 0);
+        self.len = n - k;
+    }
+
     /// Take every mbuf out with its tag ([`Mbuf::tag`]), in order.
     #[inline(always)]
     pub fn drain_tagged(&mut self) -> impl Iterator<Item = (Mbuf, u16)> + '_ {
@@ -240,6 +280,12 @@ impl Burst {
     /// Free every mbuf still in the burst.
     pub fn clear(&mut self) {
         self.drain().for_each(drop);
+    }
+
+    /// Room left for an RX append.
+    #[inline(always)]
+    pub fn room(&self) -> usize {
+        MAX_BURST - self.len
     }
 
     pub(crate) fn raw_mut(&mut self) -> (*mut *mut sys::rte_mbuf, usize) {

@@ -472,6 +472,21 @@ impl RxQueue {
         burst.set_filled(n);
         n
     }
+
+    /// Receive up to `max` packets behind those already in `burst` (at most its room). Returns
+    /// how many arrived.
+    #[inline(always)]
+    pub fn rx_burst_append(&mut self, burst: &mut Burst, max: u16) -> usize {
+        let (ptr, len) = burst.raw_mut();
+        let max = (max as usize).min(burst.room()) as u16;
+        if max == 0 {
+            return 0;
+        }
+        // SAFETY: slots len..len+max are free (max <= room); we own this queue exclusively.
+        let n = unsafe { sys::rte_eth_rx_burst(self.port, self.queue, ptr.add(len), max) } as usize;
+        burst.set_filled(len + n);
+        n
+    }
 }
 
 impl TxQueue {

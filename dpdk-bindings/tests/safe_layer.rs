@@ -99,8 +99,50 @@ fn eal_port_mbuf_ring_and_lcore() {
         "every drained mbuf was freed exactly once"
     );
 
+    // drain_front_ahead takes only the first k, lending every one behind (kept ones too), and
+    // moves the rest to the front; an append goes behind them.
+    let mut b = Burst::new();
+    for i in 0..5u8 {
+        let mut m = pool.alloc().expect("mbuf");
+        assert!(m.set_len(1));
+        m.data_mut()[0] = i;
+        assert!(b.push(m).is_ok());
+    }
+    let mut seen = Vec::new();
+    b.drain_front_ahead(2, |i, m, ahead| {
+        m.prefetch_header();
+        let rest: Vec<u8> = ahead.iter().map(|a| a.data()[0]).collect();
+        seen.push((i, m.data()[0], rest));
+    });
+    assert_eq!(seen, vec![(0, 0, vec![1, 2, 3, 4]), (1, 1, vec![2, 3, 4])]);
+    let kept: Vec<u8> = b.as_slice().iter().map(|m| m.data()[0]).collect();
+    assert_eq!(kept, vec![2, 3, 4]);
+    assert_eq!(b.room(), dpdk::MAX_BURST - 3);
+    b.drain_front_ahead(usize::MAX, |_, _, _| {});
+    assert!(b.is_empty());
+    assert_eq!(pool.in_use(), in_use, "taken and kept mbufs freed once");
+
+    let one = |v: u8| {
+        let mut m = pool.alloc().expect("mbuf");
+        assert!(m.set_len(1));
+        m.data_mut()[0] = v;
+        m
+    };
+    let mut t = Burst::new();
+    assert!(t.push(one(10)).is_ok() && t.push(one(11)).is_ok());
+    assert_eq!(tx.tx_burst(&mut t), 2);
+    let mut b = Burst::new();
+    assert!(b.push(one(9)).is_ok());
+    assert_eq!(rx.rx_burst_append(&mut b, 32), 2);
+    let all: Vec<u8> = b.drain().map(|m| m.data()[0]).collect();
+    assert_eq!(
+        all,
+        vec![9, 10, 11],
+        "RX appends behind what the burst holds"
+    );
+
     let st = port.stats().unwrap();
-    assert_eq!((st.ipackets, st.opackets), (1, 1));
+    assert_eq!((st.ipackets, st.opackets), (3, 3));
     assert!(!port.xstats().unwrap().is_empty());
 
     let (mut p, mut c) = dpdk::ring::spsc::<[u32; 3]>("test_ring", 8).unwrap();

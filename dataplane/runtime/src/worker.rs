@@ -4,23 +4,109 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use dpdk::{Burst, Consumer, MbufConsumer, RxQueue};
+use dpdk::{Burst, Consumer, Mbuf, MbufConsumer, RxQueue, MAX_BURST};
 use rvs_core::counters::CoreCounters;
 use rvs_core::io::{Io, PortIdx};
+use rvs_core::stack::NO_BUCKET;
 use rvs_core::Stack;
 
 use crate::ctl::{Cmd, Snapshot, WorkerCtl};
 use crate::io::{MbufPacket, NeighMsg, WorkerIo};
 
-/// Prefetch distances of the RX pipeline, in packets ahead of the one handled: frame data, then
-/// the session bucket head (needs the frame), then the first session entry of the chain (needs
-/// the head), then the second when the first is not the packet's (needs the first). Four packets
-/// between stages is ~400 ns of work at 1M sessions, about one DRAM miss under virtualisation;
-/// measured here at 1M sessions: no prefetch ~700 ns/pkt, 12/8/4 ~330, 16/12/8/4 ~250–360.
+/// Prefetch distances of the RX pipeline, in frames ahead of the one handled: the mbuf header
+/// (where the frame is), the frame data (needs the header), the session bucket head (needs the
+/// frame), the first session entry of the chain (needs the head), the second when the first is not
+/// the frame's (needs the first). Four frames between stages is ~400 ns of work at 1M sessions,
+/// about one DRAM miss under virtualisation. The pipeline runs across bursts: while frames keep
+/// coming, the last `PF_HEADER` of a burst wait for the next one (see [`RxPipe`]).
+const PF_HEADER: usize = 20;
 const PF_DATA: usize = 16;
 const PF_HEAD: usize = 12;
 const PF_ENTRY: usize = 8;
 const PF_NEXT: usize = 4;
+/// The stages' distances, in the order of `RxPipe::done`.
+const PF: [usize; 5] = [PF_HEADER, PF_DATA, PF_HEAD, PF_ENTRY, PF_NEXT];
+
+/// One RX queue and its software prefetch pipeline. A frame is handled once every stage was issued
+/// for the frames `PF_*` behind it. When a full burst arrived (more are likely waiting), the last
+/// `PF_HEADER` frames stay here, prefetched as far as they got, and the next poll appends its burst
+/// behind them, so no frame starts cold at a burst boundary. When fewer came, all are handled: at
+/// low rates a frame never waits for another poll.
+struct RxPipe {
+    q: RxQueue,
+    /// Received, not yet handled.
+    held: Burst,
+    /// Session-index bucket of each held frame whose head stage ran.
+    buckets: Box<[u32; MAX_BURST]>,
+    /// Per stage (order of [`PF`]): how many held frames, from the front, it was issued for.
+    done: [usize; 5],
+}
+
+impl RxPipe {
+    fn new(q: RxQueue) -> Self {
+        RxPipe {
+            q,
+            held: Burst::new(),
+            buckets: Box::new([NO_BUCKET; MAX_BURST]),
+            done: [0; 5],
+        }
+    }
+
+    /// Issue stage `s` for held frame `j`.
+    #[inline(always)]
+    fn stage<P: rvs_core::packet::PacketBuf>(
+        stack: &Stack<P>,
+        bk: &mut [u32; MAX_BURST],
+        s: usize,
+        j: usize,
+        m: &Mbuf,
+    ) {
+        match s {
+            0 => m.prefetch_header(),
+            1 => m.prefetch_data(),
+            2 => bk[j] = stack.prefetch_bucket(m.data()),
+            3 => stack.prefetch_entry(bk[j]),
+            _ => stack.prefetch_next(bk[j], m.data()),
+        }
+    }
+
+    /// Handle the first `take` held frames (all when `take >= len`), running the prefetch
+    /// stages ahead of them; the rest move to the front for the next poll.
+    #[inline(always)]
+    fn handle<I: rvs_core::io::Io<Pkt = MbufPacket>>(
+        &mut self,
+        stack: &mut Stack<MbufPacket>,
+        io: &mut I,
+        port: PortIdx,
+        take: usize,
+        now: u64,
+    ) {
+        let len = self.held.len();
+        let take = take.min(len);
+        let bk = &mut self.buckets;
+        // Prologue: bring every stage to its distance from the front (a no-op in steady state,
+        // where the held frames are already that far).
+        let front = self.held.as_slice();
+        for (s, (&dist, &done)) in PF.iter().zip(&self.done).enumerate() {
+            for (j, m) in front.iter().enumerate().take(dist.min(len)).skip(done) {
+                Self::stage(stack, bk, s, j, m);
+            }
+        }
+        self.held.drain_front_ahead(take, |i, m, ahead| {
+            // ahead[k] is held frame i + 1 + k.
+            for (s, &dist) in PF.iter().enumerate() {
+                if let Some(a) = ahead.get(dist - 1) {
+                    Self::stage(stack, bk, s, i + dist, a);
+                }
+            }
+            stack.handle(io, port, MbufPacket(m), now);
+        });
+        for (done, &dist) in self.done.iter_mut().zip(&PF) {
+            *done = len.min(take + dist) - take;
+        }
+        bk.copy_within(take..len, 0);
+    }
+}
 
 /// The queues a worker owns: RX queue `w` of every port (index = PortIdx). Its TX queues live in
 /// its [`WorkerIo`].
@@ -39,7 +125,7 @@ pub struct PeerLinks {
 /// One worker: everything it touches on the packet path is its own.
 pub struct Worker {
     pub id: usize,
-    rx: Vec<RxQueue>,
+    rx: Vec<RxPipe>,
     io: WorkerIo,
     stack: Stack<MbufPacket>,
     peers: PeerLinks,
@@ -47,8 +133,6 @@ pub struct Worker {
     burst: u16,
     tsc_per_ms: u64,
     rxb: Burst,
-    /// Session-index bucket of each frame of the burst being handled (prefetch pipeline).
-    buckets: Box<[u32; dpdk::mbuf::MAX_BURST]>,
     last_timer_ms: u64,
     polls_since_timer: u32,
     ctl: Option<WorkerCtl>,
@@ -74,7 +158,7 @@ impl Worker {
     ) -> Self {
         Worker {
             id,
-            rx: ports.rx,
+            rx: ports.rx.into_iter().map(RxPipe::new).collect(),
             io,
             stack,
             peers,
@@ -82,7 +166,6 @@ impl Worker {
             burst,
             tsc_per_ms: (tsc_hz / 1000).max(1),
             rxb: Burst::new(),
-            buckets: Box::new([0; dpdk::mbuf::MAX_BURST]),
             last_timer_ms: 0,
             polls_since_timer: 0,
             ctl: None,
@@ -149,46 +232,22 @@ impl Worker {
     pub fn poll_once(&mut self) -> usize {
         let now = self.now_ms();
         let mut got = 0usize;
-        for (p, q) in self.rx.iter_mut().enumerate() {
-            let n = q.rx_burst(&mut self.rxb, self.burst);
-            if n == 0 {
+        let burst = self.burst as usize;
+        for (p, pipe) in self.rx.iter_mut().enumerate() {
+            let n = pipe.q.rx_burst_append(&mut pipe.held, self.burst);
+            let len = pipe.held.len();
+            if len == 0 {
                 continue;
             }
             got += n;
             self.counters.rx_packets.add(n as u64);
-            // Software pipeline over the burst: frame data PF_DATA packets ahead of the one
-            // handled, session bucket head PF_HEAD ahead, chain entries PF_ENTRY / PF_NEXT ahead.
-            let (stack, io, bk) = (&mut self.stack, &mut self.io, &mut self.buckets);
-            let first = self.rxb.as_slice();
-            for m in first.iter().take(PF_DATA) {
-                m.prefetch_data();
-            }
-            for (i, m) in first.iter().take(PF_HEAD).enumerate() {
-                bk[i] = stack.prefetch_bucket(m.data());
-            }
-            for &b in bk.iter().take(PF_ENTRY.min(n)) {
-                stack.prefetch_entry(b);
-            }
-            for (i, m) in first.iter().take(PF_NEXT).enumerate() {
-                stack.prefetch_next(bk[i], m.data());
-            }
-            let mut i = 0;
-            self.rxb.drain_ahead(|m, ahead| {
-                if let Some(a) = ahead.get(PF_DATA - 1) {
-                    a.prefetch_data();
-                }
-                if let Some(a) = ahead.get(PF_HEAD - 1) {
-                    bk[i + PF_HEAD] = stack.prefetch_bucket(a.data());
-                }
-                if ahead.len() >= PF_ENTRY {
-                    stack.prefetch_entry(bk[i + PF_ENTRY]);
-                }
-                if let Some(a) = ahead.get(PF_NEXT - 1) {
-                    stack.prefetch_next(bk[i + PF_NEXT], a.data());
-                }
-                i += 1;
-                stack.handle(io, p as PortIdx, MbufPacket(m), now);
-            });
+            // A full burst: more are waiting, keep a pipeline's depth for the next poll.
+            let take = if n >= burst {
+                len - PF_HEADER.min(len)
+            } else {
+                len
+            };
+            pipe.handle(&mut self.stack, &mut self.io, p as PortIdx, take, now);
         }
         for (p, q) in self.kernel_rx.iter_mut().enumerate() {
             let Some(q) = q else { continue };
@@ -250,7 +309,22 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             self.poll_once();
         }
-        self.io.flush();
+        self.finish();
         0
+    }
+
+    /// Handle every frame still held in the RX pipelines and flush TX (before the worker stops).
+    pub fn finish(&mut self) {
+        let now = self.now_ms();
+        for (p, pipe) in self.rx.iter_mut().enumerate() {
+            pipe.handle(&mut self.stack, &mut self.io, p as PortIdx, usize::MAX, now);
+        }
+        self.io.flush();
+    }
+
+    /// Frames received and not yet handled (held for the prefetch pipeline; at most a burst's
+    /// worth of `PF_HEADER` per port, only while full bursts keep arriving).
+    pub fn held(&self) -> usize {
+        self.rx.iter().map(|p| p.held.len()).sum()
     }
 }
