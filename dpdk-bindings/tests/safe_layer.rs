@@ -74,15 +74,24 @@ fn eal_port_mbuf_ring_and_lcore() {
         "dropping an Mbuf returns it to the pool"
     );
 
-    // drain_ahead hands each mbuf out once, in order, lending the ones behind it.
-    let in_use = pool.in_use();
-    let mut b = Burst::new();
-    for i in 0..5u8 {
+    // One-byte mbufs holding their number.
+    let one = |v: u8| {
         let mut m = pool.alloc().expect("mbuf");
         assert!(m.set_len(1));
-        m.data_mut()[0] = i;
-        assert!(b.push(m).is_ok());
-    }
+        m.data_mut()[0] = v;
+        m
+    };
+    let five = || {
+        let mut b = Burst::new();
+        for i in 0..5u8 {
+            assert!(b.push(one(i)).is_ok());
+        }
+        b
+    };
+
+    // drain_ahead hands each mbuf out once, in order, lending the ones behind it.
+    let in_use = pool.in_use();
+    let mut b = five();
     let mut seen = Vec::new();
     b.drain_ahead(|m, ahead| {
         m.prefetch_data();
@@ -101,13 +110,7 @@ fn eal_port_mbuf_ring_and_lcore() {
 
     // drain_front_ahead takes only the first k, lending every one behind (kept ones too), and
     // moves the rest to the front; an append goes behind them.
-    let mut b = Burst::new();
-    for i in 0..5u8 {
-        let mut m = pool.alloc().expect("mbuf");
-        assert!(m.set_len(1));
-        m.data_mut()[0] = i;
-        assert!(b.push(m).is_ok());
-    }
+    let mut b = five();
     let mut seen = Vec::new();
     b.drain_front_ahead(2, |i, m, ahead| {
         m.prefetch_header();
@@ -122,12 +125,6 @@ fn eal_port_mbuf_ring_and_lcore() {
     assert!(b.is_empty());
     assert_eq!(pool.in_use(), in_use, "taken and kept mbufs freed once");
 
-    let one = |v: u8| {
-        let mut m = pool.alloc().expect("mbuf");
-        assert!(m.set_len(1));
-        m.data_mut()[0] = v;
-        m
-    };
     let mut t = Burst::new();
     assert!(t.push(one(10)).is_ok() && t.push(one(11)).is_ok());
     assert_eq!(tx.tx_burst(&mut t), 2);
