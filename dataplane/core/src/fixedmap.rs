@@ -37,6 +37,12 @@ impl FixedKey for IpAddr {
     }
 }
 
+impl FixedKey for u32 {
+    fn hash64(&self) -> u64 {
+        mix(*self as u64)
+    }
+}
+
 impl FixedKey for (PortIdx, IpAddr) {
     fn hash64(&self) -> u64 {
         mix(ip_bits(&self.1) ^ ((self.0 as u64) << 40).rotate_left(7))
@@ -152,6 +158,12 @@ impl<K: FixedKey, V> FixedMap<K, V> {
             }
         }
         Some(v)
+    }
+
+    /// Remove every entry (control path; keeps the slots).
+    pub fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = None);
+        self.len = 0;
     }
 
     /// Every entry (control path: on_start, tests).

@@ -201,6 +201,9 @@ pub struct Stack<P: PacketBuf> {
     /// Owned address → the ports it is owned on and what it is to FULLNAT (one lookup per
     /// packet classifies the destination).
     owned: FixedMap<IpAddr, Owned>,
+    /// The IPv4 members of `owned`, keyed by the address's `u32` (the per-packet lookup; a
+    /// copy rebuilt by [`Stack::mirror_owned_v4`] whenever `owned` changes).
+    owned_v4: FixedMap<u32, Owned>,
     /// Directed broadcast addresses of the connected IPv4 subnets.
     bcast: Vec<Ipv4Addr>,
     icmp_bucket: TokenBucket,
@@ -264,6 +267,7 @@ impl<P: PacketBuf> Stack<P> {
             ip_forward: cfg.ip_forward,
             neigh: NeighTable::new(&cfg.neigh),
             owned,
+            owned_v4: FixedMap::with_capacity(OWNED_CAPACITY),
             bcast,
             icmp_bucket: TokenBucket::new(cfg.icmp_ratelimit_per_s),
             ip_id: 0,
@@ -305,18 +309,26 @@ impl<P: PacketBuf> Stack<P> {
         let bit = 1u64 << port;
         let class = self.fnat.classify(ip);
         match self.owned.get_mut(&ip) {
-            Some(o) if o.ports & bit != 0 => Ok(false),
-            Some(o) => {
-                o.ports |= bit;
-                Ok(true)
-            }
+            Some(o) if o.ports & bit != 0 => return Ok(false),
+            Some(o) => o.ports |= bit,
             None => {
                 let o = Owned {
                     ports: bit,
                     ..class
                 };
                 self.owned.insert(ip, o).map_err(|_| OwnedError::Full)?;
-                Ok(true)
+            }
+        }
+        self.mirror_owned_v4();
+        Ok(true)
+    }
+
+    /// Rebuild `owned_v4` from `owned` (control path; same capacity, so it cannot fail).
+    fn mirror_owned_v4(&mut self) {
+        self.owned_v4.clear();
+        for (ip, o) in self.owned.iter() {
+            if let IpAddr::V4(v4) = ip {
+                let _ = self.owned_v4.insert(u32::from(*v4), *o);
             }
         }
     }
@@ -330,6 +342,7 @@ impl<P: PacketBuf> Stack<P> {
                 ..fnat.classify(*ip)
             }
         });
+        self.mirror_owned_v4();
     }
 
     /// Build a stack; panics on an invalid configuration (see [`Stack::try_new`]).
@@ -396,6 +409,7 @@ impl<P: PacketBuf> Stack<P> {
         if o.ports == 0 {
             self.owned.remove(&ip);
         }
+        self.mirror_owned_v4();
         true
     }
 
@@ -839,7 +853,7 @@ impl<P: PacketBuf> Stack<P> {
         }
         // Destinations of match services are served like owned addresses, also those of a
         // prefix too large to own (routed to rvs).
-        if let Some(&o) = self.owned.get(&IpAddr::V4(dst)) {
+        if let Some(&o) = self.owned_v4.get(&u32::from(dst)) {
             return self.local_input(io, port, pkt, ihl, o, now_ms);
         }
         if self.fnat.services.in_match_dst(IpAddr::V4(dst)) {

@@ -520,12 +520,19 @@ fn garp_at_start_and_on_add_owned() {
         parse_arp(&io.take()[0].1).1.sender_ipv4,
         v4("198.51.100.100")
     );
+    let ping = echo_req(PEER, MAC1, "198.51.100.10", "198.51.100.100", 64, b"o");
+    handle(&mut s, &mut io, 1, &ping, 0);
+    assert_eq!(c.icmp_echo_replies.get(), 1, "an added address is served");
+    io.take();
     // IPv6 owned: no GARP.
     assert_eq!(s.add_owned(&mut io, 0, ip("2001:db8::1"), 0), Ok(true));
     assert!(io.take().is_empty());
     assert!(s.remove_owned(1, ip("198.51.100.100")));
     assert!(!s.remove_owned(1, ip("198.51.100.100")));
     assert!(!s.is_owned(ip("198.51.100.100")));
+    handle(&mut s, &mut io, 1, &ping, 0);
+    assert_eq!(c.icmp_echo_replies.get(), 1, "a removed address is not");
+    io.take();
     handle(
         &mut s,
         &mut io,
