@@ -222,26 +222,6 @@ impl Burst {
             .map(|&p| unsafe { Mbuf::from_raw(p).unwrap_unchecked() })
     }
 
-    /// Take every mbuf out, in order, calling `f(mbuf, ahead)` where `ahead` lends the mbufs
-    /// still behind it in the burst (to prefetch for them while this one is handled).
-    #[inline(always)]
-    pub fn drain_ahead(&mut self, mut f: impl FnMut(Mbuf, &[Mbuf])) {
-        let n = std::mem::replace(&mut self.len, 0);
-        for i in 0..n {
-            // SAFETY: slots i..n hold owned, valid, non-null mbufs; slot i is taken exactly once
-            // here and the later ones are only lent (Mbuf is a repr(transparent) pointer, the
-            // layout of the stored raw pointers). The burst is borrowed mutably meanwhile.
-            let (m, ahead) = unsafe {
-                let base = self.ptrs.as_ptr();
-                (
-                    Mbuf::from_raw(*base.add(i)).unwrap_unchecked(),
-                    std::slice::from_raw_parts(base.add(i + 1) as *const Mbuf, n - i - 1),
-                )
-            };
-            f(m, ahead);
-        }
-    }
-
     /// Take the first `k` mbufs out (at most all), in order, calling `f(i, mbuf, ahead)` where `i`
     /// is the mbuf's index and `ahead` lends every mbuf behind it, including those that stay. The
     /// ones that stay move to the front, so a later RX can append behind them
@@ -253,8 +233,9 @@ impl Burst {
         // Taken mbufs no longer count as held, even if `f` panics.
         self.len = 0;
         for i in 0..k {
-            // SAFETY: as in `drain_ahead`: slots i..n hold owned, valid, non-null mbufs; slot i is
-            // taken exactly once and the later ones are only lent.
+            // SAFETY: slots i..n hold owned, valid, non-null mbufs; slot i is taken exactly once
+            // here and the later ones are only lent (Mbuf is a repr(transparent) pointer, the
+            // layout of the stored raw pointers). The burst is borrowed mutably meanwhile.
             let (m, ahead) = unsafe {
                 let base = self.ptrs.as_ptr();
                 (

@@ -89,11 +89,12 @@ fn eal_port_mbuf_ring_and_lcore() {
         b
     };
 
-    // drain_ahead hands each mbuf out once, in order, lending the ones behind it.
+    // drain_front_ahead over the whole burst hands each mbuf out once, in order, lending the
+    // ones behind it.
     let in_use = pool.in_use();
     let mut b = five();
     let mut seen = Vec::new();
-    b.drain_ahead(|m, ahead| {
+    b.drain_front_ahead(usize::MAX, |_, m, ahead| {
         m.prefetch_data();
         let rest: Vec<u8> = ahead.iter().map(|a| a.data()[0]).collect();
         seen.push((m.data()[0], rest));

@@ -202,7 +202,7 @@ pub struct Stack<P: PacketBuf> {
     /// packet classifies the destination).
     owned: FixedMap<IpAddr, Owned>,
     /// The IPv4 members of `owned`, keyed by the address's `u32` (the per-packet lookup; a
-    /// copy rebuilt by [`Stack::mirror_owned_v4`] whenever `owned` changes).
+    /// copy kept in step wherever `owned` changes: `own`, `remove_owned`, reclassification).
     owned_v4: FixedMap<u32, Owned>,
     /// Directed broadcast addresses of the connected IPv4 subnets.
     bcast: Vec<Ipv4Addr>,
@@ -319,11 +319,25 @@ impl<P: PacketBuf> Stack<P> {
                 self.owned.insert(ip, o).map_err(|_| OwnedError::Full)?;
             }
         }
-        self.mirror_owned_v4();
+        self.mirror_owned_one(ip);
         Ok(true)
     }
 
-    /// Rebuild `owned_v4` from `owned` (control path; same capacity, so it cannot fail).
+    /// Bring `ip`'s entry of `owned_v4` in line with `owned` (control path; same capacity as
+    /// `owned`, so the insert cannot fail).
+    fn mirror_owned_one(&mut self, ip: IpAddr) {
+        let IpAddr::V4(v4) = ip else { return };
+        match self.owned.get(&ip) {
+            Some(&o) => {
+                let _ = self.owned_v4.insert(u32::from(v4), o);
+            }
+            None => {
+                self.owned_v4.remove(&u32::from(v4));
+            }
+        }
+    }
+
+    /// Rebuild `owned_v4` from `owned` (after every entry was reclassified).
     fn mirror_owned_v4(&mut self) {
         self.owned_v4.clear();
         for (ip, o) in self.owned.iter() {
@@ -409,7 +423,7 @@ impl<P: PacketBuf> Stack<P> {
         if o.ports == 0 {
             self.owned.remove(&ip);
         }
-        self.mirror_owned_v4();
+        self.mirror_owned_one(ip);
         true
     }
 

@@ -54,13 +54,7 @@ impl RxPipe {
 
     /// Issue stage `s` for held frame `j`.
     #[inline(always)]
-    fn stage<P: rvs_core::packet::PacketBuf>(
-        stack: &Stack<P>,
-        bk: &mut [u32; MAX_BURST],
-        s: usize,
-        j: usize,
-        m: &Mbuf,
-    ) {
+    fn stage(stack: &Stack<MbufPacket>, bk: &mut [u32; MAX_BURST], s: usize, j: usize, m: &Mbuf) {
         match s {
             0 => m.prefetch_header(),
             1 => m.prefetch_data(),
@@ -73,10 +67,10 @@ impl RxPipe {
     /// Handle the first `take` held frames (all when `take >= len`), running the prefetch
     /// stages ahead of them; the rest move to the front for the next poll.
     #[inline(always)]
-    fn handle<I: rvs_core::io::Io<Pkt = MbufPacket>>(
+    fn handle(
         &mut self,
         stack: &mut Stack<MbufPacket>,
-        io: &mut I,
+        io: &mut WorkerIo,
         port: PortIdx,
         take: usize,
         now: u64,
