@@ -103,10 +103,8 @@ fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
     let get = |a: &str| c.iter().find(|(x, _)| x == a).map(|x| x.1).unwrap_or(0) as f64;
     let (a, b) = (get("198.51.100.11:80"), get("198.51.100.12:80"));
     // A client port reused while its previous session is in TIME_WAIT reuses that session (as
-    // IPVS with conn_reuse_mode 0) and is not counted as a new connection. The client kernel
-    // picks its ports pseudo-randomly: 53 of 1000 were such reuses in one CI run, so allow 10 %
-    // (the reused sessions keep their real server, so the split below still holds).
-    assert!(a + b >= 900.0, "{stats}");
+    // IPVS with conn_reuse_mode 0) and is not counted as a new connection: allow a few.
+    assert!(a + b >= 950.0, "{stats}");
     assert!(
         (a / b - 3.0).abs() < 0.3,
         "split {a}:{b} is not about 3:1\n{stats}"
