@@ -188,6 +188,12 @@ const CORE_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
         CORE,
     ),
     (
+        "rvs_core_sessions_rescheduled_total",
+        "TCP SYNs that found their session in TIME_WAIT or CLOSE: the old session ended, the connection was scheduled anew",
+        Kind::Counter,
+        CORE,
+    ),
+    (
         "rvs_core_polls_total",
         "Poll loop iterations",
         Kind::Counter,
@@ -415,14 +421,15 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
         core[4].push(CORE, &l, c.redirected_out as f64);
         core[5].push(CORE, &l, c.sessions_created as f64);
         core[6].push(CORE, &l, c.sessions_expired as f64);
-        core[7].push(CORE, &l, c.polls as f64);
-        core[8].push(CORE, &l, c.busy_polls as f64);
+        core[7].push(CORE, &l, c.sessions_rescheduled as f64);
+        core[8].push(CORE, &l, c.polls as f64);
+        core[9].push(CORE, &l, c.busy_polls as f64);
         let ratio = if c.polls == 0 {
             0.0
         } else {
             c.busy_polls as f64 / c.polls as f64
         };
-        core[9].push(CORE, &l, ratio);
+        core[10].push(CORE, &l, ratio);
     }
 
     let mut port: Vec<Fam> = PORT_FAMILIES

@@ -374,3 +374,32 @@ pub fn tempdir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Value of counter `name` in the `total:` line rvsd logs when it stops.
+pub fn final_counter(log: &str, name: &str) -> u64 {
+    let total = log
+        .lines()
+        .rfind(|l| l.starts_with("total:"))
+        .unwrap_or_else(|| panic!("no totals in:\n{log}"));
+    let mut it = total.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == name {
+            return it
+                .next()
+                .unwrap()
+                .trim_end_matches([';', ',', ')'])
+                .parse()
+                .unwrap();
+        }
+    }
+    // drops are printed as "(reason N, ...)"
+    let pat = format!("{name} ");
+    total
+        .split(['(', ','])
+        .map(str::trim)
+        .find_map(|p| {
+            p.strip_prefix(&pat)
+                .and_then(|v| v.trim_end_matches(')').parse().ok())
+        })
+        .unwrap_or(0)
+}

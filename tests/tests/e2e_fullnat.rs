@@ -119,34 +119,6 @@ fn curl_many(cl: &str, n: usize, parallel: usize) -> (usize, HashMap<String, usi
     (ok, by_rs)
 }
 
-fn final_counter(log: &str, name: &str) -> u64 {
-    let total = log
-        .lines()
-        .rfind(|l| l.starts_with("total:"))
-        .unwrap_or_else(|| panic!("no totals in:\n{log}"));
-    let mut it = total.split_whitespace();
-    while let Some(w) = it.next() {
-        if w == name {
-            return it
-                .next()
-                .unwrap()
-                .trim_end_matches([';', ',', ')'])
-                .parse()
-                .unwrap();
-        }
-    }
-    // drops are printed as "(reason N, ...)"
-    let pat = format!("{name} ");
-    total
-        .split(['(', ','])
-        .map(str::trim)
-        .find_map(|p| {
-            p.strip_prefix(&pat)
-                .and_then(|v| v.trim_end_matches(')').parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn fullnat_tcp_wrr_toa_checksums_bulk_and_udp() {
     if !prerequisites("e2e fullnat") {

@@ -90,6 +90,7 @@ fn sample() -> Sample {
         redirected_out: 5,
         sessions_created: 7,
         sessions_expired: 6,
+        sessions_rescheduled: 2,
         polls: 1000,
         busy_polls: 250,
         ..Default::default()
@@ -299,6 +300,18 @@ fn exposition_names_labels_types_values() {
     assert_eq!(
         value(&series, "rvs_core_sessions_expired_total", &[("core", "1")]),
         6.0
+    );
+    assert_eq!(
+        value(
+            &series,
+            "rvs_core_sessions_rescheduled_total",
+            &[("core", "1")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&series, "rvs_core_polls_total", &[("core", "1")]),
+        1000.0
     );
 
     assert_eq!(

@@ -163,6 +163,7 @@ events! {
     busy_polls,
     sessions_created,
     sessions_expired,
+    sessions_rescheduled,
     fullnat_in,
     fullnat_out,
     toa_inserted,

@@ -231,6 +231,30 @@ impl Fullnat {
 // ------------------------------------------------------------------------- header rewriting
 
 #[inline(always)]
+/// Give back what removed session `s` held: its lport (reusable after the reuse delay), its
+/// persistence template's hold and its dest's active/inactive count.
+fn release_session(
+    s: &Session<Ipv4Addr>,
+    lports: &mut LportAlloc,
+    templates: &mut Templates,
+    stats: &[DestStats],
+    now_ms: u64,
+) {
+    if s.fwd == Fwd::FullNat {
+        lports.release(s.lip_pool, s.lport, now_ms);
+    }
+    if s.tmpl != NO_TMPL {
+        templates.release(s.tmpl);
+    }
+    if let Some(st) = stats.get(s.dest as usize) {
+        if s.flags & F_ACTIVE != 0 {
+            st.active.dec();
+        } else {
+            st.inactive.dec();
+        }
+    }
+}
+
 fn be32(d: &[u8], off: usize) -> u32 {
     u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]])
 }
@@ -550,8 +574,10 @@ impl<P: PacketBuf> Stack<P> {
             return None;
         }
         if let Some(idx) = self.fnat.sessions.lookup_in(proto, src, sport, dst, dport) {
-            self.fnat_in(io, port, pkt, ihl, idx, now_ms);
-            return None;
+            if proto != PROTO_TCP || !self.fnat_reschedule(idx, d[l4 + 13], now_ms) {
+                self.fnat_in(io, port, pkt, ihl, idx, now_ms);
+                return None;
+            }
         }
         match self
             .fnat
@@ -1185,23 +1211,37 @@ impl<P: PacketBuf> Stack<P> {
                     return Some(s.expires_ms);
                 }
                 let s = sessions.remove(idx)?;
-                if s.fwd == Fwd::FullNat {
-                    lports.release(s.lip_pool, s.lport, now_ms);
-                }
-                if s.tmpl != NO_TMPL {
-                    templates.release(s.tmpl);
-                }
-                if let Some(st) = stats.get(s.dest as usize) {
-                    if s.flags & F_ACTIVE != 0 {
-                        st.active.dec();
-                    } else {
-                        st.inactive.dec();
-                    }
-                }
+                release_session(&s, lports, templates, stats, now_ms);
                 counters.sessions_expired.inc();
                 None
             });
         f.templates.expire(now_ms, EXPIRE_MAX_TICKS, &f.dest_stats);
+    }
+
+    /// A client SYN found session `idx`: if that connection is over (TIME_WAIT or CLOSE) and not
+    /// held by a persistence template, end it now and return true, so the SYN is scheduled as a
+    /// new connection (IPVS's default `conn_reuse_mode=1`): it is counted, may go to another
+    /// real server, and on FULLNAT gets a fresh LIP:lport, so the real server never sees the
+    /// old 4-tuple it may still hold in TIME_WAIT. Otherwise (not a bare SYN, a live
+    /// connection, a persistent one) returns false and the packet follows the session.
+    #[inline]
+    fn fnat_reschedule(&mut self, idx: u32, tcp_flags: u8, now_ms: u64) -> bool {
+        if tcp_flags & (flags::SYN | flags::ACK | flags::RST) != flags::SYN {
+            return false;
+        }
+        let f = &mut self.fnat;
+        let s = f.sessions.get(idx);
+        let state = TcpState::from_u8(s.state);
+        if s.tmpl != NO_TMPL || !matches!(state, TcpState::TimeWait | TcpState::Close) {
+            return false;
+        }
+        let Some(s) = f.sessions.remove(idx) else {
+            return false;
+        };
+        f.wheel.cancel(idx);
+        release_session(&s, &mut f.lports, &mut f.templates, &f.dest_stats, now_ms);
+        self.counters.sessions_rescheduled.inc();
+        true
     }
 
     /// Persistence templates on this worker (control path: allocates).

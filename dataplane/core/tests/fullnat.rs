@@ -665,16 +665,68 @@ fn toa_on_handshake_ack_until_the_real_server_speaks() {
     handle(&mut s, &mut io, 0, &c2v(40001, ACK, &opts, b"third"), 5);
     assert!(toa_of(&parse(&io.one().1).tcp.unwrap()).is_none());
     assert_eq!(c.toa_inserted.get(), 2);
-    // The client reuses its port after a RST: the new handshake gets its own TOA, on the same
-    // session (same RS and lport).
+    // The client reuses its port after a RST (session in CLOSE): as IPVS with its default
+    // conn_reuse_mode=1, the SYN is a new connection, counted and scheduled anew, with a fresh
+    // lport (the real server may hold the old 4-tuple) and its own TOA.
     handle(&mut s, &mut io, 0, &c2v(40001, RST, &[], &[]), 5);
-    handle(&mut s, &mut io, 0, &c2v(40001, SYN, &[], &[]), 6);
-    assert_eq!(parse(&io.take()[1].1).tcp.unwrap().source_port, lport);
-    handle(&mut s, &mut io, 1, &r2l(i, lport, SYNACK, &[], &[]), 7);
+    assert_eq!(
+        s.session_by_client(Proto::Tcp, a4(CIP), 40001, a4(VIP), 80)
+            .unwrap()
+            .tcp_state,
+        Some(TcpState::Close)
+    );
+    let created = c.sessions_created.get();
+    io.take();
+    let (lport2, i2) = open(&mut s, &mut io, 40001, 6);
+    assert_ne!(
+        lport2, lport,
+        "a fresh lport: the old one waits out its reuse delay"
+    );
+    assert_eq!(c.sessions_rescheduled.get(), 1);
+    assert_eq!(c.sessions_created.get(), created + 1);
+    let sess = s
+        .session_by_client(Proto::Tcp, a4(CIP), 40001, a4(VIP), 80)
+        .unwrap();
+    assert_eq!(
+        (sess.tcp_state, sess.lport),
+        (Some(TcpState::SynRecv), lport2)
+    );
+    handle(&mut s, &mut io, 1, &r2l(i2, lport2, SYNACK, &[], &[]), 7);
     handle(&mut s, &mut io, 0, &c2v(40001, ACK, &[], &[]), 8);
     let t = parse(&io.take()[1].1).tcp.unwrap();
     assert!(toa_of(&t).is_some());
     assert_eq!(c.toa_inserted.get(), 3);
+    // The old lport no longer reaches anything.
+    handle(&mut s, &mut io, 1, &r2l(i, lport, ACK, &[], &[]), 9);
+    assert!(io.take().is_empty());
+}
+
+#[test]
+fn syn_on_a_live_session_follows_it_after_time_wait_opens_a_new_one() {
+    let (mut s, mut io, c) = setup(cfg());
+    let (lport, i) = open(&mut s, &mut io, 7, 0);
+    handle(&mut s, &mut io, 1, &r2l(i, lport, SYNACK, &[], &[]), 1);
+    handle(&mut s, &mut io, 0, &c2v(7, ACK, &[], &[]), 2);
+    io.take();
+    // A retransmitted or stray SYN on an established connection: same session.
+    handle(&mut s, &mut io, 0, &c2v(7, SYN, &[], &[]), 3);
+    assert_eq!(parse(&io.one().1).tcp.unwrap().source_port, lport);
+    // TIME_WAIT after both FINs: a new SYN is a new connection.
+    handle(&mut s, &mut io, 0, &c2v(7, FINACK, &[], &[]), 4);
+    handle(&mut s, &mut io, 1, &r2l(i, lport, FINACK, &[], &[]), 5);
+    handle(&mut s, &mut io, 0, &c2v(7, ACK, &[], &[]), 6);
+    io.take();
+    let st = |s: &Stack<VecPacket>| {
+        s.session_by_client(Proto::Tcp, a4(CIP), 7, a4(VIP), 80)
+            .unwrap()
+            .tcp_state
+    };
+    assert_eq!(st(&s), Some(TcpState::TimeWait));
+    assert_eq!(c.sessions_rescheduled.get(), 0);
+    let (lport2, _) = open(&mut s, &mut io, 7, 8);
+    assert_ne!(lport2, lport);
+    assert_eq!(c.sessions_rescheduled.get(), 1);
+    assert_eq!(st(&s), Some(TcpState::SynRecv));
 }
 
 #[test]

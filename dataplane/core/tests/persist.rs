@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 mod common;
-use common::{a4, cfg, dest, ip, rip, rs_mac, tcp, Fl, TestIo, ACK, CIP, GW0, MAC0, SYN, VIP};
+use common::{a4, cfg, dest, ip, rip, rs_mac, tcp, Fl, TestIo, ACK, CIP, GW0, MAC0, RST, SYN, VIP};
 
 const TCP: u8 = 6;
 
@@ -380,4 +380,31 @@ fn invalid_persistent_services_are_refused() {
         Err(ServiceError::PersistentNat(_))
     ));
     assert_eq!(s.service_count(), 0);
+}
+
+#[test]
+fn a_reused_client_port_on_a_persistent_service_keeps_its_session() {
+    // As IPVS: a connection held by a persistence template is not rescheduled when its client
+    // port comes back after CLOSE; the SYN follows the old session to the same real server.
+    let (mut s, mut io, c) = setup(cfg(vec![service(80, rr3(80), persist(300, !0))]));
+    let first = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    for fl in [ACK, RST] {
+        s.handle(
+            &mut io,
+            0,
+            VecPacket::from_slice(&c2v(CIP, 1000, 80, fl)),
+            1,
+        );
+    }
+    io.sent.clear();
+    assert_eq!(
+        s.session_by_client(Proto::Tcp, a4(CIP), 1000, a4(VIP), 80)
+            .unwrap()
+            .tcp_state,
+        Some(TcpState::Close)
+    );
+    assert_eq!(connect(&mut s, &mut io, CIP, 1000, 80, 2), first);
+    assert_eq!(c.sessions_rescheduled.get(), 0);
+    assert_eq!(c.sessions_created.get(), 1);
+    assert_eq!(s.session_count(), 1);
 }
