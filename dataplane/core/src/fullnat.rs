@@ -821,8 +821,8 @@ impl<P: PacketBuf> Stack<P> {
         if new != old {
             s.state = new as u8;
             if dir != Dir::Output && new == TcpState::SynRecv {
-                // A new connection reusing the session (client port reuse after FIN/RST, as
-                // IPVS with conn_reuse_mode=0): it gets its own TOA.
+                // A new connection reusing the session (a client port reused on a persistent
+                // service, or before TIME_WAIT/CLOSE; see `fnat_reschedule`): its own TOA.
                 s.flags &= !F_TOA_DONE;
             }
             f.set_active(idx, new == TcpState::Established);
