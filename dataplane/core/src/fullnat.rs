@@ -574,7 +574,9 @@ impl<P: PacketBuf> Stack<P> {
             return None;
         }
         if let Some(idx) = self.fnat.sessions.lookup_in(proto, src, sport, dst, dport) {
-            if proto != PROTO_TCP || !self.fnat_reschedule(idx, d[l4 + 13], now_ms) {
+            let bare_syn = proto == PROTO_TCP
+                && d[l4 + 13] & (flags::SYN | flags::ACK | flags::RST) == flags::SYN;
+            if !bare_syn || !self.fnat_reschedule(idx, now_ms) {
                 self.fnat_in(io, port, pkt, ihl, idx, now_ms);
                 return None;
             }
@@ -1218,17 +1220,16 @@ impl<P: PacketBuf> Stack<P> {
         f.templates.expire(now_ms, EXPIRE_MAX_TICKS, &f.dest_stats);
     }
 
-    /// A client SYN found session `idx`: if that connection is over (TIME_WAIT or CLOSE) and not
+    /// A client's bare SYN found session `idx`: if that connection is over (TIME_WAIT or CLOSE) and not
     /// held by a persistence template, end it now and return true, so the SYN is scheduled as a
     /// new connection (IPVS's default `conn_reuse_mode=1`): it is counted, may go to another
     /// real server, and on FULLNAT gets a fresh LIP:lport, so the real server never sees the
     /// old 4-tuple it may still hold in TIME_WAIT. Otherwise (not a bare SYN, a live
-    /// connection, a persistent one) returns false and the packet follows the session.
-    #[inline]
-    fn fnat_reschedule(&mut self, idx: u32, tcp_flags: u8, now_ms: u64) -> bool {
-        if tcp_flags & (flags::SYN | flags::ACK | flags::RST) != flags::SYN {
-            return false;
-        }
+    /// connection, a persistent one) returns false and the packet follows the session. Rare on
+    /// the established path, so kept out of line.
+    #[cold]
+    #[inline(never)]
+    fn fnat_reschedule(&mut self, idx: u32, now_ms: u64) -> bool {
         let f = &mut self.fnat;
         let s = f.sessions.get(idx);
         let state = TcpState::from_u8(s.state);
