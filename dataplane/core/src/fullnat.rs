@@ -37,7 +37,7 @@ use crate::route::Route;
 use crate::sched::{DestStats, SchedKey};
 use crate::service::{ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
-use crate::stack::{Owned, Stack};
+use crate::stack::{Owned, Stack, NO_BUCKET};
 use crate::tcp_state::{flags, Dir, TcpState};
 use crate::timer::TimerWheel;
 use crate::wire::*;
@@ -510,6 +510,7 @@ pub(crate) fn icmp_quote(d: &[u8], ihl: usize) -> Option<IcmpQuote> {
 impl<P: PacketBuf> Stack<P> {
     /// FULLNAT dispatch of a validated IPv4 packet to an owned address. Returns the packet when
     /// it is not FULLNAT traffic (local handling continues).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn fnat_input<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
@@ -517,6 +518,7 @@ impl<P: PacketBuf> Stack<P> {
         pkt: P,
         ihl: usize,
         class: Owned,
+        bucket: u32,
         now_ms: u64,
     ) -> Option<P> {
         let d = pkt.data();
@@ -560,6 +562,16 @@ impl<P: PacketBuf> Stack<P> {
         }
         let src = ipv4_at(d, ip4::SRC);
         let (sport, dport) = (be16(d, l4), be16(d, l4 + 2));
+        // Both lookups hash this same tuple: the prefetch stage may have done it already.
+        let bucket = if bucket == NO_BUCKET {
+            self.fnat.sessions.bucket_of(proto, src, sport, dst, dport)
+        } else {
+            debug_assert_eq!(
+                bucket,
+                self.fnat.sessions.bucket_of(proto, src, sport, dst, dport)
+            );
+            bucket
+        };
         if lip_pool.is_some() && self.fnat.lports.in_range(dport) {
             // Reply from a real server: the lport's owner handles it, decided before any lookup.
             let owner = self.fnat.lports.owner(dport);
@@ -567,13 +579,21 @@ impl<P: PacketBuf> Stack<P> {
                 self.fnat_redirect(io, owner, port, pkt);
                 return None;
             }
-            match self.fnat.sessions.lookup_out(proto, src, sport, dst, dport) {
+            match self
+                .fnat
+                .sessions
+                .lookup_out_at(bucket, proto, src, sport, dst, dport)
+            {
                 Some(idx) => self.fnat_out(io, port, pkt, ihl, idx, now_ms),
                 None => self.drop_pkt(pkt, DropReason::NoSession),
             }
             return None;
         }
-        if let Some(idx) = self.fnat.sessions.lookup_in(proto, src, sport, dst, dport) {
+        if let Some(idx) = self
+            .fnat
+            .sessions
+            .lookup_in_at(bucket, proto, src, sport, dst, dport)
+        {
             let bare_syn = proto == PROTO_TCP
                 && d[l4 + 13] & (flags::SYN | flags::ACK | flags::RST) == flags::SYN;
             if !bare_syn || !self.fnat_reschedule(idx, now_ms) {
@@ -811,6 +831,12 @@ impl<P: PacketBuf> Stack<P> {
             return (TcpState::None, TcpState::None);
         }
         let old = TcpState::from_u8(s.state);
+        // The established path: without SYN, FIN or RST every direction's table keeps
+        // ESTABLISHED; only the expiry moves (later, so the timer finds it lazily).
+        if old == TcpState::Established && tcp_flags & (flags::SYN | flags::FIN | flags::RST) == 0 {
+            s.expires_ms = now_ms + f.conf.timeouts.tcp_established;
+            return (old, old);
+        }
         // DR/TUN: replies are never seen, IPVS's INPUT-ONLY table.
         let dir = if dir == Dir::Input && s.fwd.input_only() {
             Dir::InputOnly

@@ -313,10 +313,38 @@ impl<A: SessAddr> SessionTable<A> {
         }
     }
 
+    /// The bucket of a packet with this tuple, whichever direction it is (as
+    /// [`SessionTable::prefetch_head`] returns it).
+    #[inline]
+    pub fn bucket_of(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) -> u32 {
+        self.bucket(proto, src, sport, dst, dport) as u32
+    }
+
     /// The session of a client → VIP packet.
     #[inline]
     pub fn lookup_in(&self, proto: u8, cip: A, cport: u16, vip: A, vport: u16) -> Option<u32> {
-        let mut l = self.heads[self.bucket(proto, cip, cport, vip, vport)];
+        self.lookup_in_at(
+            self.bucket_of(proto, cip, cport, vip, vport),
+            proto,
+            cip,
+            cport,
+            vip,
+            vport,
+        )
+    }
+
+    /// [`SessionTable::lookup_in`] in bucket `b` of this tuple ([`SessionTable::bucket_of`]).
+    #[inline]
+    pub fn lookup_in_at(
+        &self,
+        b: u32,
+        proto: u8,
+        cip: A,
+        cport: u16,
+        vip: A,
+        vport: u16,
+    ) -> Option<u32> {
+        let mut l = self.heads[(b as u64 & self.mask) as usize];
         while l != NIL {
             let e = &self.entries[(l >> 1) as usize];
             if l & 1 == DIR_IN
@@ -336,7 +364,28 @@ impl<A: SessAddr> SessionTable<A> {
     /// The session of a real server → LIP packet.
     #[inline]
     pub fn lookup_out(&self, proto: u8, rip: A, rport: u16, lip: A, lport: u16) -> Option<u32> {
-        let mut l = self.heads[self.bucket(proto, rip, rport, lip, lport)];
+        self.lookup_out_at(
+            self.bucket_of(proto, rip, rport, lip, lport),
+            proto,
+            rip,
+            rport,
+            lip,
+            lport,
+        )
+    }
+
+    /// [`SessionTable::lookup_out`] in bucket `b` of this tuple ([`SessionTable::bucket_of`]).
+    #[inline]
+    pub fn lookup_out_at(
+        &self,
+        b: u32,
+        proto: u8,
+        rip: A,
+        rport: u16,
+        lip: A,
+        lport: u16,
+    ) -> Option<u32> {
+        let mut l = self.heads[(b as u64 & self.mask) as usize];
         while l != NIL {
             let e = &self.entries[(l >> 1) as usize];
             if l & 1 == DIR_OUT

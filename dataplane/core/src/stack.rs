@@ -532,6 +532,21 @@ impl<P: PacketBuf> Stack<P> {
 
     /// Handle one received frame.
     pub fn handle<I: Io<Pkt = P>>(&mut self, io: &mut I, port: PortIdx, pkt: P, now_ms: u64) {
+        self.handle_at(io, port, pkt, NO_BUCKET, now_ms)
+    }
+
+    /// [`Stack::handle`] for a frame whose session bucket [`Stack::prefetch_bucket`] computed
+    /// (`bucket`, or [`NO_BUCKET`]): the session lookup starts there instead of hashing the
+    /// tuple again.
+    #[inline]
+    pub fn handle_at<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        bucket: u32,
+        now_ms: u64,
+    ) {
         let Some(ps) = self.ports.get(port as usize) else {
             return self.drop_pkt(pkt, DropReason::NotForUs);
         };
@@ -545,7 +560,7 @@ impl<P: PacketBuf> Stack<P> {
             return self.drop_pkt(pkt, DropReason::NotForUs);
         }
         match be16(d, 12) {
-            ETHERTYPE_IPV4 => self.ipv4_input(io, port, pkt, l2_bcast, now_ms),
+            ETHERTYPE_IPV4 => self.ipv4_input(io, port, pkt, l2_bcast, bucket, now_ms),
             ETHERTYPE_ARP => self.arp_input(io, port, pkt, now_ms),
             ETHERTYPE_IPV6 => self.drop_pkt(pkt, DropReason::Ipv6Unsupported),
             _ => self.drop_pkt(pkt, DropReason::UnknownEthertype),
@@ -843,6 +858,7 @@ impl<P: PacketBuf> Stack<P> {
         port: PortIdx,
         mut pkt: P,
         l2_bcast: bool,
+        bucket: u32,
         now_ms: u64,
     ) {
         let d = pkt.data();
@@ -868,14 +884,14 @@ impl<P: PacketBuf> Stack<P> {
         // Destinations of match services are served like owned addresses, also those of a
         // prefix too large to own (routed to rvs).
         if let Some(&o) = self.owned_v4.get(&u32::from(dst)) {
-            return self.local_input(io, port, pkt, ihl, o, now_ms);
+            return self.local_input(io, port, pkt, ihl, o, bucket, now_ms);
         }
         if self.fnat.services.in_match_dst(IpAddr::V4(dst)) {
             let o = Owned {
                 vip: true,
                 ..Owned::NONE
             };
-            return self.local_input(io, port, pkt, ihl, o, now_ms);
+            return self.local_input(io, port, pkt, ihl, o, bucket, now_ms);
         }
         if dst.is_broadcast() || self.bcast.contains(&dst) {
             return self.drop_pkt(pkt, DropReason::DstBroadcast);
@@ -905,6 +921,7 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn local_input<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
@@ -912,9 +929,10 @@ impl<P: PacketBuf> Stack<P> {
         pkt: P,
         ihl: usize,
         dst: Owned,
+        bucket: u32,
         now_ms: u64,
     ) {
-        let Some(mut pkt) = self.fnat_input(io, port, pkt, ihl, dst, now_ms) else {
+        let Some(mut pkt) = self.fnat_input(io, port, pkt, ihl, dst, bucket, now_ms) else {
             return;
         };
         let d = pkt.data();
@@ -956,7 +974,28 @@ impl<P: PacketBuf> Stack<P> {
     /// time exceeded or fragmentation needed (DF set), drops it and returns `None`; else gives it
     /// back.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn ttl_mtu_check<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        in_port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        total: u16,
+        out_port: PortIdx,
+        now_ms: u64,
+    ) -> Option<P> {
+        if pkt.data()[ip4::TTL] > 1 && total <= self.ports[out_port as usize].mtu {
+            return Some(pkt);
+        }
+        self.ttl_mtu_fail(io, in_port, pkt, ihl, total, out_port, now_ms)
+    }
+
+    /// The failing side of [`Stack::ttl_mtu_check`], out of line.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
+    fn ttl_mtu_fail<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         in_port: PortIdx,

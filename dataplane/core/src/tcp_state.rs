@@ -180,6 +180,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn established_stays_established_without_syn_fin_rst() {
+        // `fnat_track`'s established shortcut skips the table on exactly these segments.
+        for dir in [Dir::Input, Dir::Output, Dir::InputOnly] {
+            for f in (0..=255u8).filter(|f| f & (SYN | FIN | RST) == 0) {
+                assert_eq!(TcpState::Established.next(dir, f), TcpState::Established);
+            }
+        }
+    }
+
+    #[test]
     fn handshake_and_close() {
         let s = TcpState::None.next(Dir::Input, SYN);
         assert_eq!(s, TcpState::SynRecv);

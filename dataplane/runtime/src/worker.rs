@@ -93,7 +93,8 @@ impl RxPipe {
                     Self::stage(stack, bk, s, i + dist, a);
                 }
             }
-            stack.handle(io, port, MbufPacket(m), now);
+            // Stage 2 ran for every frame before it is handled (prologue or `i - 12`).
+            stack.handle_at(io, port, MbufPacket(m), bk[i], now);
         });
         for (done, &dist) in self.done.iter_mut().zip(&PF) {
             *done = len.min(take + dist) - take;
