@@ -815,7 +815,7 @@ impl<P: PacketBuf> Stack<P> {
 
     /// Update the session's TCP state and expiry for a packet in direction `dir`. Returns
     /// (old state, new state) for TCP.
-    #[inline]
+    #[inline(always)]
     fn fnat_track(
         &mut self,
         idx: u32,
@@ -952,7 +952,7 @@ impl<P: PacketBuf> Stack<P> {
     /// Send a rewritten packet to `dst` through the cached neighbour entry (`Ok`), or through
     /// `route` (`Err`: resolve the next hop, then cache it). Returns whether it was sent or held,
     /// and the neighbour entry (and its generation) learnt for `dst` on the way, if any.
-    #[inline]
+    #[inline(always)]
     fn fnat_send<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
@@ -961,13 +961,25 @@ impl<P: PacketBuf> Stack<P> {
         pkt: P,
         now_ms: u64,
     ) -> (bool, Option<(u32, u32)>) {
-        let route = match via {
+        match via {
             Ok(idx) => {
                 self.neigh_send(io, idx, pkt, now_ms);
-                return (true, None);
+                (true, None)
             }
-            Err(route) => route,
-        };
+            Err(route) => self.fnat_send_routed(io, dst, route, pkt, now_ms),
+        }
+    }
+
+    /// [`Stack::fnat_send`] through `route` (next hop not cached), out of line.
+    #[inline(never)]
+    fn fnat_send_routed<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        dst: Ipv4Addr,
+        route: Route,
+        pkt: P,
+        now_ms: u64,
+    ) -> (bool, Option<(u32, u32)>) {
         let nh = route.next_hop(IpAddr::V4(dst));
         let sent = self.neigh_output(io, route.port, nh, route.src, pkt, now_ms);
         let learnt = if sent {
