@@ -281,7 +281,7 @@ fn l4_csum_off(proto: u8) -> usize {
 /// One ones'-complement delta (RFC 1624: `~old + new` for every changed word) covers both
 /// addresses; the IP checksum adds the TTL word to it, the L4 checksum the port pair, and each is
 /// folded once. 32-bit words can be added whole because 2^16 ≡ 1 (mod 2^16 − 1).
-#[inline]
+#[inline(always)]
 pub fn rewrite_v4(
     d: &mut [u8],
     ihl: usize,
