@@ -1164,7 +1164,7 @@ impl<P: PacketBuf> Stack<P> {
 
     /// Send `pkt` (an IPv4 frame) to resolved neighbour entry `idx` (from [`Stack::nh_cached`]),
     /// probing it first when it is stale.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn neigh_send<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
@@ -1174,17 +1174,26 @@ impl<P: PacketBuf> Stack<P> {
     ) {
         let e = &self.neigh.entries[idx as usize];
         let (port, mac) = (e.port, e.mac);
-        let conf = &self.neigh.conf;
-        if now_ms.saturating_sub(e.confirmed_ms) >= conf.reachable_ms
-            && now_ms.saturating_sub(e.probe_ms) >= conf.retrans_ms
-        {
-            let (src, nh) = (e.src, e.ip);
-            self.neigh.entries[idx as usize].probe_ms = now_ms;
-            self.send_arp_request(io, port, src, nh, Some(mac));
+        if now_ms.saturating_sub(e.confirmed_ms) >= self.neigh.conf.reachable_ms {
+            self.neigh_probe_stale(io, idx, now_ms);
         }
         let my_mac = self.ports[port as usize].mac;
         write_eth(pkt.data_mut(), mac, my_mac, ETHERTYPE_IPV4);
         io.send(port, pkt);
+    }
+
+    /// Entry `idx` is stale (not confirmed for `reachable_ms`): probe it by unicast ARP, at most
+    /// once per `retrans_ms`. Out of line: only the packets of a stale window get here.
+    #[cold]
+    #[inline(never)]
+    fn neigh_probe_stale<I: Io<Pkt = P>>(&mut self, io: &mut I, idx: u32, now_ms: u64) {
+        let e = &self.neigh.entries[idx as usize];
+        if now_ms.saturating_sub(e.probe_ms) < self.neigh.conf.retrans_ms {
+            return;
+        }
+        let (port, mac, src, nh) = (e.port, e.mac, e.src, e.ip);
+        self.neigh.entries[idx as usize].probe_ms = now_ms;
+        self.send_arp_request(io, port, src, nh, Some(mac));
     }
 
     /// Resolve `nh` on `port` and send `pkt` (an IPv4 frame) or hold it. Returns true when it was
