@@ -38,8 +38,11 @@ impl FixedKey for IpAddr {
 }
 
 impl FixedKey for u32 {
+    /// Fibonacci hashing, high bits moved down: 2 instructions instead of [`mix`]'s 9 (keys are
+    /// configured addresses, not attacker-chosen, and probes compare the whole key).
+    #[inline(always)]
     fn hash64(&self) -> u64 {
-        mix(*self as u64)
+        (*self as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 29
     }
 }
 
