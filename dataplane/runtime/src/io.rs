@@ -160,7 +160,7 @@ impl WorkerIo {
     }
 
     /// Transmit everything queued for `port`; what the queue refuses is freed and counted.
-    #[inline]
+    #[inline(never)]
     fn flush_port(&mut self, port: usize) {
         let (q, b) = &mut self.tx[port];
         if b.is_empty() {
@@ -199,7 +199,7 @@ impl Io for WorkerIo {
         self.pool.alloc().map(MbufPacket)
     }
 
-    #[inline]
+    #[inline(always)]
     fn send(&mut self, port: PortIdx, pkt: MbufPacket) {
         let p = port as usize;
         if p >= self.tx.len() {
