@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{rig, syn, Rig, RIP_A, VIP1};
+use common::{ack, rig, syn, Rig, RIP_A, VIP1};
 use dpdk::Burst;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
@@ -36,12 +36,17 @@ fn held_frames_are_handled_in_order_and_never_stranded() {
     worker.start();
     let (feed, drain) = (&mut rp.feed[0], &mut rp.drain[0]);
     sent(drain); // the gratuitous ARPs of start()
-    let mut next_port = 1000u16;
-    let mut push = |n: usize, feed: &mut dpdk::MbufProducer| {
+    let next_port = std::cell::Cell::new(1000u16);
+    let push = |n: usize, feed: &mut dpdk::MbufProducer| {
         let mut b = Burst::new();
         for _ in 0..n {
-            let f = syn(VIP1, next_port);
-            next_port += 1;
+            // The first 3 × BURST ports open sessions; later, ACKs on them (session hits, found
+            // through the bucket the prefetch stage computed), then SYNs again.
+            let f = match next_port.get() {
+                p if p >= 2000 && p < 2000 + 3 * BURST => ack(VIP1, p - 1000),
+                p => syn(VIP1, p),
+            };
+            next_port.set(next_port.get() + 1);
             let mut m = pool.alloc().unwrap();
             assert!(m.set_len(f.len()));
             m.data_mut().copy_from_slice(&f);
@@ -84,7 +89,21 @@ fn held_frames_are_handled_in_order_and_never_stranded() {
     assert_eq!(worker.held(), 0);
     assert_eq!(before + sent(drain).len(), BURST as usize);
 
+    // ACKs on the first sessions, three full bursts: every one finds its session (an ACK
+    // without one is dropped) and leaves from the same LIP:lport as its SYN.
+    next_port.set(2000);
+    push(3 * BURST as usize, feed);
+    let mut acks = Vec::new();
+    for _ in 0..4 {
+        worker.poll_once();
+        acks.extend(sent(drain));
+    }
+    assert_eq!(acks, out, "each ACK follows its SYN's session, in order");
+
     let c = counters.snapshot();
-    assert_eq!(c.rx_packets, 3 * BURST as u64 + 5 + BURST as u64);
+    assert_eq!(
+        c.rx_packets,
+        3 * BURST as u64 + 5 + BURST as u64 + 3 * BURST as u64
+    );
     assert_eq!(c.total_drops(), 0, "{c:?}");
 }

@@ -59,6 +59,18 @@ pub fn syn(vip: [u8; 4], cport: u16) -> Vec<u8> {
     f
 }
 
+/// A client ACK to `vip`:80 from 192.0.2.2:`cport` (needs the SYN's session).
+pub fn ack(vip: [u8; 4], cport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], MAC)
+        .ipv4([192, 0, 2, 2], vip, 64)
+        .tcp(cport, 80, 2, 1000)
+        .ack(1)
+        .write(&mut f, b"")
+        .unwrap();
+    f
+}
+
 pub struct Rig {
     pub eal: Eal,
     pub pool: Arc<Mempool>,
