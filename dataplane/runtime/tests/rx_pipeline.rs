@@ -43,7 +43,7 @@ fn held_frames_are_handled_in_order_and_never_stranded() {
             // The first 3 × BURST ports open sessions; later, ACKs on them (session hits, found
             // through the bucket the prefetch stage computed), then SYNs again.
             let f = match next_port.get() {
-                p if p >= 2000 && p < 2000 + 3 * BURST => ack(VIP1, p - 1000),
+                p if (2000..2000 + 3 * BURST).contains(&p) => ack(VIP1, p - 1000),
                 p => syn(VIP1, p),
             };
             next_port.set(next_port.get() + 1);
