@@ -852,6 +852,7 @@ impl<P: PacketBuf> Stack<P> {
             || self.bcast.contains(&src)
     }
 
+    #[inline(always)]
     fn ipv4_input<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
