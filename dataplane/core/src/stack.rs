@@ -844,12 +844,17 @@ impl<P: PacketBuf> Stack<P> {
 
     // ---------------------------------------------------------------- IPv4
 
+    /// Source 0.0.0.0/8, 127.0.0.0/8, multicast, the limited broadcast or a connected subnet's
+    /// directed broadcast.
+    #[inline(always)]
     fn is_martian_src(&self, src: Ipv4Addr) -> bool {
-        src.octets()[0] == 0
-            || src.is_loopback()
-            || src.is_multicast()
-            || src.is_broadcast()
-            || self.bcast.contains(&src)
+        let a = u32::from(src);
+        let top = a >> 24;
+        top == 0
+            || top == 127
+            || top & 0xf0 == 0xe0
+            || a == u32::MAX
+            || (!self.bcast.is_empty() && self.bcast.contains(&src))
     }
 
     #[inline(always)]

@@ -677,6 +677,7 @@ fn ipv4_malformed_cases() {
         "0.1.2.3",
         "127.0.0.1",
         "224.0.0.5",
+        "239.255.255.254",
         "255.255.255.255",
         "192.0.2.255",
     ] {
@@ -686,7 +687,7 @@ fn ipv4_malformed_cases() {
             &mut io,
         );
     }
-    assert_eq!(drops(&c, DropReason::Martian), 6);
+    assert_eq!(drops(&c, DropReason::Martian), 7);
     // Broadcast / multicast destinations.
     for dst in ["255.255.255.255", "192.0.2.255", "10.1.255.255"] {
         run(
