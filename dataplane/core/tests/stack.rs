@@ -703,7 +703,7 @@ fn ipv4_malformed_cases() {
         &mut io,
     );
     assert_eq!(drops(&c, DropReason::DstMulticast), 1);
-    assert_eq!(total_drops(&c), n_malformed + 1 + 6 + 3 + 1);
+    assert_eq!(total_drops(&c), n_malformed + 1 + 7 + 3 + 1);
     assert!(io.take().is_empty(), "no ICMP error about any of these");
 }
 
