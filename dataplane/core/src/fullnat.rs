@@ -230,9 +230,13 @@ impl Fullnat {
 
 // ------------------------------------------------------------------------- header rewriting
 
-#[inline(always)]
+/// How a packet leaves: `Ok` a resolved neighbour entry, `Err` the route (and its index) to
+/// resolve the next hop through.
+type Via = Result<u32, (u32, Route)>;
+
 /// Give back what removed session `s` held: its lport (reusable after the reuse delay), its
 /// persistence template's hold and its dest's active/inactive count.
+#[inline(always)]
 fn release_session(
     s: &Session<Ipv4Addr>,
     lports: &mut LportAlloc,
@@ -932,21 +936,26 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// Where a packet to `dst` leaves: its output port and either a resolved neighbour entry
-    /// (`known`, e.g. kept in the session, else the next-hop cache) or the route to resolve it
-    /// through. None: no route.
-    #[inline]
-    fn fnat_via(
-        &self,
-        dst: Ipv4Addr,
-        known: Option<(PortIdx, u32)>,
-    ) -> Option<(PortIdx, Result<u32, Route>)> {
-        match known.or_else(|| self.nh_cached(dst)) {
-            Some((port, idx)) => Some((port, Ok(idx))),
-            None => self
-                .routes
-                .lookup(IpAddr::V4(dst))
-                .map(|&r| (r.port, Err(r))),
+    /// (`known`, e.g. kept in the session, else the next-hop cache, else the gateway entry of
+    /// the route) or the route (and its index) to resolve it through. None: no route.
+    #[inline(always)]
+    fn fnat_via(&self, dst: Ipv4Addr, known: Option<(PortIdx, u32)>) -> Option<(PortIdx, Via)> {
+        if let Some((port, idx)) = known.or_else(|| self.nh_cached(dst)) {
+            return Some((port, Ok(idx)));
         }
+        self.fnat_via_route(dst)
+    }
+
+    /// [`Stack::fnat_via`] past the caches: the route, and its gateway's entry when cached.
+    #[inline(never)]
+    fn fnat_via_route(&self, dst: Ipv4Addr) -> Option<(PortIdx, Via)> {
+        let (ri, &r) = self.routes.lookup_index(IpAddr::V4(dst))?;
+        if r.via.is_some() {
+            if let Some((port, idx)) = self.gw_cached(ri) {
+                return Some((port, Ok(idx)));
+            }
+        }
+        Some((r.port, Err((ri, r))))
     }
 
     /// Send a rewritten packet to `dst` through the cached neighbour entry (`Ok`), or through
@@ -957,7 +966,7 @@ impl<P: PacketBuf> Stack<P> {
         &mut self,
         io: &mut I,
         dst: Ipv4Addr,
-        via: Result<u32, Route>,
+        via: Via,
         pkt: P,
         now_ms: u64,
     ) -> (bool, Option<(u32, u32)>) {
@@ -966,7 +975,7 @@ impl<P: PacketBuf> Stack<P> {
                 self.neigh_send(io, idx, pkt, now_ms);
                 (true, None)
             }
-            Err(route) => self.fnat_send_routed(io, dst, route, pkt, now_ms),
+            Err((ri, route)) => self.fnat_send_routed(io, dst, ri, route, pkt, now_ms),
         }
     }
 
@@ -976,6 +985,7 @@ impl<P: PacketBuf> Stack<P> {
         &mut self,
         io: &mut I,
         dst: Ipv4Addr,
+        ri: u32,
         route: Route,
         pkt: P,
         now_ms: u64,
@@ -983,7 +993,7 @@ impl<P: PacketBuf> Stack<P> {
         let nh = route.next_hop(IpAddr::V4(dst));
         let sent = self.neigh_output(io, route.port, nh, route.src, pkt, now_ms);
         let learnt = if sent {
-            self.nh_learn(dst, route.port, nh)
+            self.nh_learn(dst, route.port, nh, route.via.map(|_| ri))
         } else {
             None
         };
@@ -1030,8 +1040,13 @@ impl<P: PacketBuf> Stack<P> {
             }
         }
         rewrite_v4(pkt.data_mut(), ihl, proto, s.vip, s.cip, s.vport, s.cport);
+        // A neighbour found through the caches (not the session's own) is kept in the session.
+        let cached = match via {
+            Ok(nh) if known.is_none() => Some((nh, self.neigh_gen())),
+            _ => None,
+        };
         let (sent, learnt) = self.fnat_send(io, s.cip, via, pkt, now_ms);
-        if let Some((nh, gen)) = learnt {
+        if let Some((nh, gen)) = learnt.or(cached) {
             let e = self.fnat.sessions.get_mut(idx);
             (e.nh_out, e.nh_gen) = (nh, gen);
         }

@@ -186,11 +186,17 @@ impl RouteTable {
     /// Longest-prefix match.
     #[inline]
     pub fn lookup(&self, dst: IpAddr) -> Option<&Route> {
+        self.lookup_index(dst).map(|(_, r)| r)
+    }
+
+    /// Longest-prefix match, with the route's index in [`RouteTable::routes`].
+    #[inline]
+    pub fn lookup_index(&self, dst: IpAddr) -> Option<(u32, &Route)> {
         let idx = match dst {
             IpAddr::V4(a) => self.v4.lookup(u32::from(a), |k, l| k & mask_v4(l)),
             IpAddr::V6(a) => self.v6.lookup(u128::from(a), |k, l| k & mask_v6(l)),
         }?;
-        Some(&self.routes[idx as usize])
+        Some((idx, &self.routes[idx as usize]))
     }
 
     /// Every route, connected first.

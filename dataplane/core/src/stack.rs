@@ -214,6 +214,9 @@ pub struct Stack<P: PacketBuf> {
     /// Destination → neighbour cache of the forwarding paths: skips the route lookup and the
     /// neighbour hash lookup for destinations seen recently (real servers, busy clients).
     nh_cache: Box<[NhLine]>,
+    /// Per route (index in `routes`): the resolved neighbour entry of its gateway, for routes
+    /// with one (every destination behind them shares it: new clients' first replies hit here).
+    gw_cache: Box<[NhLine]>,
 }
 
 impl<P: PacketBuf> Stack<P> {
@@ -232,6 +235,7 @@ impl<P: PacketBuf> Stack<P> {
             return Err(ConfigError::LportRange);
         }
         let routes = RouteTable::build(&cfg.ports, &cfg.routes).map_err(ConfigError::Route)?;
+        let n_routes = routes.routes().len();
         let fnat = Fullnat::new(cfg).map_err(ConfigError::Service)?;
         let mut owned = FixedMap::with_capacity(OWNED_CAPACITY);
         let mut bcast = Vec::new();
@@ -273,6 +277,7 @@ impl<P: PacketBuf> Stack<P> {
             ip_id: 0,
             fnat,
             nh_cache: vec![NhLine::default(); NH_CACHE].into_boxed_slice(),
+            gw_cache: vec![NhLine::default(); n_routes].into_boxed_slice(),
         };
         // VIPs and LIPs are owned (ARP answered, announced by on_start) on their ports.
         for s in &cfg.services {
@@ -1088,7 +1093,7 @@ impl<P: PacketBuf> Stack<P> {
         let nh = route.next_hop(IpAddr::V4(dst));
         if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
             self.counters.forwarded.inc();
-            let _ = self.nh_learn(dst, route.port, nh);
+            let _ = self.nh_learn(dst, route.port, nh, None);
         }
     }
 
@@ -1135,26 +1140,50 @@ impl<P: PacketBuf> Stack<P> {
         (e.resolved && e.in_use).then_some((e.port, l.neigh))
     }
 
-    /// Remember that `dst` goes out of `port` through next hop `nh`, when `nh` is resolved.
-    /// Returns the neighbour entry and the generation it is valid in.
+    /// Remember that `dst` goes out of `port` through next hop `nh`, when `nh` is resolved, and
+    /// when `nh` is the gateway of route `gw_route`, that route's gateway entry too. Returns the
+    /// neighbour entry and the generation it is valid in.
     #[inline]
     pub(crate) fn nh_learn(
         &mut self,
         dst: Ipv4Addr,
         port: PortIdx,
         nh: IpAddr,
+        gw_route: Option<u32>,
     ) -> Option<(u32, u32)> {
         let idx = self.neigh.find(port, nh)?;
         if !self.neigh.entries[idx].resolved {
             return None;
         }
         let gen = self.neigh.gen;
-        self.nh_cache[Self::nh_slot(dst)] = NhLine {
+        let line = NhLine {
             dst: u32::from(dst),
             gen,
             neigh: idx as u32,
         };
+        self.nh_cache[Self::nh_slot(dst)] = line;
+        if let Some(l) = gw_route.and_then(|r| self.gw_cache.get_mut(r as usize)) {
+            *l = line;
+        }
         Some((idx as u32, gen))
+    }
+
+    /// The current neighbour-table generation (entries cached elsewhere are valid in it).
+    #[inline]
+    pub(crate) fn neigh_gen(&self) -> u32 {
+        self.neigh.gen
+    }
+
+    /// The resolved neighbour entry of route `route`'s gateway, cached by [`Stack::nh_learn`]
+    /// in the current neighbour generation: (port, entry).
+    #[inline]
+    pub(crate) fn gw_cached(&self, route: u32) -> Option<(PortIdx, u32)> {
+        let l = self.gw_cache.get(route as usize)?;
+        if l.gen != self.neigh.gen {
+            return None; // also an empty line: generations start at 1
+        }
+        let e = self.neigh.entries.get(l.neigh as usize)?;
+        (e.resolved && e.in_use).then_some((e.port, l.neigh))
     }
 
     /// The port of neighbour entry `idx` when it was learnt in generation `gen`, which is still

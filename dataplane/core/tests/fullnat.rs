@@ -1409,3 +1409,46 @@ fn rewrite_v4_matches_full_recompute() {
         }
     }
 }
+
+/// Replies to new clients behind the default gateway: the first resolves the gateway through the
+/// route, later clients (new addresses, no next-hop cache line of their own) reuse the route's
+/// gateway entry. A changed gateway MAC is used at once, by new and by existing sessions.
+#[test]
+fn replies_to_new_clients_go_through_the_routes_gateway_entry() {
+    let (mut s, mut io, c) = setup(cfg());
+    // SYN from client `k`, the real server's SYN-ACK back: where does the reply go?
+    let connect = |s: &mut Stack<VecPacket>, io: &mut TestIo, k: u8, t: u64| -> Out {
+        let cip = format!("198.18.0.{k}");
+        handle(
+            s,
+            io,
+            0,
+            &tcp(GW0, MAC0, &cip, 1000, VIP, 80, SYN, &[], &[]),
+            t,
+        );
+        let o = parse(&io.one().1);
+        let (i, lport) = (o.ip.destination[3] - 10, o.tcp.unwrap().source_port);
+        handle(s, io, 1, &r2l(i, lport, SYNACK, &[], &[]), t);
+        let (port, f) = io.one();
+        assert_eq!(port, 0);
+        let o = parse(&f);
+        assert_eq!(o.ip.destination, v4(&cip));
+        o
+    };
+    for k in 1..=40 {
+        let o = connect(&mut s, &mut io, k, k as u64);
+        assert_eq!(o.eth.destination, GW0, "client {k}");
+    }
+    let moved = [0x0a, 0, 0, 0, 0, 0xef];
+    s.neigh_update(&mut io, 0, ip("192.0.2.254"), MacAddr(moved), 100);
+    io.take();
+    assert_eq!(connect(&mut s, &mut io, 41, 101).eth.destination, moved);
+    // An existing session's reply (its client's entry is kept in the session) follows too.
+    let sess = s
+        .session_by_client(Proto::Tcp, a4("198.18.0.1"), 1000, a4(VIP), 80)
+        .unwrap();
+    let i = u32::from(sess.rip).to_be_bytes()[3] - 10;
+    handle(&mut s, &mut io, 1, &r2l(i, sess.lport, ACK, &[], b"r"), 102);
+    assert_eq!(parse(&io.one().1).eth.destination, moved);
+    assert_eq!(c.fullnat_out.get(), 42);
+}
