@@ -260,13 +260,15 @@ fn mem_only(o: &Opts) -> Result<(), String> {
 }
 
 /// EAL arguments for this process (`lcores` as given, no hugepages, no PCI, a private prefix).
+/// EAL arguments; `RVS_EAL_ARGS` (whitespace-separated) is appended, e.g. `-d DIR` to load the
+/// PMDs from a packaged directory (`scripts/bench-pack`) on a machine without DPDK installed.
 fn eal_args(lcores: &[u32], mem_mb: u32) -> Vec<String> {
     let l = lcores
         .iter()
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    vec![
+    let mut a: Vec<String> = vec![
         "rvs-bench".into(),
         "-l".into(),
         l,
@@ -278,7 +280,11 @@ fn eal_args(lcores: &[u32], mem_mb: u32) -> Vec<String> {
         format!("rvsbench{}", std::process::id()),
         "--log-level".into(),
         "lib.eal:error".into(),
-    ]
+    ];
+    if let Ok(extra) = std::env::var("RVS_EAL_ARGS") {
+        a.extend(extra.split_whitespace().map(String::from));
+    }
+    a
 }
 
 fn pool(workers: usize) -> Result<Arc<Mempool>, String> {
