@@ -358,31 +358,7 @@ fn throughput(
                 setup_s = t0.elapsed().as_secs_f64();
                 results.push(harness::run(lanes, &c, eal.tsc_hz(), t.success.1)?);
             }
-            results.sort_by(|a, b| a.mpps().total_cmp(&b.mpps()));
-            let runs_mpps: Vec<f64> = results.iter().map(|r| r.mpps()).collect();
-            let r = results.swap_remove(results.len() / 2);
-            let row = ThroughputRow {
-                name: match dev {
-                    Device::IoFwd => "io-fwd (baseline)".into(),
-                    Device::Rvs => t.name.clone(),
-                },
-                about: match dev {
-                    Device::IoFwd => "rx burst → tx burst, same port, no processing".into(),
-                    Device::Rvs => t.about.clone(),
-                },
-                success_name: match dev {
-                    Device::IoFwd => None,
-                    Device::Rvs => Some(t.success.0),
-                },
-                mode,
-                workers: c.workers,
-                conn_pkts: match dev {
-                    Device::IoFwd => 0,
-                    Device::Rvs => t.conn_pkts,
-                },
-                result: r,
-                runs_mpps,
-            };
+            let row = row(dev, t, &c, results);
             eprintln!(
                 "{} (set-up {setup_s:.1} s, {} mbufs free)",
                 report::progress(&row),
@@ -394,9 +370,41 @@ fn throughput(
     Ok(rows)
 }
 
+/// The report row of `results` (one per repeat): the median run by Mpps, with every run's Mpps.
+fn row(dev: Device, t: &Trace, c: &RunConf, mut results: Vec<harness::Result>) -> ThroughputRow {
+    results.sort_by(|a, b| a.mpps().total_cmp(&b.mpps()));
+    let runs_mpps: Vec<f64> = results.iter().map(|r| r.mpps()).collect();
+    let r = results.swap_remove(results.len() / 2);
+    ThroughputRow {
+        name: match dev {
+            Device::IoFwd => "io-fwd (baseline)".into(),
+            Device::Rvs => t.name.clone(),
+        },
+        about: match dev {
+            Device::IoFwd => "rx burst → tx burst, same port, no processing".into(),
+            Device::Rvs => t.about.clone(),
+        },
+        success_name: match dev {
+            Device::IoFwd => None,
+            Device::Rvs => Some(t.success.0),
+        },
+        mode: c.mode,
+        workers: c.workers,
+        conn_pkts: match dev {
+            Device::IoFwd => 0,
+            Device::Rvs => t.conn_pkts,
+        },
+        result: r,
+        runs_mpps,
+        paired: Vec::new(),
+    }
+}
+
 /// 2 workers vs 1: with one worker and at least two lcores, run fnat-est (every size) and
-/// fnat-cps again on 2 workers, generator inline on each worker's lcore (two cores, each doing the
-/// work of one; the 1-worker figures are the inline rows of the main pass).
+/// fnat-cps (and the io-fwd baseline) in pairs, generator inline on each worker's lcore: each
+/// repeat runs 1 worker, then at once 2 workers (two cores, each doing the work of one), so the
+/// ratio compares runs seconds apart, not minutes (this VM drifts by up to 2× in minutes). The
+/// rows are the 2-worker runs, with the per-pair ratios.
 fn scaling(o: &Opts, eal: &Eal, pool: &Arc<Mempool>) -> Result<Vec<ThroughputRow>, String> {
     let names: Vec<String> = o
         .traces
@@ -407,13 +415,47 @@ fn scaling(o: &Opts, eal: &Eal, pool: &Arc<Mempool>) -> Result<Vec<ThroughputRow
     if o.workers != 1 || o.lcores.len() < 2 || names.is_empty() || o.gen == Some(GenArg::Lcore) {
         return Ok(Vec::new());
     }
-    let mut o2 = o.clone();
-    o2.traces = names;
-    o2.workers = 2;
-    o2.lcores = o.lcores[..2].to_vec();
-    o2.gen = Some(GenArg::Inline);
-    eprintln!("== 2 workers, generator inline on each worker's lcore");
-    throughput(&o2, eal, pool, &traces(&o2)?)
+    let with = |workers: usize| {
+        let mut x = o.clone();
+        x.traces = names.clone();
+        x.workers = workers;
+        x.lcores = o.lcores[..workers].to_vec();
+        x.gen = Some(GenArg::Inline);
+        x
+    };
+    let (o1, o2) = (with(1), with(2));
+    let (t1, t2) = (traces(&o1)?, traces(&o2)?);
+    let (c1, c2) = (conf(&o1, GenMode::Inline), conf(&o2, GenMode::Inline));
+    let tsc = eal.tsc_hz();
+    eprintln!(
+        "== 2 workers vs 1, paired (1 worker then 2, generator inline on each worker's lcore)"
+    );
+    let runs = std::iter::once((Device::IoFwd, 0)).chain((0..t2.len()).map(|i| (Device::Rvs, i)));
+    let mut rows = Vec::new();
+    for (dev, i) in runs {
+        let (mut ones, mut twos) = (Vec::new(), Vec::new());
+        for _ in 0..o.repeat.max(1) {
+            let lanes = harness::lanes(&t1[i], dev, &c1, pool, tsc)?;
+            ones.push(harness::run(lanes, &c1, tsc, t1[i].success.1)?);
+            let lanes = harness::lanes(&t2[i], dev, &c2, pool, tsc)?;
+            twos.push(harness::run(lanes, &c2, tsc, t2[i].success.1)?);
+        }
+        let mut paired: Vec<f64> = ones
+            .iter()
+            .zip(&twos)
+            .map(|(a, b)| b.mpps() / a.mpps())
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        let mut r = row(dev, &t2[i], &c2, twos);
+        r.paired = paired;
+        eprintln!(
+            "{} (× one worker, paired: {})",
+            report::progress(&r),
+            r.paired_text()
+        );
+        rows.push(r);
+    }
+    Ok(rows)
 }
 
 fn throughput_only(o: &Opts) -> Result<(), String> {
