@@ -40,6 +40,31 @@ fn conns_by_real(listing: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// `python3 reuse.py VIP PORT N`: N HTTP/1.0 GETs to VIP:80, each from local port PORT, each
+/// read to the end and closed with a RST; prints how many got a 200.
+const REUSE_PY: &str = r#"
+import socket, struct, sys
+vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ok = 0
+for _ in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.settimeout(10)
+    s.bind(("0.0.0.0", port))
+    s.connect((vip, 80))
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    d = b""
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        d += c
+    ok += d.startswith(b"HTTP/1.0 200")
+    s.close()
+print(ok)
+"#;
+
 #[test]
 fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
     if !prerequisites("e2e control walkthrough") {
@@ -110,13 +135,15 @@ fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
         "split {a}:{b} is not about 3:1\n{stats}"
     );
     // One client port used twice in a row (outside the ephemeral range, so the 1000 above never
-    // took it): the second SYN finds the first session in TIME_WAIT and is a new connection,
-    // scheduled and counted again.
+    // took it): the client reads each whole response and closes with a RST (SO_LINGER 0), so
+    // its own kernel keeps no TIME_WAIT that would refuse the port; the second SYN finds the
+    // first session in CLOSE and is a new connection, scheduled and counted again.
+    std::fs::write(dir.join("reuse.py"), REUSE_PY).unwrap();
     let o = ns(
         &cl,
-        &format!("bash -c 'for i in 1 2; do curl -s -o /dev/null -w \"%{{http_code}}\\n\" --max-time 10 --local-port 20123 http://{VIP}/; done | grep -c 200'"),
+        &format!("python3 {} {VIP} 20123 2", dir.join("reuse.py").display()),
     );
-    assert_eq!(text(&o).trim(), "2", "{}", rvsd.log_text());
+    assert_eq!(text(&o).trim(), "2", "{}\n{}", text(&o), rvsd.log_text());
     let (_, stats) = rvsadm(&sock, "-L -n --stats");
     let total: u64 = conns_by_real(&stats).iter().map(|x| x.1).sum();
     assert_eq!(total, 1002, "{stats}");
