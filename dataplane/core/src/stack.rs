@@ -1061,17 +1061,9 @@ impl<P: PacketBuf> Stack<P> {
         let d = pkt.data();
         let dst = ipv4_at(d, ip4::DST);
         if let Some((port, idx)) = self.nh_cached(dst) {
-            let total = be16(d, ip4::TOTAL_LEN);
-            let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, port, now_ms)
-            else {
-                return;
-            };
-            dec_ttl(pkt.data_mut());
-            self.neigh_send(io, idx, pkt, now_ms);
-            self.counters.forwarded.inc();
-            return;
+            return self.forward_to(io, in_port, pkt, ihl, port, idx, now_ms);
         }
-        let Some(route) = self.routes.lookup(IpAddr::V4(dst)).copied() else {
+        let Some((ri, &route)) = self.routes.lookup_index(IpAddr::V4(dst)) else {
             self.icmp_error(
                 io,
                 in_port,
@@ -1084,6 +1076,12 @@ impl<P: PacketBuf> Stack<P> {
             );
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
+        if route.via.is_some() {
+            // Behind a gateway: its entry, cached per route, serves new destinations too.
+            if let Some((port, idx)) = self.gw_cached(ri) {
+                return self.forward_to(io, in_port, pkt, ihl, port, idx, now_ms);
+            }
+        }
         let total = be16(d, ip4::TOTAL_LEN);
         let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, route.port, now_ms)
         else {
@@ -1093,8 +1091,31 @@ impl<P: PacketBuf> Stack<P> {
         let nh = route.next_hop(IpAddr::V4(dst));
         if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
             self.counters.forwarded.inc();
-            let _ = self.nh_learn(dst, route.port, nh, None);
+            let _ = self.nh_learn(dst, route.port, nh, route.via.map(|_| ri));
         }
+    }
+
+    /// Forward `pkt` out of `port` to resolved neighbour entry `idx` (from a cache): TTL/MTU
+    /// checks, TTL decrement, send.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn forward_to<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        in_port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        port: PortIdx,
+        idx: u32,
+        now_ms: u64,
+    ) {
+        let total = be16(pkt.data(), ip4::TOTAL_LEN);
+        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, port, now_ms) else {
+            return;
+        };
+        dec_ttl(pkt.data_mut());
+        self.neigh_send(io, idx, pkt, now_ms);
+        self.counters.forwarded.inc();
     }
 
     /// Route and send a locally generated IPv4 packet (Ethernet header space included). Returns

@@ -1392,6 +1392,43 @@ fn next_hop_cache_follows_neighbour_changes() {
     }
 }
 
+/// Forwarding to many destinations behind a gateway: after the gateway is resolved, every new
+/// destination takes the route's cached gateway entry (no per-destination cache line yet), and
+/// a changed gateway MAC is used at once.
+#[test]
+fn new_destinations_behind_a_gateway_use_its_entry() {
+    let (mut s, mut io, c) = setup(cfg());
+    let gw = ip("198.51.100.254");
+    let send = |s: &mut Stack<VecPacket>, io: &mut TestIo, host: u32, t: u64| {
+        let dst = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + host);
+        let f = udp(PEER, MAC0, "192.0.2.10", &dst.to_string(), 64, b"x");
+        handle(s, io, 0, &f, t);
+    };
+    // First packet: ARP for the gateway, held; the reply releases it.
+    send(&mut s, &mut io, 0, 0);
+    io.take();
+    s.neigh_update(&mut io, 1, gw, MacAddr(GW1), 1);
+    io.take();
+    for h in 1..=50 {
+        send(&mut s, &mut io, h, 2);
+        let out = io.take();
+        assert_eq!(out.len(), 1, "host {h}");
+        assert_eq!(out[0].0, 1);
+        let p = parse_ip(&out[0].1);
+        assert_eq!(p.eth.destination, GW1);
+        assert_eq!(
+            p.ip.destination,
+            (u32::from(Ipv4Addr::new(100, 64, 0, 0)) + h).to_be_bytes()
+        );
+    }
+    let moved = [0x0a, 0, 0, 0, 1, 0xef];
+    s.neigh_update(&mut io, 1, gw, MacAddr(moved), 3);
+    io.take();
+    send(&mut s, &mut io, 51, 4);
+    assert_eq!(parse_ip(&io.take()[0].1).eth.destination, moved);
+    assert_eq!(c.forwarded.get(), 52);
+}
+
 #[test]
 fn timer_work_is_bounded() {
     let mut cf = cfg();
