@@ -33,7 +33,6 @@ use crate::io::{Io, PortIdx};
 use crate::lport::LportAlloc;
 use crate::packet::PacketBuf;
 use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
-use crate::route::Route;
 use crate::sched::{DestStats, SchedKey};
 use crate::service::{ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
@@ -229,10 +228,6 @@ impl Fullnat {
 }
 
 // ------------------------------------------------------------------------- header rewriting
-
-/// How a packet leaves: `Ok` a resolved neighbour entry, `Err` the route (and its index) to
-/// resolve the next hop through.
-type Via = Result<u32, (u32, Route)>;
 
 /// Give back what removed session `s` held: its lport (reusable after the reuse delay), its
 /// persistence template's hold and its dest's active/inactive count.
@@ -902,7 +897,7 @@ impl<P: PacketBuf> Stack<P> {
             && new == TcpState::Established
             && tcp_flags & (flags::SYN | flags::RST) == 0
             && tcp_flags & flags::ACK != 0;
-        let Some((out_port, via)) = self.fnat_via(s.rip, None) else {
+        let Some((out_port, via)) = self.nh_via(s.rip, None) else {
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
         let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, now_ms)
@@ -926,78 +921,13 @@ impl<P: PacketBuf> Stack<P> {
         }
         // NAT: lip:lport is CIP:cport, so this keeps the client's source.
         rewrite_v4(pkt.data_mut(), ihl, proto, s.lip, s.rip, s.lport, s.rport);
-        if self.fnat_send(io, s.rip, via, pkt, now_ms).0 {
+        if self.nh_send(io, s.rip, via, pkt, now_ms).0 {
             if full {
                 self.counters.fullnat_in.inc();
             } else {
                 self.counters.nat_in.inc();
             }
         }
-    }
-
-    /// Where a packet to `dst` leaves: its output port and either a resolved neighbour entry
-    /// (`known`, e.g. kept in the session, else the next-hop cache, else the gateway entry of
-    /// the route) or the route (and its index) to resolve it through. None: no route.
-    #[inline(always)]
-    fn fnat_via(&self, dst: Ipv4Addr, known: Option<(PortIdx, u32)>) -> Option<(PortIdx, Via)> {
-        if let Some((port, idx)) = known.or_else(|| self.nh_cached(dst)) {
-            return Some((port, Ok(idx)));
-        }
-        self.fnat_via_route(dst)
-    }
-
-    /// [`Stack::fnat_via`] past the caches: the route, and its gateway's entry when cached.
-    #[inline(never)]
-    fn fnat_via_route(&self, dst: Ipv4Addr) -> Option<(PortIdx, Via)> {
-        let (ri, &r) = self.routes.lookup_index(IpAddr::V4(dst))?;
-        if r.via.is_some() {
-            if let Some((port, idx)) = self.gw_cached(ri) {
-                return Some((port, Ok(idx)));
-            }
-        }
-        Some((r.port, Err((ri, r))))
-    }
-
-    /// Send a rewritten packet to `dst` through the cached neighbour entry (`Ok`), or through
-    /// `route` (`Err`: resolve the next hop, then cache it). Returns whether it was sent or held,
-    /// and the neighbour entry (and its generation) learnt for `dst` on the way, if any.
-    #[inline(always)]
-    fn fnat_send<I: Io<Pkt = P>>(
-        &mut self,
-        io: &mut I,
-        dst: Ipv4Addr,
-        via: Via,
-        pkt: P,
-        now_ms: u64,
-    ) -> (bool, Option<(u32, u32)>) {
-        match via {
-            Ok(idx) => {
-                self.neigh_send(io, idx, pkt, now_ms);
-                (true, None)
-            }
-            Err((ri, route)) => self.fnat_send_routed(io, dst, ri, route, pkt, now_ms),
-        }
-    }
-
-    /// [`Stack::fnat_send`] through `route` (next hop not cached), out of line.
-    #[inline(never)]
-    fn fnat_send_routed<I: Io<Pkt = P>>(
-        &mut self,
-        io: &mut I,
-        dst: Ipv4Addr,
-        ri: u32,
-        route: Route,
-        pkt: P,
-        now_ms: u64,
-    ) -> (bool, Option<(u32, u32)>) {
-        let nh = route.next_hop(IpAddr::V4(dst));
-        let sent = self.neigh_output(io, route.port, nh, route.src, pkt, now_ms);
-        let learnt = if sent {
-            self.nh_learn(dst, route.port, nh, route.via.map(|_| ri))
-        } else {
-            None
-        };
-        (sent, learnt)
     }
 
     /// Real server → client packet of session `idx` (FULLNAT or NAT).
@@ -1026,7 +956,7 @@ impl<P: PacketBuf> Stack<P> {
             st.outbytes.add(total as u64);
         }
         let known = self.neigh_valid(s.nh_out, s.nh_gen).map(|p| (p, s.nh_out));
-        let Some((out_port, via)) = self.fnat_via(s.cip, known) else {
+        let Some((out_port, via)) = self.nh_via(s.cip, known) else {
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
         let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, now_ms)
@@ -1045,7 +975,7 @@ impl<P: PacketBuf> Stack<P> {
             Ok(nh) if known.is_none() => Some((nh, self.neigh_gen())),
             _ => None,
         };
-        let (sent, learnt) = self.fnat_send(io, s.cip, via, pkt, now_ms);
+        let (sent, learnt) = self.nh_send(io, s.cip, via, pkt, now_ms);
         if let Some((nh, gen)) = learnt.or(cached) {
             let e = self.fnat.sessions.get_mut(idx);
             (e.nh_out, e.nh_gen) = (nh, gen);
@@ -1273,13 +1203,13 @@ impl<P: PacketBuf> Stack<P> {
         f.templates.expire(now_ms, EXPIRE_MAX_TICKS, &f.dest_stats);
     }
 
-    /// A client's bare SYN found session `idx`: if that connection is over (TIME_WAIT or CLOSE) and not
-    /// held by a persistence template, end it now and return true, so the SYN is scheduled as a
-    /// new connection (IPVS's default `conn_reuse_mode=1`): it is counted, may go to another
-    /// real server, and on FULLNAT gets a fresh LIP:lport, so the real server never sees the
-    /// old 4-tuple it may still hold in TIME_WAIT. Otherwise (not a bare SYN, a live
-    /// connection, a persistent one) returns false and the packet follows the session. Rare on
-    /// the established path, so kept out of line.
+    /// A client's bare SYN (no ACK, no RST) found session `idx`: if that connection is over
+    /// (TIME_WAIT or CLOSE) and not held by a persistence template, end it now and return true,
+    /// so the SYN is scheduled as a new connection (IPVS's default `conn_reuse_mode=1`): it is
+    /// counted, may go to another real server, and on FULLNAT gets a fresh LIP:lport, so the
+    /// real server never sees the old 4-tuple it may still hold in TIME_WAIT. Otherwise (a live
+    /// or persistent connection, e.g. a retransmitted SYN) returns false and the SYN follows the
+    /// session. Out of line: only bare SYNs on an existing session get here.
     #[cold]
     #[inline(never)]
     fn fnat_reschedule(&mut self, idx: u32, now_ms: u64) -> bool {

@@ -167,7 +167,7 @@ impl Owned {
 }
 
 /// Decrement the TTL of the IPv4 frame `d` (checked > 1 before) and update its header checksum.
-#[inline]
+#[inline(always)]
 fn dec_ttl(d: &mut [u8]) {
     let old = be16(d, ip4::TTL);
     d[ip4::TTL] -= 1;
@@ -190,6 +190,10 @@ struct NhLine {
 
 /// [`Stack::prefetch_bucket`] of a frame that is not IPv4 TCP/UDP.
 pub const NO_BUCKET: u32 = u32::MAX;
+
+/// How a packet leaves ([`Stack::nh_via`]): `Ok` a resolved neighbour entry, `Err` the route (and
+/// its index) to resolve the next hop through.
+pub(crate) type Via = Result<u32, (u32, Route)>;
 
 /// The L2/L3 stack of one worker core. `Send` when `P` is.
 pub struct Stack<P: PacketBuf> {
@@ -1060,10 +1064,7 @@ impl<P: PacketBuf> Stack<P> {
         }
         let d = pkt.data();
         let dst = ipv4_at(d, ip4::DST);
-        if let Some((port, idx)) = self.nh_cached(dst) {
-            return self.forward_to(io, in_port, pkt, ihl, port, idx, now_ms);
-        }
-        let Some((ri, &route)) = self.routes.lookup_index(IpAddr::V4(dst)) else {
+        let Some((port, via)) = self.nh_via(dst, None) else {
             self.icmp_error(
                 io,
                 in_port,
@@ -1076,46 +1077,14 @@ impl<P: PacketBuf> Stack<P> {
             );
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
-        if route.via.is_some() {
-            // Behind a gateway: its entry, cached per route, serves new destinations too.
-            if let Some((port, idx)) = self.gw_cached(ri) {
-                return self.forward_to(io, in_port, pkt, ihl, port, idx, now_ms);
-            }
-        }
         let total = be16(d, ip4::TOTAL_LEN);
-        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, route.port, now_ms)
-        else {
-            return;
-        };
-        dec_ttl(pkt.data_mut());
-        let nh = route.next_hop(IpAddr::V4(dst));
-        if self.neigh_output(io, route.port, nh, route.src, pkt, now_ms) {
-            self.counters.forwarded.inc();
-            let _ = self.nh_learn(dst, route.port, nh, route.via.map(|_| ri));
-        }
-    }
-
-    /// Forward `pkt` out of `port` to resolved neighbour entry `idx` (from a cache): TTL/MTU
-    /// checks, TTL decrement, send.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn forward_to<I: Io<Pkt = P>>(
-        &mut self,
-        io: &mut I,
-        in_port: PortIdx,
-        pkt: P,
-        ihl: usize,
-        port: PortIdx,
-        idx: u32,
-        now_ms: u64,
-    ) {
-        let total = be16(pkt.data(), ip4::TOTAL_LEN);
         let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, port, now_ms) else {
             return;
         };
         dec_ttl(pkt.data_mut());
-        self.neigh_send(io, idx, pkt, now_ms);
-        self.counters.forwarded.inc();
+        if self.nh_send(io, dst, via, pkt, now_ms).0 {
+            self.counters.forwarded.inc();
+        }
     }
 
     /// Route and send a locally generated IPv4 packet (Ethernet header space included). Returns
@@ -1154,11 +1123,10 @@ impl<P: PacketBuf> Stack<P> {
     #[inline]
     pub(crate) fn nh_cached(&self, dst: Ipv4Addr) -> Option<(PortIdx, u32)> {
         let l = self.nh_cache[Self::nh_slot(dst)];
-        if l.dst != u32::from(dst) || l.gen != self.neigh.gen {
+        if l.dst != u32::from(dst) {
             return None;
         }
-        let e = self.neigh.entries.get(l.neigh as usize)?;
-        (e.resolved && e.in_use).then_some((e.port, l.neigh))
+        self.neigh_valid(l.neigh, l.gen).map(|port| (port, l.neigh))
     }
 
     /// Remember that `dst` goes out of `port` through next hop `nh`, when `nh` is resolved, and
@@ -1198,13 +1166,79 @@ impl<P: PacketBuf> Stack<P> {
     /// The resolved neighbour entry of route `route`'s gateway, cached by [`Stack::nh_learn`]
     /// in the current neighbour generation: (port, entry).
     #[inline]
-    pub(crate) fn gw_cached(&self, route: u32) -> Option<(PortIdx, u32)> {
+    fn gw_cached(&self, route: u32) -> Option<(PortIdx, u32)> {
+        // An empty line (generation 0) never matches: generations start at 1.
         let l = self.gw_cache.get(route as usize)?;
-        if l.gen != self.neigh.gen {
-            return None; // also an empty line: generations start at 1
+        self.neigh_valid(l.neigh, l.gen).map(|port| (port, l.neigh))
+    }
+
+    /// Where a packet to `dst` leaves: its output port and either a resolved neighbour entry
+    /// (`known`, e.g. kept in a session, else the next-hop cache, else the cached gateway entry
+    /// of its route) or the route and its index to resolve the next hop through. None: no route.
+    #[inline(always)]
+    pub(crate) fn nh_via(
+        &self,
+        dst: Ipv4Addr,
+        known: Option<(PortIdx, u32)>,
+    ) -> Option<(PortIdx, Via)> {
+        if let Some((port, idx)) = known.or_else(|| self.nh_cached(dst)) {
+            return Some((port, Ok(idx)));
         }
-        let e = self.neigh.entries.get(l.neigh as usize)?;
-        (e.resolved && e.in_use).then_some((e.port, l.neigh))
+        self.nh_via_route(dst)
+    }
+
+    /// [`Stack::nh_via`] past the caches, out of line.
+    #[inline(never)]
+    fn nh_via_route(&self, dst: Ipv4Addr) -> Option<(PortIdx, Via)> {
+        let (ri, &r) = self.routes.lookup_index(IpAddr::V4(dst))?;
+        if r.via.is_some() {
+            if let Some((port, idx)) = self.gw_cached(ri) {
+                return Some((port, Ok(idx)));
+            }
+        }
+        Some((r.port, Err((ri, r))))
+    }
+
+    /// Send a packet to `dst` through the cached neighbour entry (`Ok`), or through
+    /// `route` (`Err`: resolve the next hop, then cache it). Returns whether it was sent or held,
+    /// and the neighbour entry (and its generation) learnt for `dst` on the way, if any.
+    #[inline(always)]
+    pub(crate) fn nh_send<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        dst: Ipv4Addr,
+        via: Via,
+        pkt: P,
+        now_ms: u64,
+    ) -> (bool, Option<(u32, u32)>) {
+        match via {
+            Ok(idx) => {
+                self.neigh_send(io, idx, pkt, now_ms);
+                (true, None)
+            }
+            Err((ri, route)) => self.nh_send_routed(io, dst, ri, route, pkt, now_ms),
+        }
+    }
+
+    /// [`Stack::nh_send`] through `route` (next hop not cached), out of line.
+    #[inline(never)]
+    fn nh_send_routed<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        dst: Ipv4Addr,
+        ri: u32,
+        route: Route,
+        pkt: P,
+        now_ms: u64,
+    ) -> (bool, Option<(u32, u32)>) {
+        let nh = route.next_hop(IpAddr::V4(dst));
+        let sent = self.neigh_output(io, route.port, nh, route.src, pkt, now_ms);
+        let learnt = if sent {
+            self.nh_learn(dst, route.port, nh, route.via.map(|_| ri))
+        } else {
+            None
+        };
+        (sent, learnt)
     }
 
     /// The port of neighbour entry `idx` when it was learnt in generation `gen`, which is still

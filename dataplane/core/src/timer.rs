@@ -91,7 +91,8 @@ impl TimerWheel {
         self.len -= 1;
     }
 
-    /// File `item` to come up at (or just after) `expires_ms`, moving it if it was filed.
+    /// File `item` to come up at (or just after) `expires_ms`, moving it if it was filed. A new
+    /// item goes through [`TimerWheel::insert`], which first brings an empty wheel's clock to now.
     #[inline]
     pub fn schedule(&mut self, item: u32, expires_ms: u64) {
         if item as usize >= self.links.len() {
