@@ -45,6 +45,23 @@ pub struct PortConf {
     pub rss_key: Option<Vec<u8>>,
 }
 
+impl PortConf {
+    /// `queues` RX and TX queues of `desc` descriptors each; no RSS, the MTU left as it is, not
+    /// promiscuous (virtual devices, tests, benchmarks).
+    pub fn plain(queues: u16, desc: u16) -> PortConf {
+        PortConf {
+            rx_queues: queues,
+            tx_queues: queues,
+            rx_desc: desc,
+            tx_desc: desc,
+            rss: false,
+            mtu: None,
+            promiscuous: false,
+            rss_key: None,
+        }
+    }
+}
+
 /// What the port's RSS does, for software that wants to predict the queue of a flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RssInfo {

@@ -33,16 +33,7 @@ fn eal_port_mbuf_ring_and_lcore() {
     let pool = Mempool::new_pktmbuf("test_pool", 1023, 32, -1).expect("pool");
     let port = Port::by_name("net_ring0").expect("net_ring0");
     assert!(Port::by_name("net_nothing9").is_err());
-    let conf = PortConf {
-        rx_queues: 1,
-        tx_queues: 1,
-        rx_desc: 256,
-        tx_desc: 256,
-        rss: false,
-        mtu: None,
-        promiscuous: false,
-        rss_key: None,
-    };
+    let conf = PortConf::plain(1, 256);
     port.configure(&conf, &pool).expect("configure");
     port.start().expect("start");
     assert_eq!(port.info().unwrap().driver, "net_ring");

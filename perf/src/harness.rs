@@ -303,16 +303,7 @@ fn ring_ports(
         .map(|_| {
             let name = format!("bp{}", PORT_SEQ.fetch_add(1, Ordering::Relaxed));
             let rp = Port::from_rings(&name, queues, RING_SIZE).map_err(|e| e.to_string())?;
-            let conf = PortConf {
-                rx_queues: queues,
-                tx_queues: queues,
-                rx_desc: RING_SIZE as u16,
-                tx_desc: RING_SIZE as u16,
-                rss: false,
-                mtu: None,
-                promiscuous: false,
-                rss_key: None,
-            };
+            let conf = PortConf::plain(queues, RING_SIZE as u16);
             rp.port.configure(&conf, pool).map_err(|e| e.to_string())?;
             rp.port.start().map_err(|e| e.to_string())?;
             Ok(rp)

@@ -57,16 +57,7 @@ fn eal(lcore: u32, prefix: &str, vdevs: &[&str]) -> Result<Eal, String> {
 fn open(dev: &str, pool: &Mempool) -> Result<Port, String> {
     let name = dev.split(',').next().unwrap_or(dev);
     let port = Port::by_name(name).map_err(|e| e.to_string())?;
-    let conf = PortConf {
-        rx_queues: 1,
-        tx_queues: 1,
-        rx_desc: 1024,
-        tx_desc: 1024,
-        rss: false,
-        mtu: None,
-        promiscuous: false,
-        rss_key: None,
-    };
+    let conf = PortConf::plain(1, 1024);
     port.configure(&conf, pool)
         .map_err(|e| format!("{dev}: {e}"))?;
     port.start().map_err(|e| format!("{dev}: {e}"))?;

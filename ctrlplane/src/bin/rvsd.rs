@@ -337,14 +337,8 @@ fn run(cfg: &Config) -> Result<(), String> {
         let tap = dpdk::Port::by_name(&name)
             .map_err(|e| format!("port {:?}: kernel interface {k}: {e}", pc.name))?;
         let conf = dpdk::PortConf {
-            rx_queues: nq,
-            tx_queues: nq,
-            rx_desc: 512,
-            tx_desc: 512,
-            rss: false,
             mtu: Some(pc.mtu),
-            promiscuous: false,
-            rss_key: None,
+            ..dpdk::PortConf::plain(nq, 512)
         };
         tap.configure(&conf, &pool)
             .map_err(|e| format!("kernel interface {k}: {e}"))?;

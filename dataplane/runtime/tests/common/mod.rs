@@ -96,16 +96,7 @@ pub fn rig(name: &str, burst: u16) -> Rig {
     let eal = Eal::init(&args).expect("EAL");
     let pool = Arc::new(Mempool::new_pktmbuf(&format!("{name}_pool"), 4095, 0, -1).unwrap());
     let rp = Port::from_rings(&format!("{name}0"), 1, 1024).unwrap();
-    let conf = PortConf {
-        rx_queues: 1,
-        tx_queues: 1,
-        rx_desc: 1024,
-        tx_desc: 1024,
-        rss: false,
-        mtu: None,
-        promiscuous: false,
-        rss_key: None,
-    };
+    let conf = PortConf::plain(1, 1024);
     rp.port.configure(&conf, &pool).unwrap();
     rp.port.start().unwrap();
 
