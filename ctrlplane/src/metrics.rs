@@ -194,6 +194,12 @@ const CORE_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
         CORE,
     ),
     (
+        "rvs_core_fast_path_total",
+        "Packets of established FULLNAT sessions forwarded by the established fast path (the other packets take the general path)",
+        Kind::Counter,
+        CORE,
+    ),
+    (
         "rvs_core_polls_total",
         "Poll loop iterations",
         Kind::Counter,
@@ -422,14 +428,15 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
         core[5].push(CORE, &l, c.sessions_created as f64);
         core[6].push(CORE, &l, c.sessions_expired as f64);
         core[7].push(CORE, &l, c.sessions_rescheduled as f64);
-        core[8].push(CORE, &l, c.polls as f64);
-        core[9].push(CORE, &l, c.busy_polls as f64);
+        core[8].push(CORE, &l, c.fast_path as f64);
+        core[9].push(CORE, &l, c.polls as f64);
+        core[10].push(CORE, &l, c.busy_polls as f64);
         let ratio = if c.polls == 0 {
             0.0
         } else {
             c.busy_polls as f64 / c.polls as f64
         };
-        core[10].push(CORE, &l, ratio);
+        core[11].push(CORE, &l, ratio);
     }
 
     let mut port: Vec<Fam> = PORT_FAMILIES

@@ -164,6 +164,7 @@ events! {
     sessions_created,
     sessions_expired,
     sessions_rescheduled,
+    fast_path,
     fullnat_in,
     fullnat_out,
     toa_inserted,

@@ -101,10 +101,16 @@ impl<K: FixedKey, V> FixedMap<K, V> {
     }
 
     /// The value of `k`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, k: &K) -> Option<&V> {
-        self.find(k)
-            .and_then(|i| self.slots[i].as_ref().map(|(_, v)| v))
+        let mut i = k.hash64() as usize & self.mask;
+        loop {
+            match self.slots.get(i)? {
+                None => return None,
+                Some((kk, v)) if kk == k => return Some(v),
+                _ => i = (i + 1) & self.mask,
+            }
+        }
     }
 
     /// The value of `k`, writable.

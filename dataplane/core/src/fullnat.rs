@@ -309,6 +309,20 @@ pub fn rewrite_v4(
     rewrite_at(&mut d[..co + 2], l4, proto, src, dst, sport, dport)
 }
 
+/// [`rewrite_v4`] of a frame known to start with Ethernet, a 20-byte IPv4 header and a TCP header
+/// (or a UDP header and 12 bytes of payload): no checks left.
+#[inline(always)]
+pub(crate) fn rewrite_fixed(
+    f: &mut [u8; ETH_LEN + 40],
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) {
+    rewrite_at(f, ETH_LEN + ip4::MIN_HDR, proto, src, dst, sport, dport)
+}
+
 /// Bytes the usual case of [`rewrite_v4`] covers: Ethernet, a 20-byte IPv4 header and 18 bytes
 /// of L4 header (up to the end of the TCP checksum).
 const FAST_LEN: usize = ETH_LEN + 20 + 18;

@@ -10,6 +10,7 @@ pub mod bigarray;
 pub mod checksum;
 pub mod config;
 pub mod counters;
+mod fastpath;
 pub mod fixedmap;
 pub mod fullnat;
 pub mod fwd;

@@ -45,6 +45,8 @@ pub struct LportAlloc {
     by_lip: FixedMap<IpAddr, u16>,
     worker: u16,
     n_workers: u16,
+    /// `n_workers - 1` when it is a power of two (the owner is a mask), else `u16::MAX`.
+    owner_mask: u16,
     min: u16,
     max: u16,
     reuse_delay_ms: u64,
@@ -66,6 +68,11 @@ impl LportAlloc {
             by_lip: FixedMap::with_capacity(MAX_LIPS),
             worker,
             n_workers: n_workers.max(1),
+            owner_mask: if n_workers.max(1).is_power_of_two() {
+                n_workers.max(1) - 1
+            } else {
+                u16::MAX
+            },
             min,
             max,
             reuse_delay_ms,
@@ -75,18 +82,17 @@ impl LportAlloc {
 
     /// The worker owning `lport` (`lport % n_workers`; a mask for 1, 2, 4, ... workers, so
     /// the usual case costs no division on every reply).
-    #[inline]
+    #[inline(always)]
     pub fn owner(&self, lport: u16) -> u16 {
-        let n = self.n_workers;
-        if n.is_power_of_two() {
-            lport & (n - 1)
+        if self.owner_mask != u16::MAX {
+            lport & self.owner_mask
         } else {
-            lport % n
+            lport % self.n_workers
         }
     }
 
     /// True when `lport` is in the configured lport range.
-    #[inline]
+    #[inline(always)]
     pub fn in_range(&self, lport: u16) -> bool {
         (self.min..=self.max).contains(&lport)
     }

@@ -253,7 +253,7 @@ impl<A: SessAddr> SessionTable<A> {
     }
 
     /// The entry `idx`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, idx: u32) -> &Session<A> {
         &self.entries[idx as usize]
     }
@@ -334,7 +334,7 @@ impl<A: SessAddr> SessionTable<A> {
     }
 
     /// [`SessionTable::lookup_in`] in bucket `b` of this tuple ([`SessionTable::bucket_of`]).
-    #[inline]
+    #[inline(always)]
     pub fn lookup_in_at(
         &self,
         b: u32,
@@ -375,7 +375,7 @@ impl<A: SessAddr> SessionTable<A> {
     }
 
     /// [`SessionTable::lookup_out`] in bucket `b` of this tuple ([`SessionTable::bucket_of`]).
-    #[inline]
+    #[inline(always)]
     pub fn lookup_out_at(
         &self,
         b: u32,

@@ -103,7 +103,7 @@ impl fmt::Display for OwnedError {
 impl std::error::Error for OwnedError {}
 
 pub(crate) struct PortState {
-    mac: MacAddr,
+    pub(crate) mac: MacAddr,
     pub(crate) mtu: u16,
     addrs: Vec<Prefix>,
     /// Source of ICMP errors about packets received on this port (its first IPv4 address).
@@ -207,7 +207,7 @@ pub struct Stack<P: PacketBuf> {
     owned: FixedMap<IpAddr, Owned>,
     /// The IPv4 members of `owned`, keyed by the address's `u32` (the per-packet lookup; a
     /// copy kept in step wherever `owned` changes: `own`, `remove_owned`, reclassification).
-    owned_v4: FixedMap<u32, Owned>,
+    pub(crate) owned_v4: FixedMap<u32, Owned>,
     /// Directed broadcast addresses of the connected IPv4 subnets.
     bcast: Vec<Ipv4Addr>,
     icmp_bucket: TokenBucket,
@@ -221,6 +221,9 @@ pub struct Stack<P: PacketBuf> {
     /// Per route (index in `routes`): the resolved neighbour entry of its gateway, for routes
     /// with one (every destination behind them shares it: new clients' first replies hit here).
     gw_cache: Box<[NhLine]>,
+    /// The established fast path ([`crate::fastpath`]) is on (always, but for the tests that
+    /// compare it with the general path).
+    fast: bool,
 }
 
 impl<P: PacketBuf> Stack<P> {
@@ -282,6 +285,7 @@ impl<P: PacketBuf> Stack<P> {
             fnat,
             nh_cache: vec![NhLine::default(); NH_CACHE].into_boxed_slice(),
             gw_cache: vec![NhLine::default(); n_routes].into_boxed_slice(),
+            fast: true,
         };
         // VIPs and LIPs are owned (ARP answered, announced by on_start) on their ports.
         for s in &cfg.services {
@@ -374,6 +378,12 @@ impl<P: PacketBuf> Stack<P> {
             Ok(s) => s,
             Err(e) => panic!("invalid stack configuration: {e}"),
         }
+    }
+
+    /// Turn the established fast path off (`false`) or on: for the tests and benchmarks that
+    /// compare it with the general path; it changes no behaviour, only the cost.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast = on;
     }
 
     /// The counters this stack writes.
@@ -539,9 +549,11 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
-    /// Handle one received frame.
+    /// Handle one received frame (its session bucket computed here: [`Stack::handle_at`] for
+    /// frames whose bucket a prefetch stage found).
     pub fn handle<I: Io<Pkt = P>>(&mut self, io: &mut I, port: PortIdx, pkt: P, now_ms: u64) {
-        self.handle_at(io, port, pkt, NO_BUCKET, now_ms)
+        let bucket = self.prefetch_bucket(pkt.data());
+        self.handle_at(io, port, pkt, bucket, now_ms)
     }
 
     /// [`Stack::handle`] for a frame whose session bucket [`Stack::prefetch_bucket`] computed
@@ -549,6 +561,25 @@ impl<P: PacketBuf> Stack<P> {
     /// tuple again.
     #[inline]
     pub fn handle_at<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        bucket: u32,
+        now_ms: u64,
+    ) {
+        if bucket != NO_BUCKET && self.fast {
+            if let Some(pkt) = self.fast_path(io, port, pkt, bucket, now_ms) {
+                self.handle_general(io, port, pkt, bucket, now_ms);
+            }
+        } else {
+            self.handle_general(io, port, pkt, bucket, now_ms);
+        }
+    }
+
+    /// [`Stack::handle_at`] past the established fast path: every kind of frame.
+    #[inline(never)]
+    fn handle_general<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         port: PortIdx,
@@ -856,7 +887,7 @@ impl<P: PacketBuf> Stack<P> {
     /// Source 0.0.0.0/8, 127.0.0.0/8, multicast, the limited broadcast or a connected subnet's
     /// directed broadcast.
     #[inline(always)]
-    fn is_martian_src(&self, src: Ipv4Addr) -> bool {
+    pub(crate) fn is_martian_src(&self, src: Ipv4Addr) -> bool {
         let a = u32::from(src);
         let top = a >> 24;
         top == 0
@@ -1120,7 +1151,7 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// The output port and resolved neighbour entry of IPv4 destination `dst`, when cached.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn nh_cached(&self, dst: Ipv4Addr) -> Option<(PortIdx, u32)> {
         let l = self.nh_cache[Self::nh_slot(dst)];
         if l.dst != u32::from(dst) {
@@ -1243,7 +1274,7 @@ impl<P: PacketBuf> Stack<P> {
 
     /// The port of neighbour entry `idx` when it was learnt in generation `gen`, which is still
     /// current, and it is resolved (a next hop cached elsewhere, e.g. in a session).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn neigh_valid(&self, idx: u32, gen: u32) -> Option<PortIdx> {
         if gen != self.neigh.gen {
             return None;
@@ -1262,14 +1293,26 @@ impl<P: PacketBuf> Stack<P> {
         mut pkt: P,
         now_ms: u64,
     ) {
+        let (port, mac, my_mac) = self.neigh_macs(io, idx, now_ms);
+        write_eth(pkt.data_mut(), mac, my_mac, ETHERTYPE_IPV4);
+        io.send(port, pkt);
+    }
+
+    /// The port, neighbour MAC and own MAC to send to resolved neighbour entry `idx` (from
+    /// [`Stack::nh_cached`]) with, probing it first when it is stale.
+    #[inline(always)]
+    pub(crate) fn neigh_macs<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        idx: u32,
+        now_ms: u64,
+    ) -> (PortIdx, MacAddr, MacAddr) {
         let e = &self.neigh.entries[idx as usize];
         let (port, mac) = (e.port, e.mac);
         if now_ms.saturating_sub(e.confirmed_ms) >= self.neigh.conf.reachable_ms {
             self.neigh_probe_stale(io, idx, now_ms);
         }
-        let my_mac = self.ports[port as usize].mac;
-        write_eth(pkt.data_mut(), mac, my_mac, ETHERTYPE_IPV4);
-        io.send(port, pkt);
+        (port, mac, self.ports[port as usize].mac)
     }
 
     /// Entry `idx` is stale (not confirmed for `reachable_ms`): probe it by unicast ARP, at most

@@ -1,0 +1,206 @@
+//! The established fast path: one IPv4 TCP/UDP packet of an established FULLNAT session, the
+//! bulk of a gateway's traffic, handled in one pass over a fixed-size view of its first 54 bytes.
+//!
+//! It is a specialisation, not a second implementation: [`Stack::fast_path`] first decides from
+//! the packet and the session, changing nothing, whether the general path (`handle_at` →
+//! `ipv4_input` → `fnat_input` → `fnat_in`/`fnat_out`) would forward it with nothing but the
+//! expiry, the per-dest counters, the rewrite and the Ethernet header — and only then does
+//! exactly that. Anything else (IP options, fragments, SYN/FIN/RST, a state change, TOA still to
+//! insert, TTL or MTU trouble, a next hop not cached, another worker's lport, NAT/DR/TUN
+//! sessions, a malformed or short header, Ethernet padding inside the view) goes to the general
+//! path untouched, which handles and counts it. `dataplane/core/tests/fastpath.rs` runs every
+//! kind of packet through both and compares the frames sent, the counters and the sessions.
+
+use crate::config::Fwd;
+use crate::io::{Io, PortIdx};
+use crate::packet::PacketBuf;
+use crate::session::F_TOA_DONE;
+use crate::stack::{Owned, Stack};
+use crate::tcp_state::{flags, TcpState};
+use crate::wire::{ip4, ETHERTYPE_IPV4, ETH_LEN};
+use std::net::Ipv4Addr;
+
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+/// Bytes the fast path works on: Ethernet, a 20-byte IPv4 header, a 20-byte TCP header (or a UDP
+/// header and 12 bytes of payload).
+const VIEW: usize = ETH_LEN + 20 + 20;
+
+#[inline(always)]
+fn be16(f: &[u8; VIEW], o: usize) -> u16 {
+    u16::from_be_bytes([f[o], f[o + 1]])
+}
+
+#[inline(always)]
+fn be32(f: &[u8; VIEW], o: usize) -> u32 {
+    u32::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3]])
+}
+
+/// What [`Stack::fast_plan`] found: the session and its direction, the next hop, the IP length.
+struct Plan {
+    idx: u32,
+    out: bool,
+    neigh: u32,
+    total: u16,
+    tcp: bool,
+}
+
+impl<P: PacketBuf> Stack<P> {
+    /// Forward `pkt` (received on `port`; `bucket`: its session bucket, from the prefetch stage)
+    /// when it is a plain packet of an established FULLNAT session; else give it back unchanged
+    /// for the general path.
+    #[inline(always)]
+    pub(crate) fn fast_path<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        mut pkt: P,
+        bucket: u32,
+        now_ms: u64,
+    ) -> Option<P> {
+        let len = pkt.len();
+        let Some(v) = pkt
+            .data_mut()
+            .get_mut(..VIEW)
+            .and_then(|v| <&mut [u8; VIEW]>::try_from(v).ok())
+        else {
+            return Some(pkt);
+        };
+        let Some(plan) = self.fast_plan(port, v, len, bucket) else {
+            return Some(pkt);
+        };
+        let f = &mut self.fnat;
+        let s = f.sessions.get_mut(plan.idx);
+        let tcp = plan.tcp;
+        s.expires_ms = now_ms
+            + if tcp {
+                f.conf.timeouts.tcp_established
+            } else {
+                f.conf.timeouts.udp
+            };
+        let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
+        let total = plan.total as u64;
+        let st = f.dest_stats.get(s.dest as usize);
+        if plan.out {
+            if tcp {
+                // The real server speaks after the handshake: it holds the connection (and TOA).
+                s.flags |= F_TOA_DONE;
+            }
+            if let Some(st) = st {
+                st.outpkts.inc();
+                st.outbytes.add(total);
+            }
+            crate::fullnat::rewrite_fixed(v, proto, s.vip, s.cip, s.vport, s.cport);
+        } else {
+            if let Some(st) = st {
+                st.inpkts.inc();
+                st.inbytes.add(total);
+            }
+            crate::fullnat::rewrite_fixed(v, proto, s.lip, s.rip, s.lport, s.rport);
+        }
+        let (out_port, mac, my_mac) = self.neigh_macs(io, plan.neigh, now_ms);
+        v[..6].copy_from_slice(&mac.0);
+        v[6..12].copy_from_slice(&my_mac.0);
+        let ip_end = ETH_LEN + plan.total as usize;
+        if len > ip_end {
+            pkt.set_len(ip_end); // Ethernet padding, stripped as the general path does
+        }
+        io.send(out_port, pkt);
+        let c = &self.counters;
+        if plan.out {
+            c.fullnat_out.inc();
+        } else {
+            c.fullnat_in.inc();
+        }
+        c.fast_path.inc();
+        None
+    }
+
+    /// Whether the fast path takes frame `f` (the first [`VIEW`] bytes of `len`), and how. Reads
+    /// only.
+    #[inline(always)]
+    fn fast_plan(&self, port: PortIdx, f: &[u8; VIEW], len: usize, bucket: u32) -> Option<Plan> {
+        let proto = f[ip4::PROTO];
+        let tcp = proto == PROTO_TCP;
+        // First what rules out most other packets (handshakes and closes) soonest.
+        if tcp && f[ETH_LEN + 20 + 13] & (flags::SYN | flags::FIN | flags::RST) != 0 {
+            return None;
+        }
+        let ps = self.ports.get(port as usize)?;
+        // Unicast to the port, IPv4 without options, not a fragment, a TTL left to decrement.
+        if f[..6] != ps.mac.0
+            || be16(f, 12) != ETHERTYPE_IPV4
+            || f[ip4::VIHL] != 0x45
+            || be16(f, ip4::FRAG) & ip4::MF_OFFSET != 0
+            || f[ip4::TTL] <= 1
+        {
+            return None;
+        }
+        // The whole view is packet, not padding (the rewrite covers it), within the frame.
+        let total = be16(f, ip4::TOTAL_LEN);
+        if (total as usize) < VIEW - ETH_LEN || ETH_LEN + total as usize > len {
+            return None;
+        }
+        if tcp {
+            let doff = (f[ETH_LEN + 20 + 12] >> 4) as u16 * 4;
+            if doff < 20 || doff > total - 20 {
+                return None;
+            }
+        } else if proto != PROTO_UDP {
+            return None;
+        }
+        if crate::checksum::ip_header_checksum(&f[ETH_LEN..ETH_LEN + 20]) != 0 {
+            return None;
+        }
+        let src = Ipv4Addr::from(be32(f, ip4::SRC));
+        let dst = be32(f, ip4::DST);
+        let o: Owned = *self.owned_v4.get(&dst)?;
+        let dst = Ipv4Addr::from(dst);
+        let (sport, dport) = (be16(f, ETH_LEN + 20), be16(f, ETH_LEN + 22));
+        let fnat = &self.fnat;
+        // As `fnat_input` decides: a LIP's lport range holds the replies, the rest is inbound.
+        let out = o.pool != Owned::NO_POOL && fnat.lports.in_range(dport);
+        let idx = if out {
+            // A client's source passed this test when its session was made (the broadcast
+            // addresses never change); a real server's replies may come here first (UDP, or a
+            // handshake the client completed).
+            if fnat.lports.owner(dport) != fnat.worker || self.is_martian_src(src) {
+                return None;
+            }
+            fnat.sessions
+                .lookup_out_at(bucket, proto, src, sport, dst, dport)?
+        } else {
+            fnat.sessions
+                .lookup_in_at(bucket, proto, src, sport, dst, dport)?
+        };
+        let s = fnat.sessions.get(idx);
+        if s.fwd != Fwd::FullNat {
+            return None;
+        }
+        if tcp {
+            if s.state != TcpState::Established as u8 {
+                return None;
+            }
+            // The TOA still rides on the client's packets.
+            if !out && fnat.conf.toa && s.flags & F_TOA_DONE == 0 {
+                return None;
+            }
+        }
+        let (out_port, neigh) = if out {
+            (self.neigh_valid(s.nh_out, s.nh_gen)?, s.nh_out)
+        } else {
+            self.nh_cached(s.rip)?
+        };
+        if total > self.ports.get(out_port as usize)?.mtu {
+            return None;
+        }
+        Some(Plan {
+            idx,
+            out,
+            neigh,
+            total,
+            tcp,
+        })
+    }
+}
