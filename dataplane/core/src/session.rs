@@ -12,7 +12,7 @@
 //! capacity); a head or chain link is `index << 1 | direction`, and the chains are threaded
 //! through the entries (`next[direction]`), so the index costs 8 bytes per session plus 8 bytes
 //! in each entry. Lookups, inserts and removals are O(1) on average and never allocate. The hash
-//! is keyed with a per-table random seed (from std's `RandomState`) so clients cannot aim at one
+//! is keyed with per-table random multipliers (from std's `RandomState`) so clients cannot aim at one
 //! bucket.
 //!
 //! The table is generic over the address type ([`SessAddr`]): IPv4 ([`Ipv4Addr`], 64-byte
@@ -169,7 +169,7 @@ pub struct SessionTable<A> {
     entries: BigArray<Session<A>>,
     heads: BigArray<u32>,
     mask: u64,
-    seed: u64,
+    key: HashKey,
     free: u32,
     len: u32,
 }
@@ -189,11 +189,52 @@ fn prefetch<T>(v: &T) {
     let _ = v;
 }
 
+/// The key of a table's hash: random 64-bit multipliers and offset, drawn per table, and the
+/// shift that keeps the bucket bits.
+#[derive(Clone, Copy, Debug)]
+struct HashKey {
+    m: [u64; 6],
+    add: u64,
+    /// Odd multiplier of the final xor-shift-multiply.
+    fin: u64,
+    shift: u32,
+}
+
+impl HashKey {
+    fn new(buckets: usize) -> HashKey {
+        let rs = std::collections::hash_map::RandomState::new();
+        let draw = |i: u64| {
+            let mut h = rs.build_hasher();
+            h.write_u64(i);
+            mix(h.finish())
+        };
+        HashKey {
+            m: [draw(0), draw(1), draw(2), draw(3), draw(4), draw(5)],
+            add: draw(6),
+            fin: draw(7) | 1,
+            shift: 64 - buckets.trailing_zeros(),
+        }
+    }
+}
+
+/// The bucket of a tuple: multiply-add over its 32-bit words (Dietzfelbinger's vector scheme,
+/// `(add + Σ m_i·x_i) mod 2^64`: universal, so clients who do not know the random key cannot aim
+/// many tuples at one bucket; four independent multiplies for IPv4), then one xor-shift-multiply
+/// round before the top bits are taken: alone, a key whose multiplier is close to a fraction
+/// with a small denominator would crowd structured tuples (one client walking its ports) into
+/// a few buckets.
 #[inline(always)]
-fn key_hash<A: SessAddr>(seed: u64, proto: u8, a: A, ap: u16, b: A, bp: u16) -> u64 {
-    let x = a.hash_bits().rotate_left(32) ^ b.hash_bits() ^ seed;
-    let y = ((ap as u64) << 32 | (bp as u64) << 8 | proto as u64) ^ seed.rotate_left(17);
-    mix(mix(x) ^ y)
+fn key_hash<A: SessAddr>(k: &HashKey, proto: u8, a: A, ap: u16, b: A, bp: u16) -> u64 {
+    let (x, y) = (a.hash_bits(), b.hash_bits());
+    let h = k
+        .add
+        .wrapping_add((x & 0xffff_ffff).wrapping_mul(k.m[0]))
+        .wrapping_add((x >> 32).wrapping_mul(k.m[1]))
+        .wrapping_add((y & 0xffff_ffff).wrapping_mul(k.m[2]))
+        .wrapping_add((y >> 32).wrapping_mul(k.m[3]))
+        .wrapping_add(((ap as u64) << 16 | bp as u64).wrapping_mul(k.m[4]))
+        .wrapping_add((proto as u64).wrapping_mul(k.m[5]));
+    (h ^ h >> 32).wrapping_mul(k.fin) >> k.shift
 }
 
 impl<A: SessAddr> SessionTable<A> {
@@ -210,14 +251,11 @@ impl<A: SessAddr> SessionTable<A> {
             };
             e
         });
-        let seed = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
         SessionTable {
             entries,
             heads: BigArray::filled(buckets, NIL),
             mask: buckets as u64 - 1,
-            seed,
+            key: HashKey::new(buckets),
             free: if cap > 0 { 0 } else { NIL },
             len: 0,
         }
@@ -267,7 +305,7 @@ impl<A: SessAddr> SessionTable<A> {
     /// The bucket of a packet tuple (either direction's key).
     #[inline(always)]
     fn bucket(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) -> usize {
-        (key_hash(self.seed, proto, src, sport, dst, dport) & self.mask) as usize
+        (key_hash(&self.key, proto, src, sport, dst, dport) & self.mask) as usize
     }
 
     /// Batched lookups, stage 1: the bucket of a packet with this tuple (source, sport,
@@ -491,6 +529,44 @@ mod tests {
         assert!(std::mem::size_of::<Session<Ipv4Addr>>() <= 64);
         let t: SessionTable<Ipv4Addr> = SessionTable::new(65536);
         assert!(t.bytes_per_session() <= 72, "{}", t.bytes_per_session());
+    }
+
+    /// Structured tuples (one client walking its ports, a /16 of clients on one port, replies to
+    /// consecutive lports of a few LIPs) spread over the buckets like random ones: the share of
+    /// empty buckets is near e^-load and no chain is long.
+    #[test]
+    fn structured_tuples_spread_like_random_ones() {
+        for table in 0..4 {
+            let t: SessionTable<Ipv4Addr> = SessionTable::new(1 << 16); // 2^17 buckets
+            let vip = Ipv4Addr::new(192, 0, 2, 1);
+            let keys: Vec<(Ipv4Addr, u16, Ipv4Addr, u16)> = match table {
+                0 => (0..1u32 << 16)
+                    .map(|p| (Ipv4Addr::new(203, 0, 113, 7), p as u16, vip, 443))
+                    .collect(),
+                1 => (0..1u32 << 16)
+                    .map(|i| (Ipv4Addr::from(0x6440_0000 | i), 40000, vip, 80))
+                    .collect(),
+                2 => (0..1u32 << 16)
+                    .map(|i| {
+                        let lip = Ipv4Addr::new(10, 0, 0, (i % 4) as u8);
+                        (Ipv4Addr::new(10, 1, 0, 9), 8080, lip, (i / 4) as u16)
+                    })
+                    .collect(),
+                _ => (0..1u32 << 16)
+                    .map(|i| (Ipv4Addr::from(0x0a00_0000 | i), 53, Ipv4Addr::from(i), 53))
+                    .collect(),
+            };
+            let mut load = vec![0u32; 1 << 17];
+            for &(a, ap, b, bp) in &keys {
+                load[t.bucket_of(6, a, ap, b, bp) as usize] += 1;
+            }
+            let empty = load.iter().filter(|&&n| n == 0).count() as f64 / load.len() as f64;
+            let max = *load.iter().max().unwrap();
+            // Load 0.5: e^-0.5 = 0.607 of the buckets empty; the longest chain of 2^17 random
+            // buckets is about 7.
+            assert!((empty - 0.607).abs() < 0.01, "table {table}: {empty} empty");
+            assert!(max <= 10, "table {table}: a chain of {max}");
+        }
     }
 
     #[test]
