@@ -191,6 +191,27 @@ struct NhLine {
 /// [`Stack::prefetch_bucket`] of a frame that is not IPv4 TCP/UDP.
 pub const NO_BUCKET: u32 = u32::MAX;
 
+/// The addresses and ports of a frame, as a prefetch stage keeps them for a later one
+/// ([`Stack::prefetch_bucket_keep`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FlowTuple {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+}
+
+impl Default for FlowTuple {
+    fn default() -> Self {
+        FlowTuple {
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            sport: 0,
+            dport: 0,
+        }
+    }
+}
+
 /// How a packet leaves ([`Stack::nh_via`]): `Ok` a resolved neighbour entry, `Err` the route (and
 /// its index) to resolve the next hop through.
 pub(crate) type Via = Result<u32, (u32, Route)>;
@@ -518,16 +539,41 @@ impl<P: PacketBuf> Stack<P> {
     /// Batched session lookups, as a software pipeline over a burst. Stage 1, some packets
     /// ahead of `handle` (e.g. 12): the session-index bucket of the frame's IPv4 TCP/UDP tuple
     /// (prefetched), or [`NO_BUCKET`] for anything else. Then [`Stack::prefetch_entry`] fewer
-    /// ahead (e.g. 8) and [`Stack::prefetch_next`] fewer still (e.g. 4), so the lookup in
+    /// ahead (e.g. 8) and [`Stack::prefetch_next_kept`] fewer still (e.g. 4), so the lookup in
     /// `handle` finds the bucket and its chain in cache (they matter from ~100K sessions up).
     #[inline]
     pub fn prefetch_bucket(&self, frame: &[u8]) -> u32 {
+        self.prefetch_bucket_keep(frame, &mut FlowTuple::default())
+    }
+
+    /// [`Stack::prefetch_bucket`], keeping the frame's tuple in `t` for
+    /// [`Stack::prefetch_next_kept`] (which then need not parse the frame again).
+    #[inline(always)]
+    pub fn prefetch_bucket_keep(&self, frame: &[u8], t: &mut FlowTuple) -> u32 {
         match crate::wire::ipv4_l4_tuple(frame) {
-            Some((proto, src, sport, dst, dport)) => self
-                .fnat
-                .sessions
-                .prefetch_head(proto, src, sport, dst, dport),
+            Some((proto, src, sport, dst, dport)) => {
+                *t = FlowTuple {
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                };
+                self.fnat
+                    .sessions
+                    .prefetch_head(proto, src, sport, dst, dport)
+            }
             None => NO_BUCKET,
+        }
+    }
+
+    /// Stage 3: prefetch the second session entry of bucket `b` when the first is not the
+    /// session of the frame whose tuple [`Stack::prefetch_bucket_keep`] kept in `t`.
+    #[inline(always)]
+    pub fn prefetch_next_kept(&self, b: u32, t: &FlowTuple) {
+        if b != NO_BUCKET {
+            self.fnat
+                .sessions
+                .prefetch_next(b, t.src, t.sport, t.dst, t.dport);
         }
     }
 
@@ -535,18 +581,6 @@ impl<P: PacketBuf> Stack<P> {
     #[inline]
     pub fn prefetch_entry(&self, b: u32) {
         self.fnat.sessions.prefetch_entry(b);
-    }
-
-    /// Stage 3: prefetch the second session entry of bucket `b` when the first is not the
-    /// session of `frame`.
-    #[inline]
-    pub fn prefetch_next(&self, b: u32, frame: &[u8]) {
-        if b == NO_BUCKET {
-            return;
-        }
-        if let Some((_, src, sport, dst, dport)) = crate::wire::ipv4_l4_tuple(frame) {
-            self.fnat.sessions.prefetch_next(b, src, sport, dst, dport);
-        }
     }
 
     /// Handle one received frame (its session bucket computed here: [`Stack::handle_at`] for

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dpdk::{Burst, Consumer, Mbuf, MbufConsumer, RxQueue, MAX_BURST};
 use rvs_core::counters::CoreCounters;
 use rvs_core::io::{Io, PortIdx};
-use rvs_core::stack::NO_BUCKET;
+use rvs_core::stack::{FlowTuple, NO_BUCKET};
 use rvs_core::Stack;
 
 use crate::ctl::{Cmd, Snapshot, WorkerCtl};
@@ -38,6 +38,8 @@ struct RxPipe {
     held: Burst,
     /// Session-index bucket of each held frame whose head stage ran.
     buckets: Box<[u32; MAX_BURST]>,
+    /// Its tuple, parsed by the head stage for the next-entry stage.
+    tuples: Box<[FlowTuple; MAX_BURST]>,
     /// Per stage (order of [`PF`]): how many held frames, from the front, it was issued for.
     done: [usize; 5],
 }
@@ -48,19 +50,27 @@ impl RxPipe {
             q,
             held: Burst::new(),
             buckets: Box::new([NO_BUCKET; MAX_BURST]),
+            tuples: Box::new([FlowTuple::default(); MAX_BURST]),
             done: [0; 5],
         }
     }
 
     /// Issue stage `s` for held frame `j`.
     #[inline(always)]
-    fn stage(stack: &Stack<MbufPacket>, bk: &mut [u32; MAX_BURST], s: usize, j: usize, m: &Mbuf) {
+    fn stage(
+        stack: &Stack<MbufPacket>,
+        bk: &mut [u32; MAX_BURST],
+        tu: &mut [FlowTuple; MAX_BURST],
+        s: usize,
+        j: usize,
+        m: &Mbuf,
+    ) {
         match s {
             0 => m.prefetch_header(),
             1 => m.prefetch_data(),
-            2 => bk[j] = stack.prefetch_bucket(m.data()),
+            2 => bk[j] = stack.prefetch_bucket_keep(m.data(), &mut tu[j]),
             3 => stack.prefetch_entry(bk[j]),
-            _ => stack.prefetch_next(bk[j], m.data()),
+            _ => stack.prefetch_next_kept(bk[j], &tu[j]),
         }
     }
 
@@ -78,19 +88,20 @@ impl RxPipe {
         let len = self.held.len();
         let take = take.min(len);
         let bk = &mut self.buckets;
+        let tu = &mut self.tuples;
         // Prologue: bring every stage to its distance from the front (a no-op in steady state,
         // where the held frames are already that far).
         let front = self.held.as_slice();
         for (s, (&dist, &done)) in PF.iter().zip(&self.done).enumerate() {
             for (j, m) in front.iter().enumerate().take(dist.min(len)).skip(done) {
-                Self::stage(stack, bk, s, j, m);
+                Self::stage(stack, bk, tu, s, j, m);
             }
         }
         self.held.drain_front_ahead(take, |i, m, ahead| {
             // ahead[k] is held frame i + 1 + k.
             for (s, &dist) in PF.iter().enumerate() {
                 if let Some(a) = ahead.get(dist - 1) {
-                    Self::stage(stack, bk, s, i + dist, a);
+                    Self::stage(stack, bk, tu, s, i + dist, a);
                 }
             }
             // Stage 2 ran for every frame before it is handled (prologue or `i - 12`).
@@ -100,6 +111,7 @@ impl RxPipe {
             *done = len.min(take + dist) - take;
         }
         bk.copy_within(take..len, 0);
+        tu.copy_within(take..len, 0);
     }
 }
 
