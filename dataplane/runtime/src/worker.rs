@@ -19,9 +19,9 @@ use crate::io::{MbufPacket, NeighMsg, WorkerIo};
 /// the frame's (needs the first). Four frames between stages is ~400 ns of work at 1M sessions,
 /// about one DRAM miss under virtualisation. The pipeline runs across bursts: while frames keep
 /// coming, the last `PF_HEADER` of a burst wait for the next one (see [`RxPipe`]).
-const PF_HEADER: usize = 24;
-const PF_DATA: usize = 20;
-const PF_HEAD: usize = 16;
+const PF_HEADER: usize = 20;
+const PF_DATA: usize = 16;
+const PF_HEAD: usize = 12;
 const PF_ENTRY: usize = 8;
 const PF_NEXT: usize = 4;
 /// The stages' distances, in the order of `RxPipe::done`.
