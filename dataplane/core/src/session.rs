@@ -302,6 +302,26 @@ impl<A: SessAddr> SessionTable<A> {
         &mut self.entries[idx as usize]
     }
 
+    /// The entry chain link `l` (not [`NIL`]) points at.
+    #[inline(always)]
+    fn linked(&self, l: u32) -> &Session<A> {
+        let i = (l >> 1) as usize;
+        debug_assert!(i < self.entries.len());
+        // SAFETY: every link stored in `heads` or in an entry's `next` is `idx << 1 | direction`
+        // of an entry index below `entries.len()` (only `insert` makes links, from `free`, which
+        // holds indices below the capacity), and callers never follow NIL.
+        unsafe { self.entries.get_unchecked(i) }
+    }
+
+    /// The chain head of bucket `b` (taken modulo the bucket count).
+    #[inline(always)]
+    fn head(&self, b: u32) -> u32 {
+        let i = (b as u64 & self.mask) as usize;
+        debug_assert!(i < self.heads.len());
+        // SAFETY: `heads` has `mask + 1` elements.
+        unsafe { *self.heads.get_unchecked(i) }
+    }
+
     /// The bucket of a packet tuple (either direction's key).
     #[inline(always)]
     fn bucket(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) -> usize {
@@ -323,7 +343,7 @@ impl<A: SessAddr> SessionTable<A> {
     pub fn prefetch_entry(&self, b: u32) {
         if let Some(&l) = self.heads.get(b as usize) {
             if l != NIL {
-                prefetch(&self.entries[(l >> 1) as usize]);
+                prefetch(self.linked(l));
             }
         }
     }
@@ -339,7 +359,7 @@ impl<A: SessAddr> SessionTable<A> {
         if l == NIL {
             return;
         }
-        let e = &self.entries[(l >> 1) as usize];
+        let e = self.linked(l);
         let hit = if l & 1 == DIR_IN {
             e.cport == sport && e.vport == dport && e.cip == src && e.vip == dst
         } else {
@@ -347,7 +367,7 @@ impl<A: SessAddr> SessionTable<A> {
         };
         let n = e.next[(l & 1) as usize];
         if !hit && n != NIL {
-            prefetch(&self.entries[(n >> 1) as usize]);
+            prefetch(self.linked(n));
         }
     }
 
@@ -382,9 +402,9 @@ impl<A: SessAddr> SessionTable<A> {
         vip: A,
         vport: u16,
     ) -> Option<u32> {
-        let mut l = self.heads[(b as u64 & self.mask) as usize];
+        let mut l = self.head(b);
         while l != NIL {
-            let e = &self.entries[(l >> 1) as usize];
+            let e = self.linked(l);
             if l & 1 == DIR_IN
                 && e.cport == cport
                 && e.vport == vport
@@ -423,9 +443,9 @@ impl<A: SessAddr> SessionTable<A> {
         lip: A,
         lport: u16,
     ) -> Option<u32> {
-        let mut l = self.heads[(b as u64 & self.mask) as usize];
+        let mut l = self.head(b);
         while l != NIL {
-            let e = &self.entries[(l >> 1) as usize];
+            let e = self.linked(l);
             if l & 1 == DIR_OUT
                 && e.lport == lport
                 && e.rport == rport
