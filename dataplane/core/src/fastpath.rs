@@ -59,6 +59,9 @@ impl<P: PacketBuf> Stack<P> {
         bucket: u32,
         now_ms: u64,
     ) -> Option<P> {
+        if self.fnat.sessions.is_empty() {
+            return Some(pkt);
+        }
         let len = pkt.len();
         let Some(v) = pkt
             .data_mut()
@@ -137,6 +140,9 @@ impl<P: PacketBuf> Stack<P> {
         {
             return None;
         }
+        // Addressed to rvs (transit traffic leaves here, before the checksum).
+        let dst = be32(f, ip4::DST);
+        let o: Owned = *self.owned_v4.get(&dst)?;
         // The whole view is packet, not padding (the rewrite covers it), within the frame.
         let total = be16(f, ip4::TOTAL_LEN);
         if (total as usize) < VIEW - ETH_LEN || ETH_LEN + total as usize > len {
@@ -154,8 +160,6 @@ impl<P: PacketBuf> Stack<P> {
             return None;
         }
         let src = Ipv4Addr::from(be32(f, ip4::SRC));
-        let dst = be32(f, ip4::DST);
-        let o: Owned = *self.owned_v4.get(&dst)?;
         let dst = Ipv4Addr::from(dst);
         let (sport, dport) = (be16(f, ETH_LEN + 20), be16(f, ETH_LEN + 22));
         let fnat = &self.fnat;
