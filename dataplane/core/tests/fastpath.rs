@@ -420,3 +420,88 @@ fn nat_sessions_take_the_general_path() {
     assert!(p.fc.snapshot().nat_in >= 10);
     let _ = ip(LIP);
 }
+
+#[test]
+fn same_output_after_the_services_change_under_open_sessions() {
+    // Sessions outlive their service's changes: removing the UDP service and two TCP dests
+    // must leave both paths doing the same with the packets of the sessions already open.
+    let mut p = Pair::new(&cfg(false));
+    let mut open = Vec::new();
+    for k in 0..12u16 {
+        let cport = 30000 + k;
+        let out = p.feed(
+            0,
+            &tcp(GW0, MAC0, CIP, cport, VIP, 80, SYN, &[], &[]),
+            "SYN",
+        );
+        let (Some(lport), Some(rs)) = (lport_of(&out), rs_index(&out)) else {
+            panic!("SYN not forwarded");
+        };
+        p.feed(
+            1,
+            &tcp(
+                rs_mac(rs),
+                MAC1,
+                &rip(rs),
+                8080,
+                LIP,
+                lport,
+                SYNACK,
+                &[],
+                &[],
+            ),
+            "SYN-ACK",
+        );
+        p.feed(
+            0,
+            &tcp(GW0, MAC0, CIP, cport, VIP, 80, ACK, &[], &[]),
+            "ACK",
+        );
+        let out = p.feed(0, &udp(GW0, MAC0, CIP, cport, VIP, 53, b"q"), "UDP");
+        let (Some(ulport), Some(urs)) = (lport_of(&out), rs_index(&out)) else {
+            panic!("UDP not forwarded");
+        };
+        open.push((cport, lport, rs, ulport, urs));
+    }
+    let mut svcs = services();
+    svcs.truncate(1);
+    svcs[0].dests.truncate(1);
+    p.fast.set_services(&svcs).unwrap();
+    p.slow.set_services(&svcs).unwrap();
+    for round in 0..3u8 {
+        for &(cport, lport, rs, ulport, urs) in &open {
+            let data = [round; 20];
+            p.feed(
+                0,
+                &tcp(GW0, MAC0, CIP, cport, VIP, 80, ACK, &[], &data),
+                "data in after the change",
+            );
+            p.feed(
+                1,
+                &tcp(
+                    rs_mac(rs),
+                    MAC1,
+                    &rip(rs),
+                    8080,
+                    LIP,
+                    lport,
+                    ACK,
+                    &[],
+                    &data,
+                ),
+                "data out after the change",
+            );
+            p.feed(
+                0,
+                &udp(GW0, MAC0, CIP, cport, VIP, 53, &data),
+                "UDP in after the change",
+            );
+            p.feed(
+                1,
+                &udp(rs_mac(urs), MAC1, &rip(urs), 5353, LIP, ulport, &data),
+                "UDP out after the change",
+            );
+        }
+    }
+    assert!(p.fc.snapshot().fast_path > 100);
+}
