@@ -191,6 +191,26 @@ fn mutate(mut f: Vec<u8>, kind: u64) -> (Vec<u8>, &'static str) {
     (f, what)
 }
 
+/// Client → VIP:80 TCP segment.
+fn c2v(cport: u16, fl: Fl, payload: &[u8]) -> Vec<u8> {
+    tcp(GW0, MAC0, CIP, cport, VIP, 80, fl, &[], payload)
+}
+
+/// Real server `rs`:8080 → LIP:`lport` TCP segment.
+fn r2l(rs: u8, lport: u16, fl: Fl, payload: &[u8]) -> Vec<u8> {
+    tcp(
+        rs_mac(rs),
+        MAC1,
+        &rip(rs),
+        8080,
+        LIP,
+        lport,
+        fl,
+        &[],
+        payload,
+    )
+}
+
 /// The lport the stacks chose for a connection: from the SYN they sent to the real server.
 fn lport_of(out: &[(u16, Vec<u8>)]) -> Option<u16> {
     let (_, f) = out.first()?;
@@ -217,40 +237,26 @@ fn run(c: StackConfig, seed: u64, conns: u16, spoil: u64) -> (Pair, usize) {
     for k in 0..conns {
         let cport = 20000 + k;
         // Handshake, untouched: the session must exist for the rest to mean anything.
-        let syn = tcp(GW0, MAC0, CIP, cport, VIP, 80, SYN, &[], &[]);
-        let out = p.feed(0, &syn, "SYN");
+        let out = p.feed(0, &c2v(cport, SYN, &[]), "SYN");
         let (Some(lport), Some(rs)) = (lport_of(&out), rs_index(&out)) else {
             continue; // redirected to another worker
         };
-        let r2l = |fl: Fl, payload: &[u8]| {
-            tcp(
-                rs_mac(rs),
-                MAC1,
-                &rip(rs),
-                8080,
-                LIP,
-                lport,
-                fl,
-                &[],
-                payload,
-            )
-        };
-        let c2v = |fl: Fl, payload: &[u8]| tcp(GW0, MAC0, CIP, cport, VIP, 80, fl, &[], payload);
-        p.feed(1, &r2l(SYNACK, &[]), "SYN-ACK");
-        p.feed(0, &c2v(ACK, &[]), "handshake ACK");
+        p.feed(1, &r2l(rs, lport, SYNACK, &[]), "SYN-ACK");
+        p.feed(0, &c2v(cport, ACK, &[]), "handshake ACK");
         let big = vec![0x42u8; 1600];
         for i in 0..24u32 {
             let len = rng.below(40) as usize;
             let payload = vec![i as u8; len];
             let (port, f) = if rng.below(2) == 0 {
-                (0, c2v(ACK, &payload))
+                (0, c2v(cport, ACK, &payload))
             } else {
-                (1, r2l(ACK, &payload))
+                (1, r2l(rs, lport, ACK, &payload))
             };
             let f = match rng.below(40) {
-                0 => c2v(ACK, &big), // above the MTU
-                1 => r2l(SYN, &[]),  // a SYN inside the connection
+                0 => c2v(cport, ACK, &big),    // above the MTU
+                1 => r2l(rs, lport, SYN, &[]), // a SYN inside the connection
                 2 => c2v(
+                    cport,
                     Fl {
                         syn: false,
                         ack: false,
@@ -259,7 +265,8 @@ fn run(c: StackConfig, seed: u64, conns: u16, spoil: u64) -> (Pair, usize) {
                     },
                     b"x",
                 ), // no ACK
-                3 => tcp(GW0, MAC0, CIP, cport + 1000, VIP, 80, ACK, &[], b"?"), // no session
+                3 => c2v(cport + 1000, ACK, b"?"), // no session
+                4 => r2l(rs, lport ^ 1, ACK, b"o"), // the next lport: another worker's of two
                 _ => f,
             };
             let kind = if rng.below(spoil) == 0 {
@@ -273,12 +280,12 @@ fn run(c: StackConfig, seed: u64, conns: u16, spoil: u64) -> (Pair, usize) {
         }
         match rng.below(3) {
             0 => {
-                p.feed(0, &c2v(FINACK, &[]), "client FIN");
-                p.feed(1, &r2l(FINACK, &[]), "server FIN");
-                p.feed(0, &c2v(ACK, &[]), "last ACK");
+                p.feed(0, &c2v(cport, FINACK, &[]), "client FIN");
+                p.feed(1, &r2l(rs, lport, FINACK, &[]), "server FIN");
+                p.feed(0, &c2v(cport, ACK, &[]), "last ACK");
             }
             1 => {
-                p.feed(1, &r2l(RST, &[]), "server RST");
+                p.feed(1, &r2l(rs, lport, RST, &[]), "server RST");
             }
             _ => {} // left open
         }
@@ -358,13 +365,15 @@ fn same_output_without_toa() {
 
 #[test]
 fn same_output_on_one_of_two_workers() {
-    // Worker 0 of 2: odd lports belong to worker 1, so replies to them are redirected (the fast
-    // path must leave them); new connections are scheduled here.
+    // Worker 0 of 2: it allocates even lports only; replies to odd ones belong to worker 1 and
+    // are redirected by the general path (the fast path must leave them); new connections are
+    // scheduled here.
     let mut c = cfg(true);
     c.worker = 0;
     c.n_workers = 2;
     let (p, _) = run(c, 0x0bad_cafe, 40, 6);
     assert!(p.fc.snapshot().fast_path > 200);
+    assert!(p.fc.snapshot().redirected_out > 5);
 }
 
 #[test]
@@ -429,34 +438,12 @@ fn same_output_after_the_services_change_under_open_sessions() {
     let mut open = Vec::new();
     for k in 0..12u16 {
         let cport = 30000 + k;
-        let out = p.feed(
-            0,
-            &tcp(GW0, MAC0, CIP, cport, VIP, 80, SYN, &[], &[]),
-            "SYN",
-        );
+        let out = p.feed(0, &c2v(cport, SYN, &[]), "SYN");
         let (Some(lport), Some(rs)) = (lport_of(&out), rs_index(&out)) else {
             panic!("SYN not forwarded");
         };
-        p.feed(
-            1,
-            &tcp(
-                rs_mac(rs),
-                MAC1,
-                &rip(rs),
-                8080,
-                LIP,
-                lport,
-                SYNACK,
-                &[],
-                &[],
-            ),
-            "SYN-ACK",
-        );
-        p.feed(
-            0,
-            &tcp(GW0, MAC0, CIP, cport, VIP, 80, ACK, &[], &[]),
-            "ACK",
-        );
+        p.feed(1, &r2l(rs, lport, SYNACK, &[]), "SYN-ACK");
+        p.feed(0, &c2v(cport, ACK, &[]), "ACK");
         let out = p.feed(0, &udp(GW0, MAC0, CIP, cport, VIP, 53, b"q"), "UDP");
         let (Some(ulport), Some(urs)) = (lport_of(&out), rs_index(&out)) else {
             panic!("UDP not forwarded");
@@ -471,26 +458,8 @@ fn same_output_after_the_services_change_under_open_sessions() {
     for round in 0..3u8 {
         for &(cport, lport, rs, ulport, urs) in &open {
             let data = [round; 20];
-            p.feed(
-                0,
-                &tcp(GW0, MAC0, CIP, cport, VIP, 80, ACK, &[], &data),
-                "data in after the change",
-            );
-            p.feed(
-                1,
-                &tcp(
-                    rs_mac(rs),
-                    MAC1,
-                    &rip(rs),
-                    8080,
-                    LIP,
-                    lport,
-                    ACK,
-                    &[],
-                    &data,
-                ),
-                "data out after the change",
-            );
+            p.feed(0, &c2v(cport, ACK, &data), "data in after the change");
+            p.feed(1, &r2l(rs, lport, ACK, &data), "data out after the change");
             p.feed(
                 0,
                 &udp(GW0, MAC0, CIP, cport, VIP, 53, &data),
