@@ -2,7 +2,7 @@
 //! bulk of a gateway's traffic, handled in one pass over a fixed-size view of its first 54 bytes.
 //!
 //! It is a specialisation, not a second implementation: [`Stack::fast_path`] first decides from
-//! the packet and the session, changing nothing, whether the general path (`handle_at` →
+//! the packet and the session, changing nothing, whether the general path (`handle_general` →
 //! `ipv4_input` → `fnat_input` → `fnat_in`/`fnat_out`) would forward it with nothing but the
 //! expiry, the per-dest counters, the rewrite and the Ethernet header — and only then does
 //! exactly that. Anything else (IP options, fragments, SYN/FIN/RST, a state change, TOA still to
