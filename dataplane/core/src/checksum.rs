@@ -42,6 +42,16 @@ pub fn fold(mut s: u64) -> u16 {
     s as u16
 }
 
+/// Fold a ones'-complement sum below 2^35 (at most eight 32-bit words) to 16 bits: three steps
+/// instead of [`fold`]'s five.
+#[inline(always)]
+pub fn fold35(mut s: u64) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
 /// The internet checksum of `data`: the value to store in a checksum field that was zero while
 /// summing. Verifying: `checksum(data_with_field) == 0`.
 #[inline]
@@ -53,13 +63,8 @@ pub fn checksum(data: &[u8]) -> u16 {
 #[inline(always)]
 pub fn ip_header_checksum(h: &[u8]) -> u16 {
     if let Ok(h) = <&[u8; 20]>::try_from(h) {
-        // Five 32-bit words sum below 2^35: three 16-bit folds suffice.
         let w = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) as u64;
-        let mut s = w(0) + w(4) + w(8) + w(12) + w(16);
-        s = (s & 0xffff) + (s >> 16);
-        s = (s & 0xffff) + (s >> 16);
-        s = (s & 0xffff) + (s >> 16);
-        return !(s as u16);
+        return !fold35(w(0) + w(4) + w(8) + w(12) + w(16));
     }
     checksum(h)
 }

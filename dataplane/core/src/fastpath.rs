@@ -12,30 +12,18 @@
 //! kind of packet through both and compares the frames sent, the counters and the sessions.
 
 use crate::config::Fwd;
+use crate::fullnat::{PROTO_TCP, PROTO_UDP};
 use crate::io::{Io, PortIdx};
 use crate::packet::PacketBuf;
 use crate::session::F_TOA_DONE;
 use crate::stack::{Owned, Stack};
 use crate::tcp_state::{flags, TcpState};
-use crate::wire::{ip4, ETHERTYPE_IPV4, ETH_LEN};
+use crate::wire::{be16, be32, ip4, ETHERTYPE_IPV4, ETH_LEN};
 use std::net::Ipv4Addr;
-
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 
 /// Bytes the fast path works on: Ethernet, a 20-byte IPv4 header, a 20-byte TCP header (or a UDP
 /// header and 12 bytes of payload).
 const VIEW: usize = ETH_LEN + 20 + 20;
-
-#[inline(always)]
-fn be16(f: &[u8; VIEW], o: usize) -> u16 {
-    u16::from_be_bytes([f[o], f[o + 1]])
-}
-
-#[inline(always)]
-fn be32(f: &[u8; VIEW], o: usize) -> u32 {
-    u32::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3]])
-}
 
 /// What [`Stack::fast_plan`] found: the session and its direction, the next hop, the IP length.
 struct Plan {

@@ -26,7 +26,7 @@
 //! from the client side are only translated on the worker that holds the session (the ICMP packet
 //! may be steered to another queue; it is then handled locally as an unhandled ICMP).
 
-use crate::checksum::{checksum, fold, update_u16, update_u32};
+use crate::checksum::{checksum, fold, fold35, update_u16, update_u32};
 use crate::config::{FullnatConf, Fwd, Proto, ServiceConf, StackConfig};
 use crate::counters::DropReason;
 use crate::io::{Io, PortIdx};
@@ -254,10 +254,6 @@ fn release_session(
     }
 }
 
-fn be32(d: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]])
-}
-
 #[inline(always)]
 fn put32(d: &mut [u8], off: usize, v: u32) {
     d[off..off + 4].copy_from_slice(&v.to_be_bytes());
@@ -326,15 +322,6 @@ pub(crate) fn rewrite_fixed(
 /// Bytes the usual case of [`rewrite_v4`] covers: Ethernet, a 20-byte IPv4 header and 18 bytes
 /// of L4 header (up to the end of the TCP checksum).
 const FAST_LEN: usize = ETH_LEN + 20 + 18;
-
-/// Fold a ones'-complement sum below 2^35 to 16 bits (three steps instead of [`fold`]'s five).
-#[inline(always)]
-fn fold35(mut s: u64) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    s as u16
-}
 
 /// The body of [`rewrite_v4`]: `f` holds at least the L4 checksum, the L4 header starts at `l4`.
 /// Every sum below adds at most six 32-bit words, so [`fold35`] suffices.

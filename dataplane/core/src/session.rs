@@ -12,9 +12,9 @@
 //! the capacity: the two keys of every session load it to 0.33–0.67, so a quarter to a third of
 //! lookups walk past a first entry); a head or chain link is `index << 1 | direction`, and the
 //! chains are threaded through the entries (`next[direction]`), so the index costs 12–24 bytes
-//! per session plus 8 bytes in each entry. Lookups, inserts and removals are O(1) on average and never allocate. The hash
-//! is keyed with per-table random multipliers (from std's `RandomState`) so clients cannot aim at one
-//! bucket.
+//! per session plus 8 bytes in each entry. Lookups, inserts and removals are O(1) on average and
+//! never allocate. The hash is keyed with per-table random multipliers (from std's
+//! `RandomState`) so clients cannot aim at one bucket.
 //!
 //! The table is generic over the address type ([`SessAddr`]): IPv4 ([`Ipv4Addr`], 64-byte
 //! entries, one cache line) now, IPv6 ([`Ipv6Addr`]) ready.

@@ -602,13 +602,15 @@ impl<P: PacketBuf> Stack<P> {
         bucket: u32,
         now_ms: u64,
     ) {
-        if bucket != NO_BUCKET && self.fast {
-            if let Some(pkt) = self.fast_path(io, port, pkt, bucket, now_ms) {
-                self.handle_general(io, port, pkt, bucket, now_ms);
+        let pkt = if bucket != NO_BUCKET && self.fast {
+            match self.fast_path(io, port, pkt, bucket, now_ms) {
+                Some(pkt) => pkt,
+                None => return,
             }
         } else {
-            self.handle_general(io, port, pkt, bucket, now_ms);
-        }
+            pkt
+        };
+        self.handle_general(io, port, pkt, bucket, now_ms);
     }
 
     /// [`Stack::handle_at`] past the established fast path: every kind of frame.

@@ -94,6 +94,12 @@ pub fn be16(d: &[u8], off: usize) -> u16 {
     u16::from_be_bytes([d[off], d[off + 1]])
 }
 
+/// Big-endian u32 at `off`.
+#[inline(always)]
+pub fn be32(d: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]])
+}
+
 /// Store a big-endian u16 at `off`.
 #[inline(always)]
 pub fn put16(d: &mut [u8], off: usize, v: u16) {
