@@ -91,13 +91,13 @@ pub const ICMP_FRAG_NEEDED: u8 = 4;
 /// Big-endian u16 at `off`.
 #[inline(always)]
 pub fn be16(d: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([d[off], d[off + 1]])
+    u16::from_be_bytes(bytes_at(d, off))
 }
 
 /// Big-endian u32 at `off`.
 #[inline(always)]
 pub fn be32(d: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([d[off], d[off + 1], d[off + 2], d[off + 3]])
+    u32::from_be_bytes(bytes_at(d, off))
 }
 
 /// Store a big-endian u16 at `off`.
@@ -109,7 +109,25 @@ pub fn put16(d: &mut [u8], off: usize, v: u16) {
 /// IPv4 address at `off`.
 #[inline(always)]
 pub fn ipv4_at(d: &[u8], off: usize) -> Ipv4Addr {
-    Ipv4Addr::new(d[off], d[off + 1], d[off + 2], d[off + 3])
+    Ipv4Addr::from(bytes_at::<4>(d, off))
+}
+
+/// The `N` bytes at `off`, with one bounds test (indexing byte by byte tests each byte, and
+/// `off + 1` for overflow, on the general path's variable offsets). Panics like indexing when
+/// they are not all inside `d`.
+#[inline(always)]
+pub fn bytes_at<const N: usize>(d: &[u8], off: usize) -> [u8; N] {
+    match d.get(off..).and_then(|t| t.first_chunk::<N>()) {
+        Some(b) => *b,
+        None => out_of_bounds(off, N, d.len()),
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn out_of_bounds(off: usize, n: usize, len: usize) -> ! {
+    panic!("{n} bytes at {off} out of bounds of a {len}-byte buffer")
 }
 
 /// MAC address at `off`.
@@ -162,6 +180,28 @@ pub fn ipv4_l4_tuple(f: &[u8]) -> Option<(u8, Ipv4Addr, u16, Ipv4Addr, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_endian_reads_at_any_offset() {
+        let d = [0x12, 0x34, 0x56, 0x78, 0x9a];
+        assert_eq!(be16(&d, 3), 0x789a);
+        assert_eq!(be32(&d, 1), 0x3456_789a);
+        assert_eq!(ipv4_at(&d, 0), Ipv4Addr::new(0x12, 0x34, 0x56, 0x78));
+    }
+
+    /// A read past the end panics like indexing (never reads outside the buffer), also when
+    /// the offset is near `usize::MAX`.
+    #[test]
+    fn reads_past_the_end_panic() {
+        let d = [0u8; 5];
+        for (off, n) in [(4, 2), (2, 4), (5, 2), (usize::MAX, 2), (usize::MAX - 1, 4)] {
+            let r = std::panic::catch_unwind(|| match n {
+                2 => be16(&d, off) as u32,
+                _ => be32(&d, off),
+            });
+            assert!(r.is_err(), "{n} bytes at {off}");
+        }
+    }
 
     #[test]
     fn l4_tuple_of_tcp_udp_only() {
