@@ -744,7 +744,11 @@ impl<P: PacketBuf> Stack<P> {
             return self.fnat_insert(io, port, pkt, ihl, sess, dest.id, now_ms);
         }
         let start = s.lip_cursor;
-        s.lip_cursor = (start + 1) % s.lips.len().max(1);
+        s.lip_cursor = if start + 1 < s.lips.len() {
+            start + 1
+        } else {
+            0
+        };
         let Some((li, lport)) = f.lports.alloc(&s.lips, start, dest.rip, dest.rport, now_ms) else {
             return self.drop_pkt(pkt, DropReason::LportExhausted);
         };

@@ -139,8 +139,14 @@ impl LportAlloc {
         now_ms: u64,
     ) -> Option<(usize, u16)> {
         let n = pools.len();
+        // A wrap instead of `% n`: no division per new connection.
+        let start = if start < n { start } else { 0 };
         for k in 0..n {
-            let pi = (start + k) % n;
+            let pi = if start + k < n {
+                start + k
+            } else {
+                start + k - n
+            };
             let Some(pool) = self.pools.get_mut(pools[pi] as usize) else {
                 continue;
             };

@@ -133,8 +133,9 @@ impl TimerWheel {
     /// per-packet path: later expiries are handled lazily when the slot comes up).
     #[inline]
     pub fn advance_to(&mut self, item: u32, expires_ms: u64) {
-        match self.filed_ms(item) {
-            Some(at) if at <= expires_ms.div_ceil(self.tick_ms) * self.tick_ms => {}
+        // Filed at or before the tick `expires_ms` would be filed under: found lazily.
+        match self.links.get(item as usize) {
+            Some(l) if l.tick != NIL && l.tick as u64 <= expires_ms.div_ceil(self.tick_ms) => {}
             _ => self.schedule(item, expires_ms),
         }
     }
