@@ -1,15 +1,23 @@
-//! The established fast path: one IPv4 TCP/UDP packet of an established FULLNAT session, the
-//! bulk of a gateway's traffic, handled in one pass over a fixed-size view of its first 54 bytes.
+//! The FULLNAT fast path: one IPv4 TCP/UDP packet to an owned address, validated once on a
+//! fixed-size view of its first 54 bytes and then, by what its session needs:
+//!
+//! - a plain packet of an established FULLNAT session (the bulk of a gateway's traffic) is
+//!   forwarded in one pass: expiry, per-dest counters, rewrite, Ethernet header;
+//! - any other packet of a FULLNAT session (handshake, FIN, RST, TOA still to insert, a next
+//!   hop to look up, above the MTU) goes straight to the general path's handler of its
+//!   direction (`fnat_in` / `fnat_out`), and a client packet without a session to the new
+//!   connection handler (`fnat_in_or_new`): the validation, classification and session lookup
+//!   the general path would do first are done here already, once.
 //!
 //! It is a specialisation, not a second implementation: [`Stack::fast_path`] first decides from
 //! the packet and the session, changing nothing, whether the general path (`handle_general` →
-//! `ipv4_input` → `fnat_input` → `fnat_in`/`fnat_out`) would forward it with nothing but the
-//! expiry, the per-dest counters, the rewrite and the Ethernet header — and only then does
-//! exactly that. Anything else (IP options, fragments, SYN/FIN/RST, a state change, TOA still to
-//! insert, TTL or MTU trouble, a next hop not cached, another worker's lport, NAT/DR/TUN
-//! sessions, a malformed or short header, Ethernet padding inside the view) goes to the general
-//! path untouched, which handles and counts it. `dataplane/core/tests/fastpath.rs` runs every
-//! kind of packet through both and compares the frames sent, the counters and the sessions.
+//! `ipv4_input` → `fnat_input` → `fnat_in`/`fnat_out`) would come to that handler (or forward it
+//! with nothing but the expiry, the counters, the rewrite and the Ethernet header), and only then
+//! does exactly that. Anything else (IP options, fragments, TTL 1, another worker's lport,
+//! NAT/DR/TUN sessions, a reply without session, a martian source, a malformed or short header,
+//! Ethernet padding inside the view, broadcast frames) goes to the general path untouched, which
+//! handles and counts it. `dataplane/core/tests/fastpath.rs` runs every kind of packet through
+//! both and compares the frames sent, the counters and the sessions.
 
 use crate::config::Fwd;
 use crate::fullnat::{PROTO_TCP, PROTO_UDP};
@@ -25,7 +33,17 @@ use std::net::Ipv4Addr;
 /// header and 12 bytes of payload).
 const VIEW: usize = ETH_LEN + 20 + 20;
 
-/// What [`Stack::fast_plan`] found: the session and its direction, the next hop, the IP length.
+/// What [`Stack::fast_plan`] decided for a validated packet.
+enum Fast {
+    /// Forward it in one pass.
+    Forward(Plan),
+    /// Hand it to its direction's handler: session `idx`, a reply (`out`) or a client packet.
+    Session { idx: u32, out: bool },
+    /// A client packet without a session: maybe a new connection.
+    New,
+}
+
+/// A packet forwarded in one pass: the session and its direction, the next hop, the IP length.
 struct Plan {
     idx: u32,
     out: bool,
@@ -58,8 +76,13 @@ impl<P: PacketBuf> Stack<P> {
         else {
             return Some(pkt);
         };
-        let Some(plan) = self.fast_plan(port, v, len, bucket) else {
-            return Some(pkt);
+        let plan = match self.fast_plan(port, v, len, bucket) {
+            None => return Some(pkt),
+            Some(Fast::Forward(plan)) => plan,
+            Some(Fast::Session { idx, out }) => {
+                return self.fast_dispatch(io, port, pkt, Some(idx), out, now_ms)
+            }
+            Some(Fast::New) => return self.fast_dispatch(io, port, pkt, None, false, now_ms),
         };
         let f = &mut self.fnat;
         let s = f.sessions.get_mut(plan.idx);
@@ -108,16 +131,40 @@ impl<P: PacketBuf> Stack<P> {
         None
     }
 
+    /// A validated packet that is not forwarded in one pass: to the handler the general path
+    /// would have come to, with the padding stripped as it would have been (`found`: the
+    /// packet's session, `out`: a reply). Out of line, so the one-pass forwarding keeps its
+    /// registers. Gives the packet back when no service takes a client packet without session:
+    /// the general path then comes to the same conclusion and handles it.
+    #[inline(never)]
+    fn fast_dispatch<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        mut pkt: P,
+        found: Option<u32>,
+        out: bool,
+        now_ms: u64,
+    ) -> Option<P> {
+        let ip_end = ETH_LEN + be16(pkt.data(), ip4::TOTAL_LEN) as usize;
+        if pkt.len() > ip_end {
+            pkt.set_len(ip_end);
+        }
+        match found {
+            Some(idx) if out => {
+                self.fnat_out(io, port, pkt, 20, idx, now_ms);
+                None
+            }
+            _ => self.fnat_in_or_new(io, port, pkt, 20, found, now_ms),
+        }
+    }
+
     /// Whether the fast path takes frame `f` (the first [`VIEW`] bytes of `len`), and how. Reads
     /// only.
     #[inline(always)]
-    fn fast_plan(&self, port: PortIdx, f: &[u8; VIEW], len: usize, bucket: u32) -> Option<Plan> {
+    fn fast_plan(&self, port: PortIdx, f: &[u8; VIEW], len: usize, bucket: u32) -> Option<Fast> {
         let proto = f[ip4::PROTO];
         let tcp = proto == PROTO_TCP;
-        // First what rules out most other packets (handshakes and closes) soonest.
-        if tcp && f[ETH_LEN + 20 + 13] & (flags::SYN | flags::FIN | flags::RST) != 0 {
-            return None;
-        }
         let ps = self.ports.get(port as usize)?;
         // Unicast to the port, IPv4 without options, not a fragment, a TTL left to decrement.
         if f[..6] != ps.mac.0
@@ -163,36 +210,48 @@ impl<P: PacketBuf> Stack<P> {
             fnat.sessions
                 .lookup_out_at(bucket, proto, src, sport, dst, dport)?
         } else {
-            fnat.sessions
-                .lookup_in_at(bucket, proto, src, sport, dst, dport)?
+            match fnat
+                .sessions
+                .lookup_in_at(bucket, proto, src, sport, dst, dport)
+            {
+                Some(idx) => idx,
+                // A new client: its source is tested as the general path tests every packet's.
+                None if self.is_martian_src(src) => return None,
+                None => return Some(Fast::New),
+            }
         };
         let s = fnat.sessions.get(idx);
         if s.fwd != Fwd::FullNat {
             return None;
         }
+        let handler = Some(Fast::Session { idx, out });
         if tcp {
-            if s.state != TcpState::Established as u8 {
-                return None;
-            }
-            // The TOA still rides on the client's packets.
-            if !out && fnat.conf.toa && s.flags & F_TOA_DONE == 0 {
-                return None;
+            // Handshakes and closes change the state; the TOA still rides on the client's
+            // packets until the real server is seen sending.
+            if f[ETH_LEN + 20 + 13] & (flags::SYN | flags::FIN | flags::RST) != 0
+                || s.state != TcpState::Established as u8
+                || (!out && fnat.conf.toa && s.flags & F_TOA_DONE == 0)
+            {
+                return handler;
             }
         }
-        let (out_port, neigh) = if out {
-            (self.neigh_valid(s.nh_out, s.nh_gen)?, s.nh_out)
+        let next_hop = if out {
+            self.neigh_valid(s.nh_out, s.nh_gen).map(|p| (p, s.nh_out))
         } else {
-            self.nh_cached(s.rip)?
+            self.nh_cached(s.rip)
+        };
+        let Some((out_port, neigh)) = next_hop else {
+            return handler;
         };
         if total > self.ports.get(out_port as usize)?.mtu {
-            return None;
+            return handler;
         }
-        Some(Plan {
+        Some(Fast::Forward(Plan {
             idx,
             out,
             neigh,
             total,
             tcp,
-        })
+        }))
     }
 }

@@ -523,7 +523,6 @@ impl<P: PacketBuf> Stack<P> {
     ) -> Option<P> {
         let d = pkt.data();
         let dst = ipv4_at(d, ip4::DST);
-        let dst_ip = IpAddr::V4(dst);
         let proto = d[ip4::PROTO];
         let is_vip = class.vip;
         if be16(d, ip4::FRAG) & ip4::MF_OFFSET != 0 {
@@ -589,11 +588,30 @@ impl<P: PacketBuf> Stack<P> {
             }
             return None;
         }
-        if let Some(idx) = self
+        let found = self
             .fnat
             .sessions
-            .lookup_in_at(bucket, proto, src, sport, dst, dport)
-        {
+            .lookup_in_at(bucket, proto, src, sport, dst, dport);
+        self.fnat_in_or_new(io, port, pkt, ihl, found, now_ms)
+    }
+
+    /// A validated TCP/UDP packet to an owned address that is not a reply to a LIP:lport, whose
+    /// inbound session lookup gave `found`: that session's client packet, or (none, or a bare
+    /// SYN that ends a finished connection) a new connection when a service takes it. Gives the
+    /// packet back when no service does (local handling continues).
+    pub(crate) fn fnat_in_or_new<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        ihl: usize,
+        found: Option<u32>,
+        now_ms: u64,
+    ) -> Option<P> {
+        let d = pkt.data();
+        let l4 = ETH_LEN + ihl;
+        let proto = d[ip4::PROTO];
+        if let Some(idx) = found {
             let bare_syn = proto == PROTO_TCP
                 && d[l4 + 13] & (flags::SYN | flags::ACK | flags::RST) == flags::SYN;
             if !bare_syn || !self.fnat_reschedule(idx, now_ms) {
@@ -601,10 +619,13 @@ impl<P: PacketBuf> Stack<P> {
                 return None;
             }
         }
+        let d = pkt.data();
+        let (src, dst) = (ipv4_at(d, ip4::SRC), ipv4_at(d, ip4::DST));
+        let (sport, dport) = (be16(d, l4), be16(d, l4 + 2));
         match self
             .fnat
             .services
-            .lookup_packet(proto, IpAddr::V4(src), dst_ip, dport)
+            .lookup_packet(proto, IpAddr::V4(src), IpAddr::V4(dst), dport)
         {
             Some(svc) => {
                 let owner = self

@@ -118,7 +118,7 @@ fn ip_csum(f: &mut [u8]) {
 }
 
 /// One way to spoil (or just vary) a frame; 0 leaves it as it is.
-const KINDS: u64 = 14;
+const KINDS: u64 = 15;
 
 fn mutate(mut f: Vec<u8>, kind: u64) -> (Vec<u8>, &'static str) {
     let tcp = f[23] == 6;
@@ -185,6 +185,11 @@ fn mutate(mut f: Vec<u8>, kind: u64) -> (Vec<u8>, &'static str) {
             f[22] = 2;
             ip_csum(&mut f);
             "TTL 2"
+        }
+        14 => {
+            f[26] = 127; // source in 127.0.0.0/8: a client without session, or a reply
+            ip_csum(&mut f);
+            "martian source"
         }
         _ => "as is",
     };
