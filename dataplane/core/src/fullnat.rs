@@ -55,6 +55,9 @@ pub const EXPIRE_BUDGET: usize = 256;
 /// Timer-wheel ticks advanced at most per `poll_timers` call (one revolution: reading 4096 slot
 /// heads is cheap, and it lets a worker catch up 409.6 s per call).
 pub const EXPIRE_MAX_TICKS: usize = WHEEL_SLOTS;
+/// Sessions taken off the timer wheel at once by the expiry pass (their entries and bucket heads
+/// prefetched together).
+const EXPIRE_BATCH: usize = 32;
 /// Timer-wheel tick.
 pub const TICK_MS: u64 = 100;
 /// Timer-wheel slots (horizon 409.6 s; longer timeouts are re-filed lazily).
@@ -781,6 +784,8 @@ impl<P: PacketBuf> Stack<P> {
             f.lports.unalloc(pool, lport);
             return self.drop_pkt(pkt, DropReason::NoDest);
         };
+        // The outbound key is new: start its bucket head's miss before the insert needs it.
+        f.sessions.prefetch_key(proto, rip, dest.rport, lip, lport);
         let mut sess = Session::new(
             proto,
             ipv4_at(d, ip4::SRC),
@@ -1206,27 +1211,57 @@ impl<P: PacketBuf> Stack<P> {
     /// ticks per call. Frees the entry and both index entries, returns the lport to its FIFO
     /// (reusable after the reuse delay) and fixes the dest's active/inactive counts.
     pub(crate) fn fnat_expire(&mut self, now_ms: u64) {
+        if self.fnat.wheel.due(now_ms) {
+            self.fnat_expire_due(now_ms);
+        }
         let f = &mut self.fnat;
-        let sessions = &mut f.sessions;
-        let lports = &mut f.lports;
-        let stats = &f.dest_stats;
-        let counters = &self.counters;
-        let templates = &mut f.templates;
-        f.wheel
-            .expire(now_ms, EXPIRE_BUDGET, EXPIRE_MAX_TICKS, |idx| {
-                let s = sessions.get(idx);
-                if s.flags & F_USED == 0 {
-                    return None;
-                }
-                if s.expires_ms > now_ms {
-                    return Some(s.expires_ms);
-                }
-                let s = sessions.remove(idx)?;
-                release_session(&s, lports, templates, stats, now_ms);
-                counters.sessions_expired.inc();
-                None
-            });
         f.templates.expire(now_ms, EXPIRE_MAX_TICKS, &f.dest_stats);
+    }
+
+    /// [`Stack::fnat_expire`]'s session part, when the wheel has due slots. In batches: every
+    /// session that comes up costs cache misses (its entry, then both of its bucket heads, random
+    /// lines of large arrays), so the batch's entries are prefetched first, then the buckets of
+    /// those due are computed and their heads prefetched, then they are freed (or filed again).
+    #[inline(never)]
+    fn fnat_expire_due(&mut self, now_ms: u64) {
+        let f = &mut self.fnat;
+        let (mut left, mut ticks) = (EXPIRE_BUDGET, EXPIRE_MAX_TICKS);
+        let mut due = [0u32; EXPIRE_BATCH];
+        let mut keys = [None; EXPIRE_BATCH];
+        while left > 0 {
+            let n = f
+                .wheel
+                .take_due(now_ms, &mut ticks, &mut due[..left.min(EXPIRE_BATCH)]);
+            if n == 0 {
+                break;
+            }
+            left -= n;
+            for &idx in &due[..n] {
+                f.sessions.prefetch_slot(idx);
+            }
+            for (k, &idx) in due[..n].iter().enumerate() {
+                keys[k] = if f.sessions.get(idx).expires_ms > now_ms {
+                    None
+                } else {
+                    f.sessions.prefetch_keys(idx)
+                };
+            }
+            for (k, &idx) in due[..n].iter().enumerate() {
+                let Some(at) = keys[k] else {
+                    let s = f.sessions.get(idx);
+                    if s.flags & F_USED != 0 {
+                        // Pushed later by its packets: filed again (later than now).
+                        f.wheel.schedule(idx, s.expires_ms.max(now_ms + 1));
+                    }
+                    continue;
+                };
+                if let Some(s) = f.sessions.remove_at(idx, at) {
+                    let (lports, templates) = (&mut f.lports, &mut f.templates);
+                    release_session(&s, lports, templates, &f.dest_stats, now_ms);
+                    self.counters.sessions_expired.inc();
+                }
+            }
+        }
     }
 
     /// A client's bare SYN (no ACK, no RST) found session `idx`: if that connection is over

@@ -303,6 +303,21 @@ impl<A: SessAddr> SessionTable<A> {
         &mut self.entries[idx as usize]
     }
 
+    /// Prefetch entry `idx` (nothing for an index out of range).
+    #[inline(always)]
+    pub fn prefetch_slot(&self, idx: u32) {
+        if let Some(e) = self.entries.get(idx as usize) {
+            prefetch(e);
+        }
+    }
+
+    /// Prefetch the bucket head of a key that is about to be inserted (e.g. a new session's
+    /// outbound key, as soon as its lport is chosen): a random line of a large array.
+    #[inline(always)]
+    pub fn prefetch_key(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
+        prefetch(&self.heads[self.bucket(proto, src, sport, dst, dport)]);
+    }
+
     /// The entry chain link `l` (not [`NIL`]) points at.
     #[inline(always)]
     fn linked(&self, l: u32) -> &Session<A> {
@@ -501,12 +516,36 @@ impl<A: SessAddr> SessionTable<A> {
 
     /// Remove session `idx` from both indexes and free its entry. Returns the removed session.
     pub fn remove(&mut self, idx: u32) -> Option<Session<A>> {
-        let s = *self.entries.get(idx as usize)?;
+        let keys = self.prefetch_keys(idx)?;
+        self.remove_at(idx, keys)
+    }
+
+    /// Batched removal, stage 1: the buckets of both keys of session `idx` (`None` when the
+    /// slot is not in use), their heads prefetched (two random lines of a large array: the
+    /// cost of a removal); hand them to [`SessionTable::remove_at`] a few sessions later.
+    #[inline]
+    pub fn prefetch_keys(&self, idx: u32) -> Option<(u32, u32)> {
+        let s = self.entries.get(idx as usize)?;
         if s.flags & F_USED == 0 {
             return None;
         }
         let ib = self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport);
         let ob = self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
+        prefetch(&self.heads[ib]);
+        prefetch(&self.heads[ob]);
+        Some((ib as u32, ob as u32))
+    }
+
+    /// Batched removal, stage 2: [`SessionTable::remove`] of session `idx`, whose buckets
+    /// `keys` [`SessionTable::prefetch_keys`] gave (nothing changed the session since).
+    pub fn remove_at(&mut self, idx: u32, keys: (u32, u32)) -> Option<Session<A>> {
+        let s = *self.entries.get(idx as usize)?;
+        if s.flags & F_USED == 0 {
+            return None;
+        }
+        let (ib, ob) = (keys.0 as usize, keys.1 as usize);
+        debug_assert_eq!(ib, self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport));
+        debug_assert_eq!(ob, self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport));
         // The outbound link was inserted last: when both keys share a bucket it directly
         // precedes the inbound one (later inserts go to the head), so it is unlinked first.
         self.unlink(ob, idx << 1 | DIR_OUT, s.next[DIR_OUT as usize]);

@@ -140,6 +140,50 @@ impl TimerWheel {
         }
     }
 
+    /// True when a slot up to `now_ms` may hold items (the wheel is not empty and its clock is
+    /// not past now). An empty wheel's clock moves to now, as in [`TimerWheel::take_due`].
+    #[inline]
+    pub fn due(&mut self, now_ms: u64) -> bool {
+        let now_tick = now_ms / self.tick_ms;
+        if self.len == 0 {
+            self.cur = self.cur.max(now_tick);
+            return false;
+        }
+        self.cur <= now_tick
+    }
+
+    /// Take up to `out.len()` due items out of the wheel, in slot order, into `out`; returns
+    /// how many. Walks at most `*ticks_left` slots (each slot passed is taken off it), so work
+    /// stays bounded after a clock jump. An item taken is no longer filed: the caller frees it or
+    /// files it again (at a time later than now, so never in a slot already passed). Lets the
+    /// caller work on a batch: prefetch what every item needs, then handle each one.
+    pub fn take_due(&mut self, now_ms: u64, ticks_left: &mut usize, out: &mut [u32]) -> usize {
+        let now_tick = now_ms / self.tick_ms;
+        if self.len == 0 {
+            self.cur = self.cur.max(now_tick);
+            return 0;
+        }
+        let mut n = 0;
+        while self.cur <= now_tick && *ticks_left > 0 {
+            let slot = (self.cur & self.mask) as usize;
+            loop {
+                let item = self.heads[slot];
+                if item == NIL {
+                    break;
+                }
+                if n == out.len() {
+                    return n;
+                }
+                self.cancel(item);
+                out[n] = item;
+                n += 1;
+            }
+            self.cur += 1;
+            *ticks_left -= 1;
+        }
+        n
+    }
+
     /// Process due slots up to `now_ms`: every item whose slot comes up is taken out and passed
     /// to `f`, which returns `Some(expiry)` to file it again (not due yet) or `None` (freed).
     /// Examines at most `max_items` items and `max_ticks` slots. Returns the items freed.
@@ -150,34 +194,21 @@ impl TimerWheel {
         max_ticks: usize,
         mut f: impl FnMut(u32) -> Option<u64>,
     ) -> usize {
-        let now_tick = now_ms / self.tick_ms;
-        if self.len == 0 {
-            self.cur = self.cur.max(now_tick);
-            return 0;
-        }
-        let mut work = 0;
-        let mut freed = 0;
-        let mut ticks = 0;
-        while self.cur <= now_tick && ticks < max_ticks {
-            let slot = (self.cur & self.mask) as usize;
-            loop {
-                let item = self.heads[slot];
-                if item == NIL {
-                    break;
-                }
-                if work >= max_items {
-                    return freed;
-                }
-                work += 1;
-                self.cancel(item);
+        let mut buf = [NIL; 32];
+        let (mut left, mut ticks, mut freed) = (max_items, max_ticks, 0);
+        while left > 0 {
+            let n = self.take_due(now_ms, &mut ticks, &mut buf[..left.min(32)]);
+            if n == 0 {
+                break;
+            }
+            left -= n;
+            for &item in &buf[..n] {
                 match f(item) {
-                    // Later than now: files under a tick > now_tick >= cur, never this slot.
+                    // Later than now: files under a tick > now_tick >= cur, never a slot passed.
                     Some(exp) => self.schedule(item, exp.max(now_ms + 1)),
                     None => freed += 1,
                 }
             }
-            self.cur += 1;
-            ticks += 1;
         }
         freed
     }

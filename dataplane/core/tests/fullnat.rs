@@ -567,6 +567,38 @@ fn tcp_state_walk_timeouts_and_counts() {
     assert_eq!(conns, 2);
 }
 
+/// One expiry pass over a slot that holds due and refreshed sessions (taken off the wheel in
+/// batches, their entries and bucket heads prefetched first): the due ones are freed, the
+/// refreshed ones filed again and still forwarding on their session.
+#[test]
+fn expiry_frees_the_due_and_files_the_refreshed_again() {
+    let (mut s, mut io, c) = setup(cfg());
+    let dgram = |k: u16| udp(GW0, MAC0, CIP, 20_000 + k, VIP, 53, b"q");
+    for k in 0..100 {
+        handle(&mut s, &mut io, 0, &dgram(k), 0);
+    }
+    for k in (0..100).step_by(2) {
+        handle(&mut s, &mut io, 0, &dgram(k), 200_000);
+    }
+    io.take();
+    s.poll_timers(&mut io, 300_000);
+    assert_eq!(s.session_count(), 50);
+    assert_eq!(c.sessions_expired.get(), 50);
+    let forwarded = c.fullnat_in.get();
+    for k in (0..100).step_by(2) {
+        handle(&mut s, &mut io, 0, &dgram(k), 300_001);
+    }
+    assert_eq!(
+        c.fullnat_in.get() - forwarded,
+        50,
+        "the refreshed sessions forward"
+    );
+    assert_eq!((s.session_count(), c.sessions_created.get()), (50, 100));
+    s.poll_timers(&mut io, 600_001);
+    assert_eq!(s.session_count(), 0);
+    assert_eq!(c.sessions_expired.get(), 100);
+}
+
 #[test]
 fn expiry_is_bounded_per_call_and_empties_the_table() {
     let (mut s, mut io, c) = setup(cfg());
