@@ -784,8 +784,6 @@ impl<P: PacketBuf> Stack<P> {
             f.lports.unalloc(pool, lport);
             return self.drop_pkt(pkt, DropReason::NoDest);
         };
-        // The outbound key is new: start its bucket head's miss before the insert needs it.
-        f.sessions.prefetch_key(proto, rip, dest.rport, lip, lport);
         let mut sess = Session::new(
             proto,
             ipv4_at(d, ip4::SRC),

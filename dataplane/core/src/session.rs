@@ -173,6 +173,10 @@ pub struct SessionTable<A> {
     key: HashKey,
     free: u32,
     len: u32,
+    /// The newest session, whose outbound key is not linked yet ([`NIL`]: none), and that
+    /// key's bucket: see [`SessionTable::insert`].
+    pending: u32,
+    pending_ob: u32,
 }
 
 /// Hint the CPU to bring `v`'s cache line in; never faults, changes nothing.
@@ -259,6 +263,8 @@ impl<A: SessAddr> SessionTable<A> {
             key: HashKey::new(buckets),
             free: if cap > 0 { 0 } else { NIL },
             len: 0,
+            pending: NIL,
+            pending_ob: 0,
         }
     }
 
@@ -309,13 +315,6 @@ impl<A: SessAddr> SessionTable<A> {
         if let Some(e) = self.entries.get(idx as usize) {
             prefetch(e);
         }
-    }
-
-    /// Prefetch the bucket head of a key that is about to be inserted (e.g. a new session's
-    /// outbound key, as soon as its lport is chosen): a random line of a large array.
-    #[inline(always)]
-    pub fn prefetch_key(&self, proto: u8, src: A, sport: u16, dst: A, dport: u16) {
-        prefetch(&self.heads[self.bucket(proto, src, sport, dst, dport)]);
     }
 
     /// The entry chain link `l` (not [`NIL`]) points at.
@@ -473,11 +472,42 @@ impl<A: SessAddr> SessionTable<A> {
             }
             l = e.next[(l & 1) as usize];
         }
-        None
+        self.lookup_pending_out(proto, rip, rport, lip, lport)
+    }
+
+    /// [`SessionTable::lookup_out_at`] past the chain: the newest session, whose outbound key
+    /// is not linked yet, when it is that one. Out of line (replies find their session in the
+    /// chain; this is only reached by a miss).
+    #[inline(never)]
+    fn lookup_pending_out(&self, proto: u8, rip: A, rport: u16, lip: A, lport: u16) -> Option<u32> {
+        let e = self.entries.get(self.pending as usize)?;
+        (e.lport == lport && e.rport == rport && e.proto == proto && e.lip == lip && e.rip == rip)
+            .then_some(self.pending)
+    }
+
+    /// Link the pending session's outbound key (see [`SessionTable::insert`]); by then its
+    /// bucket head, prefetched at the insert, is in cache.
+    #[inline]
+    fn link_pending(&mut self) {
+        let idx = self.pending;
+        if idx == NIL {
+            return;
+        }
+        self.pending = NIL;
+        let ob = self.pending_ob as usize;
+        self.entries[idx as usize].next[DIR_OUT as usize] = self.heads[ob];
+        self.heads[ob] = idx << 1 | DIR_OUT;
     }
 
     /// Insert `s` (its keys must not be present). Returns its index.
+    ///
+    /// The outbound key's bucket head is a random line of a large array that nothing has
+    /// touched yet (the inbound one was just looked up), so it is prefetched now and linked at
+    /// the next insert or removal, when it has arrived; until then
+    /// [`SessionTable::lookup_out_at`] finds the session past the chain. Linked later, the
+    /// outbound link still precedes the inbound one when both keys share a bucket.
     pub fn insert(&mut self, mut s: Session<A>) -> Result<u32, InsertError> {
+        self.link_pending();
         let idx = self.free;
         if idx == NIL {
             return Err(InsertError::Full);
@@ -485,13 +515,13 @@ impl<A: SessAddr> SessionTable<A> {
         self.free = self.entries[idx as usize].next[0];
         let ib = self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport);
         let ob = self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
+        prefetch(&self.heads[ob]);
         s.next[DIR_IN as usize] = self.heads[ib];
         self.heads[ib] = idx << 1 | DIR_IN;
-        // Both keys may share a bucket: the outbound link then chains to the inbound one.
-        s.next[DIR_OUT as usize] = self.heads[ob];
-        self.heads[ob] = idx << 1 | DIR_OUT;
+        s.next[DIR_OUT as usize] = NIL;
         s.flags |= F_USED;
         self.entries[idx as usize] = s;
+        (self.pending, self.pending_ob) = (idx, ob as u32);
         self.len += 1;
         Ok(idx)
     }
@@ -539,6 +569,7 @@ impl<A: SessAddr> SessionTable<A> {
     /// Batched removal, stage 2: [`SessionTable::remove`] of session `idx`, whose buckets
     /// `keys` [`SessionTable::prefetch_keys`] gave (nothing changed the session since).
     pub fn remove_at(&mut self, idx: u32, keys: (u32, u32)) -> Option<Session<A>> {
+        self.link_pending();
         let s = *self.entries.get(idx as usize)?;
         if s.flags & F_USED == 0 {
             return None;
@@ -627,6 +658,54 @@ mod tests {
             // 2^18 random buckets is about 6.
             assert!(empty < 0.779 + 0.01, "table {table}: {empty} empty");
             assert!(max <= 9, "table {table}: a chain of {max}");
+        }
+    }
+
+    /// The newest session's outbound key is linked at the next insert or removal: until then
+    /// it is found all the same, also when it shares its bucket with the inbound key.
+    #[test]
+    fn the_newest_sessions_reply_key_is_found_before_it_is_linked() {
+        for cap in [1, 3, 1000] {
+            let mut t: SessionTable<Ipv4Addr> = SessionTable::new(cap);
+            let (vip, lip, rip) = (
+                Ipv4Addr::new(192, 0, 2, 1),
+                Ipv4Addr::new(10, 0, 0, 1),
+                Ipv4Addr::new(10, 1, 0, 1),
+            );
+            let conn = |k: u16| {
+                Session::new(
+                    6,
+                    Ipv4Addr::new(203, 0, 113, 9),
+                    k,
+                    vip,
+                    80,
+                    lip,
+                    5000 + k,
+                    rip,
+                    8080,
+                )
+            };
+            let mut live = Vec::new();
+            for k in 0..200u16 {
+                if t.is_full() {
+                    let (old, idx) = live.remove(0);
+                    assert!(t.remove(idx).is_some());
+                    assert_eq!(t.lookup_out(6, rip, 8080, lip, 5000 + old), None);
+                }
+                let idx = t.insert(conn(k)).unwrap();
+                live.push((k, idx));
+                for &(j, i) in &live {
+                    assert_eq!(
+                        t.lookup_out(6, rip, 8080, lip, 5000 + j),
+                        Some(i),
+                        "cap {cap}, {j} after {k}"
+                    );
+                    assert_eq!(
+                        t.lookup_in(6, Ipv4Addr::new(203, 0, 113, 9), j, vip, 80),
+                        Some(i)
+                    );
+                }
+            }
         }
     }
 
