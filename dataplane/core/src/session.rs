@@ -577,8 +577,10 @@ impl<A: SessAddr> SessionTable<A> {
         let (ib, ob) = (keys.0 as usize, keys.1 as usize);
         debug_assert_eq!(ib, self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport));
         debug_assert_eq!(ob, self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport));
-        // The outbound link was inserted last: when both keys share a bucket it directly
-        // precedes the inbound one (later inserts go to the head), so it is unlinked first.
+        // The outbound link was made after the inbound one (at the insert, or later when it
+        // was pending): when both keys share a bucket it comes first in the chain (links are
+        // made at the head), so it is unlinked first, which never rewrites the inbound link's
+        // successor that `s` holds.
         self.unlink(ob, idx << 1 | DIR_OUT, s.next[DIR_OUT as usize]);
         self.unlink(ib, idx << 1 | DIR_IN, s.next[DIR_IN as usize]);
         let e = &mut self.entries[idx as usize];
