@@ -250,7 +250,8 @@ fn check_rs_capture(frames: &[Vec<u8>]) {
             if let Some((done, rs_spoke)) = syns.get_mut(&key) {
                 // A client ACK after the real server spoke need not carry TOA: the capture
                 // missed the ones before it (counted below as not seen).
-                if !*done && !(*rs_spoke && tcp_option(raw, 254).is_none()) {
+                let missed = *rs_spoke && tcp_option(raw, 254).is_none();
+                if !*done && !missed {
                     let opt = tcp_option(raw, 254).unwrap_or_else(|| {
                         panic!("first ACK of {key:?} carries no TOA option: {raw:?}")
                     });
