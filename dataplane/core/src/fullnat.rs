@@ -622,7 +622,6 @@ impl<P: PacketBuf> Stack<P> {
                 return None;
             }
         }
-        let d = pkt.data();
         let (src, dst) = (ipv4_at(d, ip4::SRC), ipv4_at(d, ip4::DST));
         let (sport, dport) = (be16(d, l4), be16(d, l4 + 2));
         match self

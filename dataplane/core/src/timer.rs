@@ -60,12 +60,6 @@ impl TimerWheel {
         self.len == 0
     }
 
-    /// The time (ms) at which `item`'s slot comes up, if filed.
-    pub fn filed_ms(&self, item: u32) -> Option<u64> {
-        let l = self.links.get(item as usize)?;
-        (l.tick != NIL).then(|| l.tick as u64 * self.tick_ms)
-    }
-
     /// Take `item` out of its slot (no-op when not filed).
     #[inline]
     pub fn cancel(&mut self, item: u32) {
@@ -194,10 +188,11 @@ impl TimerWheel {
         max_ticks: usize,
         mut f: impl FnMut(u32) -> Option<u64>,
     ) -> usize {
-        let mut buf = [NIL; 32];
+        const BATCH: usize = 32;
+        let mut buf = [NIL; BATCH];
         let (mut left, mut ticks, mut freed) = (max_items, max_ticks, 0);
         while left > 0 {
-            let n = self.take_due(now_ms, &mut ticks, &mut buf[..left.min(32)]);
+            let n = self.take_due(now_ms, &mut ticks, &mut buf[..left.min(BATCH)]);
             if n == 0 {
                 break;
             }
