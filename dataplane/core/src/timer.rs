@@ -253,6 +253,70 @@ mod tests {
         assert_eq!(w.len(), 1000);
     }
 
+    /// Random schedules, moves, cancels and partial takes against a model (item → filed tick):
+    /// every item comes up exactly once, in its slot's turn, also with every item filed.
+    #[test]
+    fn matches_a_model() {
+        let (items, slots, tick) = (700u32, 32usize, 10u64);
+        let mut w = TimerWheel::new(items as usize, slots, tick);
+        let mut filed: Vec<Option<u64>> = vec![None; items as usize];
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % m
+        };
+        let mut now = 0u64;
+        let mut buf = [NIL; 7];
+        for round in 0..4000 {
+            for _ in 0..20 {
+                let item = next(items as u64) as u32;
+                match next(4) {
+                    0 => {
+                        w.cancel(item);
+                        filed[item as usize] = None;
+                    }
+                    _ => {
+                        let exp = now + 1 + next(400);
+                        w.schedule(item, exp);
+                        let cur = w.cur;
+                        filed[item as usize] =
+                            Some(exp.div_ceil(tick).clamp(cur, cur + slots as u64 - 1));
+                    }
+                }
+            }
+            if round % 500 == 0 {
+                // Every item filed at once: the pool must hold.
+                for item in 0..items {
+                    let exp = now + 1 + next(300);
+                    w.schedule(item, exp);
+                    let cur = w.cur;
+                    filed[item as usize] =
+                        Some(exp.div_ceil(tick).clamp(cur, cur + slots as u64 - 1));
+                }
+            }
+            assert_eq!(w.len(), filed.iter().flatten().count());
+            now += next(25);
+            let mut ticks = usize::MAX;
+            loop {
+                let n = w.take_due(now, &mut ticks, &mut buf);
+                if n == 0 {
+                    break;
+                }
+                for &item in &buf[..n] {
+                    let t = filed[item as usize].take().expect("taken twice or never filed");
+                    assert!(t <= now / tick, "item {item} of tick {t} taken at {now}");
+                }
+            }
+            for (item, t) in filed.iter().enumerate() {
+                if let Some(t) = t {
+                    assert!(*t > now / tick, "item {item} of tick {t} left at {now}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn expires_in_order_lazily_and_bounded() {
         let mut w = TimerWheel::new(100, 16, 10);
