@@ -1,5 +1,5 @@
-//! FULLNAT traces: established sessions (`fnat-est`, `fnat-udp`) and new connections
-//! (`fnat-cps`), plus the memory a session costs.
+//! FULLNAT traces: established sessions (`fnat-est`, `fnat-udp`), new connections (`fnat-cps`)
+//! and whole connections with data and FIN (`fnat-conn`), plus the memory a session costs.
 //!
 //! Topology (one-armed, as DPVS's one-arm mode): a single port 0 owning 10.0.0.1/16, 4 VIPs
 //! 10.0.100.1–4 (TCP :80 and UDP :53 each, rr over 8 real servers 10.0.1.x:8080 / :5353, 32 dest
@@ -506,6 +506,58 @@ pub fn fnat_cps(_env: &Env) -> Trace {
     }
 }
 
+/// Whole TCP connections: the client's SYN, the real server's SYN-ACK, the client's request
+/// (ACK+PSH, 6 bytes; TOA inserted), the server's response (ACK+PSH, 14 bytes), the client's
+/// FIN, the server's FIN-ACK and the client's last ACK (TIME_WAIT, expired after 100 ms): 7
+/// packets through rvs per connection, the server's three made by the generator from what rvs
+/// sent it. The client's packets of a connection are [`CPS_GAP`] connections apart; client
+/// addresses move on every lap, as in the CPS trace.
+pub fn fnat_conn(_env: &Env) -> Trace {
+    let mut frames = Vec::with_capacity(4 * CPS_LAP);
+    for k in 0..CPS_LAP {
+        let back = |n: usize| {
+            (
+                (k + CPS_LAP - n * CPS_GAP) % CPS_LAP,
+                (k < n * CPS_GAP) as u16,
+            )
+        };
+        for (n, fl, seq) in [
+            (0, SYN, 1),
+            (1, ACK | PSH, 2),
+            (2, FIN | ACK, 8),
+            (3, ACK, 9),
+        ] {
+            let (c, tag) = back(n);
+            let (cip, cport) = client(c as u64);
+            let mut f = l4_frame(6, GW_MAC, cip, cport, vip(c % VIPS), TCP_VPORT, fl, seq);
+            f.tag = tag;
+            frames.push(f);
+        }
+    }
+    let timeouts = Timeouts {
+        tcp_close: CPS_CLOSE_MS,
+        tcp_time_wait: CPS_CLOSE_MS,
+        ..Timeouts::default()
+    };
+    Trace {
+        name: "fnat-conn".into(),
+        about: format!(
+            "FULLNAT whole TCP connections: SYN, RS SYN-ACK, request (TOA), RS response, FIN, \
+             RS FIN-ACK, last ACK = 7 packets per connection, {CPS_LAP} connections per lap \
+             with fresh client addresses every lap, TIME_WAIT timeout {CPS_CLOSE_MS} ms, table \
+             {CPS_TABLE}, {CPS_LIPS} LIPs, lport reuse delay 0"
+        ),
+        stack: config(CPS_TABLE, CPS_LIPS, timeouts, 0),
+        neighbours: neighbours(),
+        setup: None,
+        respond: Some(respond_server),
+        patch: Some(patch_client),
+        frames,
+        success: ("fullnat_in+out", |s| s.fullnat_in + s.fullnat_out),
+        conn_pkts: 7,
+    }
+}
+
 /// Generator hook of the CPS trace: client address and port of connection (lap − tag) ×
 /// CPS_LAP + index, checksums updated incrementally.
 fn patch_client(d: &mut [u8], lap: u32, tag: u16) {
@@ -529,12 +581,46 @@ fn patch_client(d: &mut [u8], lap: u32, tag: u16) {
 /// Generator hook of the CPS trace: a SYN rvs sent to a real server becomes that server's
 /// SYN-ACK (addresses and ports swapped, ack = seq + 1, fresh checksums), fed back to port 0.
 fn respond_synack(d: &mut [u8]) -> bool {
-    if d.len() < 54 || d[12..14] != [0x08, 0x00] || d[23] != 6 {
-        return false;
+    match to_server(d) {
+        Some(fl) if fl & (SYN | ACK | RST | FIN) == SYN => server_reply(d, SYN | ACK),
+        _ => false,
     }
-    let ihl = (d[14] & 0xf) as usize * 4;
-    let l4 = 14 + ihl;
-    if ihl != 20 || d[l4 + 13] & (SYN | ACK | RST | FIN) != SYN {
+}
+
+/// Generator hook of the connection trace: the real server answers what rvs sent it — a SYN
+/// with its SYN-ACK, a request (ACK+PSH) with a response (ACK+PSH; the request's TCP options,
+/// TOA among them, become payload), a FIN with its FIN-ACK. Anything else (the client's last
+/// ACK) is recycled.
+fn respond_server(d: &mut [u8]) -> bool {
+    let Some(fl) = to_server(d) else {
+        return false;
+    };
+    let reply = match fl & (SYN | ACK | RST | FIN | PSH) {
+        SYN => SYN | ACK,
+        f if f == ACK | PSH => ACK | PSH,
+        f if f == FIN | ACK => FIN | ACK,
+        _ => return false,
+    };
+    server_reply(d, reply)
+}
+
+/// The TCP flags of `d` when it is an IPv4 TCP segment (20-byte IP header) rvs sent to a real
+/// server.
+fn to_server(d: &[u8]) -> Option<u8> {
+    if d.len() < 54 || d[12..14] != [0x08, 0x00] || d[14] != 0x45 || d[23] != 6 {
+        return None;
+    }
+    (d[30..33] == rip(0).octets()[..3]).then_some(d[34 + 13])
+}
+
+/// Turn the segment rvs sent to a real server into that server's answer with flags `fl`:
+/// addresses and ports swapped, a 20-byte TCP header (options become payload), ack = the
+/// segment's seq + its length (+ 1 for SYN or FIN), fresh checksums; fed back to port 0.
+fn server_reply(d: &mut [u8], fl: u8) -> bool {
+    let l4 = 34;
+    let total = u16::from_be_bytes([d[16], d[17]]) as usize;
+    let doff = (d[l4 + 12] >> 4) as usize * 4;
+    if total < 20 + doff || d.len() < 14 + total {
         return false;
     }
     let r = rs_index(Ipv4Addr::new(d[30], d[31], d[32], d[33]));
@@ -555,9 +641,11 @@ fn respond_synack(d: &mut [u8]) -> bool {
     d[l4..l4 + 2].copy_from_slice(&dp);
     d[l4 + 2..l4 + 4].copy_from_slice(&sp);
     let seq = u32::from_be_bytes([d[l4 + 4], d[l4 + 5], d[l4 + 6], d[l4 + 7]]);
+    let len = (total - 20 - doff) as u32 + (d[l4 + 13] & (SYN | FIN) != 0) as u32;
     d[l4 + 4..l4 + 8].copy_from_slice(&7u32.to_be_bytes());
-    d[l4 + 8..l4 + 12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
-    d[l4 + 13] = SYN | ACK;
+    d[l4 + 8..l4 + 12].copy_from_slice(&seq.wrapping_add(len).to_be_bytes());
+    d[l4 + 12] = 5 << 4;
+    d[l4 + 13] = fl;
     l4_fix(d, 6);
     true
 }

@@ -79,11 +79,12 @@ struct Args {
 
 #[derive(clap::Args, Debug, Clone)]
 struct Opts {
-    /// Traces to run (comma-separated): l3fwd, arp, icmp, fnat-est, fnat-udp, fnat-cps.
+    /// Traces to run (comma-separated): l3fwd, arp, icmp, fnat-est, fnat-udp, fnat-cps,
+    /// fnat-conn.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "l3fwd,arp,icmp,fnat-est,fnat-udp,fnat-cps",
+        default_value = "l3fwd,arp,icmp,fnat-est,fnat-udp,fnat-cps,fnat-conn",
         global = true
     )]
     traces: Vec<String>,

@@ -130,6 +130,11 @@ pub const KINDS: &[Kind] = &[
         build: crate::fnat::fnat_cps,
         sized: false,
     },
+    Kind {
+        name: "fnat-conn",
+        build: crate::fnat::fnat_conn,
+        sized: false,
+    },
 ];
 
 /// A frame for runs whose frames come from the set-up (the baseline carries it).
