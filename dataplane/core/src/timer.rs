@@ -305,7 +305,9 @@ mod tests {
                     break;
                 }
                 for &item in &buf[..n] {
-                    let t = filed[item as usize].take().expect("taken twice or never filed");
+                    let t = filed[item as usize]
+                        .take()
+                        .expect("taken twice or never filed");
                     assert!(t <= now / tick, "item {item} of tick {t} taken at {now}");
                 }
             }
