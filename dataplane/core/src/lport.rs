@@ -23,6 +23,9 @@ use std::net::{IpAddr, Ipv4Addr};
 pub const RSS_TRIES: usize = 8;
 /// Most LIPs (pools) per worker.
 pub const MAX_LIPS: usize = 1024;
+/// FIFO entries ahead of the head whose cache line an allocation prefetches (4 entries of 16
+/// bytes per line: the next line).
+const PREFETCH_AHEAD: usize = 4;
 
 /// Free lports of one LIP on one worker.
 pub struct LipPool {
@@ -36,6 +39,19 @@ impl LipPool {
     /// Free lports (ready or not).
     pub fn free_len(&self) -> usize {
         self.free.len()
+    }
+
+    /// Take the head of the FIFO, and prefetch the line after it. The FIFO is walked in order,
+    /// one line per 4 allocations from this LIP, and a line comes back to the head only after
+    /// every other free lport of the LIP was handed out: long out of every cache (64K lports ×
+    /// 16 bytes per LIP). Without the prefetch, that read is a memory miss every 4 allocations.
+    #[inline]
+    fn take(&mut self) -> Option<u16> {
+        let (port, _) = self.free.pop_front()?;
+        if let Some(e) = self.free.get(PREFETCH_AHEAD) {
+            crate::session::prefetch(e);
+        }
+        Some(port)
     }
 }
 
@@ -163,8 +179,7 @@ impl LportAlloc {
                         break;
                     }
                     if rss_queue(rss, r4, l4, rport, port) == self.worker {
-                        pool.free.pop_front();
-                        return Some((pi, port));
+                        return pool.take().map(|p| (pi, p));
                     }
                     // Rotate: stays free, just behind the others (capacity is never exceeded).
                     let e = pool.free.pop_front()?;
@@ -172,11 +187,11 @@ impl LportAlloc {
                 }
                 // Fall back to any ready port.
                 if pool.free.front().is_some_and(|&(_, r)| r <= now_ms) {
-                    return pool.free.pop_front().map(|(p, _)| (pi, p));
+                    return pool.take().map(|p| (pi, p));
                 }
                 continue;
             }
-            return pool.free.pop_front().map(|(p, _)| (pi, p));
+            return pool.take().map(|p| (pi, p));
         }
         None
     }

@@ -181,7 +181,7 @@ pub struct SessionTable<A> {
 
 /// Hint the CPU to bring `v`'s cache line in; never faults, changes nothing.
 #[inline(always)]
-fn prefetch<T>(v: &T) {
+pub(crate) fn prefetch<T>(v: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint; the address is that of a live reference.
     unsafe {
