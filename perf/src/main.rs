@@ -13,6 +13,7 @@
 
 mod fnat;
 mod harness;
+mod probe;
 mod report;
 mod trace;
 mod veth;
@@ -462,8 +463,11 @@ fn scaling(o: &Opts, eal: &Eal, pool: &Arc<Mempool>) -> Result<Vec<ThroughputRow
 fn throughput_only(o: &Opts) -> Result<(), String> {
     let traces = traces(o)?;
     let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
+    let before = probe::mem_latency_ns();
     let rows = throughput(o, &eal, &pool(o.workers)?, &traces)?;
+    let after = probe::mem_latency_ns();
     println!("{}", report::throughput_table(&rows));
+    println!("{}", report::probe_line((before, after)));
     Ok(())
 }
 
@@ -635,8 +639,10 @@ fn suite(o: &Opts) -> Result<(), String> {
     } else {
         Vec::new()
     };
+    let probe_before = probe::mem_latency_ns();
     let rows = throughput(o, &eal, &pool, &traces)?;
     let scaling = scaling(o, &eal, &pool)?;
+    let probe_after = probe::mem_latency_ns();
     let instr = if o.no_callgrind {
         None
     } else {
@@ -676,6 +682,7 @@ fn suite(o: &Opts) -> Result<(), String> {
         instr,
         mem,
         sess_mem,
+        mem_probe: (probe_before, probe_after),
     };
     let md = rep.markdown();
     println!("{md}");

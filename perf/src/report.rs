@@ -87,6 +87,18 @@ pub struct Report {
     pub instr: Option<(String, Vec<InstrRow>)>,
     pub mem: Vec<MemRow>,
     pub sess_mem: Vec<SessMem>,
+    /// [`crate::probe::mem_latency_ns`] before and after the throughput runs.
+    pub mem_probe: (f64, f64),
+}
+
+/// The report line of the memory probe (before, after the runs).
+pub fn probe_line((before, after): (f64, f64)) -> String {
+    format!(
+        "- memory probe (random dependent loads over {} MB on the worker lcore; this VM's shared \
+         L3 and memory, which move every figure below): **{before:.1} ns/load** before the runs, \
+         **{after:.1}** after",
+        crate::probe::PROBE_BYTES >> 20
+    )
 }
 
 fn mode_name(m: GenMode) -> &'static str {
@@ -525,6 +537,7 @@ impl Report {
             "- command: `./scripts/bench` (= `rvs-bench suite {}`)",
             self.opts
         );
+        let _ = writeln!(s, "{}", probe_line(self.mem_probe));
         let _ = writeln!(
             s,
             "- frames: 64 bytes on the wire (60 in the mbuf), fed through net_ring ports into \
