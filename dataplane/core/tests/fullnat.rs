@@ -570,6 +570,52 @@ fn tcp_state_walk_timeouts_and_counts() {
 /// One expiry pass over a slot that holds due and refreshed sessions (taken off the wheel in
 /// batches, their entries and bucket heads prefetched first): the due ones are freed, the
 /// refreshed ones filed again and still forwarding on their session.
+/// A FULLNAT reply is found by the LIP:lport it goes to (rvs chose it; no hash of the reply's
+/// tuple): only from the real server and port the session was made toward, in its protocol, and
+/// only while the session lives.
+#[test]
+fn replies_are_found_by_lip_and_lport_only_from_their_real_server() {
+    let (mut s, mut io, c) = setup(cfg());
+    let (lport, i) = open(&mut s, &mut io, 7, 0);
+    let other = if i == 1 { 2 } else { 1 };
+    let from = |rs: u8, rport: u16| {
+        tcp(
+            rs_mac(rs),
+            MAC1,
+            &rip(rs),
+            rport,
+            LIP,
+            lport,
+            SYNACK,
+            &[],
+            &[],
+        )
+    };
+    let strays = [
+        from(other, 8080),
+        from(i, 8081),
+        udp(rs_mac(i), MAC1, &rip(i), 8080, LIP, lport, b"x"),
+    ];
+    for f in &strays {
+        handle(&mut s, &mut io, 1, f, 1);
+    }
+    assert!(io.take().is_empty());
+    assert_eq!(c.drops(DropReason::NoSession), 3);
+    handle(&mut s, &mut io, 1, &from(i, 8080), 1);
+    let (port, f) = io.one();
+    assert_eq!((port, parse(&f).tcp.unwrap().destination_port), (0, 7));
+    assert_eq!(c.fullnat_out.get(), 1);
+    // The session ends (the client's RST; SYN_RECV times out after 60 s): its lport leads
+    // nowhere any more.
+    handle(&mut s, &mut io, 0, &c2v(7, RST, &[], &[]), 2);
+    io.take();
+    s.poll_timers(&mut io, 120_000);
+    assert_eq!(s.session_count(), 0);
+    handle(&mut s, &mut io, 1, &from(i, 8080), 120_001);
+    assert!(io.take().is_empty());
+    assert_eq!(c.drops(DropReason::NoSession), 4);
+}
+
 #[test]
 fn expiry_frees_the_due_and_files_the_refreshed_again() {
     let (mut s, mut io, c) = setup(cfg());
