@@ -24,7 +24,7 @@ use crate::fullnat::{PROTO_TCP, PROTO_UDP};
 use crate::io::{Io, PortIdx};
 use crate::packet::PacketBuf;
 use crate::session::F_TOA_DONE;
-use crate::stack::{Owned, Stack, DIRECT_BUCKET};
+use crate::stack::{Owned, Stack};
 use crate::tcp_state::{flags, TcpState};
 use crate::wire::{be16, be32, ip4, ETHERTYPE_IPV4, ETH_LEN};
 use std::net::Ipv4Addr;
@@ -207,13 +207,9 @@ impl<P: PacketBuf> Stack<P> {
             if fnat.lports.owner(dport) != fnat.worker || self.is_martian_src(src) {
                 return None;
             }
-            fnat.reply_session(o.pool, proto, src, sport, dport)?
+            fnat.sessions
+                .lookup_out_at(bucket, proto, src, sport, dst, dport)?
         } else {
-            // A bucket the prefetch stage took for a reply's (the owned addresses changed since):
-            // the general path hashes the tuple.
-            if bucket & DIRECT_BUCKET != 0 {
-                return None;
-            }
             match fnat
                 .sessions
                 .lookup_in_at(bucket, proto, src, sport, dst, dport)

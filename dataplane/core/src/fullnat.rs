@@ -35,8 +35,8 @@ use crate::packet::PacketBuf;
 use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
 use crate::sched::{DestStats, SchedKey};
 use crate::service::{ServiceError, Services};
-use crate::session::{Session, SessionTable, F_ACTIVE, F_DIRECT, F_TOA_DONE, F_USED};
-use crate::stack::{Owned, Stack, DIRECT_BUCKET, NO_BUCKET};
+use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
+use crate::stack::{Owned, Stack, NO_BUCKET};
 use crate::tcp_state::{flags, Dir, TcpState};
 use crate::timer::TimerWheel;
 use crate::wire::*;
@@ -198,30 +198,6 @@ impl Fullnat {
                 TICK_MS,
             ),
         })
-    }
-
-    /// The FULLNAT session of a reply from `rip`:`rport` to `lport` of LIP pool `pool`: the
-    /// session holding that lport, when it was made toward that real server (and protocol).
-    #[inline(always)]
-    pub(crate) fn reply_session(
-        &self,
-        pool: u16,
-        proto: u8,
-        rip: Ipv4Addr,
-        rport: u16,
-        lport: u16,
-    ) -> Option<u32> {
-        let idx = self.lports.holder(pool, lport)?;
-        let e = self.sessions.get(idx);
-        // The lport and pool too: a holder entry outliving its session (it never should) must
-        // not lead to the session that took the entry over.
-        (e.lport == lport
-            && e.rport == rport
-            && e.lip_pool == pool
-            && e.proto == proto
-            && e.rip == rip
-            && e.flags & F_USED != 0)
-            .then_some(idx)
     }
 
     /// What `ip` is to FULLNAT: its LIP pool, whether it is a VIP (control path; the result is
@@ -588,22 +564,8 @@ impl<P: PacketBuf> Stack<P> {
         }
         let src = ipv4_at(d, ip4::SRC);
         let (sport, dport) = (be16(d, l4), be16(d, l4 + 2));
-        if let Some(pool) = lip_pool.filter(|_| self.fnat.lports.in_range(dport)) {
-            // Reply from a real server: the lport's owner handles it, decided before any lookup.
-            let owner = self.fnat.lports.owner(dport);
-            if owner != self.fnat.worker {
-                self.fnat_redirect(io, owner, port, pkt);
-                return None;
-            }
-            match self.fnat.reply_session(pool, proto, src, sport, dport) {
-                Some(idx) => self.fnat_out(io, port, pkt, ihl, idx, now_ms),
-                None => self.drop_pkt(pkt, DropReason::NoSession),
-            }
-            return None;
-        }
-        // The prefetch stage may have hashed this tuple already (not when it took the packet
-        // for a reply: the owned addresses may have changed since).
-        let bucket = if bucket == NO_BUCKET || bucket & DIRECT_BUCKET != 0 {
+        // Both lookups hash this same tuple: the prefetch stage may have done it already.
+        let bucket = if bucket == NO_BUCKET {
             self.fnat.sessions.bucket_of(proto, src, sport, dst, dport)
         } else {
             debug_assert_eq!(
@@ -612,6 +574,23 @@ impl<P: PacketBuf> Stack<P> {
             );
             bucket
         };
+        if lip_pool.is_some() && self.fnat.lports.in_range(dport) {
+            // Reply from a real server: the lport's owner handles it, decided before any lookup.
+            let owner = self.fnat.lports.owner(dport);
+            if owner != self.fnat.worker {
+                self.fnat_redirect(io, owner, port, pkt);
+                return None;
+            }
+            match self
+                .fnat
+                .sessions
+                .lookup_out_at(bucket, proto, src, sport, dst, dport)
+            {
+                Some(idx) => self.fnat_out(io, port, pkt, ihl, idx, now_ms),
+                None => self.drop_pkt(pkt, DropReason::NoSession),
+            }
+            return None;
+        }
         let found = self
             .fnat
             .sessions
@@ -817,8 +796,6 @@ impl<P: PacketBuf> Stack<P> {
         );
         sess.lip_pool = pool;
         sess.tmpl = tmpl;
-        // Its replies are found by LIP and lport (`Fullnat::reply_session`).
-        sess.flags |= F_DIRECT;
         self.fnat_insert(io, port, pkt, ihl, sess, dest.id, now_ms);
     }
 
@@ -851,9 +828,6 @@ impl<P: PacketBuf> Stack<P> {
             }
             return self.drop_pkt(pkt, DropReason::SessionTableFull);
         };
-        if sess.flags & F_DIRECT != 0 {
-            f.lports.set_holder(sess.lip_pool, sess.lport, idx);
-        }
         f.wheel.insert(idx, sess.expires_ms, now_ms);
         if sess.tmpl != NO_TMPL {
             f.templates.hold(sess.tmpl);
@@ -1060,8 +1034,10 @@ impl<P: PacketBuf> Stack<P> {
             return Some(pkt);
         }
         let dst = ipv4_at(d, ip4::DST);
-        let pool = self.fnat.lports.pool_of(IpAddr::V4(dst));
-        if let Some(pool) = pool.filter(|_| q.isrc == dst && self.fnat.lports.in_range(q.isport)) {
+        if q.isrc == dst
+            && self.fnat.lports.pool_of(IpAddr::V4(dst)).is_some()
+            && self.fnat.lports.in_range(q.isport)
+        {
             // From the real-server side, quoting LIP:lport → RIP:rport.
             let owner = self.fnat.lports.owner(q.isport);
             if owner != self.fnat.worker {
@@ -1070,7 +1046,8 @@ impl<P: PacketBuf> Stack<P> {
             }
             let Some(idx) = self
                 .fnat
-                .reply_session(pool, q.iproto, q.idst, q.idport, q.isport)
+                .sessions
+                .lookup_out(q.iproto, q.idst, q.idport, q.isrc, q.isport)
             else {
                 return Some(pkt);
             };

@@ -12,12 +12,6 @@
 //!
 //! Pools are created by the control path ([`LportAlloc::pool`]) and never removed, so sessions
 //! keep a stable pool index across service updates.
-//!
-//! A LIP's lport belongs to one session at a time, so each pool also says which session holds
-//! each of its lports ([`LportAlloc::holder`]): that is how a FULLNAT reply (to LIP:lport) finds
-//! its session, without hashing, and why its outbound key is not in the session table's hash
-//! index. 4 bytes per lport (256 KB per LIP and worker), set when the session is inserted
-//! ([`LportAlloc::set_holder`]) and cleared when the lport is given back.
 
 use crate::config::RssConf;
 use crate::fixedmap::FixedMap;
@@ -39,8 +33,6 @@ pub struct LipPool {
     pub lip: IpAddr,
     /// (lport, reusable from this time in ms), oldest release first.
     free: VecDeque<(u16, u64)>,
-    /// Per lport: index + 1 of the session holding it (0: none).
-    holders: Box<[u32]>,
 }
 
 impl LipPool {
@@ -141,9 +133,7 @@ impl LportAlloc {
             .filter(|p| p % self.n_workers == self.worker)
             .map(|p| (p, 0))
             .collect();
-        // Zeroed: untouched pages (lports of other workers, or never used) cost no memory.
-        let holders = vec![0u32; 1 << 16].into_boxed_slice();
-        self.pools.push(LipPool { lip, free, holders });
+        self.pools.push(LipPool { lip, free });
         self.by_lip.insert(lip, idx).ok()?;
         Some(idx)
     }
@@ -206,39 +196,10 @@ impl LportAlloc {
         None
     }
 
-    /// Record that session `idx` holds `lport` of pool `pool`.
-    #[inline]
-    pub fn set_holder(&mut self, pool: u16, lport: u16, idx: u32) {
-        if let Some(p) = self.pools.get_mut(pool as usize) {
-            p.holders[lport as usize] = idx.wrapping_add(1);
-        }
-    }
-
-    /// The session holding `lport` of pool `pool` (as [`LportAlloc::set_holder`] recorded it).
-    #[inline(always)]
-    pub fn holder(&self, pool: u16, lport: u16) -> Option<u32> {
-        let h = *self.pools.get(pool as usize)?.holders.get(lport as usize)?;
-        h.checked_sub(1)
-    }
-
-    /// Prefetch the line saying who holds `lport` of pool `pool` (the reply lookup's first read).
-    #[inline(always)]
-    pub fn prefetch_holder(&self, pool: u16, lport: u16) {
-        if let Some(h) = self
-            .pools
-            .get(pool as usize)
-            .and_then(|p| p.holders.get(lport as usize))
-        {
-            crate::session::prefetch(h);
-        }
-    }
-
-    /// Give `lport` back to pool `pool`: reusable from `now_ms + reuse_delay_ms`, held by no
-    /// session any more.
+    /// Give `lport` back to pool `pool`: reusable from `now_ms + reuse_delay_ms`.
     #[inline]
     pub fn release(&mut self, pool: u16, lport: u16, now_ms: u64) {
         if let Some(p) = self.pools.get_mut(pool as usize) {
-            p.holders[lport as usize] = 0;
             // The FIFO was created with room for every port it owns: never reallocates.
             if p.free.len() < p.free.capacity() {
                 p.free

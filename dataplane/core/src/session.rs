@@ -1,13 +1,10 @@
 //! The per-core FULLNAT session table.
 //!
 //! A fixed array of [`Session`] entries (allocated at start, never grown, each aligned to a cache
-//! line) with one chained hash index holding the inbound key `(proto, CIP, cport, VIP, vport)` of
-//! every session and the outbound key `(proto, RIP, rport, LIP, lport)` of those whose replies
-//! are not found another way: NAT, DR and TUN sessions use the same entries with `lip = CIP` and
-//! `lport = cport`, so the outbound key of a NAT session is exactly the tuple of the real
-//! server's reply `(proto, RIP, rport, CIP, cport)`; a FULLNAT session is inserted with
-//! [`F_DIRECT`] and its replies are found by LIP and lport, which rvs chose
-//! ([`crate::lport::LportAlloc::holder`]).
+//! line) with one chained hash index holding two keys per session: inbound `(proto, CIP, cport,
+//! VIP, vport)` and outbound `(proto, RIP, rport, LIP, lport)`. NAT, DR and TUN sessions use the
+//! same entries with `lip = CIP` and `lport = cport`, so the outbound key of a NAT session is
+//! exactly the tuple of the real server's reply `(proto, RIP, rport, CIP, cport)`.
 //!
 //! Both keys are the `(proto, source, sport, destination, dport)` of a packet as it arrives, so a
 //! packet's bucket is known before its direction: the batched lookup prefetches one bucket head
@@ -45,10 +42,6 @@ pub const F_USED: u8 = 1;
 pub const F_TOA_DONE: u8 = 2;
 /// Entry flag: counted as active (ESTABLISHED) in the dest's stats.
 pub const F_ACTIVE: u8 = 4;
-/// Entry flag (set by the inserter): the outbound key stays out of the hash index, because the
-/// session's replies are found another way (FULLNAT: by LIP and lport, see
-/// [`crate::lport::LportAlloc::holder`]). [`SessionTable::lookup_out`] does not find it.
-pub const F_DIRECT: u8 = 8;
 
 /// An address type a session table can hold.
 pub trait SessAddr: Copy + Eq + std::fmt::Debug {
@@ -253,8 +246,7 @@ impl<A: SessAddr> SessionTable<A> {
     /// A table of `capacity` sessions (allocates everything now).
     pub fn new(capacity: u32) -> Self {
         let cap = capacity.min(MAX_SESSIONS);
-        // At most 2^31 buckets: bucket numbers stay below `stack::DIRECT_BUCKET`.
-        let buckets = (cap.max(1) as usize * 3).next_power_of_two().min(1 << 31);
+        let buckets = (cap.max(1) as usize * 3).next_power_of_two();
         let entries = BigArray::new(cap as usize, |i| {
             let mut e = Session::empty();
             e.next[0] = if i + 1 < cap as usize {
@@ -522,16 +514,14 @@ impl<A: SessAddr> SessionTable<A> {
         }
         self.free = self.entries[idx as usize].next[0];
         let ib = self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport);
+        let ob = self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
+        prefetch(&self.heads[ob]);
         s.next[DIR_IN as usize] = self.heads[ib];
         self.heads[ib] = idx << 1 | DIR_IN;
         s.next[DIR_OUT as usize] = NIL;
         s.flags |= F_USED;
-        if s.flags & F_DIRECT == 0 {
-            let ob = self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
-            prefetch(&self.heads[ob]);
-            (self.pending, self.pending_ob) = (idx, ob as u32);
-        }
         self.entries[idx as usize] = s;
+        (self.pending, self.pending_ob) = (idx, ob as u32);
         self.len += 1;
         Ok(idx)
     }
@@ -561,9 +551,8 @@ impl<A: SessAddr> SessionTable<A> {
     }
 
     /// Batched removal, stage 1: the buckets of both keys of session `idx` (`None` when the
-    /// slot is not in use; the second [`NIL`] for an [`F_DIRECT`] session), their heads
-    /// prefetched (random lines of a large array: the cost of a removal); hand them to
-    /// [`SessionTable::remove_at`] a few sessions later.
+    /// slot is not in use), their heads prefetched (two random lines of a large array: the
+    /// cost of a removal); hand them to [`SessionTable::remove_at`] a few sessions later.
     #[inline]
     pub fn prefetch_keys(&self, idx: u32) -> Option<(u32, u32)> {
         let s = self.entries.get(idx as usize)?;
@@ -571,11 +560,8 @@ impl<A: SessAddr> SessionTable<A> {
             return None;
         }
         let ib = self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport);
-        prefetch(&self.heads[ib]);
-        if s.flags & F_DIRECT != 0 {
-            return Some((ib as u32, NIL));
-        }
         let ob = self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport);
+        prefetch(&self.heads[ib]);
         prefetch(&self.heads[ob]);
         Some((ib as u32, ob as u32))
     }
@@ -590,14 +576,12 @@ impl<A: SessAddr> SessionTable<A> {
         }
         let (ib, ob) = (keys.0 as usize, keys.1 as usize);
         debug_assert_eq!(ib, self.bucket(s.proto, s.cip, s.cport, s.vip, s.vport));
-        if s.flags & F_DIRECT == 0 {
-            debug_assert_eq!(ob, self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport));
-            // The outbound link was made after the inbound one (at the insert, or later when it
-            // was pending): when both keys share a bucket it comes first in the chain (links
-            // are made at the head), so it is unlinked first, which never rewrites the inbound
-            // link's successor that `s` holds.
-            self.unlink(ob, idx << 1 | DIR_OUT, s.next[DIR_OUT as usize]);
-        }
+        debug_assert_eq!(ob, self.bucket(s.proto, s.rip, s.rport, s.lip, s.lport));
+        // The outbound link was made after the inbound one (at the insert, or later when it
+        // was pending): when both keys share a bucket it comes first in the chain (links are
+        // made at the head), so it is unlinked first, which never rewrites the inbound link's
+        // successor that `s` holds.
+        self.unlink(ob, idx << 1 | DIR_OUT, s.next[DIR_OUT as usize]);
         self.unlink(ib, idx << 1 | DIR_IN, s.next[DIR_IN as usize]);
         let e = &mut self.entries[idx as usize];
         e.flags = 0;

@@ -191,11 +191,6 @@ struct NhLine {
 /// [`Stack::prefetch_bucket`] of a frame that is not IPv4 TCP/UDP.
 pub const NO_BUCKET: u32 = u32::MAX;
 
-/// Flag of a [`Stack::prefetch_bucket`] value that is not a hash bucket but a FULLNAT reply's LIP
-/// pool and lport (`DIRECT_BUCKET | pool << 16 | lport`): its session is found by lport
-/// ([`crate::lport::LportAlloc::holder`]). Hash buckets stay below it.
-pub const DIRECT_BUCKET: u32 = 1 << 31;
-
 /// The addresses and ports of a frame, as a prefetch stage keeps them for a later one
 /// ([`Stack::prefetch_bucket_keep`]).
 #[derive(Clone, Copy, Debug)]
@@ -563,18 +558,9 @@ impl<P: PacketBuf> Stack<P> {
                     sport,
                     dport,
                 };
-                let f = &self.fnat;
-                // To a LIP's lport: a FULLNAT reply, found by lport (as `fnat_input` and the
-                // fast path decide it).
-                if f.lports.in_range(dport) {
-                    if let Some(o) = self.owned_v4.get(&u32::from(dst)) {
-                        if o.pool != Owned::NO_POOL {
-                            f.lports.prefetch_holder(o.pool, dport);
-                            return DIRECT_BUCKET | (o.pool as u32) << 16 | dport as u32;
-                        }
-                    }
-                }
-                f.sessions.prefetch_head(proto, src, sport, dst, dport)
+                self.fnat
+                    .sessions
+                    .prefetch_head(proto, src, sport, dst, dport)
             }
             None => NO_BUCKET,
         }
@@ -584,26 +570,17 @@ impl<P: PacketBuf> Stack<P> {
     /// session of the frame whose tuple [`Stack::prefetch_bucket_keep`] kept in `t`.
     #[inline(always)]
     pub fn prefetch_next_kept(&self, b: u32, t: &FlowTuple) {
-        // Also NO_BUCKET; a reply's session has no chain.
-        if b & DIRECT_BUCKET == 0 {
+        if b != NO_BUCKET {
             self.fnat
                 .sessions
                 .prefetch_next(b, t.src, t.sport, t.dst, t.dport);
         }
     }
 
-    /// Stage 2: prefetch the first session entry of bucket `b` (from [`Stack::prefetch_bucket`]),
-    /// or a reply's session.
+    /// Stage 2: prefetch the first session entry of bucket `b` (from [`Stack::prefetch_bucket`]).
     #[inline]
     pub fn prefetch_entry(&self, b: u32) {
-        if b & DIRECT_BUCKET == 0 {
-            self.fnat.sessions.prefetch_entry(b);
-        } else if b != NO_BUCKET {
-            let f = &self.fnat;
-            if let Some(idx) = f.lports.holder((b >> 16 & 0x7fff) as u16, b as u16) {
-                f.sessions.prefetch_slot(idx);
-            }
-        }
+        self.fnat.sessions.prefetch_entry(b);
     }
 
     /// Handle one received frame (its session bucket computed here: [`Stack::handle_at`] for

@@ -98,20 +98,12 @@ impl RxPipe {
             }
         }
         self.held.drain_front_ahead(take, |i, m, ahead| {
-            // ahead[k] is held frame i + 1 + k. Written out stage by stage (not a loop over
-            // `PF`), so each call's `match` on the stage folds away whatever gets inlined.
-            macro_rules! at {
-                ($s:literal) => {
-                    if let Some(a) = ahead.get(PF[$s] - 1) {
-                        Self::stage(stack, bk, tu, $s, i + PF[$s], a);
-                    }
-                };
+            // ahead[k] is held frame i + 1 + k.
+            for (s, &dist) in PF.iter().enumerate() {
+                if let Some(a) = ahead.get(dist - 1) {
+                    Self::stage(stack, bk, tu, s, i + dist, a);
+                }
             }
-            at!(0);
-            at!(1);
-            at!(2);
-            at!(3);
-            at!(4);
             // Stage 2 ran for every frame before it is handled (prologue or `i - 12`).
             stack.handle_at(io, port, MbufPacket(m), bk[i], now);
         });
