@@ -461,28 +461,32 @@ pub const CPS_LIPS: usize = 72;
 /// CLOSE timeout of the CPS trace (one timer-wheel tick).
 pub const CPS_CLOSE_MS: u64 = 100;
 
+/// The client's frames of the connection traces: for each of [`CPS_LAP`] connections, segment
+/// `n` of `steps` (TCP flags, sequence number) [`CPS_GAP`] × `n` connections after its first,
+/// interleaved. A frame of a connection begun in the previous lap is tagged 1 (`n` ×
+/// [`CPS_GAP`] stays below a lap), so the `patch` hook gives it that connection's client
+/// address.
+fn client_frames(steps: &[(u8, u32)]) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(steps.len() * CPS_LAP);
+    for k in 0..CPS_LAP {
+        for (n, &(fl, seq)) in steps.iter().enumerate() {
+            let c = (k + CPS_LAP - n * CPS_GAP) % CPS_LAP;
+            let (cip, cport) = client(c as u64);
+            let mut f = l4_frame(6, GW_MAC, cip, cport, vip(c % VIPS), TCP_VPORT, fl, seq);
+            f.tag = (k < n * CPS_GAP) as u16;
+            frames.push(f);
+        }
+    }
+    frames
+}
+
 /// New TCP connections: per connection the client's SYN (schedule, lport, session, rewrite), the
 /// real server's SYN-ACK (made by the generator from the SYN rvs transmitted, so it goes to the
 /// lport rvs chose), the client's ACK (ESTABLISHED, TOA inserted) and the client's RST (CLOSE,
 /// expired by the timer wheel after 100 ms). Client addresses move on every lap (the generator
 /// patches them), so a SYN never meets a live session.
 pub fn fnat_cps(_env: &Env) -> Trace {
-    let mut frames = Vec::with_capacity(3 * CPS_LAP);
-    for k in 0..CPS_LAP {
-        let syn = k;
-        let ack = (k + CPS_LAP - CPS_GAP) % CPS_LAP;
-        let rst = (k + CPS_LAP - 2 * CPS_GAP) % CPS_LAP;
-        for (c, fl, seq, tag) in [
-            (syn, SYN, 1, 0u16),
-            (ack, ACK, 2, (k < CPS_GAP) as u16),
-            (rst, RST | ACK, 2, (k < 2 * CPS_GAP) as u16),
-        ] {
-            let (cip, cport) = client(c as u64);
-            let mut f = l4_frame(6, GW_MAC, cip, cport, vip(c % VIPS), TCP_VPORT, fl, seq);
-            f.tag = tag;
-            frames.push(f);
-        }
-    }
+    let frames = client_frames(&[(SYN, 1), (ACK, 2), (RST | ACK, 2)]);
     let timeouts = Timeouts {
         tcp_close: CPS_CLOSE_MS,
         ..Timeouts::default()
@@ -513,27 +517,7 @@ pub fn fnat_cps(_env: &Env) -> Trace {
 /// sent it. The client's packets of a connection are [`CPS_GAP`] connections apart; client
 /// addresses move on every lap, as in the CPS trace.
 pub fn fnat_conn(_env: &Env) -> Trace {
-    let mut frames = Vec::with_capacity(4 * CPS_LAP);
-    for k in 0..CPS_LAP {
-        let back = |n: usize| {
-            (
-                (k + CPS_LAP - n * CPS_GAP) % CPS_LAP,
-                (k < n * CPS_GAP) as u16,
-            )
-        };
-        for (n, fl, seq) in [
-            (0, SYN, 1),
-            (1, ACK | PSH, 2),
-            (2, FIN | ACK, 8),
-            (3, ACK, 9),
-        ] {
-            let (c, tag) = back(n);
-            let (cip, cport) = client(c as u64);
-            let mut f = l4_frame(6, GW_MAC, cip, cport, vip(c % VIPS), TCP_VPORT, fl, seq);
-            f.tag = tag;
-            frames.push(f);
-        }
-    }
+    let frames = client_frames(&[(SYN, 1), (ACK | PSH, 2), (FIN | ACK, 8), (ACK, 9)]);
     let timeouts = Timeouts {
         tcp_close: CPS_CLOSE_MS,
         tcp_time_wait: CPS_CLOSE_MS,
