@@ -400,6 +400,14 @@ pub fn lanes(
         Device::Rvs => trace.ports(),
         Device::IoFwd => 1,
     };
+    // DPDK 22.11's default RTE_MAX_ETHPORTS.
+    const MAX_ETHPORTS: usize = 32;
+    if nw * nports > MAX_ETHPORTS {
+        return Err(format!(
+            "{nw} workers x {nports} net_ring ports each: more than the {MAX_ETHPORTS} ethdevs \
+             DPDK allows"
+        ));
+    }
     let shared: Arc<[Frame]> = if trace.frames.is_empty() {
         // Frames come from each worker's set-up; the baseline only needs something to carry.
         vec![crate::trace::filler_frame()].into()
