@@ -135,7 +135,8 @@ impl TimerWheel {
     }
 
     /// True when a slot up to `now_ms` may hold items (the wheel is not empty and its clock is
-    /// not past now). An empty wheel's clock moves to now, as in [`TimerWheel::take_due`].
+    /// not past now). An empty wheel's clock moves to now (so a first insert files relative to
+    /// now, see [`TimerWheel::insert`]).
     #[inline]
     pub fn due(&mut self, now_ms: u64) -> bool {
         let now_tick = now_ms / self.tick_ms;
@@ -152,11 +153,10 @@ impl TimerWheel {
     /// files it again (at a time later than now, so never in a slot already passed). Lets the
     /// caller work on a batch: prefetch what every item needs, then handle each one.
     pub fn take_due(&mut self, now_ms: u64, ticks_left: &mut usize, out: &mut [u32]) -> usize {
-        let now_tick = now_ms / self.tick_ms;
-        if self.len == 0 {
-            self.cur = self.cur.max(now_tick);
+        if !self.due(now_ms) {
             return 0;
         }
+        let now_tick = now_ms / self.tick_ms;
         let mut n = 0;
         while self.cur <= now_tick && *ticks_left > 0 {
             let slot = (self.cur & self.mask) as usize;
