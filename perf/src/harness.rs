@@ -19,6 +19,7 @@ use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
 use rvs_core::Stack;
 use rvs_dataplane::{PeerLinks, PeerSenders, Worker, WorkerIo, WorkerPorts};
 
+use crate::frames::FrameList;
 use crate::trace::{Frame, SetupCtx, SetupIo, Trace};
 
 /// Mbufs per RX/TX ring of the net_ring ports.
@@ -86,7 +87,7 @@ impl Dut for IoFwd {
 pub struct Generator {
     feed: MbufProducer,
     drain: Vec<MbufConsumer>,
-    frames: Arc<[Frame]>,
+    frames: Arc<FrameList>,
     next: usize,
     pool: Arc<Mempool>,
     out: Burst,
@@ -104,7 +105,7 @@ pub struct Generator {
 impl Generator {
     #[inline(always)]
     fn refill(&mut self, mut m: Mbuf) -> Mbuf {
-        let f = &self.frames[self.next];
+        let i = self.next;
         let lap = self.lap;
         self.next += 1;
         if self.next == self.frames.len() {
@@ -112,14 +113,22 @@ impl Generator {
             self.lap = self.lap.wrapping_add(1);
         }
         // A fixed 64-byte copy (inlined vector moves), then the frame's length.
-        if m.set_len(f.bytes.len()) {
-            m.data_mut().copy_from_slice(&f.bytes);
-            m.set_len(f.len as usize);
+        if m.set_len(64) {
+            let Ok(d) = <&mut [u8; 64]>::try_from(m.data_mut()) else {
+                return m;
+            };
+            let (len, tag) = self.frames.write(i, d);
+            m.set_len(len as usize);
             if let Some(p) = self.patch {
-                p(m.data_mut(), lap, f.tag);
+                p(m.data_mut(), lap, tag);
             }
         }
         m
+    }
+
+    /// Bytes of the frame list this generator replays (see [`FrameList`]).
+    pub fn list_bytes(&self) -> usize {
+        self.frames.bytes()
     }
 
     /// After the run (the device no longer polls): free what is left in the RX rings.
@@ -408,12 +417,12 @@ pub fn lanes(
              DPDK allows"
         ));
     }
-    let shared: Arc<[Frame]> = if trace.frames.is_empty() {
+    let shared: Arc<FrameList> = Arc::new(FrameList::new(if trace.frames.is_empty() {
         // Frames come from each worker's set-up; the baseline only needs something to carry.
-        vec![crate::trace::filler_frame()].into()
+        vec![crate::trace::filler_frame()]
     } else {
-        trace.frames.clone().into()
-    };
+        trace.frames.clone()
+    }));
     let mut out = Vec::with_capacity(nw);
     for w in 0..nw {
         let mut rps = ring_ports(nports, 1, pool)?;
@@ -429,7 +438,7 @@ pub fn lanes(
             Device::Rvs => {
                 let (dut, own) = rvs_worker(trace, w, nw, &ports, pool, conf.burst, tsc_hz)?;
                 if let Some(own) = own {
-                    frames = own.into();
+                    frames = Arc::new(FrameList::new(own));
                 }
                 Box::new(dut)
             }

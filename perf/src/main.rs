@@ -12,6 +12,7 @@
 //! and prints one Markdown report (also written to `--out`). See perf/README.md.
 
 mod fnat;
+mod frames;
 mod harness;
 mod probe;
 mod report;
@@ -354,15 +355,17 @@ fn throughput(
         for (dev, t) in runs {
             let mut results = Vec::new();
             let mut setup_s = 0.0;
+            let mut list_mb = 0.0;
             for _ in 0..o.repeat.max(1) {
                 let t0 = Instant::now();
                 let lanes = harness::lanes(t, dev, &c, pool, eal.tsc_hz())?;
                 setup_s = t0.elapsed().as_secs_f64();
+                list_mb = lanes[0].gen.list_bytes() as f64 / 1e6;
                 results.push(harness::run(lanes, &c, eal.tsc_hz(), t.success.1)?);
             }
             let row = row(dev, t, &c, results);
             eprintln!(
-                "{} (set-up {setup_s:.1} s, {} mbufs free)",
+                "{} (set-up {setup_s:.1} s, frame list {list_mb:.1} MB per worker, {} mbufs free)",
                 report::progress(&row),
                 pool.avail()
             );

@@ -17,7 +17,8 @@ fn every_trace_runs_and_every_packet_succeeds() {
             "--traces",
             "l3fwd,arp,icmp,fnat-est,fnat-udp,fnat-cps,fnat-conn",
             "--sessions",
-            "1000",
+            // 20K: a frame list long enough to be stored compactly (perf/src/frames.rs)
+            "1000,20000",
             "--gen",
             "inline",
             "--repeat",
@@ -45,6 +46,8 @@ fn every_trace_runs_and_every_packet_succeeds() {
         "icmp",
         "fnat-est/1K",
         "fnat-udp/1K",
+        "fnat-est/20K",
+        "fnat-udp/20K",
         "fnat-cps",
         "fnat-conn",
     ] {
