@@ -6,9 +6,10 @@
 //! `reuse_delay_ms` (the real server may hold RIP:rport ↔ LIP:lport in TIME_WAIT). Allocation
 //! takes the head of the first LIP (rotating over the service's LIPs) whose head is ready.
 //!
-//! With [`RssConf`], allocation prefers (up to [`RSS_TRIES`] ready ports per LIP, rotated to the
-//! tail when they do not fit) an lport whose reply tuple the NIC steers to this worker's queue,
-//! and falls back to any ready lport.
+//! With [`RssConf`], allocation prefers (among the first [`RSS_TRIES`] ready ports of a LIP) an
+//! lport whose reply tuple the NIC steers to this worker's queue, and falls back to the head (any
+//! ready lport). Misfits are rotated to the tail only while every port of the FIFO is ready, so
+//! a ready port never waits behind one in its reuse delay.
 //!
 //! Pools are created by the control path ([`LportAlloc::pool`]) and never removed, so sessions
 //! keep a stable pool index across service updates.
@@ -173,23 +174,33 @@ impl LportAlloc {
                 continue;
             }
             if let (Some(rss), IpAddr::V4(r4), IpAddr::V4(l4)) = (&self.rss, rip, pool.lip) {
-                for _ in 0..RSS_TRIES.min(pool.free.len()) {
-                    let (port, ready) = pool.free[0];
-                    if ready > now_ms {
-                        break;
+                // Invariant: the ready ports are a prefix of the FIFO (releases append ever
+                // later times; a port is rotated to the tail only when the tail is ready too).
+                let tries = RSS_TRIES.min(pool.free.len());
+                if pool.free.back().is_some_and(|&(_, r)| r <= now_ms) {
+                    // All ready: rotate the misfits to the tail, so the next allocations
+                    // look at fresh ports.
+                    for _ in 0..tries {
+                        let (port, _) = pool.free[0];
+                        if rss_queue(rss, r4, l4, rport, port) == self.worker {
+                            break;
+                        }
+                        let e = pool.free.pop_front()?;
+                        pool.free.push_back(e);
                     }
-                    if rss_queue(rss, r4, l4, rport, port) == self.worker {
-                        return pool.take().map(|p| (pi, p));
+                } else {
+                    // Some still in their reuse delay: a misfit rotated behind them would wait
+                    // there, and the head could become one of them (a LIP with ready ports
+                    // refusing the connection). Take the first fit of the ready prefix out of
+                    // the middle instead; the others stay where they are.
+                    let fit = (0..tries)
+                        .take_while(|&i| pool.free[i].1 <= now_ms)
+                        .find(|&i| rss_queue(rss, r4, l4, rport, pool.free[i].0) == self.worker);
+                    if let Some(i) = fit.filter(|&i| i > 0) {
+                        return pool.free.remove(i).map(|(p, _)| (pi, p));
                     }
-                    // Rotate: stays free, just behind the others (capacity is never exceeded).
-                    let e = pool.free.pop_front()?;
-                    pool.free.push_back(e);
                 }
-                // Fall back to any ready port.
-                if pool.free.front().is_some_and(|&(_, r)| r <= now_ms) {
-                    return pool.take().map(|p| (pi, p));
-                }
-                continue;
+                // The head: a fit, or any ready port (it is ready: all are, or see above).
             }
             return pool.take().map(|p| (pi, p));
         }
@@ -289,5 +300,49 @@ mod tests {
         }
         // 1 in 4 at random; with 8 tries nearly always a match.
         assert!(hits > 80, "{hits}");
+    }
+
+    /// Ports in their reuse delay behind the ready ones never make a LIP with ready ports refuse
+    /// a connection, and the ports that did not fit stay ready at the head.
+    #[test]
+    fn rss_never_refuses_a_ready_port() {
+        let rss = RssConf {
+            key: crate::toeplitz::MS_KEY.to_vec(),
+            reta: (0..128).map(|i| i % 4).collect(),
+        };
+        let (rip, lip) = (ip("10.1.0.5"), ip("192.0.2.100"));
+        let (IpAddr::V4(r4), IpAddr::V4(l4)) = (rip, lip) else {
+            unreachable!()
+        };
+        let mut a = LportAlloc::new(0, 1, 1025, 1040, 120_000, Some(rss.clone()));
+        let p = a.pool(lip).unwrap();
+        // Hand every port out, then give back one that does not fit this worker's queue (at 0:
+        // ready at 120 000) and the others later (at 60 000: ready at 180 000).
+        let mut ports = Vec::new();
+        while let Some((_, port)) = a.alloc(&[p], 0, rip, 8080, 0) {
+            ports.push(port);
+        }
+        let misfit = *ports
+            .iter()
+            .find(|&&q| rss_queue(&rss, r4, l4, 8080, q) != 0)
+            .expect("a port for another queue");
+        a.release(p, misfit, 0);
+        for &q in ports.iter().filter(|&&q| q != misfit) {
+            a.release(p, q, 60_000);
+        }
+        // At 130 000 only the misfit is ready: it is handed out (the fallback), not refused.
+        assert_eq!(a.alloc(&[p], 0, rip, 8080, 130_000), Some((0, misfit)));
+        assert_eq!(a.alloc(&[p], 0, rip, 8080, 130_000), None);
+        // Once the others are ready, a fitting one is preferred and the misfits stay in order.
+        let (_, got) = a.alloc(&[p], 0, rip, 8080, 180_000).unwrap();
+        let first_fit = ports
+            .iter()
+            .filter(|&&q| q != misfit)
+            .take(RSS_TRIES)
+            .find(|&&q| rss_queue(&rss, r4, l4, 8080, q) == 0);
+        if let Some(&f) = first_fit {
+            assert_eq!(got, f);
+        }
+        assert_eq!(a.get(p).unwrap().free_len(), ports.len() - 2);
     }
 }
