@@ -615,8 +615,10 @@ impl<P: PacketBuf> Stack<P> {
         let l4 = ETH_LEN + ihl;
         let proto = d[ip4::PROTO];
         if let Some(idx) = found {
+            // What `fnat_new` accepts as a new connection (SYN+FIN is not one: it goes to the
+            // session it hit, which does not end for it).
             let bare_syn = proto == PROTO_TCP
-                && d[l4 + 13] & (flags::SYN | flags::ACK | flags::RST) == flags::SYN;
+                && d[l4 + 13] & (flags::SYN | flags::ACK | flags::RST | flags::FIN) == flags::SYN;
             if !bare_syn || !self.fnat_reschedule(idx, now_ms) {
                 self.fnat_in(io, port, pkt, ihl, idx, now_ms);
                 return None;

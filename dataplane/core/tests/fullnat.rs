@@ -807,6 +807,32 @@ fn syn_on_a_live_session_follows_it_after_time_wait_opens_a_new_one() {
     assert_eq!(st(&s), Some(TcpState::SynRecv));
 }
 
+/// SYN+FIN is no new connection (`fnat_new` refuses it): on a TIME_WAIT session it does not end
+/// the session to open none, it goes to the session as any other packet of the connection.
+#[test]
+fn syn_fin_does_not_end_a_time_wait_session() {
+    let (mut s, mut io, c) = setup(cfg());
+    let (lport, i) = open(&mut s, &mut io, 9, 0);
+    handle(&mut s, &mut io, 1, &r2l(i, lport, SYNACK, &[], &[]), 1);
+    handle(&mut s, &mut io, 0, &c2v(9, ACK, &[], &[]), 2);
+    handle(&mut s, &mut io, 0, &c2v(9, FINACK, &[], &[]), 3);
+    handle(&mut s, &mut io, 1, &r2l(i, lport, FINACK, &[], &[]), 4);
+    handle(&mut s, &mut io, 0, &c2v(9, ACK, &[], &[]), 5);
+    io.take();
+    let sess = |s: &Stack<VecPacket>| s.session_by_client(Proto::Tcp, a4(CIP), 9, a4(VIP), 80);
+    assert_eq!(sess(&s).unwrap().tcp_state, Some(TcpState::TimeWait));
+    let synfin = Fl {
+        syn: true,
+        fin: true,
+        ..Fl::default()
+    };
+    handle(&mut s, &mut io, 0, &c2v(9, synfin, &[], &[]), 6);
+    assert_eq!(parse(&io.one().1).tcp.unwrap().source_port, lport);
+    assert_eq!(c.sessions_rescheduled.get(), 0);
+    assert_eq!(c.sessions_created.get(), 1);
+    assert_eq!(sess(&s).unwrap().lport, lport);
+}
+
 #[test]
 fn toa_skipped_without_room() {
     let (mut s, mut io, c) = setup(cfg());
