@@ -105,6 +105,16 @@ fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
     let (code, out) = rvsadm(&sock, &format!("-a -t {VIP}:80 -r 198.51.100.13:8080 -g"));
     assert_ne!(code, 0, "DR with port mapping is refused: {out}");
     assert!(out.contains("port mapping is impossible"), "{out}");
+    // Zeroing a service without real servers is no error (ipvsadm); an unknown one is.
+    for (cmd, want) in [
+        (format!("-A -t {VIP}:81 -s rr"), 0),
+        (format!("-Z -t {VIP}:81"), 0),
+        (format!("-D -t {VIP}:81"), 0),
+        (format!("-Z -t {VIP}:81"), 1),
+    ] {
+        let (code, out) = rvsadm(&sock, &cmd);
+        assert_eq!(code, want, "rvsadm {cmd}: {out}");
+    }
 
     for cmd in [
         format!("-E -t {VIP}:80 -s wrr"),
@@ -147,6 +157,31 @@ fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
     let (_, stats) = rvsadm(&sock, "-L -n --stats");
     let total: u64 = conns_by_real(&stats).iter().map(|x| x.1).sum();
     assert_eq!(total, 1002, "{stats}");
+    // A real server removed and added again: the service keeps what it counted (IPVS's service
+    // counters do not go down), the re-added real server starts from zero.
+    let svc_conns = |stats: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("TCP  {VIP}:80")))
+            .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(svc_conns(&stats), 1002, "{stats}");
+    for cmd in [
+        format!("-d -t {VIP}:80 -r 198.51.100.12:80"),
+        format!("-a -t {VIP}:80 -r 198.51.100.12:80 -m"),
+    ] {
+        let (code, out) = rvsadm(&sock, &cmd);
+        assert_eq!(code, 0, "rvsadm {cmd}: {out}");
+    }
+    let (_, stats) = rvsadm(&sock, "-L -n --stats");
+    assert_eq!(svc_conns(&stats), 1002, "{stats}");
+    let c = conns_by_real(&stats);
+    assert_eq!(
+        c.iter().find(|(a, _)| a == "198.51.100.12:80").map(|x| x.1),
+        Some(0),
+        "{stats}"
+    );
     let (ok, log) = rvsd.stop();
     assert!(ok, "{log}");
     assert!(final_counter(&log, "sessions_rescheduled") >= 1, "{log}");
@@ -242,6 +277,37 @@ fn twenty_reloads_under_traffic_lose_nothing_and_a_broken_file_changes_nothing()
         want.split_whitespace().next(),
         "the established download survives every reload intact"
     );
+    // What `-S` saves, `-R` restores: cleared, restored from the saved text (FULLNAT: the local
+    // address must come before the real servers), the same rules, and traffic flows again.
+    let (code, saved) = rvsadm(&sock, "-S -n");
+    assert_eq!(code, 0, "{saved}");
+    assert!(
+        saved.contains("--add-laddr") && saved.contains(" -b "),
+        "a FULLNAT service: {saved}"
+    );
+    let (code, out) = rvsadm(&sock, "-C");
+    assert_eq!(code, 0, "{out}");
+    let o = Command::new(rvsadm_bin())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("-R")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(saved.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("run rvsadm -R");
+    assert!(o.status.success(), "rvsadm -R: {}", text(&o));
+    assert_eq!(rvsadm(&sock, "-S -n").1, saved, "restored as saved");
+    let o = ns(
+        &cl,
+        &format!("curl -s -o /dev/null -w %{{http_code}} --max-time 5 http://{VIP}/"),
+    );
+    assert_eq!(text(&o).trim(), "200", "{}", rvsd.log_text());
     let (ok, log) = rvsd.stop();
     assert!(ok, "{log}");
 }

@@ -797,18 +797,52 @@ impl Default for NeighbourConfig {
     }
 }
 
+/// Most real servers over all services (rvsd sizes every worker's per-real-server counters for
+/// that many; `rvsadm -a` past it is refused with ENOMEM, as ipvsadm's).
+pub const MAX_REALS: usize = 4096;
+
+/// Largest configuration file [`Config::load`] reads (16 MiB: some 50 000 real servers' worth).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 impl Config {
     /// Reads, parses and validates the configuration file at `path`.
     ///
     /// A file that cannot be read gives an error with line and column 0.
+    ///
+    /// Only a regular file of at most [`MAX_CONFIG_BYTES`] is read: the path may come from a
+    /// control-socket request (`rvsadm --validate FILE`), and a device, a FIFO or a huge file
+    /// must not stall or exhaust the daemon.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        use std::io::Read;
+        let fail = |message: String| ConfigError {
             file: path.to_path_buf(),
             line: 0,
             column: 0,
             key: String::new(),
-            message: format!("cannot read the configuration file: {e}"),
-        })?;
+            message,
+        };
+        let meta = std::fs::metadata(path)
+            .map_err(|e| fail(format!("cannot read the configuration file: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail(
+                "cannot read the configuration file: not a regular file".into(),
+            ));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(fail(format!(
+                "the configuration file is {} bytes, more than the {MAX_CONFIG_BYTES} allowed",
+                meta.len()
+            )));
+        }
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| fail(format!("cannot read the configuration file: {e}")))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(fail(format!(
+                "the configuration file is more than the {MAX_CONFIG_BYTES} bytes allowed"
+            )));
+        }
         Config::parse(&text, path)
     }
 

@@ -1701,7 +1701,18 @@ fn parse_service(
         ));
     }
     let mut reals: Vec<RealConfig> = Vec::new();
+    let before: usize = earlier.iter().map(|s| s.reals.len()).sum();
     for (k, node) in real_nodes.iter().enumerate() {
+        if before + k >= super::MAX_REALS {
+            return Err(cx.err(
+                node.pos,
+                format!("{}[{k}]", t.path("real")),
+                format!(
+                    "more than {} real servers in all services (each has counters of its own on every worker)",
+                    super::MAX_REALS
+                ),
+            ));
+        }
         let rt = Table::new(
             cx,
             node,

@@ -807,6 +807,16 @@ fn display_and_load() {
     );
     let err: &dyn std::error::Error = &e;
     assert!(!err.to_string().is_empty());
+    // Not a regular file (a device: reading /dev/zero would never end), or too large: refused
+    // without reading it.
+    let e = Config::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let big = std::env::temp_dir().join(format!("rvs-big-{}.toml", std::process::id()));
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(super::MAX_CONFIG_BYTES + 1).unwrap();
+    let e = Config::load(&big).unwrap_err();
+    let _ = std::fs::remove_file(&big);
+    assert!(e.to_string().contains("more than the"), "{e}");
 }
 
 #[test]
@@ -1991,4 +2001,37 @@ fn match_service_errors() {
     let nomatch = SVC.to_string() + "[[service]]\nmark = 3\nscheduler = \"rr\"\n";
     let m = error_at(&nomatch, 25, 1, "service[1].match");
     assert!(m.contains("missing required table"), "{m}");
+}
+
+/// Every real server has counters of its own on every worker: more than `MAX_REALS` in all is a
+/// configuration error naming the first one past the limit, not reals silently sharing counters.
+#[test]
+fn at_most_max_reals_real_servers() {
+    let reals = |n: usize, port0: usize| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[service.real]]\nip = \"10.{}.{}.{}\"\nport = {}\n",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255,
+                    port0 + 1
+                )
+            })
+            .collect()
+    };
+    let head = SVC.split("[[service.real]]").next().unwrap().to_string();
+    let second = "[[service]]\nproto = \"tcp\"\nvip = \"203.0.113.11\"\nvport = 80\nscheduler = \"rr\"\nport = \"client\"\nlips = [\"198.51.100.2\"]\n";
+    let half = super::MAX_REALS / 2;
+    let ok = format!("{head}{}{second}{}", reals(half, 0), reals(half, 1));
+    assert_eq!(parse(&ok).unwrap().services.len(), 2);
+    let over = format!("{head}{}{second}{}", reals(half, 0), reals(half + 1, 1));
+    let e = parse(&over).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "service[1].real[{half}]: more than {}",
+            super::MAX_REALS
+        )),
+        "{e}"
+    );
 }

@@ -29,6 +29,9 @@ pub struct Model {
     ports: Vec<PortConfig>,
     ids: HashMap<(ServiceKey, IpAddr, u16), u32>,
     max_dests: u32,
+    /// Where the search for a free dest id starts: ids are handed out round the ring, so a
+    /// removed real server's id comes back only after every other one was taken since.
+    next_id: u32,
     /// Bumped by every successful change.
     pub generation: u64,
 }
@@ -83,6 +86,7 @@ impl Model {
             ports: cfg.ports.clone(),
             ids: HashMap::new(),
             max_dests,
+            next_id: 0,
             generation: 1,
         };
         m.services = cfg.services.clone();
@@ -95,9 +99,20 @@ impl Model {
         m
     }
 
-    fn free_id(&self) -> Option<u32> {
+    /// The next free dest id round the ring from `next_id` (and the cursor moved past it).
+    fn free_id(&mut self) -> Option<u32> {
         let used: std::collections::HashSet<u32> = self.ids.values().copied().collect();
-        (0..self.max_dests).find(|i| !used.contains(i))
+        let n = self.max_dests;
+        let id = (0..n)
+            .map(|k| (self.next_id % n.max(1) + k) % n)
+            .find(|i| !used.contains(i))?;
+        self.next_id = (id + 1) % n;
+        Some(id)
+    }
+
+    /// Every real server's dest id: ((service, address, port), id).
+    pub fn dest_ids(&self) -> impl Iterator<Item = ((ServiceKey, IpAddr, u16), u32)> + '_ {
+        self.ids.iter().map(|(k, &id)| (*k, id))
     }
 
     /// The dest id of real `r` of service `s`.
@@ -646,6 +661,32 @@ lips = ["198.51.100.2"]
             m.dest_id(&s, &s.reals[0]),
             id1,
             "the remaining real keeps its id"
+        );
+        // A removed real server's id (its counters, its sessions' load) comes back only after
+        // every other id was handed out since: 16 ids in this model.
+        let mut seen = vec![id0, id1];
+        for i in 0..14 {
+            let a = format!("198.51.100.{}:80", 20 + i);
+            m.apply(&Op::AddReal {
+                key: k,
+                real: real(&a, Fwd::FullNat, 1),
+            })
+            .unwrap();
+            let s = m.services[0].clone();
+            let id = m.dest_id(&s, s.reals.last().unwrap());
+            assert!(!seen.contains(&id), "id {id} handed out again too early");
+            seen.push(id);
+        }
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.99:80", Fwd::FullNat, 1),
+        })
+        .unwrap();
+        let s = m.services[0].clone();
+        assert_eq!(
+            m.dest_id(&s, s.reals.last().unwrap()),
+            id0,
+            "then the oldest free one"
         );
     }
 

@@ -13,15 +13,15 @@ use rvs_core::{DestStats, SessionInfo, TcpState};
 use rvs_ctrlplane::config::Config;
 use rvs_ctrlplane::ctl::model::{fwd_of, key_of, Model};
 use rvs_ctrlplane::ctl::proto::{
-    code, ConnView, Op, Proto, Rates, RealSpec, RealView, Request, Response, ServiceView, Stats,
-    TimeoutsView, MAX_CONNS_PAGE,
+    code, ConnView, Op, Proto, Rates, RealSpec, RealView, Request, Response, ServiceKey,
+    ServiceView, Stats, TimeoutsView, MAX_CONNS_PAGE,
 };
 use rvs_ctrlplane::ctl::server::Handler;
 use rvs_ctrlplane::health::{self, RealId, Target};
 use rvs_dataplane::ctl::{Cmd, CtlLink, Snapshot};
 
 /// Dest ids per daemon (the length of every worker's per-real-server counter array).
-pub const MAX_DESTS: u32 = 4096;
+pub const MAX_DESTS: u32 = rvs_ctrlplane::config::MAX_REALS as u32;
 /// How long a worker may take to answer a control command.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rate estimator period (IPVS: 2 s).
@@ -34,6 +34,14 @@ struct Inner {
     config_path: PathBuf,
     /// Counter values at the last `-Z`, subtracted from what is shown.
     zero: HashMap<u32, Stats>,
+    /// Counter values of a dest id when it was given to its real server (an id comes back to a
+    /// new real server only after every other id was handed out since, but its counters still
+    /// hold the old one's): subtracted from everything shown.
+    origin: HashMap<u32, Stats>,
+    /// Per service, what its removed real servers had counted (IPVS keeps a service's counters
+    /// apart from its dests': they do not go down when a real server goes), and the part of it
+    /// counted before the last `-Z`.
+    retired: HashMap<ServiceKey, (Stats, Stats)>,
     /// Real servers their health check says are down: their effective weight in the snapshots
     /// is 0 (`down_action = "quiesce"`) while the model keeps the configured one. Consulted only
     /// for real servers that have a check (one whose check was removed counts as up).
@@ -97,6 +105,8 @@ impl Daemon {
                 running,
                 config_path,
                 zero: HashMap::new(),
+                origin: HashMap::new(),
+                retired: HashMap::new(),
                 down: HashSet::new(),
                 transitions: HashMap::new(),
             }),
@@ -224,11 +234,15 @@ impl Daemon {
                     stats: Stats::default(),
                     rates: Rates::default(),
                 };
+                if let Some(&(all, before_zero)) = g.retired.get(&key_of(s)) {
+                    sv.stats = if zeroed { sub(all, before_zero) } else { all };
+                }
                 for r in &s.reals {
                     let id = g.model.dest_id(s, r);
                     let (mut st, active, inactive) = self.totals(id);
-                    if let Some(z) = g.zero.get(&id).filter(|_| zeroed) {
-                        st = sub(st, *z);
+                    match g.zero.get(&id).filter(|_| zeroed) {
+                        Some(z) => st = sub(st, *z),
+                        None => st = sub(st, g.origin.get(&id).copied().unwrap_or_default()),
                     }
                     let rates = self.rates(id);
                     let up = g.health_of(s, r);
@@ -258,6 +272,37 @@ impl Daemon {
                 sv
             })
             .collect()
+    }
+
+    /// After a change from `before` to the model: the counts of removed real servers move to
+    /// their service's (when it stays), and ids given to a new real server start from their
+    /// current counter values (no `-Z` baseline, no rate history).
+    fn rebase(&self, g: &mut Inner, before: &Model) {
+        let old: HashMap<_, u32> = before.dest_ids().collect();
+        let new: HashMap<_, u32> = g.model.dest_ids().collect();
+        let services: HashSet<ServiceKey> = g.model.services.iter().map(key_of).collect();
+        for (k, &id) in &old {
+            if new.get(k) == Some(&id) || !services.contains(&k.0) {
+                continue;
+            }
+            let origin = g.origin.get(&id).copied().unwrap_or_default();
+            let all = sub(self.totals(id).0, origin);
+            let before_zero = g
+                .zero
+                .get(&id)
+                .map_or(Stats::default(), |z| sub(*z, origin));
+            let r = g.retired.entry(k.0).or_default();
+            *r = (add(r.0, all), add(r.1, before_zero));
+        }
+        g.retired.retain(|k, _| services.contains(k));
+        let mut est = self.est.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, &id) in &new {
+            if old.get(k) != Some(&id) {
+                g.origin.insert(id, self.totals(id).0);
+                g.zero.remove(&id);
+                est.remove(&id);
+            }
+        }
     }
 
     /// Publish the model as a new snapshot to every worker; all or nothing (a worker that refuses
@@ -349,6 +394,7 @@ impl Daemon {
                 };
             }
         }
+        self.rebase(&mut g, &before);
         g.running.services = cfg.services.clone();
         g.running.health = cfg.health.clone();
         g.running.fullnat.timeouts = cfg.fullnat.timeouts.clone();
@@ -365,7 +411,10 @@ impl Daemon {
         match g.model.apply(op) {
             Err((code, message)) => Response::Error { code, message },
             Ok(announce) => match self.publish(&mut g, announce) {
-                Ok(()) => Response::Ok,
+                Ok(()) => {
+                    self.rebase(&mut g, &before);
+                    Response::Ok
+                }
                 Err(e) => {
                     g.model = before;
                     let _ = self.publish(&mut g, Vec::new());
@@ -623,7 +672,8 @@ impl Handler for Daemon {
                     .filter(|s| key.is_none_or(|k| key_of(s) == k))
                     .flat_map(|s| s.reals.iter().map(|r| g.model.dest_id(s, r)))
                     .collect();
-                if ids.is_empty() && key.is_some() {
+                // A service without real servers zeroes nothing, and is no error (ipvsadm).
+                if key.is_some_and(|k| !g.model.services.iter().any(|s| key_of(s) == k)) {
                     return Response::Error {
                         code: code::ESRCH,
                         message: "No such service".into(),
@@ -632,6 +682,11 @@ impl Handler for Daemon {
                 for id in ids {
                     let (st, _, _) = self.totals(id);
                     g.zero.insert(id, st);
+                }
+                for (k, r) in g.retired.iter_mut() {
+                    if key.is_none_or(|z| *k == z) {
+                        r.1 = r.0;
+                    }
                 }
                 Response::Ok
             }

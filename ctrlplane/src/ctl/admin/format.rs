@@ -317,6 +317,11 @@ pub fn save(services: &[ServiceView], nosort: bool) -> String {
             let _ = write!(out, " -b {}", s.spec.sched_flags.join(","));
         }
         out.push('\n');
+        // Local addresses before the real servers: `-R` adds a FULLNAT real server only to a
+        // service that has one.
+        for lip in &s.lips {
+            let _ = writeln!(out, "--add-laddr {svc} -z {lip}");
+        }
         for r in &s.reals {
             let _ = write!(
                 out,
@@ -332,9 +337,6 @@ pub fn save(services: &[ServiceView], nosort: bool) -> String {
                 let _ = write!(out, " -y {}", r.spec.lower);
             }
             out.push('\n');
-        }
-        for lip in &s.lips {
-            let _ = writeln!(out, "--add-laddr {svc} -z {lip}");
         }
     }
     out
