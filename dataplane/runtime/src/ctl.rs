@@ -48,6 +48,9 @@ pub enum Cmd {
 pub struct CtlLink {
     pub to_worker: Producer<usize>,
     pub from_worker: Consumer<usize>,
+    /// Commands that timed out, still with the worker: their late answers are freed when they
+    /// come, never taken for the answer to a later command.
+    late: Vec<usize>,
 }
 
 /// The worker's end of its mailbox.
@@ -64,6 +67,7 @@ pub fn mailbox(worker: usize) -> dpdk::Result<(CtlLink, WorkerCtl)> {
         CtlLink {
             to_worker: tx,
             from_worker: arx,
+            late: Vec::new(),
         },
         WorkerCtl {
             from_ctl: rx,
@@ -89,15 +93,31 @@ impl CtlLink {
         let mut slot = [MaybeUninit::<usize>::uninit(); 1];
         loop {
             if let Some(&r) = self.from_worker.recv_burst(&mut slot).first() {
-                // SAFETY: the worker hands back exactly the boxes we sent, each once.
-                return Ok(unsafe { Box::from_raw(r as *mut Cmd) });
+                if r == p {
+                    // SAFETY: the worker hands back exactly the boxes we sent, each once.
+                    return Ok(unsafe { Box::from_raw(r as *mut Cmd) });
+                }
+                if let Some(i) = self.late.iter().position(|&l| l == r) {
+                    self.late.swap_remove(i);
+                    // SAFETY: a box we sent earlier and gave up waiting for, answered now: ours
+                    // again (freed here, on the control thread, with the snapshot it carries).
+                    drop(unsafe { Box::from_raw(r as *mut Cmd) });
+                }
+                continue;
             }
             if t0.elapsed() > timeout {
-                // The box stays with the worker; it is leaked if the worker never answers.
+                // The box stays with the worker; its answer is dropped when it comes (it is
+                // leaked if the worker never answers).
+                self.late.push(p);
                 return Err("worker did not answer in time".into());
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
+    }
+
+    /// Commands sent and not answered in time, still with the worker.
+    pub fn late(&self) -> usize {
+        self.late.len()
     }
 }
 
