@@ -259,6 +259,29 @@ fn twenty_reloads_under_traffic_lose_nothing_and_a_broken_file_changes_nothing()
     );
     let (_, after) = rvsadm(&sock, "-S -n");
     assert_eq!(before, after, "the running configuration is unchanged");
+    // A new route (only a restart installs it): refused as a whole, services unchanged, even
+    // when the file also changes a service.
+    std::fs::write(
+        &cfg_path,
+        config(
+            pmd,
+            "rvsr",
+            &sock,
+            &format!(
+                "\n[[route]]\nprefix = \"10.99.0.0/16\"\nvia = \"198.51.100.254\"\n{}",
+                variants[1]
+            ),
+        ),
+    )
+    .unwrap();
+    let (code, out) = rvsadm(&sock, "--reload");
+    assert_ne!(code, 0, "a route change is refused: {out}");
+    assert!(
+        out.contains("[[route]]") && out.contains("restart"),
+        "{out}"
+    );
+    assert_eq!(rvsadm(&sock, "-S -n").1, before, "nothing changed");
+    std::fs::write(&cfg_path, config(pmd, "rvsr", &sock, &variants[0])).unwrap();
 
     let short = short.wait_with_output().unwrap();
     let counts = String::from_utf8_lossy(&short.stdout).trim().to_string();

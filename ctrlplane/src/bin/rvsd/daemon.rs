@@ -381,6 +381,28 @@ impl Daemon {
             }
         };
         let needs_restart = restart_only_changes(&g.running, &cfg);
+        // Services name their ports by index into the file's [[port]] list and reach their real
+        // servers through its routes: against the ports and routes still running, a changed
+        // list would put VIPs on another NIC, or real servers behind a route never installed.
+        let binding: Vec<&String> = needs_restart
+            .iter()
+            .filter(|c| *c == "port" || *c == "route")
+            .collect();
+        if !binding.is_empty() {
+            return Response::Error {
+                code: code::EINVAL,
+                message: format!(
+                    "reload refused, nothing changed: the {} section{} changed, which services \
+                     depend on and only a restart applies",
+                    binding
+                        .iter()
+                        .map(|c| format!("[[{c}]]"))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    if binding.len() > 1 { "s" } else { "" }
+                ),
+            };
+        }
         let before = g.model.clone();
         let changes = g.model.replace(&cfg);
         if !changes.is_empty() {
