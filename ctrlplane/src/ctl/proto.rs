@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of this protocol. Bump on any incompatible change.
 pub const PROTO_VERSION: u32 = 1;
-/// Largest message accepted either way (1 MiB).
-pub const MAX_MESSAGE: usize = 1 << 20;
+/// Largest message accepted either way (8 MiB: a listing of the most real servers rvsd takes,
+/// 4096 at some 350 bytes each, fits several times over).
+pub const MAX_MESSAGE: usize = 8 << 20;
 /// Most connection entries one `ListConns` page returns.
 pub const MAX_CONNS_PAGE: u32 = 4096;
 
@@ -315,10 +316,14 @@ pub mod code {
 pub fn write_msg<T: Serialize, W: Write>(w: &mut W, msg: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     if body.len() > MAX_MESSAGE {
-        return Err(std::io::Error::other(format!(
-            "message of {} bytes exceeds {MAX_MESSAGE}",
-            body.len()
-        )));
+        // Nothing written: the stream is still in step (the caller may send an error instead).
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "message of {} bytes exceeds the {MAX_MESSAGE}-byte limit",
+                body.len()
+            ),
+        ));
     }
     w.write_all(&(body.len() as u32).to_be_bytes())?;
     w.write_all(&body)?;

@@ -116,8 +116,19 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
                 message: e.to_string(),
             },
         };
-        if write_msg(&mut s, &reply).is_err() {
-            return;
+        match write_msg(&mut s, &reply) {
+            Ok(()) => {}
+            // Too large to send (nothing was written): say so rather than hang up.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let error = Response::Error {
+                    code: code::E2BIG,
+                    message: format!("reply too large: {e}"),
+                };
+                if write_msg(&mut s, &error).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
         }
     }
 }
@@ -137,6 +148,11 @@ mod tests {
                     generation: 7,
                     workers: 1,
                     conn_table_size: 4096,
+                },
+                // A reply too large to send.
+                Op::GetTimeouts => Response::Error {
+                    code: 0,
+                    message: "x".repeat(crate::ctl::proto::MAX_MESSAGE),
                 },
                 _ => Response::Ok,
             }
@@ -184,6 +200,32 @@ mod tests {
         assert!(matches!(
             read_msg::<Response, _>(&mut s).unwrap(),
             Response::Error { code: 71, .. }
+        ));
+        // A reply too large to send: an E2BIG error instead, and the connection stays usable.
+        write_msg(
+            &mut s,
+            &Request {
+                version: PROTO_VERSION,
+                op: Op::GetTimeouts,
+            },
+        )
+        .unwrap();
+        let r: Response = read_msg(&mut s).unwrap();
+        assert!(
+            matches!(&r, Response::Error { code: 7, message } if message.starts_with("reply too large")),
+            "{r:?}"
+        );
+        write_msg(
+            &mut s,
+            &Request {
+                version: PROTO_VERSION,
+                op: Op::Status,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            read_msg::<Response, _>(&mut s).unwrap(),
+            Response::Status { .. }
         ));
         // Oversized: error, then the server hangs up.
         let mut s2 = UnixStream::connect(&path).unwrap();
