@@ -77,8 +77,9 @@ enum Kind {
     Gauge,
 }
 
-const SVC: &[&str] = &["proto", "vip", "vport"];
-const REAL: &[&str] = &["proto", "vip", "vport", "rip", "rport"];
+/// `mark`: the firewall mark of an fwmark service (`-f`, whose `vip`/`vport` are 0), else empty.
+const SVC: &[&str] = &["proto", "vip", "vport", "mark"];
+const REAL: &[&str] = &["proto", "vip", "vport", "mark", "rip", "rport"];
 const CORE: &[&str] = &["core"];
 const CORE_DROP: &[&str] = &["core", "reason"];
 const PORT: &[&str] = &["port"];
@@ -380,9 +381,10 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
             k.vip.to_string(),
             k.vport.to_string(),
         );
+        let mark = k.mark.map(|m| m.to_string()).unwrap_or_default();
         let active = sv.reals.iter().map(|r| r.active).sum();
         let inactive = sv.reals.iter().map(|r| r.inactive).sum();
-        let labels = [proto.as_str(), vip.as_str(), vport.as_str()];
+        let labels = [proto.as_str(), vip.as_str(), vport.as_str(), mark.as_str()];
         for (f, v) in svc
             .iter_mut()
             .zip(vs_values(&sv.stats, active, inactive, &sv.rates))
@@ -395,6 +397,7 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
                 proto.as_str(),
                 vip.as_str(),
                 vport.as_str(),
+                mark.as_str(),
                 rip.as_str(),
                 rport.as_str(),
             ];

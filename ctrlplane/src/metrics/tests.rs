@@ -249,7 +249,12 @@ fn exposition_names_labels_types_values() {
     assert_eq!(types["rvs_core_busy_ratio"], "gauge");
     assert_eq!(types["rvs_reloads_total"], "counter");
 
-    let svc = [("proto", "TCP"), ("vip", "10.0.0.1"), ("vport", "80")];
+    let svc = [
+        ("proto", "TCP"),
+        ("vip", "10.0.0.1"),
+        ("vport", "80"),
+        ("mark", ""),
+    ];
     assert_eq!(value(&series, "rvs_service_connections_total", &svc), 11.0);
     assert_eq!(value(&series, "rvs_service_active_connections", &svc), 4.0);
     assert_eq!(
@@ -262,13 +267,19 @@ fn exposition_names_labels_types_values() {
         ("proto", "TCP"),
         ("vip", "10.0.0.1"),
         ("vport", "80"),
+        ("mark", ""),
         ("rip", "192.168.1.11"),
         ("rport", "8080"),
     ];
     assert_eq!(value(&series, "rvs_real_connections_total", &r), 6.0);
     assert_eq!(value(&series, "rvs_real_out_packets_total", &r), 48.0);
     assert_eq!(value(&series, "rvs_real_outbps", &r), 2400.0);
-    let v6 = [("proto", "UDP"), ("vip", "2001:db8::1"), ("vport", "53")];
+    let v6 = [
+        ("proto", "UDP"),
+        ("vip", "2001:db8::1"),
+        ("vport", "53"),
+        ("mark", ""),
+    ];
     assert_eq!(value(&series, "rvs_service_inpps", &v6), 30.0);
 
     assert_eq!(
@@ -553,4 +564,41 @@ fn health_series_only_for_checked_reals() {
         ..Sample::default()
     });
     assert!(!none.iter().any(|f| f.name() == "rvs_real_up"));
+}
+
+/// Two fwmark services (`-f 7`, `-f 9`: both with vip 0.0.0.0, vport 0) and their real servers
+/// are distinct series, told apart by `mark`.
+#[test]
+fn fwmark_services_are_told_apart_by_mark() {
+    let mut s = sample();
+    s.services.clear();
+    for (mark, conns) in [(7u32, 5u64), (9, 8)] {
+        let mut sv = service(
+            Proto::Tcp,
+            "0.0.0.0",
+            0,
+            vec![real("192.168.1.10", 0, conns)],
+        );
+        sv.spec.key.mark = Some(mark);
+        s.services.push(sv);
+    }
+    let (_, series) = parse_exposition(&render_sample(s));
+    for (mark, conns) in [("7", 5.0), ("9", 8.0)] {
+        let svc = [
+            ("proto", "TCP"),
+            ("vip", "0.0.0.0"),
+            ("vport", "0"),
+            ("mark", mark),
+        ];
+        assert_eq!(value(&series, "rvs_service_connections_total", &svc), conns);
+        let r = [
+            ("proto", "TCP"),
+            ("vip", "0.0.0.0"),
+            ("vport", "0"),
+            ("mark", mark),
+            ("rip", "192.168.1.10"),
+            ("rport", "0"),
+        ];
+        assert_eq!(value(&series, "rvs_real_connections_total", &r), conns);
+    }
 }
