@@ -801,6 +801,9 @@ impl Default for NeighbourConfig {
 /// that many; `rvsadm -a` past it is refused with ENOMEM, as ipvsadm's).
 pub const MAX_REALS: usize = 4096;
 
+/// Longest session timeout in seconds (2^31 ms), in the file and by `rvsadm --set`.
+pub const MAX_TIMEOUT_S: u32 = (1 << 31) / 1000;
+
 /// Largest configuration file [`Config::load`] reads (16 MiB: some 50 000 real servers' worth).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 

@@ -708,7 +708,7 @@ fn parse_dataplane(t: &Table, eal: &EalConfig, eal_table: &Table) -> Result<Data
 }
 
 /// Longest session timeout in seconds: 2^31 ms.
-const MAX_TIMEOUT_S: i64 = (1 << 31) / 1000;
+const MAX_TIMEOUT_S: i64 = super::MAX_TIMEOUT_S as i64;
 
 const TIMEOUT_KEYS: &[&str] = &[
     "tcp",

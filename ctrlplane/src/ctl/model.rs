@@ -169,7 +169,16 @@ impl Model {
         v
     }
 
-    fn check_real(s: &ServiceConfig, r: &RealSpec) -> Result<(), OpError> {
+    fn check_real(&self, s: &ServiceConfig, r: &RealSpec) -> Result<(), OpError> {
+        // As the configuration file: a real server is another host, not rvs (a port address, a
+        // VIP or a local address of any service), which would loop packets through rvs.
+        let ip = r.addr.ip();
+        if self.owned(ip) || self.owned_addrs().iter().any(|&(_, a)| a == ip) {
+            return err(
+                code::EINVAL,
+                format!("Illegal address: real server {ip} is an address of rvs itself (a port, VIP or local address); a real server must be another host"),
+            );
+        }
         if r.addr.ip().is_ipv4() != s.vip.is_ipv4() {
             return err(code::EINVAL, "Illegal address: real server and virtual service of different families (NAT64 is not supported yet)");
         }
@@ -285,7 +294,7 @@ impl Model {
                 let i = self
                     .find(key)
                     .ok_or((code::ESRCH, "Service not defined".to_string()))?;
-                Self::check_real(&self.services[i], real)?;
+                self.check_real(&self.services[i], real)?;
                 let s = &self.services[i];
                 if s.reals
                     .iter()
@@ -313,7 +322,7 @@ impl Model {
                 let i = self
                     .find(key)
                     .ok_or((code::ESRCH, "Service not defined".to_string()))?;
-                Self::check_real(&self.services[i], real)?;
+                self.check_real(&self.services[i], real)?;
                 let s = &mut self.services[i];
                 let r = s
                     .reals
@@ -377,6 +386,18 @@ impl Model {
             }
             Op::SetTimeouts { timeouts } => {
                 let TimeoutsView { tcp, tcpfin, udp } = *timeouts;
+                if let Some(t) = [tcp, tcpfin, udp]
+                    .into_iter()
+                    .find(|&t| t > config::MAX_TIMEOUT_S)
+                {
+                    return err(
+                        code::EINVAL,
+                        format!(
+                            "Illegal timeout: {t} s is more than the {} s rvs keeps",
+                            config::MAX_TIMEOUT_S
+                        ),
+                    );
+                }
                 // ipvsadm: 0 leaves a value unchanged.
                 if tcp > 0 {
                     self.timeouts.tcp = tcp;
@@ -636,6 +657,52 @@ lips = ["198.51.100.2"]
         })
         .unwrap();
         assert_eq!(m.services[1].reals[0].weight, 3);
+    }
+
+    /// As in the configuration file, a real server added by `rvsadm -a`/`-e` is another host:
+    /// not a port address, VIP or local address of rvs.
+    #[test]
+    fn a_real_server_is_not_rvs_itself() {
+        let mut m = model();
+        let k = key("192.0.2.10", 80);
+        for a in [
+            "192.0.2.10:80",
+            "198.51.100.2:80",
+            "198.51.100.1:80",
+            "192.0.2.1:80",
+        ] {
+            let e = m
+                .apply(&Op::AddReal {
+                    key: k,
+                    real: real(a, Fwd::FullNat, 1),
+                })
+                .unwrap_err();
+            assert_eq!(e.0, code::EINVAL, "{a}");
+            assert!(e.1.contains("address of rvs itself"), "{a}: {}", e.1);
+        }
+        assert_eq!(m.services[0].reals.len(), 1, "nothing added");
+    }
+
+    /// `--set` takes what the configuration file takes (at most 2^31 ms), nothing changes else.
+    #[test]
+    fn set_timeouts_bounded_as_the_file() {
+        let mut m = model();
+        let t = TimeoutsView {
+            tcp: config::MAX_TIMEOUT_S + 1,
+            tcpfin: 0,
+            udp: 0,
+        };
+        let before = m.timeouts.clone();
+        let e = m.apply(&Op::SetTimeouts { timeouts: t }).unwrap_err();
+        assert!(e.1.contains("Illegal timeout"), "{}", e.1);
+        assert_eq!(m.timeouts, before);
+        let t = TimeoutsView {
+            tcp: config::MAX_TIMEOUT_S,
+            tcpfin: 0,
+            udp: 0,
+        };
+        m.apply(&Op::SetTimeouts { timeouts: t }).unwrap();
+        assert_eq!(m.timeouts.tcp, config::MAX_TIMEOUT_S);
     }
 
     #[test]

@@ -68,8 +68,8 @@ Options:
   --udp-service  -u service-address   service-address is host[:port]
   --fwmark-service  -f fwmark         fwmark is an integer greater than zero: a match
                                       service of the configuration (TOML file)
-  --scheduler    -s scheduler         rvs supports rr and wrr; the default scheduler is wlc,
-                                      as ipvsadm's, which rvsd refuses: give -s
+  --scheduler    -s scheduler         one of rr|wrr|lc|wlc|lblc|lblcr|dh|sh|sed|nq|fo|ovf|mh|twos,
+                                      the default scheduler is wlc
   --persistent   -p [timeout]         persistent service (default timeout 300)
   --netmask      -M netmask           persistent granularity mask (dotted or prefix length)
   --sched-flags  -b flags             scheduler flags, comma-separated (with -A and -E)
