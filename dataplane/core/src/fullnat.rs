@@ -1385,7 +1385,11 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// Replace the session timeouts (`ipvsadm --set`): sessions pick them up at their next state
-    /// change or packet.
+    /// change or packet (as IPVS, whose connections take a new timeout at their next state
+    /// change): a session without packets since keeps the expiry it had. A lowered timeout does
+    /// not move a timer earlier either: a session whose next packet set the shorter expiry is
+    /// released when the timer filed before comes up, at most the wheel's horizon (409.6 s)
+    /// after that packet. Re-filing every session at the change would stall the worker.
     pub fn set_timeouts(&mut self, t: crate::config::Timeouts) {
         self.fnat.conf.timeouts = t;
     }
