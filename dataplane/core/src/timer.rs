@@ -9,6 +9,15 @@
 
 /// No item.
 pub const NIL: u32 = u32::MAX;
+/// A filed item's tick is kept in 31 bits (never [`NIL`]) and compared round that ring, so a
+/// clock past 2^32 ticks (13.6 years of TSC at 100 ms, which a VM's TSC may start near) works.
+const TICK_BITS: u32 = 0x7fff_ffff;
+
+/// Tick `a` is at or before tick `b` (both 31-bit, less than 2^30 ticks apart).
+#[inline(always)]
+fn tick_le(a: u32, b: u32) -> bool {
+    b.wrapping_sub(a) & TICK_BITS < 1 << 30
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Link {
@@ -102,7 +111,7 @@ impl TimerWheel {
         self.links[item as usize] = Link {
             next: head,
             prev: NIL,
-            tick: t as u32,
+            tick: t as u32 & TICK_BITS,
         };
         if head != NIL {
             self.links[head as usize].prev = item;
@@ -129,7 +138,9 @@ impl TimerWheel {
     pub fn advance_to(&mut self, item: u32, expires_ms: u64) {
         // Filed at or before the tick `expires_ms` would be filed under: found lazily.
         match self.links.get(item as usize) {
-            Some(l) if l.tick != NIL && l.tick as u64 <= expires_ms.div_ceil(self.tick_ms) => {}
+            Some(l)
+                if l.tick != NIL
+                    && tick_le(l.tick, expires_ms.div_ceil(self.tick_ms) as u32 & TICK_BITS) => {}
             _ => self.schedule(item, expires_ms),
         }
     }
@@ -212,6 +223,36 @@ impl TimerWheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock past 2^32 ticks (a TSC that started high): filing, moving earlier and expiring
+    /// work across the wrap of the stored tick.
+    #[test]
+    fn a_clock_past_u32_ticks() {
+        for start in [
+            u32::MAX as u64 - 5,
+            (u32::MAX as u64) << 1,
+            u32::MAX as u64 + 1,
+        ] {
+            let now = start * 100;
+            let mut w = TimerWheel::new(4, 64, 100);
+            w.insert(0, now + 1000, now);
+            w.insert(1, now + 300, now);
+            // Moved earlier: found at its new time, not the old one.
+            w.advance_to(0, now + 500);
+            let mut freed = Vec::new();
+            w.expire(now + 499, 10, 64, |i| {
+                freed.push(i);
+                None
+            });
+            assert_eq!(freed, vec![1], "start {start}");
+            w.expire(now + 500, 10, 64, |i| {
+                freed.push(i);
+                None
+            });
+            assert_eq!(freed, vec![1, 0], "start {start}");
+            assert!(w.is_empty());
+        }
+    }
 
     #[test]
     fn first_insert_moves_an_empty_wheels_clock() {
