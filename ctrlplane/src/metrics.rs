@@ -62,6 +62,9 @@ pub struct Sample {
     pub reloads_ok: u64,
     /// Reloads refused or rolled back (`result="failed"`).
     pub reloads_failed: u64,
+    /// Control-socket requests answered with an error, by reason
+    /// ([`crate::ctl::server::RequestError::ALL`] order).
+    pub control_errors: [u64; 4],
 }
 
 /// Where the collector gets its [`Sample`] from (rvsd's control side, or a test fake).
@@ -273,6 +276,12 @@ const CTL_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
         Kind::Gauge,
         &["version"],
     ),
+    (
+        "rvs_control_errors_total",
+        "Control-socket requests answered with an error, by reason (malformed, too_large, version, refused)",
+        Kind::Counter,
+        &["reason"],
+    ),
 ];
 
 /// Per health-checked real server families: (name, help, kind).
@@ -474,6 +483,12 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
     ctl[1].push(&["result"], &["ok"], s.reloads_ok as f64);
     ctl[1].push(&["result"], &["failed"], s.reloads_failed as f64);
     ctl[2].push(&["version"], &[env!("CARGO_PKG_VERSION")], 1.0);
+    for (why, n) in crate::ctl::server::RequestError::ALL
+        .iter()
+        .zip(s.control_errors)
+    {
+        ctl[3].push(&["reason"], &[why.name()], n as f64);
+    }
 
     svc.into_iter()
         .chain(real)

@@ -732,7 +732,8 @@ struct MetricsSource {
 
 impl metrics::Source for MetricsSource {
     fn sample(&self) -> metrics::Sample {
-        let (services, generation, reloads_ok, reloads_failed) = self.daemon.metrics_sample();
+        let (services, generation, reloads_ok, reloads_failed, control_errors) =
+            self.daemon.metrics_sample();
         metrics::Sample {
             services,
             cores: self
@@ -752,6 +753,7 @@ impl metrics::Source for MetricsSource {
             generation,
             reloads_ok,
             reloads_failed,
+            control_errors,
         }
     }
 }

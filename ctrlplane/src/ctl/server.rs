@@ -17,10 +17,45 @@ pub const MAX_CLIENTS: usize = 64;
 /// A client that sends nothing for this long is disconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a control request was answered with an error (`rvs_control_errors_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not a request: bad framing or JSON.
+    Malformed,
+    /// Longer than the protocol allows.
+    TooLarge,
+    /// Another protocol version.
+    Version,
+    /// A well-formed request the daemon refused (an unknown service, an invalid change, ...).
+    Refused,
+}
+
+impl RequestError {
+    /// Every reason, in the order of their indexes.
+    pub const ALL: [RequestError; 4] = [
+        RequestError::Malformed,
+        RequestError::TooLarge,
+        RequestError::Version,
+        RequestError::Refused,
+    ];
+
+    /// The `reason` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestError::Malformed => "malformed",
+            RequestError::TooLarge => "too_large",
+            RequestError::Version => "version",
+            RequestError::Refused => "refused",
+        }
+    }
+}
+
 /// What answers requests (rvsd implements it over its model and workers).
 pub trait Handler: Send + Sync + 'static {
     /// Answer one request (already version-checked).
     fn handle(&self, req: Request) -> Response;
+    /// Count a request answered with an error.
+    fn count_error(&self, _why: RequestError) {}
 }
 
 /// Create the socket at `path` with permissions `mode` (a stale socket file is replaced).
@@ -91,16 +126,26 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
     let _ = s.set_write_timeout(Some(IDLE_TIMEOUT));
     loop {
         let reply = match read_msg::<Request, _>(&mut s) {
-            Ok(req) if req.version != PROTO_VERSION => Response::Error {
-                code: code::EPROTO,
-                message: format!(
-                    "protocol version {} not supported (rvsd speaks {PROTO_VERSION})",
-                    req.version
-                ),
-            },
-            Ok(req) => h.handle(req),
+            Ok(req) if req.version != PROTO_VERSION => {
+                h.count_error(RequestError::Version);
+                Response::Error {
+                    code: code::EPROTO,
+                    message: format!(
+                        "protocol version {} not supported (rvsd speaks {PROTO_VERSION})",
+                        req.version
+                    ),
+                }
+            }
+            Ok(req) => {
+                let r = h.handle(req);
+                if matches!(r, Response::Error { .. }) {
+                    h.count_error(RequestError::Refused);
+                }
+                r
+            }
             Err(ReadError::Closed) | Err(ReadError::Io(_)) => return,
             Err(e @ ReadError::TooLarge(_)) => {
+                h.count_error(RequestError::TooLarge);
                 // The body was not read: the stream is out of step, so answer and hang up.
                 let _ = write_msg(
                     &mut s,
@@ -111,10 +156,13 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
                 );
                 return;
             }
-            Err(e @ ReadError::Malformed(_)) => Response::Error {
-                code: code::EINVAL,
-                message: e.to_string(),
-            },
+            Err(e @ ReadError::Malformed(_)) => {
+                h.count_error(RequestError::Malformed);
+                Response::Error {
+                    code: code::EINVAL,
+                    message: e.to_string(),
+                }
+            }
         };
         match write_msg(&mut s, &reply) {
             Ok(()) => {}
@@ -139,8 +187,12 @@ mod tests {
     use crate::ctl::proto::Op;
     use std::io::{Read, Write};
 
-    struct Echo;
+    #[derive(Default)]
+    struct Echo(std::sync::Mutex<Vec<RequestError>>);
     impl Handler for Echo {
+        fn count_error(&self, why: RequestError) {
+            self.0.lock().unwrap().push(why);
+        }
         fn handle(&self, req: Request) -> Response {
             match req.op {
                 Op::Status => Response::Status {
@@ -169,7 +221,8 @@ mod tests {
             0o600
         );
         let stop = Arc::new(AtomicBool::new(false));
-        let t = serve(l, Arc::new(Echo), stop.clone());
+        let echo = Arc::new(Echo::default());
+        let t = serve(l, echo.clone(), stop.clone());
         // Garbage JSON: an error reply, and the connection stays usable.
         let mut s = UnixStream::connect(&path).unwrap();
         s.write_all(&5u32.to_be_bytes()).unwrap();
@@ -248,5 +301,11 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
+        // Each bad request counted once, by reason (the too-large reply is an error reply).
+        use RequestError::*;
+        assert_eq!(
+            *echo.0.lock().unwrap(),
+            vec![Malformed, Version, Refused, TooLarge]
+        );
     }
 }

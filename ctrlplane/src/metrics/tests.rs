@@ -136,6 +136,7 @@ fn sample() -> Sample {
         generation: 42,
         reloads_ok: 3,
         reloads_failed: 1,
+        control_errors: [2, 0, 0, 5],
     }
 }
 
@@ -248,6 +249,18 @@ fn exposition_names_labels_types_values() {
     assert_eq!(types["rvs_core_drops_total"], "counter");
     assert_eq!(types["rvs_core_busy_ratio"], "gauge");
     assert_eq!(types["rvs_reloads_total"], "counter");
+    assert_eq!(types["rvs_control_errors_total"], "counter");
+    for (reason, n) in [
+        ("malformed", 2.0),
+        ("too_large", 0.0),
+        ("version", 0.0),
+        ("refused", 5.0),
+    ] {
+        assert_eq!(
+            value(&series, "rvs_control_errors_total", &[("reason", reason)]),
+            n
+        );
+    }
 
     let svc = [
         ("proto", "TCP"),

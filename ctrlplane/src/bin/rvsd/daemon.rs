@@ -16,7 +16,7 @@ use rvs_ctrlplane::ctl::proto::{
     code, ConnView, Op, Proto, Rates, RealSpec, RealView, Request, Response, ServiceKey,
     ServiceView, Stats, TimeoutsView, MAX_CONNS_PAGE,
 };
-use rvs_ctrlplane::ctl::server::Handler;
+use rvs_ctrlplane::ctl::server::{Handler, RequestError};
 use rvs_ctrlplane::health::{self, RealId, Target};
 use rvs_dataplane::ctl::{Cmd, CtlLink, Snapshot};
 
@@ -83,6 +83,8 @@ pub struct Daemon {
     /// Reloads applied / refused or rolled back (`rvs_reloads_total{result}`).
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Control requests answered with an error, by [`RequestError::ALL`] index.
+    control_errors: [AtomicU64; 4],
 }
 
 impl Daemon {
@@ -118,6 +120,7 @@ impl Daemon {
             timeouts,
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            control_errors: Default::default(),
         })
     }
 
@@ -207,13 +210,14 @@ impl Daemon {
     /// What the metrics endpoint exports from the control side: the services with their
     /// monotonic counters (not reset by `-Z`) and rates, the configuration generation, and the
     /// reloads applied / failed. Only reads counters.
-    pub fn metrics_sample(&self) -> (Vec<ServiceView>, u64, u64, u64) {
+    pub fn metrics_sample(&self) -> (Vec<ServiceView>, u64, u64, u64, [u64; 4]) {
         let g = self.lock();
         (
             self.views_of(&g, false),
             g.model.generation,
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed),
+            std::array::from_fn(|i| self.control_errors[i].load(Ordering::Relaxed)),
         )
     }
 
@@ -647,6 +651,12 @@ impl health::Sink for Daemon {
 }
 
 impl Handler for Daemon {
+    fn count_error(&self, why: RequestError) {
+        if let Some(i) = RequestError::ALL.iter().position(|&w| w == why) {
+            self.control_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn handle(&self, req: Request) -> Response {
         match req.op {
             Op::Status => {
