@@ -675,9 +675,10 @@ pub fn route(head: &[u8]) -> Route {
     }
 }
 
-/// One connection: read one request head (bounded), answer, close.
+/// One connection: read one request head (bounded in size, and in time as a whole: a client
+/// sending a byte now and then must not hold one of the few scrape slots), answer, close.
 fn handle(mut s: TcpStream, registry: &Registry) {
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     let end = loop {
@@ -686,6 +687,10 @@ fn handle(mut s: TcpStream, registry: &Registry) {
         }
         if len == buf.len() {
             break None;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
         }
         match s.read(&mut buf[len..]) {
             Ok(0) | Err(_) => return,

@@ -615,3 +615,46 @@ fn fwmark_services_are_told_apart_by_mark() {
         assert_eq!(value(&series, "rvs_real_connections_total", &r), conns);
     }
 }
+
+/// A client sending its request a byte now and then is cut off once `IO_TIMEOUT` has passed
+/// since it connected, however steadily it sends (it would otherwise hold a scrape slot).
+#[test]
+fn a_dribbling_client_is_cut_off() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = serve(
+        listener,
+        Arc::new(registry(Arc::new(Fake(sample())))),
+        stop.clone(),
+    );
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let t0 = Instant::now();
+    loop {
+        if c.write_all(b"G").is_err() {
+            break;
+        }
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        assert!(
+            t0.elapsed() < IO_TIMEOUT + Duration::from_secs(3),
+            "still served after {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(t0.elapsed() >= IO_TIMEOUT - Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+}
