@@ -2146,7 +2146,7 @@ fn nth_host(net: IpAddr, n: u128) -> IpAddr {
 }
 
 /// Whether `ip` lies in `net/len`.
-pub(super) fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+pub(crate) fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     net.is_ipv4() == ip.is_ipv4() && to_bits(net) & mask(net, len) == to_bits(ip) & mask(net, len)
 }
 

@@ -27,6 +27,9 @@ pub struct Model {
     pub services: Vec<ServiceConfig>,
     pub timeouts: TimeoutsConfig,
     ports: Vec<PortConfig>,
+    /// The routes rvs runs with (a reload that changes them is refused), for the reachability
+    /// of real servers added by rvsadm.
+    routes: Vec<config::RouteConfig>,
     ids: HashMap<(ServiceKey, IpAddr, u16), u32>,
     max_dests: u32,
     /// Where the search for a free dest id starts: ids are handed out round the ring, so a
@@ -84,6 +87,7 @@ impl Model {
             services: Vec::new(),
             timeouts: cfg.fullnat.timeouts.clone(),
             ports: cfg.ports.clone(),
+            routes: cfg.routes.clone(),
             ids: HashMap::new(),
             max_dests,
             next_id: 0,
@@ -181,6 +185,26 @@ impl Model {
         }
         if r.addr.ip().is_ipv4() != s.vip.is_ipv4() {
             return err(code::EINVAL, "Illegal address: real server and virtual service of different families (NAT64 is not supported yet)");
+        }
+        let connected = self
+            .ports
+            .iter()
+            .any(|p| p.addresses.iter().any(|&(a, l)| config::contains(a, l, ip)));
+        let routed = self
+            .routes
+            .iter()
+            .any(|rt| config::contains(rt.prefix.0, rt.prefix.1, ip));
+        if !connected && !routed {
+            return err(
+                code::EINVAL,
+                format!("Illegal address: real server {ip} is not reachable (no connected subnet of a port and no route covers it)"),
+            );
+        }
+        if r.fwd == Fwd::Dr && !connected {
+            return err(
+                code::EINVAL,
+                format!("Illegal address: real server {ip} is not on a connected subnet; direct routing needs it on the same link (-i tunnels through a router)"),
+            );
         }
         if r.fwd == Fwd::Nat && s.persistent.is_some() {
             return err(
@@ -680,6 +704,15 @@ lips = ["198.51.100.2"]
             assert_eq!(e.0, code::EINVAL, "{a}");
             assert!(e.1.contains("address of rvs itself"), "{a}: {}", e.1);
         }
+        assert_eq!(m.services[0].reals.len(), 1, "nothing added");
+        // Nor a host rvs has no way to: no connected subnet, no route covers it.
+        let e = m
+            .apply(&Op::AddReal {
+                key: k,
+                real: real("203.0.113.5:80", Fwd::FullNat, 1),
+            })
+            .unwrap_err();
+        assert!(e.1.contains("not reachable"), "{}", e.1);
         assert_eq!(m.services[0].reals.len(), 1, "nothing added");
     }
 
