@@ -541,7 +541,6 @@ struct State {
     cmd: Option<Cmd>,
     opts: u32,
     svc: Option<Svc>,
-    ipv6: bool,
     scheduler: Option<String>,
     persistent: Option<u32>,
     netmask: Option<String>,
@@ -724,7 +723,8 @@ fn apply(
             if !matches!(st.svc, Some(Svc::Fwmark(_))) {
                 return fail("-6 used before -f");
             }
-            st.ipv6 = true;
+            // Said, not ignored: an IPv6 fwmark service would otherwise be made an IPv4 one.
+            return fail("-6: IPv6 fwmark services are not supported by rvs yet");
         }
         Item::Scheduler => {
             st.set(Opt::Scheduler)?;

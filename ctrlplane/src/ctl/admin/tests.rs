@@ -817,6 +817,10 @@ fn parse_errors() {
     );
     bad("-A -f 0", "invalid fwmark value `0' specified");
     bad("-A -t 10.0.0.1:80 -6", "-6 used before -f");
+    bad(
+        "-A -f 7 -6 -s rr",
+        "-6: IPv6 fwmark services are not supported by rvs yet",
+    );
     bad("--set 1 2", "--set option requires 3 timeout values");
     bad("--set 1 2 3 4", "unexpected argument 4");
     bad("--set 1 2 x", "invalid timeout value `x' specified");
