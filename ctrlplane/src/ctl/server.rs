@@ -16,6 +16,37 @@ use super::proto::{code, read_msg, write_msg, ReadError, Request, Response, PROT
 pub const MAX_CLIENTS: usize = 64;
 /// A client that sends nothing for this long is disconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Once a request's first byte came, the whole request must arrive within this (a client
+/// sending a byte now and then must not hold one of the [`MAX_CLIENTS`] slots for ever).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The client's stream as `read_msg` reads it: idle up to [`IDLE_TIMEOUT`] between requests,
+/// then [`REQUEST_TIMEOUT`] for the whole of one request, from its first byte.
+struct Timed<'a> {
+    s: &'a UnixStream,
+    until: Option<std::time::Instant>,
+}
+
+impl std::io::Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let limit = match self.until {
+            None => IDLE_TIMEOUT,
+            Some(t) => t.saturating_duration_since(std::time::Instant::now()),
+        };
+        if limit.is_zero() {
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "request not complete in time",
+            ));
+        }
+        self.s.set_read_timeout(Some(limit))?;
+        let n = std::io::Read::read(&mut &*self.s, buf)?;
+        if n > 0 && self.until.is_none() {
+            self.until = Some(std::time::Instant::now() + REQUEST_TIMEOUT);
+        }
+        Ok(n)
+    }
+}
 
 /// Why a control request was answered with an error (`rvs_control_errors_total{reason}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,10 +153,10 @@ pub fn serve(
 }
 
 fn client(mut s: UnixStream, h: &dyn Handler) {
-    let _ = s.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = s.set_write_timeout(Some(IDLE_TIMEOUT));
     loop {
-        let reply = match read_msg::<Request, _>(&mut s) {
+        let request = read_msg::<Request, _>(&mut Timed { s: &s, until: None });
+        let reply = match request {
             Ok(req) if req.version != PROTO_VERSION => {
                 h.count_error(RequestError::Version);
                 Response::Error {
@@ -307,5 +338,40 @@ mod tests {
             *echo.0.lock().unwrap(),
             vec![Malformed, Version, Refused, TooLarge]
         );
+    }
+
+    /// A client sending its request a byte now and then is cut off `REQUEST_TIMEOUT` after the
+    /// request's first byte, however steadily it sends.
+    #[test]
+    fn a_dribbling_request_is_cut_off() {
+        let dir = std::env::temp_dir().join(format!("rvs-ctl-drip-{}", std::process::id()));
+        let path = dir.join("ctl.sock");
+        let l = bind(&path, 0o600).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = serve(l, Arc::new(Echo::default()), stop.clone());
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        s.write_all(&100u32.to_be_bytes()).unwrap();
+        let t0 = std::time::Instant::now();
+        loop {
+            if s.write_all(b" ").is_err() {
+                break;
+            }
+            let mut b = [0u8; 16];
+            match s.read(&mut b) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                _ => break,
+            }
+            assert!(
+                t0.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(3),
+                "still connected after {:?}",
+                t0.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(t0.elapsed() >= REQUEST_TIMEOUT - Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1046,6 +1046,10 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
             {
                 return fail("options conflicts in the list command");
             }
+            // The Health column exists in the layouts with InActConn only (said, not ignored).
+            if list.health && (list.stats || list.rate) {
+                return fail("options conflicts in the list command: --health goes with the default, --thresholds and --persistent-conn layouts");
+            }
             Command::List(list)
         }
         Cmd::Zero => Command::Zero(key),

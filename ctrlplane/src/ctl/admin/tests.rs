@@ -818,6 +818,10 @@ fn parse_errors() {
     bad("-A -f 0", "invalid fwmark value `0' specified");
     bad("-A -t 10.0.0.1:80 -6", "-6 used before -f");
     bad(
+        "-L -n --health --stats",
+        "options conflicts in the list command: --health goes with the default, --thresholds and --persistent-conn layouts",
+    );
+    bad(
         "-A -f 7 -6 -s rr",
         "-6: IPv6 fwmark services are not supported by rvs yet",
     );
