@@ -165,10 +165,15 @@ impl<P: PacketBuf> Stack<P> {
             self.fnat_redirect(io, owner, port, pkt);
             return None;
         }
-        let idx = self
+        // No NAT session: an error about other routed traffic, forwarded as such (PMTUD and
+        // traceroute of the real servers' own connections go through here).
+        let Some(idx) = self
             .fnat
             .sessions
-            .lookup_out(q.iproto, q.idst, q.idport, q.isrc, q.isport)?;
+            .lookup_out(q.iproto, q.idst, q.idport, q.isrc, q.isport)
+        else {
+            return Some(pkt);
+        };
         let s = *self.fnat.sessions.get(idx);
         if s.fwd != Fwd::Nat || checksum(&d[q.ic..]) != 0 {
             return Some(pkt);

@@ -324,6 +324,32 @@ fn nat_reply_without_session_is_routed_as_before() {
     assert_eq!(o.ip.time_to_live, 63);
     assert_eq!(c.forwarded.get(), 1);
     assert_eq!(c.nat_out.get(), 0);
+    // An ICMP error about routed traffic that is no NAT session (a real server's own
+    // connection: frag needed, quoting RIP:5000 → CIP:443) is forwarded too, untranslated.
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(v4(&rip(1)), v4(CIP), 63)
+        .tcp(5000, 443, 1, 1000)
+        .write(&mut quoted, b"")
+        .unwrap();
+    let mut e = Vec::new();
+    PacketBuilder::ethernet2(GW0, MAC0)
+        .ipv4([192, 0, 2, 254], v4(&rip(1)), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut e, &quoted)
+        .unwrap();
+    handle(&mut s, &mut io, 0, &e, 0);
+    let (port, out) = io.one();
+    assert_eq!(port, 1, "toward the real server");
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
+        panic!()
+    };
+    assert_eq!((oh.source, oh.destination), ([192, 0, 2, 254], v4(&rip(1))));
+    assert_eq!(oh.time_to_live, 63);
+    assert_eq!(c.forwarded.get(), 2);
+    assert_eq!(c.icmp_translated.get(), 0);
     // With forwarding off it is dropped as before.
     let mut off = cfg(vec![svc]);
     off.ip_forward = false;
