@@ -133,6 +133,8 @@ pub(crate) struct Fullnat {
     /// TCP/UDP/ICMP is checked for NAT replies.
     pub(crate) nat_enabled: bool,
     pub(crate) services: Services,
+    /// Service sets built so far (seeds the random schedulers apart from the last set's).
+    pub(crate) builds: u64,
     pub(crate) sessions: SessionTable<Ipv4Addr>,
     pub(crate) wheel: TimerWheel,
     pub(crate) lports: LportAlloc,
@@ -179,7 +181,9 @@ impl Fullnat {
             f.lport_reuse_delay_ms,
             f.rss.clone(),
         );
-        let services = Services::build(&cfg.services, f.max_dests, cfg.ports.len(), &mut lports)?;
+        let mut services =
+            Services::build(&cfg.services, f.max_dests, cfg.ports.len(), &mut lports)?;
+        services.seed(cfg.worker, 0);
         let dest_stats: std::sync::Arc<[DestStats]> =
             (0..f.max_dests).map(|_| DestStats::default()).collect();
         Ok(Fullnat {
@@ -188,6 +192,7 @@ impl Fullnat {
             n_workers: cfg.n_workers,
             nat_enabled: services.any_nat(),
             services,
+            builds: 1,
             sessions: SessionTable::new(f.sessions),
             wheel: TimerWheel::new(f.sessions as usize, WHEEL_SLOTS, TICK_MS),
             lports,
@@ -708,6 +713,7 @@ impl<P: PacketBuf> Stack<P> {
             match (found, hit) {
                 (Some(t), Some(di)) => {
                     f.templates.refresh(t, now_ms, p.timeout_ms);
+                    s.sched.bind(di, &s.dests, &f.dest_stats);
                     self.counters.persist_hits.inc();
                     tmpl = t;
                     di
@@ -1311,7 +1317,10 @@ impl<P: PacketBuf> Stack<P> {
     /// reset. On error nothing changes.
     pub fn set_services(&mut self, services: &[ServiceConf]) -> Result<(), ServiceError> {
         let f = &mut self.fnat;
-        let svcs = Services::build(services, f.conf.max_dests, self.ports.len(), &mut f.lports)?;
+        let mut svcs =
+            Services::build(services, f.conf.max_dests, self.ports.len(), &mut f.lports)?;
+        svcs.seed(f.worker, f.builds);
+        f.builds += 1;
         f.nat_enabled |= svcs.any_nat();
         f.services = svcs;
         for s in services {

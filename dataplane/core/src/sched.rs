@@ -363,6 +363,16 @@ impl Scheduler {
         }
     }
 
+    /// IPVS `ip_vs_bind_dest` for a new session given to dest `i` without a pick (the dest of
+    /// a persistence template): its overload flag is set when the session brings it to `upper`,
+    /// as after a pick, so the lower/upper hysteresis holds on persistent services too.
+    #[inline]
+    pub fn bind(&mut self, i: usize, dests: &[Dest], stats: &[DestStats]) {
+        if let Some(d) = dests.get(i) {
+            self.over.bind(i, d, stats);
+        }
+    }
+
     /// Pick a dest for a new session: an index into `dests` (the list the scheduler was built
     /// for), or None when no dest is available. `stats` (indexed by dest id) are this worker's
     /// counters; `key` describes the flow.

@@ -357,4 +357,18 @@ impl Services {
     pub fn any_nat(&self) -> bool {
         self.list.iter().any(|s| s.has_nat)
     }
+
+    /// Seed the random schedulers (`twos`) of worker `worker`'s `build`-th service set: each
+    /// worker, service and set draws its own sequence (IPVS draws independently on every call;
+    /// one fixed seed made every worker draw alike, from the start again at every publish).
+    pub fn seed(&mut self, worker: u16, build: u64) {
+        for (i, s) in self.list.iter_mut().enumerate() {
+            // splitmix64 of (worker, build, service).
+            let mut z = (worker as u64) << 48 ^ build << 16 ^ i as u64;
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ z >> 30).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ z >> 27).wrapping_mul(0x94D0_49BB_1331_11EB);
+            s.sched.seed(z ^ z >> 31);
+        }
+    }
 }

@@ -1556,3 +1556,27 @@ fn replies_to_new_clients_go_through_the_routes_gateway_entry() {
     assert_eq!(parse(&io.one().1).eth.destination, moved);
     assert_eq!(c.fullnat_out.get(), 42);
 }
+
+/// `twos` draws its own random sequence per worker and per configuration set: two workers (or
+/// one worker after a publish) given the same new connections do not choose alike.
+#[test]
+fn twos_draws_apart_per_worker_and_per_publish() {
+    let run = |worker: u16, republish: bool| -> Vec<u8> {
+        let mut c = cfg();
+        c.services[0].sched = Sched::Twos;
+        c.worker = worker;
+        c.n_workers = 2;
+        let services = c.services.clone();
+        let (mut s, mut io, _) = setup(c);
+        if republish {
+            s.set_services(&services).unwrap();
+        }
+        (0..64)
+            .map(|k| open(&mut s, &mut io, 20_000 + 2 * k + worker, 0).1)
+            .collect()
+    };
+    let (w0, w1, w0_again) = (run(0, false), run(1, false), run(0, true));
+    assert!(w0.iter().any(|&i| i != w0[0]), "twos spreads: {w0:?}");
+    assert_ne!(w0, w1, "two workers drew alike");
+    assert_ne!(w0, w0_again, "a publish started the same draws again");
+}

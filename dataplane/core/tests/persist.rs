@@ -408,3 +408,38 @@ fn a_reused_client_port_on_a_persistent_service_keeps_its_session() {
     assert_eq!(c.sessions_created.get(), 1);
     assert_eq!(s.session_count(), 1);
 }
+
+/// Connections given to a real server by its persistence template count toward its upper
+/// threshold as picked ones do (IPVS binds every new connection): once they brought it to
+/// `upper`, it takes no new client until it is below `lower`, even after some of them ended.
+#[test]
+fn template_hits_count_toward_the_upper_threshold() {
+    let mut a = common::dest(0, 1, 80, 2, Fwd::FullNat);
+    a.upper = 3;
+    a.lower = 1;
+    let b = common::dest(1, 2, 80, 1, Fwd::FullNat);
+    let svc = common::service(Proto::Tcp, 80, Sched::Fo, vec![a, b], persist(300, !0));
+    let (mut s, mut io, _) = setup(cfg(vec![svc]));
+    let (rs1, rs2) = (a4(&rip(1)), a4(&rip(2)));
+    // One client, three connections: the first picked (fo: the heaviest), two by the template.
+    for p in 1000..1003 {
+        assert_eq!(connect(&mut s, &mut io, CIP, p, 80, 0).0, rs1);
+    }
+    // One of them ends (the two others go on, established by the client's ACK; the first
+    // times out in SYN_RECV): real server 1 is down to 2 sessions, between lower and upper.
+    for p in 1001..1003 {
+        s.handle(
+            &mut io,
+            0,
+            VecPacket::from_slice(&c2v(CIP, p, 80, ACK)),
+            100,
+        );
+    }
+    tick(&mut s, &mut io, 100, 61_000);
+    assert_eq!(s.session_count(), 2);
+    // A new client goes to real server 2: real server 1 stays overloaded.
+    assert_eq!(
+        connect(&mut s, &mut io, "100.64.9.9", 1000, 80, 61_000).0,
+        rs2
+    );
+}
