@@ -1351,8 +1351,9 @@ impl<P: PacketBuf> Stack<P> {
         (port, mac, self.ports[port as usize].mac)
     }
 
-    /// Entry `idx` is stale (not confirmed for `reachable_ms`): probe it by unicast ARP, at most
-    /// once per `retrans_ms`. Out of line: only the packets of a stale window get here.
+    /// Entry `idx` is stale (not confirmed for `reachable_ms`): probe it by unicast ARP (by
+    /// broadcast after `max_probes` unanswered ones), at most once per `retrans_ms`. Out of
+    /// line: only the packets of a stale window get here.
     #[cold]
     #[inline(never)]
     fn neigh_probe_stale<I: Io<Pkt = P>>(&mut self, io: &mut I, idx: u32, now_ms: u64) {
@@ -1360,9 +1361,15 @@ impl<P: PacketBuf> Stack<P> {
         if now_ms.saturating_sub(e.probe_ms) < self.neigh.conf.retrans_ms {
             return;
         }
-        let (port, mac, src, nh) = (e.port, e.mac, e.src, e.ip);
-        self.neigh.entries[idx as usize].probe_ms = now_ms;
-        self.send_arp_request(io, port, src, nh, Some(mac));
+        let (port, mac, src, nh, probes) = (e.port, e.mac, e.src, e.ip, e.probes);
+        let em = &mut self.neigh.entries[idx as usize];
+        em.probe_ms = now_ms;
+        em.probes = probes.saturating_add(1);
+        // After `max_probes` unanswered unicast probes, ask by broadcast: the address may have
+        // moved to another MAC (a replaced host that sent no gratuitous ARP); its answer
+        // updates the entry. Until then traffic keeps the MAC it has.
+        let to = (probes < self.neigh.conf.max_probes).then_some(mac);
+        self.send_arp_request(io, port, src, nh, to);
     }
 
     /// Resolve `nh` on `port` and send `pkt` (an IPv4 frame) or hold it. Returns true when it was

@@ -1600,3 +1600,46 @@ fn garbage_never_panics_and_is_counted_once() {
     }
     assert!(c.forwarded.get() > 0 && c.icmp_echo_replies.get() > 0 && c.arp_replies_sent.get() > 0);
 }
+
+/// A stale neighbour in use that does not answer `max_probes` unicast probes is asked by
+/// broadcast: a host replaced under the same address (a new MAC, no gratuitous ARP) is learnt
+/// again, and traffic goes to it.
+#[test]
+fn unanswered_unicast_probes_fall_back_to_broadcast() {
+    let (mut s, mut io, c) = setup(small_neigh());
+    let gw = ip("198.51.100.254");
+    s.neigh_update(&mut io, 1, gw, MacAddr(GW1), 0);
+    let f = udp(PEER, MAC0, "192.0.2.10", "8.8.8.8", 64, b"a");
+    let mut probes = Vec::new();
+    for t in [2000, 2100, 2200, 2300] {
+        handle(&mut s, &mut io, 0, &f, t);
+        for (_, fr) in io.take() {
+            if fr[12..14] == [0x08, 0x06] {
+                probes.push(parse_arp(&fr).0.destination);
+            } else {
+                assert_eq!(parse_ip(&fr).eth.destination, GW1, "the old MAC meanwhile");
+            }
+        }
+    }
+    assert_eq!(probes, vec![GW1, GW1, GW1, [0xff; 6]]);
+    // The new host answers the broadcast.
+    const NEW: [u8; 6] = [0x0a, 0, 0, 0, 1, 0x77];
+    handle(
+        &mut s,
+        &mut io,
+        1,
+        &arp(
+            MAC1,
+            NEW,
+            ArpOperation::REPLY,
+            v4("198.51.100.254"),
+            MAC1,
+            v4("198.51.100.1"),
+        ),
+        2350,
+    );
+    assert_eq!(s.neigh_state(1, gw, 2350), Some(NeighState::Reachable));
+    handle(&mut s, &mut io, 0, &f, 2400);
+    assert_eq!(parse_ip(&io.take()[0].1).eth.destination, NEW);
+    assert_eq!(total_drops(&c), 0);
+}
