@@ -688,12 +688,23 @@ fn connect_from(
             events: libc::POLLOUT,
             revents: 0,
         };
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            return Err(last());
-        }
+        // A signal (SIGHUP: a reload) may interrupt the wait: wait again for what is left, or
+        // the check would fail for it.
+        let deadline = std::time::Instant::now() + timeout;
+        let n = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n < 0 {
+                let e = last();
+                if e.raw_os_error() == Some(libc::EINTR) && !left.is_zero() {
+                    continue;
+                }
+                return Err(e);
+            }
+            break n;
+        };
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
         }
