@@ -89,6 +89,7 @@ drop_reasons! {
     Ipv4FragmentVip => "ipv4_fragment_vip", "IPv4 fragment to a VIP (rvs does not reassemble).";
     L4Malformed => "l4_malformed", "TCP/UDP header to a VIP or LIP truncated or with a bad data offset.";
     TunNoRoom => "tun_no_room", "TUN: the buffer cannot hold the 20-byte outer IPv4 header.";
+    NatFragment => "nat_fragment", "IPv4 fragment from a NAT real server (rvs does not reassemble, so cannot translate it; forwarded, it would show the RIP).";
 }
 
 /// Number of drop reasons.
@@ -98,19 +99,38 @@ pub const N_DROP_REASONS: usize = DropReason::ALL.len();
 macro_rules! events {
     ($($field:ident,)*) => {
         /// Counters of one core. Cache-line aligned so cores never share a line.
-        #[derive(Default, Debug)]
+        #[derive(Debug)]
         #[repr(align(64))]
         pub struct CoreCounters {
             $(#[doc = concat!("Event counter `", stringify!($field), "`.")] pub $field: Counter,)*
             drops: [Counter; N_DROP_REASONS],
         }
 
+        // By hand: arrays of more than 32 elements have no derived `Default`.
+        impl Default for CoreCounters {
+            fn default() -> Self {
+                CoreCounters {
+                    $($field: Counter::default(),)*
+                    drops: std::array::from_fn(|_| Counter::default()),
+                }
+            }
+        }
+
         /// A plain copy of counters, summed over cores for display.
-        #[derive(Default, Debug, Clone, PartialEq, Eq)]
+        #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct CounterSnapshot {
             $(#[doc = concat!("Event counter `", stringify!($field), "`.")] pub $field: u64,)*
             /// Drops per reason, indexed by `DropReason as usize`.
             pub drops: [u64; N_DROP_REASONS],
+        }
+
+        impl Default for CounterSnapshot {
+            fn default() -> Self {
+                CounterSnapshot {
+                    $($field: 0,)*
+                    drops: [0; N_DROP_REASONS],
+                }
+            }
         }
 
         impl CoreCounters {

@@ -11,6 +11,9 @@
 //! not owned by rvs): before transit forwarding, `Stack::nat_transit` looks them up in the
 //! outbound index and rewrites the source back to VIP:vport (TTL decremented as for any routed
 //! packet). A transit packet matching no NAT session is forwarded (or dropped) as before.
+//! rvs does not reassemble: a fragment from a NAT real server's address cannot be translated,
+//! and forwarded untranslated it would show the RIP to the client, so it is dropped and counted
+//! (`nat_fragment`); keep NAT replies within the MTU (or use FULLNAT).
 //!
 //! TTL: IPVS handles NAT requests at LOCAL_IN and sends them without decrementing the TTL, while
 //! replies, handled at FORWARD, lose one in `ip_forward`. rvs decrements in both directions (as
@@ -111,6 +114,14 @@ impl<P: PacketBuf> Stack<P> {
         }
         let d = pkt.data();
         if be16(d, ip4::FRAG) & ip4::MF_OFFSET != 0 {
+            // A NAT real server's reply too large for one packet: without reassembly it cannot
+            // be translated, and untranslated it would carry the RIP to the client (which
+            // drops it anyway). Other fragments are plain transit.
+            let src = IpAddr::V4(ipv4_at(d, ip4::SRC));
+            if self.fnat.services.is_nat_rip(src) {
+                self.drop_pkt(pkt, DropReason::NatFragment);
+                return None;
+            }
             return Some(pkt);
         }
         let proto = d[ip4::PROTO];

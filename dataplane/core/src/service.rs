@@ -153,6 +153,8 @@ pub struct Services {
     /// Services, indexed by the map's values.
     pub list: Vec<Service>,
     vips: FixedMap<IpAddr, ()>,
+    /// Addresses of the NAT real servers (their replies' fragments cannot be translated).
+    nat_rips: FixedMap<IpAddr, ()>,
     /// Some service has vport 0 (a lookup miss then tries port 0).
     any_port0: bool,
     /// Match services: (match, index in `list`), in configuration order, at most
@@ -167,6 +169,7 @@ impl Services {
             map: FixedMap::with_capacity(1),
             list: Vec::new(),
             vips: FixedMap::with_capacity(1),
+            nat_rips: FixedMap::with_capacity(1),
             any_port0: false,
             matches: Vec::new(),
         }
@@ -280,10 +283,21 @@ impl Services {
             });
         }
         let any_port0 = confs.iter().any(|c| c.mark.is_none() && c.vport == 0);
+        let nat: Vec<IpAddr> = confs
+            .iter()
+            .flat_map(|c| c.dests.iter())
+            .filter(|d| d.fwd == Fwd::Nat)
+            .map(|d| d.rip)
+            .collect();
+        let mut nat_rips = FixedMap::with_capacity(nat.len().max(1));
+        for r in nat {
+            let _ = nat_rips.insert(r, ());
+        }
         Ok(Services {
             map,
             list,
             vips,
+            nat_rips,
             any_port0,
             matches,
         })
@@ -351,6 +365,12 @@ impl Services {
     /// True when there is no service.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// True when `ip` is the address of a NAT real server.
+    #[inline]
+    pub fn is_nat_rip(&self, ip: IpAddr) -> bool {
+        self.nat_rips.get(&ip).is_some()
     }
 
     /// True when some service has a NAT dest.

@@ -623,3 +623,45 @@ fn lips_are_required_only_with_a_fullnat_real() {
     svc.dests.push(dest(1, 2, 80, 1, Fwd::FullNat));
     assert!(Stack::<VecPacket>::try_new(&cfg(vec![svc]), counters).is_err());
 }
+
+/// Fragments of a NAT real server's reply (rvs does not reassemble, so cannot translate them)
+/// are dropped and counted rather than forwarded from the RIP; other routed fragments pass.
+#[test]
+fn nat_reply_fragments_are_dropped_not_leaked() {
+    let svc = service(
+        Proto::Udp,
+        53,
+        Sched::Rr,
+        vec![dest(0, 2, 5353, 1, Fwd::Nat)],
+    );
+    let (mut s, mut io, c) = setup(cfg(vec![svc]), &[2]);
+    handle(
+        &mut s,
+        &mut io,
+        0,
+        &udp(GW0, MAC0, CIP, 7000, VIP, 53, b"question"),
+        0,
+    );
+    io.one();
+    let frag = |src: &str, first: bool| {
+        let mut f = udp(rs_mac(2), MAC1, src, 5353, CIP, 7000, &[7; 100]);
+        let (mut h, _) = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap();
+        if first {
+            h.more_fragments = true;
+        } else {
+            h.fragment_offset = etherparse::IpFragOffset::try_new(8).unwrap();
+        }
+        h.header_checksum = h.calc_header_checksum();
+        f[14..34].copy_from_slice(&h.to_bytes());
+        f
+    };
+    for first in [true, false] {
+        handle(&mut s, &mut io, 1, &frag(&rip(2), first), 1);
+    }
+    assert!(io.sent.is_empty(), "nothing leaves with the RIP as source");
+    assert_eq!(c.drops(DropReason::NatFragment), 2);
+    // A fragment from another host is routed as before.
+    handle(&mut s, &mut io, 1, &frag("198.51.100.77", true), 1);
+    assert_eq!(io.one().0, 0);
+    assert_eq!(c.drops(DropReason::NatFragment), 2);
+}
