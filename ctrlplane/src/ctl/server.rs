@@ -242,6 +242,12 @@ mod tests {
         }
     }
 
+    /// Send request `op` at protocol `version` on `s` and read the reply.
+    fn ask(s: &mut UnixStream, version: u32, op: Op) -> Response {
+        write_msg(s, &Request { version, op }).unwrap();
+        read_msg(s).unwrap()
+    }
+
     #[test]
     fn serves_many_clients_and_survives_bad_input() {
         let dir = std::env::temp_dir().join(format!("rvs-ctl-test-{}", std::process::id()));
@@ -260,55 +266,23 @@ mod tests {
         s.write_all(b"{nope").unwrap();
         let r: Response = read_msg(&mut s).unwrap();
         assert!(matches!(r, Response::Error { code: 22, .. }), "{r:?}");
-        write_msg(
-            &mut s,
-            &Request {
-                version: PROTO_VERSION,
-                op: Op::Status,
-            },
-        )
-        .unwrap();
         assert!(matches!(
-            read_msg::<Response, _>(&mut s).unwrap(),
+            ask(&mut s, PROTO_VERSION, Op::Status),
             Response::Status { generation: 7, .. }
         ));
         // Wrong version.
-        write_msg(
-            &mut s,
-            &Request {
-                version: 99,
-                op: Op::Status,
-            },
-        )
-        .unwrap();
         assert!(matches!(
-            read_msg::<Response, _>(&mut s).unwrap(),
+            ask(&mut s, 99, Op::Status),
             Response::Error { code: 71, .. }
         ));
         // A reply too large to send: an E2BIG error instead, and the connection stays usable.
-        write_msg(
-            &mut s,
-            &Request {
-                version: PROTO_VERSION,
-                op: Op::GetTimeouts,
-            },
-        )
-        .unwrap();
-        let r: Response = read_msg(&mut s).unwrap();
+        let r = ask(&mut s, PROTO_VERSION, Op::GetTimeouts);
         assert!(
             matches!(&r, Response::Error { code: 7, message } if message.starts_with("reply too large")),
             "{r:?}"
         );
-        write_msg(
-            &mut s,
-            &Request {
-                version: PROTO_VERSION,
-                op: Op::Status,
-            },
-        )
-        .unwrap();
         assert!(matches!(
-            read_msg::<Response, _>(&mut s).unwrap(),
+            ask(&mut s, PROTO_VERSION, Op::Status),
             Response::Status { .. }
         ));
         // Oversized: error, then the server hangs up.
