@@ -713,7 +713,6 @@ impl<P: PacketBuf> Stack<P> {
             match (found, hit) {
                 (Some(t), Some(di)) => {
                     f.templates.refresh(t, now_ms, p.timeout_ms);
-                    s.sched.bind(di, &s.dests, &f.dest_stats);
                     self.counters.persist_hits.inc();
                     tmpl = t;
                     di
@@ -757,6 +756,8 @@ impl<P: PacketBuf> Stack<P> {
             let IpAddr::V4(rip) = dest.rip else {
                 return self.drop_pkt(pkt, DropReason::NoDest);
             };
+            // The session is made (the table's room was checked first): IPVS binds the dest.
+            s.sched.bind(di, &s.dests, &f.dest_stats);
             let (cip, cport) = (ipv4_at(d, ip4::SRC), be16(d, l4));
             let mut sess = Session::new(
                 proto,
@@ -791,6 +792,9 @@ impl<P: PacketBuf> Stack<P> {
             f.lports.unalloc(pool, lport);
             return self.drop_pkt(pkt, DropReason::NoDest);
         };
+        // The session is made (the table's room was checked first, an lport is taken): IPVS
+        // binds the dest here, for a picked dest and a template's alike.
+        s.sched.bind(di, &s.dests, &f.dest_stats);
         let mut sess = Session::new(
             proto,
             ipv4_at(d, ip4::SRC),

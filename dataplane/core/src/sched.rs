@@ -363,9 +363,10 @@ impl Scheduler {
         }
     }
 
-    /// IPVS `ip_vs_bind_dest` for a new session given to dest `i` without a pick (the dest of
-    /// a persistence template): its overload flag is set when the session brings it to `upper`,
-    /// as after a pick, so the lower/upper hysteresis holds on persistent services too.
+    /// IPVS `ip_vs_bind_dest` for a new session created on dest `i` (picked, or the dest of a
+    /// persistence template): its overload flag is set when the session brings it to `upper`.
+    /// The caller binds once the session exists, not at the pick (a pick whose session is then
+    /// refused, e.g. no free lport, must not leave the dest flagged).
     #[inline]
     pub fn bind(&mut self, i: usize, dests: &[Dest], stats: &[DestStats]) {
         if let Some(d) = dests.get(i) {
@@ -374,12 +375,12 @@ impl Scheduler {
     }
 
     /// Pick a dest for a new session: an index into `dests` (the list the scheduler was built
-    /// for), or None when no dest is available. `stats` (indexed by dest id) are this worker's
-    /// counters; `key` describes the flow.
+    /// for), or None when no dest is available; [`Scheduler::bind`] it once the session exists.
+    /// `stats` (indexed by dest id) are this worker's counters; `key` describes the flow.
     #[inline]
     pub fn pick(&mut self, dests: &[Dest], stats: &[DestStats], key: &SchedKey) -> Option<usize> {
         let over = &mut self.over;
-        let r = match &mut self.algo {
+        match &mut self.algo {
             Algo::Rr { next } => {
                 let n = dests.len();
                 let mut r = None;
@@ -421,11 +422,7 @@ impl Scheduler {
             Algo::Lblc(t) => t.lblc(dests, stats, over, key),
             Algo::Lblcr(t) => t.lblcr(dests, stats, over, key),
             Algo::Mh(m) => m.get(dests, stats, over, key),
-        };
-        if let Some(i) = r {
-            over.bind(i, &dests[i], stats);
         }
-        r
     }
 
     /// The Maglev lookup table (dest indices, `u32::MAX` = empty) when this is `mh`.
@@ -1630,8 +1627,9 @@ mod ipvs_tests {
         let st = stats(&[(0, 8), (100, 0)]);
         // 8 sessions: available (wlc would pick it anyway: 8 < 25600).
         assert_eq!(s.pick(&d, &st, &key(0)), Some(0));
-        st[0].inactive.inc(); // 9 → the pick binds the 10th: overloaded from then on.
+        st[0].inactive.inc(); // 9 → the 10th, bound: overloaded from then on.
         assert_eq!(s.pick(&d, &st, &key(0)), Some(0));
+        s.bind(0, &d, &st);
         st[0].inactive.inc();
         assert_eq!(s.pick(&d, &st, &key(0)), Some(1));
         // Dropping to 5 is not below lower: still overloaded.

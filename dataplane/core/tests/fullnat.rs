@@ -1580,3 +1580,41 @@ fn twos_draws_apart_per_worker_and_per_publish() {
     assert_ne!(w0, w1, "two workers drew alike");
     assert_ne!(w0, w0_again, "a publish started the same draws again");
 }
+
+/// A real server is flagged overloaded by the sessions it gets, not by picks whose session was
+/// refused: a SYN refused for want of an lport does not count toward its upper threshold.
+#[test]
+fn a_refused_connection_does_not_count_toward_the_upper_threshold() {
+    let mut c = cfg();
+    c.services[0].sched = Sched::Fo;
+    c.services[0].dests[0].upper = 3;
+    c.services[0].dests[0].lower = 1;
+    // Two lports: two sessions, then none until one is released.
+    c.fullnat.lport_min = 5000;
+    c.fullnat.lport_max = 5001;
+    c.fullnat.lport_reuse_delay_ms = 0;
+    let (mut s, mut io, cn) = setup(c);
+    // fo: the heaviest (RS 1, weight 3) while available. The first connection is established
+    // (it lives on), the second stays in SYN_RECV (it times out).
+    let (lport, i) = open(&mut s, &mut io, 100, 0);
+    assert_eq!(i, 1);
+    handle(&mut s, &mut io, 1, &r2l(i, lport, SYNACK, &[], &[]), 0);
+    handle(&mut s, &mut io, 0, &c2v(100, ACK, &[], &[]), 0);
+    io.take();
+    assert_eq!(open(&mut s, &mut io, 101, 0).1, 1);
+    io.take();
+    // RS 1 is picked for a third (2 + 1 = upper), but no lport is left: refused.
+    handle(&mut s, &mut io, 0, &c2v(102, SYN, &[], &[]), 0);
+    assert!(io.take().is_empty());
+    assert_eq!(cn.drops(DropReason::LportExhausted), 1);
+    // The SYN_RECV one times out: RS 1 has 1 session, never had 3: a new client goes to it.
+    for t in (0..=62).map(|k| k * 1000) {
+        s.poll_timers(&mut io, t);
+    }
+    for i in 1..=3 {
+        s.neigh_update(&mut io, 1, ip(&rip(i)), MacAddr(rs_mac(i)), 62_000);
+    }
+    io.take();
+    assert_eq!(s.session_count(), 1);
+    assert_eq!(open(&mut s, &mut io, 103, 62_000).1, 1);
+}
