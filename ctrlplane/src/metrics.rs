@@ -64,7 +64,7 @@ pub struct Sample {
     pub reloads_failed: u64,
     /// Control-socket requests answered with an error, by reason
     /// ([`crate::ctl::server::RequestError::ALL`] order).
-    pub control_errors: [u64; 4],
+    pub control_errors: [u64; crate::ctl::server::RequestError::ALL.len()],
 }
 
 /// Where the collector gets its [`Sample`] from (rvsd's control side, or a test fake).

@@ -804,8 +804,7 @@ pub const MAX_REALS: usize = 4096;
 /// Longest session timeout in seconds (2^31 ms), in the file and by `rvsadm --set`.
 pub const MAX_TIMEOUT_S: u32 = (1 << 31) / 1000;
 
-/// Whether `ip` lies in `net/len`.
-pub(crate) use parse::contains;
+pub(crate) use parse::reachability;
 
 /// Largest configuration file [`Config::load`] reads (16 MiB: some 50 000 real servers' worth).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;

@@ -1773,10 +1773,7 @@ fn parse_service(
                 ),
             ));
         }
-        let connected = ports
-            .iter()
-            .any(|p| p.addresses.iter().any(|&(a, l)| contains(a, l, ip)));
-        let routed = routes.iter().any(|r| contains(r.prefix.0, r.prefix.1, ip));
+        let (connected, routed) = reachability(ports, routes, ip);
         if !connected && !routed {
             return Err(rt.err(
                 "ip",
@@ -2145,8 +2142,22 @@ fn nth_host(net: IpAddr, n: u128) -> IpAddr {
     from_bits(net, to_bits(net).wrapping_add(n))
 }
 
+/// Whether `ip` is on a connected subnet of `ports`, and whether a route of `routes` covers it
+/// (a real server needs one of them; a DR real server the first).
+pub(crate) fn reachability(
+    ports: &[PortConfig],
+    routes: &[RouteConfig],
+    ip: IpAddr,
+) -> (bool, bool) {
+    let connected = ports
+        .iter()
+        .any(|p| p.addresses.iter().any(|&(a, l)| contains(a, l, ip)));
+    let routed = routes.iter().any(|r| contains(r.prefix.0, r.prefix.1, ip));
+    (connected, routed)
+}
+
 /// Whether `ip` lies in `net/len`.
-pub(crate) fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+pub(super) fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     net.is_ipv4() == ip.is_ipv4() && to_bits(net) & mask(net, len) == to_bits(ip) & mask(net, len)
 }
 

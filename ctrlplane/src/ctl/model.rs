@@ -108,7 +108,7 @@ impl Model {
         let used: std::collections::HashSet<u32> = self.ids.values().copied().collect();
         let n = self.max_dests;
         let id = (0..n)
-            .map(|k| (self.next_id % n.max(1) + k) % n)
+            .map(|k| (self.next_id + k) % n)
             .find(|i| !used.contains(i))?;
         self.next_id = (id + 1) % n;
         Some(id)
@@ -186,14 +186,7 @@ impl Model {
         if r.addr.ip().is_ipv4() != s.vip.is_ipv4() {
             return err(code::EINVAL, "Illegal address: real server and virtual service of different families (NAT64 is not supported yet)");
         }
-        let connected = self
-            .ports
-            .iter()
-            .any(|p| p.addresses.iter().any(|&(a, l)| config::contains(a, l, ip)));
-        let routed = self
-            .routes
-            .iter()
-            .any(|rt| config::contains(rt.prefix.0, rt.prefix.1, ip));
+        let (connected, routed) = config::reachability(&self.ports, &self.routes, ip);
         if !connected && !routed {
             return err(
                 code::EINVAL,

@@ -62,7 +62,7 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// Every reason, in the order of their indexes.
+    /// Every reason, in the order of their indexes (`reason as usize`).
     pub const ALL: [RequestError; 4] = [
         RequestError::Malformed,
         RequestError::TooLarge,

@@ -283,15 +283,15 @@ impl Services {
             });
         }
         let any_port0 = confs.iter().any(|c| c.mark.is_none() && c.vport == 0);
-        let nat: Vec<IpAddr> = confs
-            .iter()
-            .flat_map(|c| c.dests.iter())
-            .filter(|d| d.fwd == Fwd::Nat)
-            .map(|d| d.rip)
-            .collect();
-        let mut nat_rips = FixedMap::with_capacity(nat.len().max(1));
-        for r in nat {
-            let _ = nat_rips.insert(r, ());
+        let nat_dests = || {
+            confs
+                .iter()
+                .flat_map(|c| &c.dests)
+                .filter(|d| d.fwd == Fwd::Nat)
+        };
+        let mut nat_rips = FixedMap::with_capacity(nat_dests().count().max(1));
+        for d in nat_dests() {
+            let _ = nat_rips.insert(d.rip, ());
         }
         Ok(Services {
             map,

@@ -83,8 +83,8 @@ pub struct Daemon {
     /// Reloads applied / refused or rolled back (`rvs_reloads_total{result}`).
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
-    /// Control requests answered with an error, by [`RequestError::ALL`] index.
-    control_errors: [AtomicU64; 4],
+    /// Control requests answered with an error, indexed by `RequestError as usize`.
+    control_errors: [AtomicU64; RequestError::ALL.len()],
 }
 
 impl Daemon {
@@ -210,7 +210,15 @@ impl Daemon {
     /// What the metrics endpoint exports from the control side: the services with their
     /// monotonic counters (not reset by `-Z`) and rates, the configuration generation, and the
     /// reloads applied / failed. Only reads counters.
-    pub fn metrics_sample(&self) -> (Vec<ServiceView>, u64, u64, u64, [u64; 4]) {
+    pub fn metrics_sample(
+        &self,
+    ) -> (
+        Vec<ServiceView>,
+        u64,
+        u64,
+        u64,
+        [u64; RequestError::ALL.len()],
+    ) {
         let g = self.lock();
         (
             self.views_of(&g, false),
@@ -652,9 +660,7 @@ impl health::Sink for Daemon {
 
 impl Handler for Daemon {
     fn count_error(&self, why: RequestError) {
-        if let Some(i) = RequestError::ALL.iter().position(|&w| w == why) {
-            self.control_errors[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.control_errors[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn handle(&self, req: Request) -> Response {
