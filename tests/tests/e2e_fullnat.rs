@@ -23,6 +23,7 @@ fn config(dir: &Path, prefix: &str, pmd: &str, workers: &[u32], timeouts: &str) 
     } else {
         (String::new(), String::new())
     };
+    let socket = test_socket(&format!("{prefix}-fnat")).display().to_string();
     let cfg = format!(
         r#"
 [eal]
@@ -31,6 +32,9 @@ args = ["--log-level", "*:warning"]
 {eal_lcores}
 [dataplane]
 workers = {workers:?}
+
+[control]
+socket = "{socket}"
 
 [fullnat]
 sessions = 16384
@@ -298,8 +302,22 @@ fn fullnat_two_workers_redirect_and_sessions_expire() {
         "no request fails with 2 workers ({by_rs:?})\n{}",
         rvsd.log_text()
     );
-    // Shortened timeouts: every session expires.
-    std::thread::sleep(std::time::Duration::from_secs(6));
+    // Shortened timeouts: every session expires (both workers' tables listed over the control
+    // socket until empty).
+    let sock = test_socket(&format!("{}-fnat", topo.prefix));
+    let rvsadm = rvsd_bin().with_file_name("rvsadm");
+    let mut listing = String::new();
+    wait_until("every session to expire", || {
+        listing = text(&sh(&format!(
+            "{} --socket {} -L -n -c",
+            rvsadm.display(),
+            sock.display()
+        )));
+        listing.starts_with("IPVS connection entries")
+            && !listing
+                .lines()
+                .any(|l| l.starts_with("TCP") || l.starts_with("UDP"))
+    });
     let (clean, log) = rvsd.stop();
     assert!(clean, "{log}");
     assert!(

@@ -14,7 +14,11 @@ fn config(dir: &std::path::Path, prefix: &str, pmd: &str) -> PathBuf {
     let text = std::fs::read_to_string(root().join("configs/demo.toml"))
         .unwrap()
         .replace("rvs-demo", &format!("{prefix}-e2e"))
-        .replace("net_af_xdp", pmd);
+        .replace("net_af_xdp", pmd)
+        + &format!(
+            "\n[control]\nsocket = \"{}\"\n",
+            test_socket(&format!("{prefix}-e2e")).display()
+        );
     let path = dir.join(format!("rvsd-{pmd}.toml"));
     std::fs::write(&path, text).unwrap();
     path
@@ -161,10 +165,15 @@ fn gateway_answers_arp_and_ping_and_routes_between_namespaces() {
         log.contains("final statistics") && log.contains("port 0 \"client\": rx"),
         "final stats:\n{log}"
     );
-    assert!(
-        log.contains("icmp_echo_replies 3"),
+    assert_eq!(
+        final_counter(&log, "icmp_echo_replies"),
+        3,
         "echo replies counted:\n{log}"
     );
-    assert!(log.contains("ttl_exceeded 1"), "TTL drop counted:\n{log}");
+    assert_eq!(
+        final_counter(&log, "ttl_exceeded"),
+        1,
+        "TTL drop counted:\n{log}"
+    );
     drop(topo);
 }

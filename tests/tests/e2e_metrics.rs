@@ -161,33 +161,35 @@ fn prometheus_server_query_and_rate_estimator() {
     );
     assert!(o.status.success());
     let client_rate = (secs * 9) as f64 / t0.elapsed().as_secs_f64();
-    let (_, rate) = Command::new(rvsd_bin().with_file_name("rvsadm"))
-        .arg("--socket")
-        .arg(&sock)
-        .args(["-L", "-n", "--rate"])
-        .output()
-        .map(|o| {
-            (
-                o.status.code(),
-                String::from_utf8_lossy(&o.stdout).to_string(),
-            )
-        })
-        .unwrap();
-    let cps: f64 = rate
-        .lines()
-        .find(|l| l.starts_with("TCP"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no CPS in:\n{rate}"));
+    let rvsadm_cps = || -> (f64, String) {
+        let o = Command::new(rvsd_bin().with_file_name("rvsadm"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(["-L", "-n", "--rate"])
+            .output()
+            .unwrap();
+        let rate = String::from_utf8_lossy(&o.stdout).to_string();
+        let cps = rate
+            .lines()
+            .find(|l| l.starts_with("TCP"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no CPS in:\n{rate}"));
+        (cps, rate)
+    };
+    let (cps, rate) = rvsadm_cps();
     assert!(
         (cps - client_rate).abs() <= client_rate * 0.35 + 1.0,
         "rvsadm --rate CPS {cps} vs the client's {client_rate:.1}/s\n{rate}"
     );
     let scrape = ns(&gw, "curl -s --max-time 5 http://127.0.0.1:9400/metrics");
     let metric_cps = series_sum(&String::from_utf8_lossy(&scrape.stdout), "rvs_service_cps");
+    // The estimator moves every 2 s (and decays now that the load stopped): the scrape reads what
+    // rvsadm read just before it or reads just after it.
+    let (cps_after, _) = rvsadm_cps();
     assert!(
-        (metric_cps - cps).abs() <= 1.0,
-        "metric cps {metric_cps} vs rvsadm {cps}"
+        (metric_cps - cps).abs() <= 1.0 || (metric_cps - cps_after).abs() <= 1.0,
+        "metric cps {metric_cps} vs rvsadm {cps} before, {cps_after} after"
     );
 
     // PromQL over Prometheus's HTTP API: the connections of the service equal the requests made.

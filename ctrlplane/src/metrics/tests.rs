@@ -463,9 +463,9 @@ fn cardinality_bound_1000_services() {
         .filter(|(n, _, _)| n.starts_with("rvs_real_"))
         .count();
     assert_eq!((svc, real), (12_000, 12_000));
-    // About 2 MB and 40 ms (release) in practice; allow 4 MiB and 2 s (debug, loaded machine).
+    // About 2 MB in practice (and about 40 ms in release: printed, not asserted; speed
+    // belongs to perf/).
     assert!(text.len() < 4 << 20, "render is {} bytes", text.len());
-    assert!(took.as_secs_f64() < 2.0, "render took {took:?}");
 }
 
 #[test]

@@ -22,6 +22,8 @@ fn a_late_answer_is_not_the_next_commands() {
     } = rig("late", 32);
     let (mut link, wctl) = mailbox(0).unwrap();
     let mut worker = worker.with_ctl(wctl);
+    // The worker starts polling only once the first call has given up (no timing assumed).
+    let (gave_up, first_done) = std::sync::mpsc::channel();
     let ctl = std::thread::spawn(move || {
         let listing = Box::new(Cmd::Sessions {
             start: 0,
@@ -31,6 +33,7 @@ fn a_late_answer_is_not_the_next_commands() {
         let first = link.call(listing, Duration::from_millis(20));
         assert!(first.is_err(), "nobody polls yet: {first:?}");
         assert_eq!(link.late(), 1);
+        gave_up.send(()).unwrap();
         let snap = Arc::new(Snapshot {
             generation: 2,
             services: services(RIP_B, 0),
@@ -53,7 +56,11 @@ fn a_late_answer_is_not_the_next_commands() {
             late_left,
         )
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // An Err here: the control thread panicked before giving up (its join below says why).
+    if first_done.recv().is_err() {
+        ctl.join().unwrap();
+        unreachable!("the control thread ended without giving up");
+    }
     worker.start();
     while !ctl.is_finished() {
         worker.poll_once();
