@@ -1316,32 +1316,21 @@ impl<P: PacketBuf> Stack<P> {
     /// Replace the service set (control operation; allocates). Existing sessions are untouched:
     /// they keep their RIP:rport, LIP:lport and dest id until they expire, even if their service
     /// or dest is gone; only new sessions use the new set. New VIPs and LIPs are added to the
-    /// owned set (without a gratuitous ARP: call [`Stack::add_owned`] first to announce them);
-    /// addresses no longer used stay owned until [`Stack::remove_owned`]. Scheduler state is
-    /// reset. On error nothing changes.
+    /// owned set (without a gratuitous ARP: [`Stack::announce`] them after); VIPs and LIPs no
+    /// longer used are released (see `own_services`: their sessions' packets are no longer
+    /// taken — drain a service with weight 0 before deleting it, as with LVS). Scheduler state
+    /// is reset. On error nothing changes.
     pub fn set_services(&mut self, services: &[ServiceConf]) -> Result<(), ServiceError> {
         let f = &mut self.fnat;
         let mut svcs =
             Services::build(services, f.conf.max_dests, self.ports.len(), &mut f.lports)?;
+        self.own_services(services)
+            .map_err(|_| ServiceError::TooManyAddrs)?;
+        let f = &mut self.fnat;
         svcs.seed(f.worker, f.builds);
         f.builds += 1;
         f.nat_enabled |= svcs.any_nat();
         f.services = svcs;
-        for s in services {
-            match s.mark {
-                Some(m) => {
-                    for a in m.owned_addrs() {
-                        self.own_quiet(s.vip_port, a);
-                    }
-                }
-                None => {
-                    self.own_quiet(s.vip_port, s.vip);
-                }
-            }
-            for l in &s.lips {
-                self.own_quiet(s.lip_port, *l);
-            }
-        }
         self.reclassify_owned();
         Ok(())
     }

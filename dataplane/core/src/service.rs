@@ -103,6 +103,8 @@ pub enum ServiceError {
     TooManyMarks,
     /// A match service with mark 0, an IPv6 prefix or an empty port range.
     BadMatch(u32),
+    /// The VIPs and LIPs do not fit the owned address set (with the ports' addresses).
+    TooManyAddrs,
 }
 
 impl std::fmt::Display for ServiceError {
@@ -138,6 +140,11 @@ impl std::fmt::Display for ServiceError {
             ServiceError::TooManyMarks => {
                 write!(f, "more than {MAX_MATCH_SERVICES} match services")
             }
+            ServiceError::TooManyAddrs => write!(
+                f,
+                "more than {} addresses to own (VIPs, match prefixes, LIPs, port addresses)",
+                crate::stack::OWNED_CAPACITY
+            ),
             ServiceError::BadMatch(m) => write!(
                 f,
                 "match service mark {m}: mark 0, IPv6 prefix or empty port range"

@@ -20,7 +20,7 @@
 
 use crate::addr::{MacAddr, Prefix};
 use crate::checksum::{checksum, ip_header_checksum, update_u16};
-use crate::config::StackConfig;
+use crate::config::{ServiceConf, StackConfig};
 use crate::counters::{CoreCounters, DropReason};
 use crate::fixedmap::FixedMap;
 use crate::fullnat::Fullnat;
@@ -82,6 +82,22 @@ impl fmt::Display for ConfigError {
     }
 }
 impl std::error::Error for ConfigError {}
+
+/// What `services` own: each VIP (or each address of a match prefix) on its VIP port, each LIP on
+/// its LIP port; sorted, without duplicates.
+fn service_addrs(services: &[ServiceConf]) -> Vec<(PortIdx, IpAddr)> {
+    let mut v = Vec::new();
+    for s in services {
+        match s.mark {
+            Some(m) => v.extend(m.owned_addrs().into_iter().map(|a| (s.vip_port, a))),
+            None => v.push((s.vip_port, s.vip)),
+        }
+        v.extend(s.lips.iter().map(|&l| (s.lip_port, l)));
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
 
 /// Error of [`Stack::add_owned`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +245,9 @@ pub struct Stack<P: PacketBuf> {
     /// The IPv4 members of `owned`, keyed by the address's `u32` (the per-packet lookup; a
     /// copy kept in step wherever `owned` changes: `own`, `remove_owned`, reclassification).
     pub(crate) owned_v4: FixedMap<u32, Owned>,
+    /// The addresses the services own (VIPs, match prefixes, LIPs) on their ports, sorted: what
+    /// a new service set releases when it no longer uses them.
+    svc_owned: Vec<(PortIdx, IpAddr)>,
     /// Directed broadcast addresses of the connected IPv4 subnets.
     bcast: Vec<Ipv4Addr>,
     icmp_bucket: TokenBucket,
@@ -300,6 +319,7 @@ impl<P: PacketBuf> Stack<P> {
             neigh: NeighTable::new(&cfg.neigh),
             owned,
             owned_v4: FixedMap::with_capacity(OWNED_CAPACITY),
+            svc_owned: Vec::new(),
             bcast,
             icmp_bucket: TokenBucket::new(cfg.icmp_ratelimit_per_s),
             ip_id: 0,
@@ -309,30 +329,61 @@ impl<P: PacketBuf> Stack<P> {
             fast: true,
         };
         // VIPs and LIPs are owned (ARP answered, announced by on_start) on their ports.
-        for s in &cfg.services {
-            let vips = match s.mark {
-                Some(m) => m.owned_addrs(),
-                None => vec![s.vip],
-            };
-            for v in vips {
-                if !st.own_quiet(s.vip_port, v) {
-                    return Err(ConfigError::TooManyAddrs);
-                }
-            }
-            for l in &s.lips {
-                if !st.own_quiet(s.lip_port, *l) {
-                    return Err(ConfigError::TooManyAddrs);
-                }
+        let want = service_addrs(&cfg.services);
+        for &(port, ip) in &want {
+            if st.own(port, ip).is_err() {
+                return Err(ConfigError::TooManyAddrs);
             }
         }
+        st.svc_owned = want;
         st.reclassify_owned();
         Ok(st)
     }
 
-    /// Own `ip` on `port` without announcing it. False when the owned set is full or the port
-    /// does not exist.
-    pub(crate) fn own_quiet(&mut self, port: PortIdx, ip: IpAddr) -> bool {
-        self.own(port, ip).is_ok()
+    /// Own what `services` use and release what the services before them used and these do not
+    /// (never a port's own address): a VIP or LIP no longer configured is no longer answered for
+    /// (ARP, ICMP, its sessions' packets), as an LVS box whose VIP is taken down. All or nothing:
+    /// when the owned set cannot hold the new addresses, nothing changes. Control path.
+    pub(crate) fn own_services(&mut self, services: &[ServiceConf]) -> Result<(), OwnedError> {
+        let want = service_addrs(services);
+        let old = std::mem::take(&mut self.svc_owned);
+        let is_port_addr = |st: &Self, port: PortIdx, ip: IpAddr| {
+            st.ports
+                .get(port as usize)
+                .is_some_and(|p| p.addrs.iter().any(|a| a.addr == ip))
+        };
+        let gone: Vec<(PortIdx, IpAddr)> = old
+            .iter()
+            .copied()
+            .filter(|a| want.binary_search(a).is_err() && !is_port_addr(self, a.0, a.1))
+            .collect();
+        let mut released = Vec::with_capacity(gone.len());
+        for (port, ip) in gone {
+            if self.remove_owned(port, ip) {
+                released.push((port, ip));
+            }
+        }
+        let mut added = Vec::new();
+        for &(port, ip) in &want {
+            match self.own(port, ip) {
+                Ok(true) => added.push((port, ip)),
+                Ok(false) => {}
+                Err(e) => {
+                    // Back to what was: the released addresses fit again once the added ones
+                    // are gone.
+                    for &(p, a) in &added {
+                        self.remove_owned(p, a);
+                    }
+                    for &(p, a) in &released {
+                        let _ = self.own(p, a);
+                    }
+                    self.svc_owned = old;
+                    return Err(e);
+                }
+            }
+        }
+        self.svc_owned = want;
+        Ok(())
     }
 
     /// Own `ip` on `port`, classified for FULLNAT when new. `Ok(false)` when it already was.
@@ -428,6 +479,18 @@ impl<P: PacketBuf> Stack<P> {
         list.sort_unstable();
         for (p, ip) in list {
             self.send_garp(io, p, ip);
+        }
+    }
+
+    /// Announce `ip` on `port` with a gratuitous ARP when it is an IPv4 address owned there (a
+    /// VIP or LIP a new service set brought). Returns whether it was sent.
+    pub fn announce<I: Io<Pkt = P>>(&self, io: &mut I, port: PortIdx, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) if self.is_owned_on(port, ip) => {
+                self.send_garp(io, port, v4);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -1217,6 +1217,77 @@ fn config_validation() {
     assert_eq!(s.counters().drops(DropReason::LocalL4), before + 1);
 }
 
+#[test]
+fn a_new_service_set_releases_what_it_no_longer_uses_and_announces_what_it_brings() {
+    let (mut s, mut io, c) = setup(cfg());
+    let moved = |vip: &str, lip: &str| {
+        let mut v = cfg().services;
+        for svc in &mut v {
+            svc.vip = ip(vip);
+            svc.lips = vec![ip(lip)];
+        }
+        v
+    };
+    // VIP and LIP move: the old ones are no longer owned, the new ones are (and announced by
+    // the worker with `announce`); the ports' own addresses stay.
+    s.set_services(&moved("192.0.2.102", "10.1.0.102")).unwrap();
+    assert!(!s.is_owned(ip(VIP)) && !s.is_owned(ip(LIP)));
+    assert!(s.is_owned_on(0, ip("192.0.2.102")) && s.is_owned_on(1, ip("10.1.0.102")));
+    assert!(s.is_owned_on(0, ip("192.0.2.1")) && s.is_owned_on(1, ip("10.1.0.1")));
+    let garps = c.garp_sent.get();
+    assert!(s.announce(&mut io, 0, ip("192.0.2.102")));
+    assert!(!s.announce(&mut io, 0, ip(VIP)), "not owned: not announced");
+    assert!(
+        !s.announce(&mut io, 1, ip("192.0.2.102")),
+        "not on that port"
+    );
+    let (port, f) = io.one();
+    assert_eq!(port, 0);
+    assert_eq!(
+        &f[28..32],
+        &v4("192.0.2.102"),
+        "a gratuitous ARP for the new VIP"
+    );
+    assert_eq!(c.garp_sent.get(), garps + 1);
+    // A client of the old VIP makes no session any more.
+    handle(&mut s, &mut io, 0, &c2v(41000, SYN, &[], &[]), 0);
+    assert_eq!(c.sessions_created.get(), 0);
+    io.take();
+    // A service whose VIP is the port's own address: removing the service keeps the address.
+    s.set_services(&moved("192.0.2.1", "10.1.0.102")).unwrap();
+    s.set_services(&cfg().services).unwrap();
+    assert!(
+        s.is_owned_on(0, ip("192.0.2.1")),
+        "a port address is never released"
+    );
+    assert!(s.is_owned_on(0, ip(VIP)) && s.is_owned_on(1, ip(LIP)));
+    assert!(!s.is_owned(ip("192.0.2.102")) && !s.is_owned(ip("10.1.0.102")));
+    // More addresses than the owned set holds (17 match services of 256 addresses): refused as
+    // a whole, nothing changes.
+    let mut big = cfg().services;
+    for k in 0..17u32 {
+        let mut m = big[0].clone();
+        m.vip = ip(&format!("198.18.{k}.0"));
+        m.vport = 0;
+        m.dests = vec![dest(10 + k, 1, 0, 1)];
+        m.mark = Some(rvs_core::ServiceMatch {
+            mark: k + 1,
+            proto: Proto::Tcp,
+            dst: format!("198.18.{k}.0/24").parse().unwrap(),
+            dport: (80, 80),
+            src: None,
+        });
+        big.push(m);
+    }
+    assert_eq!(
+        s.set_services(&big),
+        Err(rvs_core::service::ServiceError::TooManyAddrs)
+    );
+    assert!(!s.is_owned(ip("198.18.0.1")));
+    assert!(s.is_owned_on(0, ip(VIP)) && s.is_owned_on(1, ip(LIP)));
+    assert_eq!(s.service_count(), 2);
+}
+
 // ------------------------------------------------------------------------------------- Property
 
 struct Rng(u64);

@@ -196,7 +196,7 @@ impl Worker {
 
     /// Serve a control command, between two bursts.
     #[cold]
-    fn control(&mut self, mut cmd: Box<Cmd>, now: u64) {
+    fn control(&mut self, mut cmd: Box<Cmd>) {
         match &mut *cmd {
             Cmd::Apply { new, old, result } => {
                 *result = self
@@ -205,8 +205,10 @@ impl Worker {
                     .map_err(|e| e.to_string());
                 if result.is_ok() {
                     self.stack.set_timeouts(new.timeouts);
+                    // The new VIPs and LIPs (owned by set_services) tell the routers and
+                    // servers where they now live.
                     for &(port, ip) in &new.announce {
-                        let _ = self.stack.add_owned(&mut self.io, port, ip, now);
+                        self.stack.announce(&mut self.io, port, ip);
                     }
                     *old = self.snapshot.replace(new.clone());
                 }
@@ -294,7 +296,7 @@ impl Worker {
         // timers: releasing must keep up with the connection rate.
         self.stack.expire_sessions(now);
         if let Some(cmd) = self.ctl.as_mut().and_then(|c| c.poll()) {
-            self.control(cmd, now);
+            self.control(cmd);
         }
         self.polls_since_timer += 1;
         if self.polls_since_timer >= TIMER_EVERY_POLLS || now != self.last_timer_ms {
