@@ -11,7 +11,8 @@ use std::net::IpAddr;
 
 use super::proto::{code, Fwd, Op, Proto, RealSpec, ServiceKey, ServiceSpec, TimeoutsView};
 use crate::config::{
-    self, Config, Forward, PortConfig, RealConfig, Scheduler, ServiceConfig, TimeoutsConfig,
+    self, CheckConfig, Config, Forward, PortConfig, RealConfig, Scheduler, ServiceConfig,
+    TimeoutsConfig,
 };
 
 /// A failed operation: errno-like code and message.
@@ -37,6 +38,34 @@ pub struct Model {
     next_id: u32,
     /// Bumped by every successful change.
     pub generation: u64,
+    /// The health checks the file defines, by service and by real server: a service or real
+    /// server that rvsadm deletes and adds again (`-D`/`-A`, `-d`/`-a`, `-C` then `-R` of a saved
+    /// listing, which has no checks) gets its file check back instead of none.
+    checks: FileChecks,
+}
+
+/// The checks of a configuration file (`[service.check]`, `[service.real.check]`).
+#[derive(Clone, Debug, Default)]
+struct FileChecks {
+    service: HashMap<ServiceKey, CheckConfig>,
+    real: HashMap<(ServiceKey, IpAddr, u16), CheckConfig>,
+}
+
+impl FileChecks {
+    fn of(cfg: &Config) -> FileChecks {
+        let mut c = FileChecks::default();
+        for s in &cfg.services {
+            if let Some(ch) = &s.check {
+                c.service.insert(key_of(s), ch.clone());
+            }
+            for r in &s.reals {
+                if let Some(ch) = &r.check {
+                    c.real.insert((key_of(s), r.ip, r.port), ch.clone());
+                }
+            }
+        }
+        c
+    }
 }
 
 pub fn key_of(s: &ServiceConfig) -> ServiceKey {
@@ -92,6 +121,7 @@ impl Model {
             max_dests,
             next_id: 0,
             generation: 1,
+            checks: FileChecks::of(cfg),
         };
         m.services = cfg.services.clone();
         for s in &cfg.services {
@@ -162,10 +192,15 @@ impl Model {
         Ok(after.into_iter().filter(|a| !before.contains(a)).collect())
     }
 
-    fn owned_addrs(&self) -> Vec<(usize, IpAddr)> {
+    /// What the services own, (port, address), sorted: each VIP (every address of a match
+    /// prefix of at most [`rvs_core::MATCH_OWN_MAX`] addresses) and each LIP, as the workers do.
+    pub fn owned_addrs(&self) -> Vec<(usize, IpAddr)> {
         let mut v: Vec<(usize, IpAddr)> = Vec::new();
         for s in &self.services {
-            v.push((s.port, s.vip));
+            match &s.mark {
+                Some(m) => v.extend(match_addrs(m).into_iter().map(|a| (s.port, a))),
+                None => v.push((s.port, s.vip)),
+            }
             v.extend(s.lips.iter().map(|&l| (s.lip_port, l)));
         }
         v.sort();
@@ -271,7 +306,7 @@ impl Model {
                     lips: Vec::new(),
                     lip_port: port,
                     reals: Vec::new(),
-                    check: None,
+                    check: self.checks.service.get(&spec.key).cloned(),
                     mark: None,
                 });
             }
@@ -332,7 +367,11 @@ impl Model {
                     forward: forward_of(real.fwd),
                     upper: real.upper,
                     lower: real.lower,
-                    check: None,
+                    check: self
+                        .checks
+                        .real
+                        .get(&(*key, real.addr.ip(), real.addr.port()))
+                        .cloned(),
                 });
             }
             Op::EditReal { key, real } => {
@@ -499,6 +538,7 @@ impl Model {
         }
         self.services = cfg.services.clone();
         self.timeouts = cfg.fullnat.timeouts.clone();
+        self.checks = FileChecks::of(cfg);
         if !changes.is_empty() {
             self.generation += 1;
         }
@@ -515,6 +555,19 @@ impl Model {
             sched_flags: s.sched_flags.clone(),
         }
     }
+}
+
+/// The addresses of a match service's prefix that rvs owns (none past
+/// [`rvs_core::MATCH_OWN_MAX`]).
+fn match_addrs(m: &config::MatchConfig) -> Vec<IpAddr> {
+    rvs_core::ServiceMatch {
+        mark: m.mark,
+        proto: rvs_core::Proto::Tcp, // owning does not depend on it
+        dst: m.dst,
+        dport: m.dport,
+        src: m.src,
+    }
+    .owned_addrs()
 }
 
 /// `a.b.c.d:port` or `[v6]:port`.
@@ -678,6 +731,100 @@ lips = ["198.51.100.2"]
 
     /// As in the configuration file, a real server added by `rvsadm -a`/`-e` is another host:
     /// not a port address, VIP or local address of rvs.
+    /// A service or real server rvsadm deletes and adds again (or `-C` then `-R`) gets the
+    /// health check the file gives it back; a reload takes the file's checks anew.
+    #[test]
+    fn file_checks_come_back_with_a_re_added_service_or_real() {
+        let text = r#"
+[[port]]
+name = "client"
+device = "net_null0"
+addresses = ["192.0.2.1/24"]
+[[port]]
+name = "servers"
+device = "net_null1"
+addresses = ["198.51.100.1/24"]
+[[service]]
+proto = "tcp"
+vip = "192.0.2.10"
+vport = 80
+scheduler = "wrr"
+lips = ["198.51.100.2"]
+  [service.check]
+  type = "tcp"
+  [[service.real]]
+  ip = "198.51.100.11"
+  [[service.real]]
+  ip = "198.51.100.12"
+    [service.real.check]
+    type = "http"
+"#;
+        let cfg = Config::parse(text, Path::new("t.toml")).unwrap();
+        let mut m = Model::from_config(&cfg, 16);
+        let svc_check = cfg.services[0].check.clone();
+        let real_check = cfg.services[0].reals[1].check.clone();
+        assert!(svc_check.is_some() && real_check.is_some());
+        let k = key("192.0.2.10", 80);
+        let spec = Model::spec_of(&m.services[0]);
+        // -d / -a of the real server with its own check.
+        m.apply(&Op::DelReal {
+            key: k,
+            addr: "198.51.100.12:80".parse().unwrap(),
+        })
+        .unwrap();
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.12:80", Fwd::FullNat, 1),
+        })
+        .unwrap();
+        assert_eq!(m.services[0].reals[1].check, real_check);
+        // -C, then what -S saved: the service check and the real server's check are back.
+        for op in [
+            Op::Clear,
+            Op::AddService { spec: spec.clone() },
+            Op::AddLaddr {
+                key: k,
+                lip: "198.51.100.2".parse().unwrap(),
+            },
+            Op::AddReal {
+                key: k,
+                real: real("198.51.100.11:80", Fwd::FullNat, 1),
+            },
+            Op::AddReal {
+                key: k,
+                real: real("198.51.100.12:80", Fwd::FullNat, 1),
+            },
+        ] {
+            m.apply(&op).unwrap();
+        }
+        assert_eq!(m.services[0].check, svc_check);
+        assert_eq!(m.services[0].reals[0].check, None, "the service's applies");
+        assert_eq!(m.services[0].reals[1].check, real_check);
+        // A real server the file never had gets none of its own; another service none.
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.13:80", Fwd::FullNat, 1),
+        })
+        .unwrap();
+        assert_eq!(m.services[0].reals[2].check, None);
+        let mut other = spec.clone();
+        other.key = key("192.0.2.11", 80);
+        m.apply(&Op::AddService { spec: other }).unwrap();
+        assert_eq!(m.services[1].check, None);
+        // A reload without checks: re-adding no longer brings them.
+        let plain = Config::parse(
+            &text
+                .replace("  [service.check]\n  type = \"tcp\"\n", "")
+                .replace("    [service.real.check]\n    type = \"http\"\n", ""),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        m.replace(&plain);
+        m.apply(&Op::DelService { key: k }).unwrap();
+        m.apply(&Op::AddService { spec }).unwrap();
+        assert_eq!(m.services.last().unwrap().check, None);
+    }
+
     #[test]
     fn a_real_server_is_not_rvs_itself() {
         let mut m = model();

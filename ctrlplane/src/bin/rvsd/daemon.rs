@@ -530,22 +530,12 @@ fn add_rates(a: Rates, b: Rates) -> Rates {
 }
 
 fn announce_of(before: &Model, after: &Model) -> Vec<(usize, std::net::IpAddr)> {
-    let addrs = |m: &Model| {
-        let mut v = Vec::new();
-        for s in &m.services {
-            v.push((s.port, s.vip));
-            v.extend(s.lips.iter().map(|&l| (s.lip_port, l)));
-        }
-        v
-    };
-    let old = addrs(before);
-    let mut new: Vec<_> = addrs(after)
+    let old = before.owned_addrs();
+    after
+        .owned_addrs()
         .into_iter()
-        .filter(|a| !old.contains(a))
-        .collect();
-    new.sort();
-    new.dedup();
-    new
+        .filter(|a| old.binary_search(a).is_err())
+        .collect()
 }
 
 /// IPVS's state names as `ipvsadm -L -c` prints them.
