@@ -1,7 +1,7 @@
 //! Real-server health checks, run by the control plane through the kernel's network stack.
 //!
-//! One scheduler thread (`rvs-health`) and a small fixed pool of probe threads
-//! (`rvs-health-N`), all control-side threads: never on a worker core and never touching the
+//! One scheduler thread (`rvs-health`) and a pool of probe threads (`rvs-health-N`, growing with
+//! the checks in flight), all control-side threads: never on a worker core and never touching the
 //! packet path. Each real server with a check (see [`crate::config::CheckConfig`]) is probed every
 //! `interval_ms`; at most one probe per real server is in flight and a probe never blocks longer
 //! than its `timeout_ms` (every socket operation gets the time left before the probe's deadline).
@@ -335,7 +335,55 @@ impl Checker {
 /// A probe's answer: the target as probed, and the outcome.
 type Done = (Target, Result<(), String>);
 
-/// Start the checker: a scheduler thread and `probes` probe threads (at least 1), until `stop`.
+/// Most probe threads: the pool grows to the number of checks in flight up to this, so real
+/// servers that time out (each holding a thread for its `timeout_ms`) do not delay the others'
+/// checks until more than this many hang at once.
+pub const MAX_PROBES: usize = 64;
+
+/// The probe threads: they take checks from one queue and answer on another.
+struct Pool {
+    jobs: Arc<Mutex<mpsc::Receiver<Target>>>,
+    done: mpsc::Sender<Done>,
+    connect: Connector,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Grow to `n` threads (at most [`MAX_PROBES`]). A thread that cannot be started leaves the
+    /// pool as it is (the checks wait longer).
+    fn grow(&mut self, n: usize) {
+        while self.threads.len() < n.min(MAX_PROBES) {
+            let (rx, tx, connect, stop) = (
+                self.jobs.clone(),
+                self.done.clone(),
+                self.connect,
+                self.stop.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("rvs-health-{}", self.threads.len()))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(t) = job else { break };
+                    // Stopping: the checks still queued are dropped, not run.
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = probe(&t, connect);
+                    if tx.send((t, r)).is_err() {
+                        break;
+                    }
+                });
+            match spawned {
+                Ok(h) => self.threads.push(h),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Start the checker: a scheduler thread and `probes` probe threads (at least 1, growing with
+/// the checks in flight up to [`MAX_PROBES`]), until `stop`.
 pub fn spawn(
     sink: Arc<dyn Sink>,
     probes: usize,
@@ -344,47 +392,41 @@ pub fn spawn(
 ) -> io::Result<Checker> {
     let (job_tx, job_rx) = mpsc::channel::<Target>();
     let (done_tx, done_rx) = mpsc::channel::<Done>();
-    let job_rx = Arc::new(Mutex::new(job_rx));
-    let mut pool = Vec::new();
-    for i in 0..probes.max(1) {
-        let rx = job_rx.clone();
-        let tx = done_tx.clone();
-        pool.push(
-            std::thread::Builder::new()
-                .name(format!("rvs-health-{i}"))
-                .spawn(move || loop {
-                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(t) = job else { break };
-                    let r = probe(&t, connect);
-                    if tx.send((t, r)).is_err() {
-                        break;
-                    }
-                })?,
-        );
+    let mut pool = Pool {
+        jobs: Arc::new(Mutex::new(job_rx)),
+        done: done_tx,
+        connect,
+        stop: stop.clone(),
+        threads: Vec::new(),
+    };
+    pool.grow(probes.max(1));
+    if pool.threads.is_empty() {
+        return Err(io::Error::other("cannot start a health probe thread"));
     }
-    drop(done_tx);
     let scheduler = std::thread::Builder::new()
         .name("rvs-health".into())
         .spawn(move || {
-            schedule(&*sink, &job_tx, &done_rx, &stop);
+            schedule(&*sink, &job_tx, &done_rx, &stop, &mut |n| pool.grow(n));
             drop(job_tx);
-            for h in pool {
+            for h in std::mem::take(&mut pool.threads) {
                 let _ = h.join();
             }
         })?;
     Ok(Checker { scheduler })
 }
 
-/// The scheduler loop: hands due checks to the pool, one in flight per real server, and feeds
-/// the outcomes to each real server's [`HealthState`].
+/// The scheduler loop: hands due checks to the pool (grown by `grow` to the checks in flight),
+/// one in flight per real server, and feeds the outcomes to each real server's [`HealthState`].
 fn schedule(
     sink: &dyn Sink,
     jobs: &mpsc::Sender<Target>,
     done: &mpsc::Receiver<Done>,
     stop: &AtomicBool,
+    grow: &mut dyn FnMut(usize),
 ) {
     let mut state: HashMap<RealId, HealthState> = HashMap::new();
-    let mut next: HashMap<RealId, Instant> = HashMap::new();
+    // When each real server's next check is due, and the interval that date came from.
+    let mut next: HashMap<RealId, (Instant, u32)> = HashMap::new();
     let mut in_flight: HashSet<RealId> = HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -396,16 +438,22 @@ fn schedule(
             if in_flight.contains(&t.id) {
                 continue;
             }
-            let due = next.entry(t.id).or_insert(now);
-            if *due > now {
+            let interval = t.check.interval_ms;
+            let due = next.entry(t.id).or_insert((now, interval));
+            // A changed interval (a reload) counts from now, not from the old one's date.
+            if due.1 != interval {
+                *due = (now, interval);
+            }
+            if due.0 > now {
                 continue;
             }
-            *due = now + Duration::from_millis(u64::from(t.check.interval_ms));
+            due.0 = now + Duration::from_millis(u64::from(interval));
             in_flight.insert(t.id);
             if jobs.send(t).is_err() {
                 return;
             }
         }
+        grow(in_flight.len());
         // Outcomes, until the next tick.
         let until = now + TICK;
         loop {

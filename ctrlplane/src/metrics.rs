@@ -693,8 +693,11 @@ fn handle(mut s: TcpStream, registry: &Registry) {
             return;
         }
         match s.read(&mut buf[len..]) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => len += n,
+            // A signal (SIGHUP: a reload) is no reason to drop the scrape.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     };
     let _ = match end.map(|i| route(&buf[..i])) {

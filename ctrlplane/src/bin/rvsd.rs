@@ -17,6 +17,23 @@ use rvs_ctrlplane::config::{self, Config};
 use rvs_ctrlplane::ctl::model::Model;
 use rvs_ctrlplane::metrics;
 
+/// `println!` that never panics: rvsd's log goes to stdout, which may be a closed pipe (a
+/// `| logger` that died, a hung-up terminal); a lost log line must not take the daemon down.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see [`say!`]).
+macro_rules! say_err {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 #[path = "rvsd/daemon.rs"]
 mod daemon;
 use rvs_dataplane::{NeighMsg, PeerLinks, PeerSenders, Worker, WorkerIo, WorkerPorts};
@@ -66,15 +83,18 @@ fn install_signals() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // First: a SIGHUP (or SIGTERM) while DPDK and the ports start must not kill rvsd with the
+    // default action; a stop asked for during start-up is honoured once the loop runs.
+    install_signals();
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("rvsd: invalid configuration: {e}");
+            say_err!("rvsd: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
     if args.check {
-        println!(
+        say!(
             "{}: configuration OK ({} port(s), {} route(s), {} worker(s))",
             args.config.display(),
             cfg.ports.len(),
@@ -86,7 +106,7 @@ fn main() -> ExitCode {
     match run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rvsd: {e}");
+            say_err!("rvsd: {e}");
             ExitCode::from(1)
         }
     }
@@ -305,7 +325,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         let link = port
             .link()
             .map_err(|e| format!("port {:?}: {e}", pc.name))?;
-        println!(
+        say!(
             "rvsd: port {} {:?} ({}, driver {}) mac {} link {} {} Mbps, {} queue(s), addresses {}",
             port.id(),
             pc.name,
@@ -363,7 +383,7 @@ fn run(cfg: &Config) -> Result<(), String> {
                 return Err(format!("kernel interface {k}: `{c}` failed"));
             }
         }
-        println!(
+        say!(
             "rvsd: port {i} {:?}: exception path through kernel interface {k}",
             pc.name
         );
@@ -379,15 +399,14 @@ fn run(cfg: &Config) -> Result<(), String> {
     });
     match (&rss, lip_port) {
         (Some(_), Some(p)) => {
-            println!("rvsd: port {p}: RSS known; lports chosen so replies hash to their worker")
+            say!("rvsd: port {p}: RSS known; lports chosen so replies hash to their worker")
         }
         (None, Some(p)) if nq > 1 => {
-            println!("rvsd: port {p}: RSS not reported by the PMD; replies on the wrong worker are redirected")
+            say!("rvsd: port {p}: RSS not reported by the PMD; replies on the wrong worker are redirected")
         }
         _ => {}
     }
     let stop = Arc::new(AtomicBool::new(false));
-    install_signals();
 
     // Worker-to-worker SPSC rings, one for every ordered pair: neighbour updates and packets
     // redirected to the worker that owns their session.
@@ -482,7 +501,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let ctl_stop = Arc::new(AtomicBool::new(false));
     let listener = rvs_ctrlplane::ctl::server::bind(&cfg.control.socket, cfg.control.mode)
         .map_err(|e| format!("control socket {}: {e}", cfg.control.socket.display()));
-    let listener = match listener {
+    let (listener, socket_file) = match listener {
         Ok(l) => l,
         Err(e) => {
             stop.store(true, Ordering::SeqCst);
@@ -498,7 +517,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             Ok(l) => Some(l),
             Err(e) => {
                 drop(listener);
-                let _ = std::fs::remove_file(&cfg.control.socket);
+                socket_file.remove();
                 stop.store(true, Ordering::SeqCst);
                 for h in launched {
                     h.wait();
@@ -526,22 +545,22 @@ fn run(cfg: &Config) -> Result<(), String> {
     // Real-server health checks: control-side threads through the kernel's stack.
     let checker =
         rvs_ctrlplane::health::spawn(d.clone(), HEALTH_PROBES, connect_from, ctl_stop.clone())
-            .map_err(|e| eprintln!("rvsd: health checker not started: {e}"))
+            .map_err(|e| say_err!("rvsd: health checker not started: {e}"))
             .ok();
-    println!(
+    say!(
         "rvsd: running with {} worker(s) on lcore(s) {:?}; control socket {}; SIGHUP reloads, SIGINT/SIGTERM stop",
         nw,
         workers,
         cfg.control.socket.display()
     );
     if let Some(addr) = cfg.metrics.listen {
-        println!("rvsd: metrics on http://{addr}/metrics");
+        say!("rvsd: metrics on http://{addr}/metrics");
     }
 
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
         if HUP.swap(false, Ordering::SeqCst) {
-            println!("rvsd: SIGHUP: {:?}", d.reload());
+            say!("rvsd: SIGHUP: {:?}", d.reload());
         }
     }
     ctl_stop.store(true, Ordering::SeqCst);
@@ -554,16 +573,16 @@ fn run(cfg: &Config) -> Result<(), String> {
         // Joined before the ports are closed: a scrape reads their statistics.
         let _ = m.join();
     }
-    let _ = std::fs::remove_file(&cfg.control.socket);
+    socket_file.remove();
     stop.store(true, Ordering::SeqCst);
     for h in launched {
         h.wait();
     }
 
-    println!("rvsd: stopping; final statistics");
+    say!("rvsd: stopping; final statistics");
     for (pc, port) in cfg.ports.iter().zip(&ports) {
         match port.stats() {
-            Ok(s) => println!(
+            Ok(s) => say!(
                 "port {} {:?}: rx {} pkts {} bytes, tx {} pkts {} bytes, imissed {}, ierrors {}, oerrors {}, rx_nombuf {}",
                 port.id(),
                 pc.name,
@@ -576,16 +595,16 @@ fn run(cfg: &Config) -> Result<(), String> {
                 s.oerrors,
                 s.rx_nombuf
             ),
-            Err(e) => println!("port {} {:?}: stats unavailable: {e}", port.id(), pc.name),
+            Err(e) => say!("port {} {:?}: stats unavailable: {e}", port.id(), pc.name),
         }
     }
     let mut total = CounterSnapshot::default();
     for (lcore, c) in &counters {
         let s = c.snapshot();
-        println!("{}", format_core(&format!("core {lcore}"), &s));
+        say!("{}", format_core(&format!("core {lcore}"), &s));
         total.add(&s);
     }
-    println!("{}", format_core("total", &total));
+    say!("{}", format_core("total", &total));
     for port in ports.iter().chain(taps.iter().flatten()) {
         let _ = port.stop();
         let _ = port.close();

@@ -3,9 +3,9 @@
 //! reply; a slow or silent client times out; nothing a client sends can stop the daemon.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,15 +59,22 @@ pub enum RequestError {
     Version,
     /// A well-formed request the daemon refused (an unknown service, an invalid change, ...).
     Refused,
+    /// A request not complete within [`REQUEST_TIMEOUT`] of its first byte (the client is cut
+    /// off).
+    Timeout,
+    /// A client turned away: [`MAX_CLIENTS`] were being served.
+    Busy,
 }
 
 impl RequestError {
     /// Every reason, in the order of their indexes (`reason as usize`).
-    pub const ALL: [RequestError; 4] = [
+    pub const ALL: [RequestError; 6] = [
         RequestError::Malformed,
         RequestError::TooLarge,
         RequestError::Version,
         RequestError::Refused,
+        RequestError::Timeout,
+        RequestError::Busy,
     ];
 
     /// The `reason` label.
@@ -77,6 +84,8 @@ impl RequestError {
             RequestError::TooLarge => "too_large",
             RequestError::Version => "version",
             RequestError::Refused => "refused",
+            RequestError::Timeout => "timeout",
+            RequestError::Busy => "busy",
         }
     }
 }
@@ -89,20 +98,64 @@ pub trait Handler: Send + Sync + 'static {
     fn count_error(&self, _why: RequestError) {}
 }
 
-/// Create the socket at `path` with permissions `mode` (a stale socket file is replaced).
-pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+/// The socket file a [`bind`] created: removed by [`SocketFile::remove`] only while it is still
+/// that file (another rvsd may have replaced it since).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device, inode and change time (an inode number is reused once a file is removed).
+    id: (u64, u64, i64, i64),
+}
+
+fn file_id(m: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+}
+
+impl SocketFile {
+    /// Remove the socket file if it is still the one bound (same device, inode and change time).
+    pub fn remove(&self) {
+        let same = std::fs::symlink_metadata(&self.path).is_ok_and(|m| file_id(&m) == self.id);
+        if same {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Create the socket at `path` with permissions `mode`. A stale socket file (nobody answers on
+/// it) is replaced; a socket someone answers on (another rvsd) and a file that is not a socket
+/// are errors, never removed.
+pub fn bind(path: &Path, mode: u32) -> std::io::Result<(UnixListener, SocketFile)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(std::io::Error::new(
+                ErrorKind::AlreadyExists,
+                "the path exists and is not a socket (not removed)",
+            ))
+        }
+        Ok(_) if UnixStream::connect(path).is_ok() => {
+            return Err(std::io::Error::new(
+                ErrorKind::AddrInUse,
+                "another process answers on this socket (another rvsd?)",
+            ))
+        }
+        Ok(_) => std::fs::remove_file(path)?,
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     l.set_nonblocking(true)?;
-    Ok(l)
+    let m = std::fs::symlink_metadata(path)?;
+    Ok((
+        l,
+        SocketFile {
+            path: path.to_path_buf(),
+            id: file_id(&m),
+        },
+    ))
 }
 
 /// Serve clients until `stop` is raised (checked every 100 ms).
@@ -121,6 +174,7 @@ pub fn serve(
                         let _ = s.set_nonblocking(false);
                         if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
                             clients.fetch_sub(1, Ordering::SeqCst);
+                            handler.count_error(RequestError::Busy);
                             let mut s = s;
                             let _ = write_msg(
                                 &mut s,
@@ -155,7 +209,8 @@ pub fn serve(
 fn client(mut s: UnixStream, h: &dyn Handler) {
     let _ = s.set_write_timeout(Some(IDLE_TIMEOUT));
     loop {
-        let request = read_msg::<Request, _>(&mut Timed { s: &s, until: None });
+        let mut timed = Timed { s: &s, until: None };
+        let request = read_msg::<Request, _>(&mut timed);
         let reply = match request {
             Ok(req) if req.version != PROTO_VERSION => {
                 h.count_error(RequestError::Version);
@@ -173,6 +228,14 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
                     h.count_error(RequestError::Refused);
                 }
                 r
+            }
+            // Cut off in the middle of a request (idle between requests is no error).
+            Err(ReadError::Io(e))
+                if timed.until.is_some()
+                    && matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+            {
+                h.count_error(RequestError::Timeout);
+                return;
             }
             Err(ReadError::Closed) | Err(ReadError::Io(_)) => return,
             Err(e @ ReadError::TooLarge(_)) => {
@@ -252,7 +315,7 @@ mod tests {
     fn serves_many_clients_and_survives_bad_input() {
         let dir = std::env::temp_dir().join(format!("rvs-ctl-test-{}", std::process::id()));
         let path = dir.join("ctl.sock");
-        let l = bind(&path, 0o600).unwrap();
+        let (l, _) = bind(&path, 0o600).unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
@@ -314,15 +377,42 @@ mod tests {
         );
     }
 
+    /// A socket someone answers on and a file that is not a socket are never taken over; a
+    /// stale socket is; a socket file replaced by another daemon is not removed at the end.
+    #[test]
+    fn bind_takes_only_a_stale_socket_and_removes_only_its_own() {
+        let dir = std::env::temp_dir().join(format!("rvs-ctl-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let _ = std::fs::remove_file(&path);
+        let (live, first) = bind(&path, 0o600).unwrap();
+        let e = bind(&path, 0o600).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+        assert!(path.exists(), "the live socket is kept");
+        drop(live); // nobody answers any more: stale
+        let (_l2, second) = bind(&path, 0o600).unwrap();
+        first.remove();
+        assert!(path.exists(), "not the first daemon's file any more");
+        second.remove();
+        assert!(!path.exists());
+        let file = dir.join("notes.txt");
+        std::fs::write(&file, "keep me").unwrap();
+        let e = bind(&file, 0o600).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A client sending its request a byte now and then is cut off `REQUEST_TIMEOUT` after the
     /// request's first byte, however steadily it sends.
     #[test]
     fn a_dribbling_request_is_cut_off() {
         let dir = std::env::temp_dir().join(format!("rvs-ctl-drip-{}", std::process::id()));
         let path = dir.join("ctl.sock");
-        let l = bind(&path, 0o600).unwrap();
+        let (l, _) = bind(&path, 0o600).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let t = serve(l, Arc::new(Echo::default()), stop.clone());
+        let echo = Arc::new(Echo::default());
+        let t = serve(l, echo.clone(), stop.clone());
         let mut s = UnixStream::connect(&path).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         s.write_all(&100u32.to_be_bytes()).unwrap();
@@ -346,6 +436,7 @@ mod tests {
         assert!(t0.elapsed() >= REQUEST_TIMEOUT - Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
+        assert_eq!(*echo.0.lock().unwrap(), vec![RequestError::Timeout]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

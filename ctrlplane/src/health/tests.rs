@@ -299,3 +299,46 @@ fn icmp_checks_ping_loopback() {
     let t = target("127.0.0.1:0".parse().unwrap(), CheckKind::Icmp, 1000);
     assert_eq!(probe(&t, connect_plain), Ok(()), "loopback answers ping");
 }
+
+#[test]
+fn hanging_checks_do_not_hold_up_the_others() {
+    // Ten real servers that accept and never answer (each check hangs for its 2 s timeout) come
+    // first; one whose port is closed comes last. With a fixed pool of one thread its check
+    // would wait behind the hanging ones; the pool grows, so it is refused and marked down
+    // before any hanging check has timed out.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = l.local_addr().unwrap();
+    let mut targets = Vec::new();
+    for i in 0..10u16 {
+        let mut c = CheckConfig::new(http_kind(200, None));
+        c.port = Some(silent.port());
+        c.timeout_ms = 2000;
+        c.fall = 1;
+        targets.push(Target::new(key(), silent.ip(), 1000 + i, &c, None));
+    }
+    let refused = closed_port();
+    let mut c = CheckConfig::new(CheckKind::Tcp);
+    c.fall = 1;
+    let last = Target::new(key(), refused.ip(), refused.port(), &c, None);
+    targets.push(last.clone());
+    let rec = Arc::new(Rec {
+        targets: Mutex::new(targets),
+        seen: Mutex::new(Vec::new()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let checker = spawn(rec.clone(), 1, connect_plain, stop.clone()).unwrap();
+    let t0 = Instant::now();
+    while rec.seen.lock().unwrap().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first = rec.seen.lock().unwrap().first().cloned();
+    assert_eq!(
+        first.map(|(id, up, _)| (id, up)),
+        Some((last.id, false)),
+        "the refused real server is down first: {:?}",
+        rec.seen.lock().unwrap()
+    );
+    stop.store(true, Ordering::Relaxed);
+    checker.join();
+    drop(l);
+}

@@ -136,7 +136,7 @@ fn sample() -> Sample {
         generation: 42,
         reloads_ok: 3,
         reloads_failed: 1,
-        control_errors: [2, 0, 0, 5],
+        control_errors: [2, 0, 0, 5, 1, 0],
     }
 }
 
@@ -255,6 +255,8 @@ fn exposition_names_labels_types_values() {
         ("too_large", 0.0),
         ("version", 0.0),
         ("refused", 5.0),
+        ("timeout", 1.0),
+        ("busy", 0.0),
     ] {
         assert_eq!(
             value(&series, "rvs_control_errors_total", &[("reason", reason)]),

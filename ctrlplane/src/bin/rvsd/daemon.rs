@@ -289,7 +289,18 @@ impl Daemon {
     /// After a change from `before` to the model: the counts of removed real servers move to
     /// their service's (when it stays), and ids given to a new real server start from their
     /// current counter values (no `-Z` baseline, no rate history).
-    fn rebase(&self, g: &mut Inner, before: &Model) {
+    /// The counter values new dest ids start from: read before the snapshot that brings them is
+    /// published, so the connections they get at once are theirs (not in their origin).
+    fn fresh_origins(&self, g: &Inner, before: &Model) -> Vec<(u32, Stats)> {
+        let old: HashMap<_, u32> = before.dest_ids().collect();
+        g.model
+            .dest_ids()
+            .filter(|(k, id)| old.get(k) != Some(id))
+            .map(|(_, id)| (id, self.totals(id).0))
+            .collect()
+    }
+
+    fn rebase(&self, g: &mut Inner, before: &Model, fresh: Vec<(u32, Stats)>) {
         let old: HashMap<_, u32> = before.dest_ids().collect();
         let new: HashMap<_, u32> = g.model.dest_ids().collect();
         let services: HashSet<ServiceKey> = g.model.services.iter().map(key_of).collect();
@@ -308,12 +319,10 @@ impl Daemon {
         }
         g.retired.retain(|k, _| services.contains(k));
         let mut est = self.est.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, &id) in &new {
-            if old.get(k) != Some(&id) {
-                g.origin.insert(id, self.totals(id).0);
-                g.zero.remove(&id);
-                est.remove(&id);
-            }
+        for (id, origin) in fresh {
+            g.origin.insert(id, origin);
+            g.zero.remove(&id);
+            est.remove(&id);
         }
     }
 
@@ -417,8 +426,10 @@ impl Daemon {
         }
         let before = g.model.clone();
         let changes = g.model.replace(&cfg);
+        let mut fresh = Vec::new();
         if !changes.is_empty() {
             let announce = announce_of(&before, &g.model);
+            fresh = self.fresh_origins(&g, &before);
             if let Err(e) = self.publish(&mut g, announce) {
                 g.model = before;
                 let _ = self.publish(&mut g, Vec::new());
@@ -428,7 +439,7 @@ impl Daemon {
                 };
             }
         }
-        self.rebase(&mut g, &before);
+        self.rebase(&mut g, &before, fresh);
         g.running.services = cfg.services.clone();
         g.running.health = cfg.health.clone();
         g.running.fullnat.timeouts = cfg.fullnat.timeouts.clone();
@@ -444,20 +455,23 @@ impl Daemon {
         let before = g.model.clone();
         match g.model.apply(op) {
             Err((code, message)) => Response::Error { code, message },
-            Ok(announce) => match self.publish(&mut g, announce) {
-                Ok(()) => {
-                    self.rebase(&mut g, &before);
-                    Response::Ok
-                }
-                Err(e) => {
-                    g.model = before;
-                    let _ = self.publish(&mut g, Vec::new());
-                    Response::Error {
-                        code: code::EINVAL,
-                        message: e,
+            Ok(announce) => {
+                let fresh = self.fresh_origins(&g, &before);
+                match self.publish(&mut g, announce) {
+                    Ok(()) => {
+                        self.rebase(&mut g, &before, fresh);
+                        Response::Ok
+                    }
+                    Err(e) => {
+                        g.model = before;
+                        let _ = self.publish(&mut g, Vec::new());
+                        Response::Error {
+                            code: code::EINVAL,
+                            message: e,
+                        }
                     }
                 }
-            },
+            }
         }
     }
 
@@ -639,10 +653,10 @@ impl health::Sink for Daemon {
             g.down.insert(t.id)
         };
         *g.transitions.entry(t.id).or_insert(0) += 1;
-        println!("rvsd: {}", health::transition_line(t, up, detail));
+        say!("rvsd: {}", health::transition_line(t, up, detail));
         if changed {
             if let Err(e) = self.publish(&mut g, Vec::new()) {
-                println!("rvsd: health: publishing the new weights failed: {e}");
+                say!("rvsd: health: publishing the new weights failed: {e}");
             }
         }
     }
