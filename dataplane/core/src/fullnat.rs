@@ -33,7 +33,7 @@ use crate::io::{Io, PortIdx};
 use crate::lport::LportAlloc;
 use crate::packet::PacketBuf;
 use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
-use crate::sched::{DestStats, SchedKey};
+use crate::sched::{DestStats, MhLookup, SchedKey};
 use crate::service::{ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
 use crate::stack::{Owned, Stack, NO_BUCKET};
@@ -1321,9 +1321,24 @@ impl<P: PacketBuf> Stack<P> {
     /// taken — drain a service with weight 0 before deleting it, as with LVS). Scheduler state
     /// is reset. On error nothing changes.
     pub fn set_services(&mut self, services: &[ServiceConf]) -> Result<(), ServiceError> {
+        self.set_services_prepared(services, &[])
+    }
+
+    /// [`Stack::set_services`] with the tables [`Services::prepare`] built for `services` on the
+    /// control thread (what a worker does between two bursts stays short).
+    pub fn set_services_prepared(
+        &mut self,
+        services: &[ServiceConf],
+        prepared: &[Option<MhLookup>],
+    ) -> Result<(), ServiceError> {
         let f = &mut self.fnat;
-        let mut svcs =
-            Services::build(services, f.conf.max_dests, self.ports.len(), &mut f.lports)?;
+        let mut svcs = Services::build_prepared(
+            services,
+            f.conf.max_dests,
+            self.ports.len(),
+            &mut f.lports,
+            prepared,
+        )?;
         self.own_services(services)
             .map_err(|_| ServiceError::TooManyAddrs)?;
         let f = &mut self.fnat;

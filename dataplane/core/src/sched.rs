@@ -315,9 +315,33 @@ pub const HASH_BUCKETS: usize = 256;
 /// Empty table slot.
 const NONE: u32 = u32::MAX;
 
+/// A Maglev lookup table built ahead (on the control thread, once for every worker): the dest
+/// index of each slot, `u32::MAX` = empty.
+pub type MhLookup = std::sync::Arc<[u32]>;
+
+/// The Maglev lookup table of an `mh` service over dests `(RIP, rport, weight)` (in the
+/// service's dest order), `None` for other schedulers. Control path: this is the costly part of
+/// building an `mh` service (milliseconds for the large tables), done once per publication
+/// rather than on every worker between two bursts.
+pub fn mh_lookup(
+    kind: Sched,
+    dests: impl Iterator<Item = (IpAddr, u16, u32)> + Clone,
+) -> Option<MhLookup> {
+    match kind {
+        Sched::Mh { table_size, .. } => Some(maglev_populate(dests, table_size).into()),
+        _ => None,
+    }
+}
+
 impl Scheduler {
     /// Fresh state of `kind` for `dests` (allocates the tables; a control operation).
     pub fn new(kind: Sched, dests: &[Dest]) -> Self {
+        Self::with_lookup(kind, dests, None)
+    }
+
+    /// [`Scheduler::new`] with the Maglev table built ahead by [`mh_lookup`] for these dests
+    /// (used when it has the table's size; built here otherwise).
+    pub fn with_lookup(kind: Sched, dests: &[Dest], mh: Option<&MhLookup>) -> Self {
         let algo = match kind {
             Sched::Rr => Algo::Rr { next: 0 },
             Sched::Wrr => Algo::Wrr(WrrMark::new(dests)),
@@ -344,7 +368,18 @@ impl Scheduler {
                 fallback,
                 port,
                 table_size,
-            } => Algo::Mh(Maglev::new(dests, table_size, fallback, port)),
+            } => Algo::Mh(Maglev {
+                lookup: match mh {
+                    Some(t) if t.len() == table_size.max(2) as usize => t.clone(),
+                    _ => maglev_populate(
+                        dests.iter().map(|d| (d.rip, d.rport, d.weight)),
+                        table_size,
+                    )
+                    .into(),
+                },
+                fallback,
+                port,
+            }),
         };
         Scheduler {
             algo,
@@ -973,27 +1008,30 @@ fn mh_hashkey(addr: IpAddr, port: u16, key: (u64, u64), offset: u32) -> u32 {
 /// Maglev hashing state (IPVS `ip_vs_mh`): the lookup table of dest indices.
 #[derive(Clone, Debug)]
 struct Maglev {
-    lookup: Vec<u32>,
+    lookup: MhLookup,
     fallback: bool,
     port: bool,
 }
 
-impl Maglev {
-    /// IPVS `ip_vs_mh_reassign`: permutation (offset, skip) of each dest from two hashes of
-    /// RIP:rport, `turns = (weight / gcd) >> rshift` (at least 1 for weight > 0), then the
-    /// Maglev population: in turn, each dest takes `turns` next free slots of its permutation
-    /// until the table is full. Dests with weight 0 get no slot (IPVS uses `last_weight`).
-    fn new(dests: &[Dest], size: u32, fallback: bool, port: bool) -> Self {
+/// IPVS `ip_vs_mh_reassign`: permutation (offset, skip) of each dest from two hashes of
+/// RIP:rport, `turns = (weight / gcd) >> rshift` (at least 1 for weight > 0), then the Maglev
+/// population: in turn, each dest takes `turns` next free slots of its permutation until the
+/// table is full. Dests with weight 0 get no slot (IPVS uses `last_weight`).
+fn maglev_populate(dests: impl Iterator<Item = (IpAddr, u16, u32)> + Clone, size: u32) -> Vec<u32> {
+    {
         let m = size.max(2) as usize;
         let mut lookup = vec![NONE; m];
-        let g = dests.iter().filter(|d| d.weight > 0).fold(0u32, |g, d| {
-            if g > 0 {
-                gcd(d.weight, g)
-            } else {
-                d.weight
-            }
-        });
-        let max = dests.iter().map(|d| d.weight).max().unwrap_or(0);
+        let g = dests.clone().filter(|d| d.2 > 0).fold(
+            0u32,
+            |g, d| {
+                if g > 0 {
+                    gcd(d.2, g)
+                } else {
+                    d.2
+                }
+            },
+        );
+        let max = dests.clone().map(|d| d.2).max().unwrap_or(0);
         if let Some(mw) = max.checked_div(g) {
             // IP_VS_MH_TAB_BITS = CONFIG_IP_VS_MH_TAB_INDEX / 2, the index being the bit
             // length of the prime (12 for 4093).
@@ -1002,12 +1040,11 @@ impl Maglev {
             let rshift = fls.saturating_sub(bits);
             // (offset, skip, perm, turns)
             let mut setup: Vec<(usize, usize, usize, u32)> = dests
-                .iter()
-                .map(|d| {
-                    let offset = mh_hashkey(d.rip, d.rport, MH_KEY1, 0) as usize % m;
-                    let skip = mh_hashkey(d.rip, d.rport, MH_KEY2, 0) as usize % (m - 1) + 1;
-                    let t = (d.weight / g) >> rshift;
-                    let turns = if t != 0 { t } else { (d.weight != 0) as u32 };
+                .map(|(rip, rport, weight)| {
+                    let offset = mh_hashkey(rip, rport, MH_KEY1, 0) as usize % m;
+                    let skip = mh_hashkey(rip, rport, MH_KEY2, 0) as usize % (m - 1) + 1;
+                    let t = (weight / g) >> rshift;
+                    let turns = if t != 0 { t } else { (weight != 0) as u32 };
                     (offset, skip, offset, turns)
                 })
                 .collect();
@@ -1034,13 +1071,11 @@ impl Maglev {
                 }
             }
         }
-        Maglev {
-            lookup,
-            fallback,
-            port,
-        }
+        lookup
     }
+}
 
+impl Maglev {
     /// IPVS `ip_vs_mh_get` / `ip_vs_mh_get_fallback`.
     fn get(
         &self,
@@ -1453,6 +1488,35 @@ mod ipvs_tests {
             }
             assert!(none > 500, "{plain:?} {none}");
         }
+    }
+
+    /// The table built ahead on the control thread is the one a worker would build, and it is
+    /// shared (not copied); one of another size is not used.
+    #[test]
+    fn maglev_table_built_ahead_is_the_workers() {
+        let d = dests(&[1, 2, 3, 4]);
+        let kind = Sched::Mh {
+            fallback: false,
+            port: false,
+            table_size: 4093,
+        };
+        let ahead = mh_lookup(kind, d.iter().map(|x| (x.rip, x.rport, x.weight))).unwrap();
+        let own = Scheduler::new(kind, &d);
+        assert_eq!(own.mh_table().unwrap(), &ahead[..]);
+        let shared = Scheduler::with_lookup(kind, &d, Some(&ahead));
+        assert!(std::ptr::eq(shared.mh_table().unwrap(), &ahead[..]));
+        let small = mh_lookup(
+            Sched::Mh {
+                fallback: false,
+                port: false,
+                table_size: 251,
+            },
+            d.iter().map(|x| (x.rip, x.rport, x.weight)),
+        )
+        .unwrap();
+        let rebuilt = Scheduler::with_lookup(kind, &d, Some(&small));
+        assert_eq!(rebuilt.mh_table().unwrap(), &ahead[..]);
+        assert!(mh_lookup(Sched::Rr, d.iter().map(|x| (x.rip, x.rport, x.weight))).is_none());
     }
 
     /// Maglev: every slot filled, shares per weight, at most ~1/N of the keys move when one of N

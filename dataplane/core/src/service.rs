@@ -13,7 +13,7 @@ use crate::config::{
 use crate::fixedmap::{ip_bits, mix, FixedKey, FixedMap};
 use crate::io::PortIdx;
 use crate::lport::LportAlloc;
-use crate::sched::{Dest, Scheduler};
+use crate::sched::{mh_lookup, Dest, MhLookup, Scheduler};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Lookup key of a service.
@@ -189,11 +189,32 @@ impl Services {
         n_ports: usize,
         lports: &mut LportAlloc,
     ) -> Result<Services, ServiceError> {
+        Self::build_prepared(confs, max_dests, n_ports, lports, &[])
+    }
+
+    /// The tables of `confs` that can be built once for every worker, ahead, on the control
+    /// thread (the Maglev lookup tables of `mh` services), by service index.
+    pub fn prepare(confs: &[ServiceConf]) -> Vec<Option<MhLookup>> {
+        confs
+            .iter()
+            .map(|c| mh_lookup(c.sched, c.dests.iter().map(|d| (d.rip, d.rport, d.weight))))
+            .collect()
+    }
+
+    /// [`Services::build`] with the tables [`Services::prepare`] built for these `confs` (a
+    /// missing or mis-sized one is built here).
+    pub fn build_prepared(
+        confs: &[ServiceConf],
+        max_dests: u32,
+        n_ports: usize,
+        lports: &mut LportAlloc,
+        prepared: &[Option<MhLookup>],
+    ) -> Result<Services, ServiceError> {
         let mut map = FixedMap::with_capacity(confs.len());
         let mut vips = FixedMap::with_capacity(confs.len());
         let mut list = Vec::with_capacity(confs.len());
         let mut matches: Vec<(ServiceMatch, u32)> = Vec::new();
-        for c in confs {
+        for (ci, c) in confs.iter().enumerate() {
             let key = match c.mark {
                 // A match service is named by its mark in errors.
                 Some(m) => SvcKey {
@@ -280,7 +301,11 @@ impl Services {
                 vip: c.vip,
                 vport: c.vport,
                 vip_port: c.vip_port,
-                sched: Scheduler::new(c.sched, &dests),
+                sched: Scheduler::with_lookup(
+                    c.sched,
+                    &dests,
+                    prepared.get(ci).and_then(Option::as_ref),
+                ),
                 dests,
                 lips,
                 lip_cursor: 0,

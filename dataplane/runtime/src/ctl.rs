@@ -15,6 +15,8 @@ use dpdk::{Consumer, Producer};
 use rvs_core::config::{ServiceConf, Timeouts};
 use rvs_core::fullnat::SessionInfo;
 use rvs_core::io::PortIdx;
+use rvs_core::sched::MhLookup;
+use rvs_core::service::Services;
 
 /// One immutable configuration generation.
 #[derive(Debug)]
@@ -24,6 +26,27 @@ pub struct Snapshot {
     pub timeouts: Timeouts,
     /// Addresses (VIPs, LIPs) new in this generation, announced with a gratuitous ARP.
     pub announce: Vec<(PortIdx, IpAddr)>,
+    /// The services' tables built once for every worker ([`Services::prepare`]), so that a
+    /// worker's swap between two bursts stays short.
+    pub prepared: Vec<Option<MhLookup>>,
+}
+
+impl Snapshot {
+    /// A snapshot, its shared tables built here (on the control thread).
+    pub fn new(
+        generation: u64,
+        services: Vec<ServiceConf>,
+        timeouts: Timeouts,
+        announce: Vec<(PortIdx, IpAddr)>,
+    ) -> Snapshot {
+        Snapshot {
+            generation,
+            prepared: Services::prepare(&services),
+            services,
+            timeouts,
+            announce,
+        }
+    }
 }
 
 /// A command and, once the worker answered, its result.

@@ -201,7 +201,7 @@ impl Worker {
             Cmd::Apply { new, old, result } => {
                 *result = self
                     .stack
-                    .set_services(&new.services)
+                    .set_services_prepared(&new.services, &new.prepared)
                     .map_err(|e| e.to_string());
                 if result.is_ok() {
                     self.stack.set_timeouts(new.timeouts);

@@ -78,12 +78,12 @@ fn a_new_vip_is_announced_and_a_removed_one_released() {
     let mut moved = services(RIP_A, 0);
     moved[1].vip = IpAddr::from(VIP3);
     let ctl = std::thread::spawn(move || {
-        let snap = Arc::new(Snapshot {
-            generation: 2,
-            services: moved,
-            timeouts: Timeouts::default(),
-            announce: vec![(0, IpAddr::from(VIP3))],
-        });
+        let snap = Arc::new(Snapshot::new(
+            2,
+            moved,
+            Timeouts::default(),
+            vec![(0, IpAddr::from(VIP3))],
+        ));
         let reply = link
             .call(
                 Box::new(Cmd::Apply {

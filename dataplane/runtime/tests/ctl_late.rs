@@ -34,12 +34,12 @@ fn a_late_answer_is_not_the_next_commands() {
         assert!(first.is_err(), "nobody polls yet: {first:?}");
         assert_eq!(link.late(), 1);
         gave_up.send(()).unwrap();
-        let snap = Arc::new(Snapshot {
-            generation: 2,
-            services: services(RIP_B, 0),
-            timeouts: Timeouts::default(),
-            announce: vec![],
-        });
+        let snap = Arc::new(Snapshot::new(
+            2,
+            services(RIP_B, 0),
+            Timeouts::default(),
+            vec![],
+        ));
         let reply = link
             .call(
                 Box::new(Cmd::Apply {

@@ -41,12 +41,12 @@ fn bursts_never_mix_two_generations() {
             } else {
                 RIP_A
             };
-            let snap = Arc::new(Snapshot {
+            let snap = Arc::new(Snapshot::new(
                 generation,
-                services: services(rip, (generation as u32 % 2) * 2),
-                timeouts: Timeouts::default(),
-                announce: vec![],
-            });
+                services(rip, (generation as u32 % 2) * 2),
+                Timeouts::default(),
+                vec![],
+            ));
             let reply = link
                 .call(
                     Box::new(Cmd::Apply {

@@ -353,12 +353,12 @@ impl Daemon {
                 }
             }
         }
-        let snap = Arc::new(Snapshot {
-            generation: g.model.generation,
+        let snap = Arc::new(Snapshot::new(
+            g.model.generation,
             services,
-            timeouts: (self.timeouts)(&g.model.timeouts),
-            announce: announce.into_iter().map(|(p, ip)| (p as u16, ip)).collect(),
-        });
+            (self.timeouts)(&g.model.timeouts),
+            announce.into_iter().map(|(p, ip)| (p as u16, ip)).collect(),
+        ));
         let mut failure = None;
         for (w, link) in g.links.iter_mut().enumerate() {
             let cmd = Box::new(Cmd::Apply {
