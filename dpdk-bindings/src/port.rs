@@ -234,9 +234,16 @@ impl Port {
             unsafe { sys::rte_eth_dev_configure(self.id, conf.rx_queues, conf.tx_queues, &ec) };
         check(&format!("rte_eth_dev_configure(port {})", self.id), ret)?;
         if let Some(mtu) = conf.mtu {
-            // Not every vdev supports MTU changes; rvs enforces the MTU in software anyway.
+            // Not every vdev supports MTU changes (-ENOTSUP: rvs enforces the MTU in software
+            // anyway); any other refusal (an MTU the device cannot take) is an error.
             // SAFETY: plain call on a configured port.
-            let _ = unsafe { sys::rte_eth_dev_set_mtu(self.id, mtu) };
+            let ret = unsafe { sys::rte_eth_dev_set_mtu(self.id, mtu) };
+            if ret != -(libc::ENOTSUP) {
+                check(
+                    &format!("rte_eth_dev_set_mtu(port {}, {mtu})", self.id),
+                    ret,
+                )?;
+            }
         }
         // SAFETY: plain query.
         let socket = unsafe { sys::rte_eth_dev_socket_id(self.id) };

@@ -358,7 +358,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             .map_err(|e| format!("port {:?}: kernel interface {k}: {e}", pc.name))?;
         let conf = dpdk::PortConf {
             mtu: Some(pc.mtu),
-            ..dpdk::PortConf::plain(nq, 512)
+            ..dpdk::PortConf::plain(nq, config::TAP_DESC)
         };
         tap.configure(&conf, &pool)
             .map_err(|e| format!("kernel interface {k}: {e}"))?;

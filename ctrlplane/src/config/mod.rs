@@ -601,7 +601,7 @@ pub struct PortConfig {
     pub device: Device,
     /// MAC address to set on the port instead of its own (`mac`).
     pub mac: Option<[u8; 6]>,
-    /// MTU (`mtu`, 68..=9600, default 1500).
+    /// MTU (`mtu`, 68..=[`MAX_MTU`] (2030), default 1500).
     pub mtu: u16,
     /// Addresses rvs owns on this port with their prefix lengths, host bits
     /// kept (`addresses`, e.g. `["192.0.2.1/24"]`, default none). Each also
@@ -800,6 +800,15 @@ impl Default for NeighbourConfig {
 /// Most real servers over all services (rvsd sizes every worker's per-real-server counters for
 /// that many; `rvsadm -a` past it is refused with ENOMEM, as ipvsadm's).
 pub const MAX_REALS: usize = 4096;
+
+/// Descriptors of each kernel-side (TAP) queue of a port with `kernel`; the driver fills them
+/// with mbufs at start.
+pub const TAP_DESC: u16 = 512;
+
+/// Largest port MTU: a frame must fit one mbuf's 2048-byte data room with its Ethernet header
+/// and a VLAN tag (14 + 4 bytes); jumbo frames would need chained mbufs, which rvs does not
+/// handle.
+pub const MAX_MTU: u16 = 2048 - 18;
 
 /// Longest session timeout in seconds (2^31 ms), in the file and by `rvsadm --set`.
 pub const MAX_TIMEOUT_S: u32 = (1 << 31) / 1000;

@@ -71,6 +71,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
     for (i, node) in port_nodes.iter().enumerate() {
         ports.push(parse_port(&cx, node, i, &ports)?);
     }
+    check_mbufs(&top.sub("dataplane")?, &dataplane, &ports)?;
 
     let mut routes = Vec::new();
     if let Some(node) = top.get("route") {
@@ -103,6 +104,39 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
         metrics,
         health,
     })
+}
+
+/// The mbuf pool (`mbufs` per port, one pool for all) must hold what can be parked at once, per
+/// worker: a full RX ring
+/// (`rx_desc`) and TX ring (`tx_desc`) on every port (a NIC fills its RX ring at start and
+/// keeps sent mbufs until their descriptors are recycled), the 512 the TAP driver fills each
+/// kernel-side queue with, an RX burst and a TX batch, and what the worker's mempool cache may
+/// hold (1.5 × `mbuf_cache`). Smaller pools fail at start or drop under load (`rx_nombuf`).
+fn check_mbufs(t: &Table<'_>, d: &DataplaneConfig, ports: &[PortConfig]) -> Result<()> {
+    let (w, p) = (d.workers.len() as u64, ports.len() as u64);
+    let taps = ports.iter().filter(|p| p.kernel.is_some()).count() as u64;
+    let (rx, tx, burst) = (
+        u64::from(d.rx_desc),
+        u64::from(d.tx_desc),
+        u64::from(d.burst),
+    );
+    let cache = (u64::from(d.mbuf_cache) * 3).div_ceil(2);
+    let tap = u64::from(super::TAP_DESC);
+    let need = w * (p * (rx + tx) + taps * tap + 2 * burst + cache);
+    if u64::from(d.mbufs) * p < need {
+        return Err(t.err(
+            "mbufs",
+            format!(
+                "mbufs (per port) must be at least {}: the pool, mbufs * ports, must hold \
+                 workers * (ports * (rx_desc + tx_desc) + kernel ports * {tap} + 2 * burst + \
+                 1.5 * mbuf_cache) = {w} * ({p} * ({rx} + {tx}) + {taps} * {tap} + 2 * {burst} \
+                 + {cache}) = {need}, got {}",
+                need.div_ceil(p),
+                d.mbufs
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The file being parsed, for locating errors.
@@ -664,17 +698,8 @@ fn parse_dataplane(t: &Table, eal: &EalConfig, eal_table: &Table) -> Result<Data
             format!("tx_desc must be a power of two between 64 and 16384, got {tx_desc}"),
         ));
     }
+    // Checked against the ports once they are read (`check_mbufs`).
     let mbufs: u32 = t.int("mbufs", d.mbufs, 1, 1 << 30)?;
-    let n = workers.len() as u64;
-    let need = 2 * u64::from(burst) * n + u64::from(rx_desc) * n;
-    if u64::from(mbufs) < need {
-        return Err(t.err(
-            "mbufs",
-            format!(
-                "mbufs must be at least 2 * burst * workers + rx_desc * workers = 2 * {burst} * {n} + {rx_desc} * {n} = {need}, got {mbufs}"
-            ),
-        ));
-    }
     let mbuf_cache: u32 = t.int("mbuf_cache", d.mbuf_cache, 0, 512)?;
     if u64::from(mbuf_cache) * 3 > u64::from(mbufs) * 2 {
         return Err(t.err(
@@ -997,7 +1022,7 @@ fn parse_port(cx: &Cx, node: &Node, i: usize, earlier: &[PortConfig]) -> Result<
         name: name.to_owned(),
         device,
         mac,
-        mtu: t.int("mtu", 1500, 68, 9600)?,
+        mtu: t.int("mtu", 1500, 68, i64::from(super::MAX_MTU))?,
         addresses,
         rss: t.bool("rss", true)?,
         promiscuous: t.bool("promiscuous", false)?,

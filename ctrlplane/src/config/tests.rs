@@ -33,7 +33,7 @@ max_probes = 5
 name = "client"
 device = "net_af_xdp0,iface=gc0"
 mac = "02:00:00:00:00:01"
-mtu = 9000
+mtu = 2000
 addresses = ["192.0.2.1/24", "2001:db8::1/64"]
 rss = false
 promiscuous = true
@@ -137,7 +137,7 @@ fn full_config() {
                 name: "client".into(),
                 device: Device::Vdev("net_af_xdp0,iface=gc0".into()),
                 mac: Some([2, 0, 0, 0, 0, 1]),
-                mtu: 9000,
+                mtu: 2000,
                 addresses: vec![(ip("192.0.2.1"), 24), (ip("2001:db8::1"), 64)],
                 rss: false,
                 promiscuous: true,
@@ -431,7 +431,7 @@ fn value_ranges() {
         ("[dataplane]\ntx_desc = 32\n", "dataplane.tx_desc", 11, "tx_desc must be a power of two between 64 and 16384, got 32"),
         ("[dataplane]\ntx_desc = 32768\n", "dataplane.tx_desc", 11, "tx_desc must be a power of two between 64 and 16384, got 32768"),
         ("[dataplane]\nrx_desc = 70000\n", "dataplane.rx_desc", 11, "rx_desc must be between 0 and 65535, got 70000"),
-        ("[dataplane]\nmbufs = 1000\n", "dataplane.mbufs", 9, "mbufs must be at least 2 * burst * workers + rx_desc * workers = 2 * 32 * 1 + 1024 * 1 = 1088, got 1000"),
+        ("[dataplane]\nmbufs = 1000\n", "dataplane.mbufs", 9, "mbufs (per port) must be at least 2496: the pool, mbufs * ports, must hold workers * (ports * (rx_desc + tx_desc) + kernel ports * 512 + 2 * burst + 1.5 * mbuf_cache) = 1 * (1 * (1024 + 1024) + 0 * 512 + 2 * 32 + 384) = 2496, got 1000"),
         ("[dataplane]\nmbuf_cache = 513\n", "dataplane.mbuf_cache", 14, "mbuf_cache must be between 0 and 512, got 513"),
         ("[dataplane]\nmbufs = 1500\nmbuf_cache = 1001\n", "dataplane.mbuf_cache", 14, "mbuf_cache must be between 0 and 512, got 1001"),
         ("[dataplane]\nicmp_ratelimit = -1\n", "dataplane.icmp_ratelimit", 18, "icmp_ratelimit must be between 0 and 1000000, got -1"),
@@ -482,10 +482,31 @@ fn value_ranges() {
         1,
         "dataplane.mbufs",
     );
-    assert!(msg.ends_with("= 8704, got 8191"), "{msg}");
+    assert!(msg.ends_with("= 19968, got 8191"), "{msg}");
+    // Every port's rings count, and a kernel-side queue's 512; the pool is mbufs per port.
+    let two_ports =
+        format!("{BASE}kernel = \"rvs0\"\n[[port]]\nname = \"p1\"\ndevice = \"net_null1\"\n");
+    let msg = error_at(
+        &format!("[dataplane]\nworkers = [1,2,3,4]\n{two_ports}"),
+        1,
+        1,
+        "dataplane.mbufs",
+    );
+    assert!(
+        msg.starts_with("mbufs (per port) must be at least 10112:")
+            && msg
+                .ends_with("= 4 * (2 * (1024 + 1024) + 1 * 512 + 2 * 32 + 384) = 20224, got 8191"),
+        "{msg}"
+    );
+    parse(&format!(
+        "[dataplane]\nworkers = [1,2,3,4]\nmbufs = 10112\n{two_ports}"
+    ))
+    .unwrap();
     let msg = error_at(&format!("{BASE}mtu = 67\n"), 5, 7, "port[0].mtu");
-    assert_eq!(msg, "mtu must be between 68 and 9600, got 67");
-    error_at(&format!("{BASE}mtu = 9601\n"), 5, 7, "port[0].mtu");
+    assert_eq!(msg, "mtu must be between 68 and 2030, got 67");
+    // Jumbo frames do not fit an mbuf's 2048-byte data room.
+    error_at(&format!("{BASE}mtu = 2031\n"), 5, 7, "port[0].mtu");
+    error_at(&format!("{BASE}mtu = 9000\n"), 5, 7, "port[0].mtu");
     let msg = error_at(
         &format!("[eal]\nfile_prefix = \"a/b\"\n{BASE}"),
         2,
