@@ -22,7 +22,7 @@ pub mod ring;
 
 pub use eal::Eal;
 pub use error::{Error, Result};
-pub use mbuf::{Burst, Mbuf, MAX_BURST};
+pub use mbuf::{Burst, Drain, Mbuf, MAX_BURST};
 pub use mempool::Mempool;
 pub use port::{DevInfo, Link, Port, PortConf, PortStats, RingPort, RssInfo, RxQueue, TxQueue};
 pub use ring::{Consumer, MbufConsumer, MbufProducer, Producer};

@@ -212,14 +212,15 @@ impl Burst {
         unsafe { std::slice::from_raw_parts(self.ptrs.as_ptr() as *const Mbuf, self.len) }
     }
 
-    /// Take every mbuf out, in order.
+    /// Take every mbuf out, in order. Those the caller does not take (it stops early) are freed
+    /// when the iterator is dropped.
     #[inline(always)]
-    pub fn drain(&mut self) -> impl Iterator<Item = Mbuf> + '_ {
+    pub fn drain(&mut self) -> Drain<'_> {
         let n = std::mem::replace(&mut self.len, 0);
-        // SAFETY: the first n slots hold owned, valid mbufs; each is taken exactly once.
-        self.ptrs[..n]
-            .iter()
-            .map(|&p| unsafe { Mbuf::from_raw(p).unwrap_unchecked() })
+        Drain {
+            ptrs: &self.ptrs[..n],
+            next: 0,
+        }
     }
 
     /// Take the first `k` mbufs out (at most all), in order, calling `f(i, mbuf, ahead)` where `i`
@@ -283,6 +284,37 @@ impl Burst {
     pub(crate) fn consume_front(&mut self, sent: usize) {
         self.ptrs.copy_within(sent..self.len, 0);
         self.len -= sent;
+    }
+}
+
+/// The mbufs of a [`Burst::drain`]: each handed out once; the rest freed on drop.
+pub struct Drain<'a> {
+    ptrs: &'a [*mut sys::rte_mbuf],
+    next: usize,
+}
+
+impl Iterator for Drain<'_> {
+    type Item = Mbuf;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Mbuf> {
+        let p = *self.ptrs.get(self.next)?;
+        self.next += 1;
+        // SAFETY: the drained slots hold owned, valid, non-null mbufs (the burst no longer counts
+        // them); `next` hands each out once.
+        Some(unsafe { Mbuf::from_raw(p).unwrap_unchecked() })
+    }
+
+    #[inline(always)]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.ptrs.len() - self.next;
+        (n, Some(n))
+    }
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        self.by_ref().for_each(drop);
     }
 }
 

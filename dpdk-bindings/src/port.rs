@@ -443,17 +443,33 @@ impl Port {
         Ok(out)
     }
 
+    /// The number of RX and TX queues the port is configured with.
+    fn configured_queues(&self) -> (u16, u16) {
+        let mut di = sys::rte_eth_dev_info::default();
+        // SAFETY: valid out-pointer; the port id is checked by DPDK.
+        let ret = unsafe { sys::rte_eth_dev_info_get(self.id, &mut di) };
+        if ret != 0 {
+            return (0, 0);
+        }
+        (di.nb_rx_queues, di.nb_tx_queues)
+    }
+
     /// The RX queue `q`. Each queue handle must be owned by exactly one lcore (DPDK queues are not
-    /// thread-safe); rvsd hands queue `w` to worker `w`.
+    /// thread-safe); rvsd hands queue `w` to worker `w`. Panics when the port has no queue `q`
+    /// (DPDK's burst functions do not check it: a wrong index would read a null queue).
     pub fn rx_queue(&self, q: u16) -> RxQueue {
+        let n = self.configured_queues().0;
+        assert!(q < n, "port {} has {n} RX queues, not queue {q}", self.id);
         RxQueue {
             port: self.id,
             queue: q,
         }
     }
 
-    /// The TX queue `q` (same ownership rule as [`Port::rx_queue`]).
+    /// The TX queue `q` (same ownership rule and check as [`Port::rx_queue`]).
     pub fn tx_queue(&self, q: u16) -> TxQueue {
+        let n = self.configured_queues().1;
+        assert!(q < n, "port {} has {n} TX queues, not queue {q}", self.id);
         TxQueue {
             port: self.id,
             queue: q,
@@ -485,16 +501,11 @@ pub struct TxQueue {
 }
 
 impl RxQueue {
-    /// Receive up to `max` packets (≤ MAX_BURST) into an empty `burst`; returns how many.
+    /// Receive up to `max` packets (at most the burst's room) into `burst`, normally empty;
+    /// returns how many. Mbufs already in it stay in front (never overwritten).
     #[inline(always)]
     pub fn rx_burst(&mut self, burst: &mut Burst, max: u16) -> usize {
-        debug_assert!(burst.is_empty());
-        let (ptr, _) = burst.raw_mut();
-        let max = max.min(crate::mbuf::MAX_BURST as u16);
-        // SAFETY: `ptr` has room for MAX_BURST pointers; we own this queue exclusively (&mut self).
-        let n = unsafe { sys::rte_eth_rx_burst(self.port, self.queue, ptr, max) } as usize;
-        burst.set_filled(n);
-        n
+        self.rx_burst_append(burst, max)
     }
 
     /// Receive up to `max` packets behind those already in `burst` (at most its room). Returns

@@ -165,24 +165,27 @@ impl MbufProducer {
 }
 
 impl MbufConsumer {
-    /// Dequeue up to `max` mbufs into the empty `burst`. Returns how many.
+    /// Dequeue up to `max` mbufs (at most the burst's room) into `burst`, normally empty.
+    /// Returns how many. Mbufs already in it stay in front (never overwritten).
     #[inline]
     pub fn recv_burst(&mut self, burst: &mut Burst, max: u16) -> usize {
-        debug_assert!(burst.is_empty());
-        let (ptr, _) = burst.raw_mut();
-        let max = (max as usize).min(crate::mbuf::MAX_BURST);
-        // SAFETY: single consumer; the burst has room for MAX_BURST pointers; each dequeued pointer
-        // is an owned mbuf handed over by the producer.
+        let (ptr, len) = burst.raw_mut();
+        let max = (max as usize).min(burst.room());
+        if max == 0 {
+            return 0;
+        }
+        // SAFETY: single consumer; slots len..len+max of the burst are free (max <= room); each
+        // dequeued pointer is an owned mbuf handed over by the producer.
         let n = unsafe {
             sys::rte_ring_sc_dequeue_burst_elem(
                 self.ring.0.as_ptr(),
-                ptr as *mut _,
+                ptr.add(len) as *mut _,
                 size_of::<usize>() as u32,
                 max as u32,
                 std::ptr::null_mut(),
             ) as usize
         };
-        burst.set_filled(n);
+        burst.set_filled(len + n);
         n
     }
 }

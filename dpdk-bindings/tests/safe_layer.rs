@@ -56,6 +56,9 @@ fn eal_port_mbuf_ring_and_lcore() {
     assert!(b.is_empty());
     let mut rx = port.rx_queue(0);
     assert_eq!(rx.rx_burst(&mut b, 32), 1);
+    // A queue the port was not configured with is refused (DPDK would read a null queue).
+    assert!(std::panic::catch_unwind(|| port.rx_queue(1)).is_err());
+    assert!(std::panic::catch_unwind(|| port.tx_queue(7)).is_err());
     let got: Vec<_> = b.drain().collect();
     assert_eq!(got[0].data(), &frame[..]);
     drop(got);
@@ -133,6 +136,21 @@ fn eal_port_mbuf_ring_and_lcore() {
     let st = port.stats().unwrap();
     assert_eq!((st.ipackets, st.opackets), (3, 3));
     assert!(!port.xstats().unwrap().is_empty());
+
+    // rx_burst into a burst that holds mbufs keeps them in front (never overwritten, never
+    // leaked); a drain stopped early frees what it did not hand out.
+    let in_use = pool.in_use();
+    let mut t = Burst::new();
+    assert!(t.push(one(21)).is_ok());
+    assert_eq!(tx.tx_burst(&mut t), 1);
+    let mut b = Burst::new();
+    assert!(b.push(one(20)).is_ok() && b.push(one(22)).is_ok());
+    assert_eq!(rx.rx_burst(&mut b, 32), 1);
+    assert_eq!(b.len(), 3);
+    let first = b.drain().next().map(|m| m.data()[0]);
+    assert_eq!(first, Some(20));
+    assert!(b.is_empty());
+    assert_eq!(pool.in_use(), in_use, "the two not taken were freed");
 
     let (mut p, mut c) = dpdk::ring::spsc::<[u32; 3]>("test_ring", 8).unwrap();
     assert_eq!(p.send_burst(&[[1, 2, 3], [4, 5, 6]]), 2);

@@ -295,6 +295,14 @@ fn run(cfg: &Config) -> Result<(), String> {
             .map_err(|e| format!("mbuf pool: {e}"))?,
     );
 
+    // Every way out of here (an error included) stops the workers launched so far, then stops
+    // and closes the ports configured so far (af_xdp detaches its XDP program, pcap flushes).
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut running = Running {
+        stop: stop.clone(),
+        launched: Vec::new(),
+        ports: Vec::new(),
+    };
     let mut ports = Vec::new();
     let mut macs = Vec::new();
     for pc in &cfg.ports {
@@ -312,6 +320,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         };
         port.configure(&conf, &pool)
             .map_err(|e| format!("port {:?}: {e}", pc.name))?;
+        running.ports.push(port);
         if let Some(mac) = pc.mac {
             port.set_mac(mac)
                 .map_err(|e| format!("port {:?}: set MAC: {e}", pc.name))?;
@@ -362,6 +371,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         };
         tap.configure(&conf, &pool)
             .map_err(|e| format!("kernel interface {k}: {e}"))?;
+        running.ports.push(tap);
         tap.set_mac(macs[i])
             .map_err(|e| format!("kernel interface {k}: set MAC: {e}"))?;
         tap.start()
@@ -406,7 +416,6 @@ fn run(cfg: &Config) -> Result<(), String> {
         }
         _ => {}
     }
-    let stop = Arc::new(AtomicBool::new(false));
 
     // Worker-to-worker SPSC rings, one for every ordered pair: neighbour updates and packets
     // redirected to the worker that owns their session.
@@ -441,7 +450,6 @@ fn run(cfg: &Config) -> Result<(), String> {
 
     let model = Model::from_config(cfg, daemon::MAX_DESTS);
     let mut counters = Vec::new();
-    let mut launched = Vec::new();
     let mut ctl_links = Vec::new();
     let mut dest_stats = Vec::new();
     for (w, (&lcore, (tx, links))) in workers
@@ -485,7 +493,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         let stop = stop.clone();
         let h = dpdk::lcore::launch(lcore, move || worker.run(stop))
             .map_err(|e| format!("worker {w}: {e}"))?;
-        launched.push(h);
+        running.launched.push(h);
     }
     // The control plane: socket, model, snapshots to the workers, rate estimator.
     let d = daemon::Daemon::new(
@@ -501,16 +509,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let ctl_stop = Arc::new(AtomicBool::new(false));
     let listener = rvs_ctrlplane::ctl::server::bind(&cfg.control.socket, cfg.control.mode)
         .map_err(|e| format!("control socket {}: {e}", cfg.control.socket.display()));
-    let (listener, socket_file) = match listener {
-        Ok(l) => l,
-        Err(e) => {
-            stop.store(true, Ordering::SeqCst);
-            for h in launched {
-                h.wait();
-            }
-            return Err(e);
-        }
-    };
+    let (listener, socket_file) = listener?;
     let metrics_listener = match cfg.metrics.listen {
         None => None,
         Some(addr) => match std::net::TcpListener::bind(addr) {
@@ -518,10 +517,6 @@ fn run(cfg: &Config) -> Result<(), String> {
             Err(e) => {
                 drop(listener);
                 socket_file.remove();
-                stop.store(true, Ordering::SeqCst);
-                for h in launched {
-                    h.wait();
-                }
                 return Err(format!("metrics listen {addr}: {e}"));
             }
         },
@@ -574,10 +569,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         let _ = m.join();
     }
     socket_file.remove();
-    stop.store(true, Ordering::SeqCst);
-    for h in launched {
-        h.wait();
-    }
+    running.stop_workers();
 
     say!("rvsd: stopping; final statistics");
     for (pc, port) in cfg.ports.iter().zip(&ports) {
@@ -605,15 +597,39 @@ fn run(cfg: &Config) -> Result<(), String> {
         total.add(&s);
     }
     say!("{}", format_core("total", &total));
-    for port in ports.iter().chain(taps.iter().flatten()) {
-        let _ = port.stop();
-        let _ = port.close();
-    }
+    drop(running); // the ports: stopped and closed
     drop(counters);
     drop(pool);
     // The EAL itself is released by process exit (see dpdk::Eal::cleanup).
     let _ = eal;
     Ok(())
+}
+
+/// What `run` started: workers, then ports; undone in reverse on drop, on every way out.
+struct Running {
+    stop: Arc<AtomicBool>,
+    launched: Vec<dpdk::lcore::Launched>,
+    ports: Vec<dpdk::Port>,
+}
+
+impl Running {
+    /// Ask every worker to stop and wait for each.
+    fn stop_workers(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.launched.drain(..) {
+            h.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_workers();
+        for port in &self.ports {
+            let _ = port.stop();
+            let _ = port.close();
+        }
+    }
 }
 
 /// Probe threads of the health checker (checks of different real servers run in parallel, each

@@ -1417,15 +1417,18 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// Copy sessions from table slot `start` into `out` until it is full (`out.capacity()`), without
-    /// allocating (the caller sized `out`). Returns the slot to continue from, or None at the end.
+    /// allocating (the caller sized `out`), looking at [`SESSIONS_PAGE_SLOTS`] slots at most (a
+    /// worker answers between two bursts: a sparse table of millions of slots is listed over
+    /// several calls). Returns the slot to continue from, or None at the end.
     pub fn sessions_page(&self, start: usize, out: &mut Vec<SessionInfo>) -> Option<usize> {
-        for (i, s) in self.fnat.sessions.iter_from(start) {
+        let end = start.saturating_add(SESSIONS_PAGE_SLOTS);
+        for (i, s) in self.fnat.sessions.iter_range(start, end) {
             if out.len() == out.capacity() {
                 return Some(i as usize);
             }
             out.push(SessionInfo::from(s));
         }
-        None
+        (end < self.fnat.sessions.capacity()).then_some(end)
     }
 
     /// Number of services.
@@ -1433,6 +1436,9 @@ impl<P: PacketBuf> Stack<P> {
         self.fnat.services.len()
     }
 }
+
+/// Most session-table slots one [`Stack::sessions_page`] call looks at (about 1 MB of entries).
+pub const SESSIONS_PAGE_SLOTS: usize = 16 * 1024;
 
 /// Addresses of a translated ICMP error.
 #[derive(Clone, Copy)]

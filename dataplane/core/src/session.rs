@@ -594,12 +594,18 @@ impl<A: SessAddr> SessionTable<A> {
     /// Every session in use (control path, tests).
     /// Sessions in use from slot `start` on (for paged listings).
     pub fn iter_from(&self, start: usize) -> impl Iterator<Item = (u32, &Session<A>)> {
-        self.entries
+        self.iter_range(start, usize::MAX)
+    }
+
+    /// Sessions in use in slots `start..end` (clamped to the table).
+    pub fn iter_range(&self, start: usize, end: usize) -> impl Iterator<Item = (u32, &Session<A>)> {
+        let end = end.min(self.entries.len());
+        let start = start.min(end);
+        self.entries[start..end]
             .iter()
             .enumerate()
-            .skip(start)
             .filter(|(_, e)| e.flags & F_USED != 0)
-            .map(|(i, e)| (i as u32, e))
+            .map(move |(i, e)| ((start + i) as u32, e))
     }
 
     /// Sessions in use.

@@ -1288,6 +1288,52 @@ fn a_new_service_set_releases_what_it_no_longer_uses_and_announces_what_it_bring
     assert_eq!(s.service_count(), 2);
 }
 
+#[test]
+fn session_listing_pages_look_at_a_bounded_number_of_slots_and_miss_none() {
+    let mut c = cfg();
+    c.fullnat.sessions = 1 << 17;
+    let (mut s, mut io, _) = setup(c);
+    for k in 0..50 {
+        open(&mut s, &mut io, 30_000 + k, 0);
+    }
+    let slots = s.session_capacity();
+    assert!(
+        slots > 4 * rvs_core::fullnat::SESSIONS_PAGE_SLOTS,
+        "{slots}"
+    );
+    let (mut start, mut seen, mut calls) = (0, Vec::new(), 0);
+    loop {
+        let mut out = Vec::with_capacity(1000);
+        let next = s.sessions_page(start, &mut out);
+        calls += 1;
+        seen.extend(out.iter().map(|x| x.cport));
+        match next {
+            Some(n) => {
+                assert!(n > start && n - start <= rvs_core::fullnat::SESSIONS_PAGE_SLOTS);
+                start = n;
+            }
+            None => break,
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (30_000..30_050).collect::<Vec<u16>>(),
+        "every session once"
+    );
+    assert_eq!(
+        calls,
+        slots.div_ceil(rvs_core::fullnat::SESSIONS_PAGE_SLOTS)
+    );
+    // A full page stops at the first session it has no room for.
+    let mut out = Vec::with_capacity(10);
+    let next = s.sessions_page(0, &mut out).unwrap();
+    assert_eq!(out.len(), 10);
+    let mut rest = Vec::with_capacity(1000);
+    s.sessions_page(next, &mut rest);
+    assert!(!rest.iter().any(|r| out.iter().any(|o| o.cport == r.cport)));
+}
+
 // ------------------------------------------------------------------------------------- Property
 
 struct Rng(u64);

@@ -69,8 +69,10 @@ pub enum Cmd {
 
 /// The control thread's end of one worker's mailbox.
 pub struct CtlLink {
-    pub to_worker: Producer<usize>,
-    pub from_worker: Consumer<usize>,
+    // Private: the rings carry `Box<Cmd>` pointers as integers; only this module may put them
+    // there or take them out (a stray integer would be turned into a box).
+    to_worker: Producer<usize>,
+    from_worker: Consumer<usize>,
     /// Commands that timed out, still with the worker: their late answers are freed when they
     /// come, never taken for the answer to a later command.
     late: Vec<usize>,
@@ -78,8 +80,9 @@ pub struct CtlLink {
 
 /// The worker's end of its mailbox.
 pub struct WorkerCtl {
-    pub from_ctl: Consumer<usize>,
-    pub to_ctl: Producer<usize>,
+    // Private, as in `CtlLink`.
+    from_ctl: Consumer<usize>,
+    to_ctl: Producer<usize>,
 }
 
 /// A mailbox pair for one worker.
