@@ -158,6 +158,31 @@ fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
         (a / b - 3.0).abs() < 0.3,
         "split {a}:{b} is not about 3:1\n{stats}"
     );
+    // The connection table as `ipvsadm -L -n -c` shows it, read from the running worker: one
+    // row per session still in the table (TIME_WAIT lasts 120 s: all of them, but for a client
+    // port the kernel reused, whose session was replaced), client -> VIP -> real server.
+    let (code, conns) = rvsadm(&sock, "-L -n -c");
+    assert_eq!(code, 0, "{conns}");
+    assert!(
+        conns.starts_with("IPVS connection entries\npro expire state"),
+        "{conns}"
+    );
+    let rows: Vec<Vec<&str>> = conns
+        .lines()
+        .filter(|l| l.starts_with("TCP "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!((900..=1000).contains(&rows.len()), "{} rows", rows.len());
+    for r in &rows {
+        assert!(
+            r.len() == 6
+                && ["TIME_WAIT", "CLOSE", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK"].contains(&r[2])
+                && r[3].starts_with("192.0.2.2:")
+                && r[4] == format!("{VIP}:80")
+                && ["198.51.100.11:80", "198.51.100.12:80"].contains(&r[5]),
+            "{r:?}"
+        );
+    }
     // One client port used twice in a row (outside the ephemeral range, so the 1000 above never
     // took it): the client reads each whole response and closes with a RST (SO_LINGER 0), so
     // its own kernel keeps no TIME_WAIT that would refuse the port; the second SYN finds the
