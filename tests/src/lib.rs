@@ -18,7 +18,8 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn in_ci() -> bool {
+/// True under `CI=true` (any non-empty value but `false` and `0`).
+pub fn in_ci() -> bool {
     std::env::var("CI")
         .map(|v| !v.is_empty() && v != "false" && v != "0")
         .unwrap_or(false)

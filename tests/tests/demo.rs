@@ -9,7 +9,9 @@ use std::process::Command;
 use rvs_tests::*;
 
 fn demo(args: &[&str]) -> (bool, String) {
-    let o = Command::new(root().join("scripts/demo"))
+    let o = Command::new("timeout")
+        .arg("300")
+        .arg(root().join("scripts/demo"))
         .args(args)
         .env("RVS_TOPO", "rvsy")
         .output()
@@ -34,7 +36,13 @@ fn the_demo_runs_as_the_readme_says() {
     let down = Down;
     let (ok, out) = demo(&[]);
     assert!(ok, "scripts/demo failed:\n{out}");
-    assert!(out.contains("== rvsd started on net_af_xdp"), "{out}");
+    // Under CI the AF_XDP path the README leads with must start; elsewhere the demo may fall
+    // back to AF_PACKET (and says so).
+    let on_xdp = out.contains("== rvsd started on net_af_xdp");
+    assert!(
+        on_xdp || (!in_ci() && out.contains("== rvsd started on net_af_packet")),
+        "{out}"
+    );
     // The six FULLNAT requests: wrr 3:2:1 as the README shows it.
     let bodies = |section: &str, n: usize| -> Vec<String> {
         out.split(section)
@@ -62,7 +70,11 @@ fn the_demo_runs_as_the_readme_says() {
     std::mem::forget(down);
     let (ok, out) = demo(&["down"]);
     assert!(ok, "{out}");
-    assert!(out.contains("final statistics"), "{out}");
+    // rvsd's own last lines: it stopped on SIGTERM (not killed) and printed its totals.
+    assert!(
+        out.contains("rvsd: stopping; final statistics") && out.contains("\ntotal: "),
+        "{out}"
+    );
     assert!(
         !text(&sh("ip netns list")).contains("rvsy-"),
         "namespaces removed"

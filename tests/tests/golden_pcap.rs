@@ -135,11 +135,15 @@ args = ["--log-level", "*:warning"]
 workers = [1]
 ip_forward = true
 
+[control]
+socket = "{}"
+
 [[port]]
 name = "lan"
 device = "net_pcap0,rx_pcap={},tx_pcap={}"
 addresses = ["192.0.2.1/24"]
 "#,
+        test_socket("rvs-golden").display(),
         rx.display(),
         tx.display()
     );

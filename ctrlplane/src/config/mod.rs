@@ -219,8 +219,9 @@ pub struct DataplaneConfig {
     pub rx_desc: u16,
     /// Tx descriptors per queue (`tx_desc`, power of two 64..=16384, default 1024).
     pub tx_desc: u16,
-    /// Mbufs in each port's pool (`mbufs`, default 8191); at least
-    /// `2 * burst * workers + rx_desc * workers`.
+    /// Mbufs per port (`mbufs`, default 8191): one pool of `mbufs * ports`, which must hold
+    /// `workers * (ports * (rx_desc + tx_desc) + kernel ports * 512 + 2 * burst + 1.5 *
+    /// mbuf_cache)` (every worker's rings full, see `check_mbufs`).
     pub mbufs: u32,
     /// Per-lcore mbuf cache size (`mbuf_cache`, default 256); at most 512 and
     /// at most `mbufs / 1.5`.

@@ -729,8 +729,6 @@ lips = ["198.51.100.2"]
         assert_eq!(m.services[1].reals[0].weight, 3);
     }
 
-    /// As in the configuration file, a real server added by `rvsadm -a`/`-e` is another host:
-    /// not a port address, VIP or local address of rvs.
     /// A service or real server rvsadm deletes and adds again (or `-C` then `-R`) gets the
     /// health check the file gives it back; a reload takes the file's checks anew.
     #[test]
@@ -825,6 +823,8 @@ lips = ["198.51.100.2"]
         assert_eq!(m.services.last().unwrap().check, None);
     }
 
+    /// As in the configuration file, a real server added by `rvsadm -a`/`-e` is another host:
+    /// not a port address, VIP or local address of rvs.
     #[test]
     fn a_real_server_is_not_rvs_itself() {
         let mut m = model();

@@ -1331,6 +1331,9 @@ impl<P: PacketBuf> Stack<P> {
         services: &[ServiceConf],
         prepared: &[Option<MhLookup>],
     ) -> Result<(), ServiceError> {
+        if !self.services_fit(services) {
+            return Err(ServiceError::TooManyAddrs);
+        }
         let f = &mut self.fnat;
         let mut svcs = Services::build_prepared(
             services,

@@ -344,6 +344,27 @@ impl<P: PacketBuf> Stack<P> {
     /// (never a port's own address): a VIP or LIP no longer configured is no longer answered for
     /// (ARP, ICMP, its sessions' packets), as an LVS box whose VIP is taken down. All or nothing:
     /// when the owned set cannot hold the new addresses, nothing changes. Control path.
+    /// Whether [`Stack::own_services`] of `services` would fit the owned set (checked before
+    /// anything is built, so that a refused service set leaves no trace).
+    pub(crate) fn services_fit(&self, services: &[ServiceConf]) -> bool {
+        let want = service_addrs(services);
+        let mut ips: std::collections::HashSet<IpAddr> = want.iter().map(|a| a.1).collect();
+        for (ip, o) in self.owned.iter() {
+            // Owned on a port where the new set does not release it?
+            let kept = (0..self.ports.len().min(MAX_PORTS)).any(|p| {
+                let pair = (p as PortIdx, *ip);
+                o.ports & (1u64 << p) != 0
+                    && (self.svc_owned.binary_search(&pair).is_err()
+                        || want.binary_search(&pair).is_ok()
+                        || self.ports[p].addrs.iter().any(|a| a.addr == *ip))
+            });
+            if kept {
+                ips.insert(*ip);
+            }
+        }
+        ips.len() <= OWNED_CAPACITY
+    }
+
     pub(crate) fn own_services(&mut self, services: &[ServiceConf]) -> Result<(), OwnedError> {
         let want = service_addrs(services);
         let old = std::mem::take(&mut self.svc_owned);

@@ -431,8 +431,11 @@ impl Daemon {
             let announce = announce_of(&before, &g.model);
             fresh = self.fresh_origins(&g, &before);
             if let Err(e) = self.publish(&mut g, announce) {
+                // Back on every worker; addresses the failed change released on some workers
+                // are owned again there, and announced again.
+                let back = announce_of(&g.model, &before);
                 g.model = before;
-                let _ = self.publish(&mut g, Vec::new());
+                let _ = self.publish(&mut g, back);
                 return Response::Error {
                     code: code::EINVAL,
                     message: format!("reload failed, previous configuration kept: {e}"),
@@ -463,8 +466,9 @@ impl Daemon {
                         Response::Ok
                     }
                     Err(e) => {
+                        let back = announce_of(&g.model, &before);
                         g.model = before;
-                        let _ = self.publish(&mut g, Vec::new());
+                        let _ = self.publish(&mut g, back);
                         Response::Error {
                             code: code::EINVAL,
                             message: e,
