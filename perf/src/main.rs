@@ -15,6 +15,7 @@ mod fnat;
 mod frames;
 mod harness;
 mod probe;
+mod publish;
 mod report;
 mod trace;
 mod veth;
@@ -165,6 +166,8 @@ enum Cmd {
     VethGen(veth::GenArgs),
     /// Over-veth benchmark: plain io-forward between two DPDK ports, Ethernet header rewritten.
     VethFwd(veth::FwdArgs),
+    /// What a configuration publication costs each worker (service-set swap, ms).
+    Publish,
 }
 
 fn main() -> ExitCode {
@@ -177,6 +180,7 @@ fn main() -> ExitCode {
         Cmd::Mem => mem_only(o),
         Cmd::VethGen(a) => veth::gen(&a),
         Cmd::VethFwd(a) => veth::fwd(&a),
+        Cmd::Publish => publish::run(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
