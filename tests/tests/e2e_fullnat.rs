@@ -78,6 +78,18 @@ lips = ["198.51.100.2", "198.51.100.3"]
   ip = "198.51.100.11"
   [[service.real]]
   ip = "198.51.100.12"
+
+# Nothing listens on :9 of the real server: its ICMP port unreachable (RIP -> LIP) comes back
+# to the client translated (VIP -> CIP, about the client's own datagram).
+[[service]]
+proto = "udp"
+vip = "{VIP}"
+vport = 9
+scheduler = "rr"
+port = "client"
+lips = ["198.51.100.2"]
+  [[service.real]]
+  ip = "198.51.100.11"
 "#
     );
     let path = dir.join(format!("fnat-{pmd}-{}w.toml", workers.len()));
@@ -195,12 +207,27 @@ fn fullnat_tcp_wrr_toa_checksums_bulk_and_udp() {
         "rr over two UDP reals: {replies}"
     );
 
+    // ICMP errors translated back: the real server's port unreachable reaches the client as
+    // one about its own datagram to the VIP (the client's kernel matches the inner addresses,
+    // ports and checksums to its connected socket, or the error is not reported).
+    let o = ns(
+        &cl,
+        &format!("python3 -c \"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3);s.connect(('{VIP}',9));s.send(b'anyone?')\ntry:\n s.recv(100);print('answered')\nexcept ConnectionRefusedError:\n print('refused')\nexcept socket.timeout:\n print('timeout')\""),
+    );
+    assert_eq!(
+        text(&o).trim(),
+        "refused",
+        "port unreachable translated to the client\n{}",
+        rvsd.log_text()
+    );
+
     let (clean, log) = rvsd.stop();
     assert!(clean, "rvsd stops cleanly:\n{log}");
     assert!(
         final_counter(&log, "toa_inserted") >= 500,
         "TOA counted:\n{log}"
     );
+    assert!(final_counter(&log, "icmp_translated") >= 1, "{log}");
 }
 
 /// Every packet the real server received through rvs: source is a LIP, checksums valid, and the
