@@ -1,9 +1,11 @@
 //! What a configuration publication costs a worker (`rvs-bench publish`): the time a worker
-//! spends between two bursts swapping in a new service set (`Stack::set_services`), with the
-//! Maglev tables built on the worker as before, and with them built once on the control thread
-//! (`Services::prepare`, what rvsd's `Snapshot::new` does) and only shared by the worker. Every
-//! publication pays this (an rvsadm edit, a reload, every health-check transition), on every
-//! worker, while packets wait in the RX rings. Medians of 5; the sans-IO stack, no EAL.
+//! spends between two bursts swapping in a new service set, (1) building the whole set itself
+//! (`Stack::set_services`, as before), (2) with the Maglev tables built once on the control
+//! thread and shared (`Services::prepare`, rvsd's `Snapshot::new`), (3) with its whole set built
+//! on the control thread (`Services::build_detached`, what rvsd now sends each worker) so that
+//! it only attaches its LIP pools and swaps (`Stack::swap_services_built`). Every publication
+//! pays this (an rvsadm edit, a reload, every health-check transition), on every worker, while
+//! packets wait in the RX rings. Medians of 5; the sans-IO stack, no EAL.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -73,8 +75,8 @@ pub fn run() -> Result<(), String> {
         (1, 100, mh(131_071)),
     ];
     println!("**What a publication costs each worker** (`rvs-bench publish`; median of 5, ms)\n");
-    println!("| services × real servers | scheduler | worker swap, tables built on the worker (before) | tables built once on the control thread | worker swap with them (now) |");
-    println!("|---|---|---:|---:|---:|");
+    println!("| services × real servers | scheduler | worker builds everything (before) | control thread: shared tables | worker swap with them | control thread: a worker's whole set | worker swap with it (now) |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for (n, d, sched) in cases {
         let set = services(n, d, sched);
         let mut cfg = crate::fnat::config(1024, 2, Timeouts::default(), 0);
@@ -84,6 +86,7 @@ pub fn run() -> Result<(), String> {
             Stack::try_new(&cfg, Default::default()).map_err(|e| e.to_string())?;
         st.set_services(&set).map_err(|e| e.to_string())?; // LIP pool made once
         let (mut own, mut prep, mut shared) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut build, mut swap) = (Vec::new(), Vec::new());
         for _ in 0..5 {
             let t = Instant::now();
             st.set_services(&set).map_err(|e| e.to_string())?;
@@ -95,16 +98,27 @@ pub fn run() -> Result<(), String> {
             st.set_services_prepared(&set, &p)
                 .map_err(|e| e.to_string())?;
             shared.push(t.elapsed());
+            let t = Instant::now();
+            let mut built = Services::build_detached(&set, cfg.fullnat.max_dests, 1, &p)
+                .map_err(|e| e.to_string())?;
+            build.push(t.elapsed());
+            let t = Instant::now();
+            st.swap_services_built(&set, &mut built)
+                .map_err(|e| e.to_string())?;
+            swap.push(t.elapsed());
+            drop(built); // the replaced set, freed off the worker in rvsd
         }
         let name = match sched {
             Sched::Mh { table_size, .. } => format!("mh, table {table_size}"),
             s => format!("{s:?}").to_lowercase(),
         };
         println!(
-            "| {n} × {d} | {name} | {} | {} | {} |",
+            "| {n} × {d} | {name} | {} | {} | {} | {} | {} |",
             ms(median(own)),
             ms(median(prep)),
-            ms(median(shared))
+            ms(median(shared)),
+            ms(median(build)),
+            ms(median(swap))
         );
     }
     Ok(())

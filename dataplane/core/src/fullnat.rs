@@ -1331,24 +1331,44 @@ impl<P: PacketBuf> Stack<P> {
         services: &[ServiceConf],
         prepared: &[Option<MhLookup>],
     ) -> Result<(), ServiceError> {
+        let mut built = Services::build_detached(
+            services,
+            self.fnat.conf.max_dests,
+            self.ports.len(),
+            prepared,
+        )?;
+        self.swap_services_built(services, &mut built)
+    }
+
+    /// [`Stack::set_services`] with the service set built ahead from `services` by
+    /// [`Services::build_detached`] (on the control thread: the worker only attaches its LIP
+    /// pools, owns the addresses and swaps). On success `built` holds the set it replaced, for
+    /// the caller to free off the worker (nothing is allocated or freed here for known LIPs). On
+    /// error nothing changes.
+    pub fn swap_services_built(
+        &mut self,
+        services: &[ServiceConf],
+        built: &mut Services,
+    ) -> Result<(), ServiceError> {
+        if let Some(d) = built
+            .list
+            .iter()
+            .flat_map(|s| &s.dests)
+            .find(|d| d.id >= self.fnat.conf.max_dests)
+        {
+            return Err(ServiceError::DestId(d.id));
+        }
         if !self.services_fit(services) {
             return Err(ServiceError::TooManyAddrs);
         }
-        let f = &mut self.fnat;
-        let mut svcs = Services::build_prepared(
-            services,
-            f.conf.max_dests,
-            self.ports.len(),
-            &mut f.lports,
-            prepared,
-        )?;
+        built.attach_lips(&mut self.fnat.lports)?;
         self.own_services(services)
             .map_err(|_| ServiceError::TooManyAddrs)?;
         let f = &mut self.fnat;
-        svcs.seed(f.worker, f.builds);
+        built.seed(f.worker, f.builds);
         f.builds += 1;
-        f.nat_enabled |= svcs.any_nat();
-        f.services = svcs;
+        f.nat_enabled |= built.any_nat();
+        std::mem::swap(&mut f.services, built);
         self.reclassify_owned();
         Ok(())
     }

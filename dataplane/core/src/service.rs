@@ -47,8 +47,10 @@ pub struct Service {
     pub dests: Vec<Dest>,
     /// Scheduler state (this worker's).
     pub sched: Scheduler,
-    /// Lport pools of the service's LIPs.
+    /// Lport pools of the service's LIPs (this worker's; see [`Services::attach_lips`]).
     pub lips: Vec<u16>,
+    /// The service's LIPs, in configuration order (`lips` are their pools).
+    pub lip_addrs: Vec<IpAddr>,
     /// Next LIP to try first (rotates per new session).
     pub lip_cursor: usize,
     /// Some dest is NAT: every session of the service lives on the worker owning the client
@@ -210,6 +212,34 @@ impl Services {
         lports: &mut LportAlloc,
         prepared: &[Option<MhLookup>],
     ) -> Result<Services, ServiceError> {
+        let mut s = Self::build_detached(confs, max_dests, n_ports, prepared)?;
+        s.attach_lips(lports)?;
+        Ok(s)
+    }
+
+    /// Give every service its LIPs' lport pools in `lports` (registering new LIPs): the one
+    /// step of a build that needs the worker's own state. Cheap for known LIPs (one map lookup
+    /// each); a new LIP allocates its pool.
+    pub fn attach_lips(&mut self, lports: &mut LportAlloc) -> Result<(), ServiceError> {
+        for s in &mut self.list {
+            s.lips.clear();
+            for l in &s.lip_addrs {
+                s.lips
+                    .push(lports.pool(*l).ok_or(ServiceError::TooManyLips)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Build everything but the LIPs' pools (see [`Services::attach_lips`]): what the control
+    /// thread can do for a worker ahead of a publication, so that the worker only attaches and
+    /// swaps between two bursts.
+    pub fn build_detached(
+        confs: &[ServiceConf],
+        max_dests: u32,
+        n_ports: usize,
+        prepared: &[Option<MhLookup>],
+    ) -> Result<Services, ServiceError> {
         let mut map = FixedMap::with_capacity(confs.len());
         let mut vips = FixedMap::with_capacity(confs.len());
         let mut list = Vec::with_capacity(confs.len());
@@ -285,10 +315,7 @@ impl Services {
                     lower: d.lower,
                 });
             }
-            let mut lips = Vec::with_capacity(c.lips.len());
-            for l in &c.lips {
-                lips.push(lports.pool(*l).ok_or(ServiceError::TooManyLips)?);
-            }
+            let lips = Vec::with_capacity(c.lips.len());
             match c.mark {
                 Some(m) => matches.push((m, list.len() as u32)),
                 None => {
@@ -308,6 +335,7 @@ impl Services {
                 ),
                 dests,
                 lips,
+                lip_addrs: c.lips.clone(),
                 lip_cursor: 0,
                 has_nat: c.dests.iter().any(|d| d.fwd == Fwd::Nat),
                 persist: c.persist,

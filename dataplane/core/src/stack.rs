@@ -348,6 +348,9 @@ impl<P: PacketBuf> Stack<P> {
     /// anything is built, so that a refused service set leaves no trace).
     pub(crate) fn services_fit(&self, services: &[ServiceConf]) -> bool {
         let want = service_addrs(services);
+        if self.owned.len() + want.len() <= OWNED_CAPACITY {
+            return true; // whatever is released, it fits
+        }
         let mut ips: std::collections::HashSet<IpAddr> = want.iter().map(|a| a.1).collect();
         for (ip, o) in self.owned.iter() {
             // Owned on a port where the new set does not release it?

@@ -49,13 +49,47 @@ impl Snapshot {
     }
 }
 
+// A command crosses threads as a raw pointer through the rings, where the compiler cannot see
+// it: it must be Send.
+const _: () = {
+    const fn is_send<T: Send>() {}
+    is_send::<Cmd>();
+};
+
+/// A service set built for one worker off the worker (see [`Cmd::Apply`]).
+pub struct Built(pub Box<Services>);
+
+impl Built {
+    /// The service set of `snap` for a worker of a stack with `n_ports` ports and `max_dests`
+    /// dest ids (what the worker would build; errors are the worker's).
+    pub fn for_worker(
+        snap: &Snapshot,
+        max_dests: u32,
+        n_ports: usize,
+    ) -> Result<Built, rvs_core::service::ServiceError> {
+        Services::build_detached(&snap.services, max_dests, n_ports, &snap.prepared)
+            .map(|s| Built(Box::new(s)))
+    }
+}
+
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Built({} services)", self.0.len())
+    }
+}
+
 /// A command and, once the worker answered, its result.
 #[derive(Debug)]
 pub enum Cmd {
     /// Install `new`; the answer carries the snapshot it replaced (`old`) and the outcome.
+    /// `built`: this worker's service set, built from `new` on the control thread
+    /// ([`Built::for_worker`]); the worker then only attaches and swaps it, and the answer
+    /// carries the set it replaced back in its place (freed on the control thread). Without
+    /// one the worker builds the set itself.
     Apply {
         new: Arc<Snapshot>,
         old: Option<Arc<Snapshot>>,
+        built: Option<Built>,
         result: Result<(), String>,
     },
     /// Copy sessions from table slot `start` into `out` (sized by the sender; the worker never

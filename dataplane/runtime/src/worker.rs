@@ -198,11 +198,21 @@ impl Worker {
     #[cold]
     fn control(&mut self, mut cmd: Box<Cmd>) {
         match &mut *cmd {
-            Cmd::Apply { new, old, result } => {
-                *result = self
-                    .stack
-                    .set_services_prepared(&new.services, &new.prepared)
-                    .map_err(|e| e.to_string());
+            Cmd::Apply {
+                new,
+                old,
+                built,
+                result,
+            } => {
+                *result = match built {
+                    // Built on the control thread: attach and swap; the set replaced goes
+                    // back in its place, to be freed there.
+                    Some(b) => self.stack.swap_services_built(&new.services, &mut b.0),
+                    None => self
+                        .stack
+                        .set_services_prepared(&new.services, &new.prepared),
+                }
+                .map_err(|e| e.to_string());
                 if result.is_ok() {
                     self.stack.set_timeouts(new.timeouts);
                     // The new VIPs and LIPs (owned by set_services) tell the routers and

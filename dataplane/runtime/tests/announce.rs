@@ -89,6 +89,7 @@ fn a_new_vip_is_announced_and_a_removed_one_released() {
                 Box::new(Cmd::Apply {
                     new: snap,
                     old: None,
+                    built: None,
                     result: Ok(()),
                 }),
                 Duration::from_secs(5),

@@ -45,6 +45,7 @@ fn a_late_answer_is_not_the_next_commands() {
                 Box::new(Cmd::Apply {
                     new: snap,
                     old: None,
+                    built: None,
                     result: Ok(()),
                 }),
                 Duration::from_secs(5),

@@ -14,7 +14,7 @@ use common::{rig, services, syn, Rig, RIP_A, RIP_B, VIP1, VIP2};
 use dpdk::Burst;
 use etherparse::{NetSlice, SlicedPacket};
 use rvs_core::config::Timeouts;
-use rvs_dataplane::ctl::{mailbox, Cmd, Snapshot};
+use rvs_dataplane::ctl::{mailbox, Built, Cmd, Snapshot};
 
 #[test]
 fn bursts_never_mix_two_generations() {
@@ -47,18 +47,30 @@ fn bursts_never_mix_two_generations() {
                 Timeouts::default(),
                 vec![],
             ));
+            // Every other publication comes with the worker's service set built here, as rvsd
+            // sends it; the others are built by the worker.
+            let built = (generation % 4 < 2).then(|| {
+                Built::for_worker(&snap, rvs_core::FullnatConf::default().max_dests, 1).unwrap()
+            });
+            let with_built = built.is_some();
             let reply = link
                 .call(
                     Box::new(Cmd::Apply {
                         new: snap,
                         old: None,
+                        built,
                         result: Ok(()),
                     }),
                     std::time::Duration::from_secs(5),
                 )
                 .unwrap();
             match *reply {
-                Cmd::Apply { result: Ok(()), .. } => applied += 1,
+                // The set it replaced came back in place of the one sent.
+                Cmd::Apply {
+                    result: Ok(()),
+                    built,
+                    ..
+                } if built.is_some() == with_built => applied += 1,
                 other => panic!("apply failed: {other:?}"),
             }
         }

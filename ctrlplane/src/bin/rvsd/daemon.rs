@@ -18,7 +18,7 @@ use rvs_ctrlplane::ctl::proto::{
 };
 use rvs_ctrlplane::ctl::server::{Handler, RequestError};
 use rvs_ctrlplane::health::{self, RealId, Target};
-use rvs_dataplane::ctl::{Cmd, CtlLink, Snapshot};
+use rvs_dataplane::ctl::{Built, Cmd, CtlLink, Snapshot};
 
 /// Dest ids per daemon (the length of every worker's per-real-server counter array).
 pub const MAX_DESTS: u32 = rvs_ctrlplane::config::MAX_REALS as u32;
@@ -359,11 +359,19 @@ impl Daemon {
             (self.timeouts)(&g.model.timeouts),
             announce.into_iter().map(|(p, ip)| (p as u16, ip)).collect(),
         ));
+        // Every worker's service set is built here, on the control thread: a worker only
+        // attaches and swaps it between two bursts. A set that cannot be built touches no worker.
+        let n_ports = g.running.ports.len();
+        let mut built = Vec::with_capacity(g.links.len());
+        for _ in 0..g.links.len() {
+            built.push(Built::for_worker(&snap, MAX_DESTS, n_ports).map_err(|e| e.to_string())?);
+        }
         let mut failure = None;
-        for (w, link) in g.links.iter_mut().enumerate() {
+        for ((w, link), built) in g.links.iter_mut().enumerate().zip(built) {
             let cmd = Box::new(Cmd::Apply {
                 new: snap.clone(),
                 old: None,
+                built: Some(built),
                 result: Ok(()),
             });
             match link.call(cmd, WORKER_TIMEOUT) {
@@ -371,7 +379,8 @@ impl Daemon {
                     if let Cmd::Apply { result: Err(e), .. } = *reply {
                         failure = Some(format!("worker {w}: {e}"));
                     }
-                    // `old` (the snapshot this worker left) is dropped here, on the control thread.
+                    // `old` (the snapshot this worker left) and `built` (the service set it
+                    // replaced) are dropped here, on the control thread.
                 }
                 Err(e) => failure = Some(format!("worker {w}: {e}")),
             }
