@@ -328,6 +328,7 @@ impl<P: PacketBuf> Stack<P> {
             gw_cache: vec![NhLine::default(); n_routes].into_boxed_slice(),
             fast: true,
         };
+        st.mirror_owned_v4();
         // VIPs and LIPs are owned (ARP answered, announced by on_start) on their ports.
         let want = service_addrs(&cfg.services);
         for &(port, ip) in &want {
@@ -446,7 +447,8 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
-    /// Rebuild `owned_v4` from `owned` (after every entry was reclassified).
+    /// Build `owned_v4` from `owned` (at construction, where the ports' addresses go straight
+    /// into `owned`).
     fn mirror_owned_v4(&mut self) {
         self.owned_v4.clear();
         for (ip, o) in self.owned.iter() {
@@ -456,7 +458,9 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
-    /// Recompute what every owned address is to FULLNAT (after the services changed).
+    /// Recompute what every owned address is to FULLNAT (after the services changed), in place
+    /// in both maps (`owned_v4` already holds the same addresses: `own` and `remove_owned` keep
+    /// it in step).
     pub(crate) fn reclassify_owned(&mut self) {
         let fnat = &self.fnat;
         self.owned.for_each_mut(|ip, o| {
@@ -465,7 +469,12 @@ impl<P: PacketBuf> Stack<P> {
                 ..fnat.classify(*ip)
             }
         });
-        self.mirror_owned_v4();
+        self.owned_v4.for_each_mut(|ip, o| {
+            *o = Owned {
+                ports: o.ports,
+                ..fnat.classify(IpAddr::V4(Ipv4Addr::from(*ip)))
+            }
+        });
     }
 
     /// Build a stack; panics on an invalid configuration (see [`Stack::try_new`]).
