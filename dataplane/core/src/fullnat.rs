@@ -1343,8 +1343,9 @@ impl<P: PacketBuf> Stack<P> {
     /// [`Stack::set_services`] with the service set built ahead from `services` by
     /// [`Services::build_detached`] (on the control thread: the worker only attaches its LIP
     /// pools, owns the addresses and swaps). On success `built` holds the set it replaced, for
-    /// the caller to free off the worker (nothing is allocated or freed here for known LIPs). On
-    /// error nothing changes.
+    /// the caller to free off the worker (what is still allocated here is small: the address
+    /// lists of the owned-set update, and the pool of a LIP never seen before). On error
+    /// nothing changes.
     pub fn swap_services_built(
         &mut self,
         services: &[ServiceConf],
@@ -1358,8 +1359,25 @@ impl<P: PacketBuf> Stack<P> {
         {
             return Err(ServiceError::DestId(d.id));
         }
+        // Checked here, not only where it was built: a set built for another stack must not
+        // get as far as owning addresses.
+        let n_ports = self.ports.len();
+        if let Some(p) = services
+            .iter()
+            .flat_map(|s| [s.vip_port, s.lip_port])
+            .find(|&p| p as usize >= n_ports)
+        {
+            return Err(ServiceError::BadPort(p));
+        }
         if !self.services_fit(services) {
             return Err(ServiceError::TooManyAddrs);
+        }
+        if !self
+            .fnat
+            .lports
+            .fits(built.list.iter().flat_map(|s| &s.lip_addrs))
+        {
+            return Err(ServiceError::TooManyLips);
         }
         built.attach_lips(&mut self.fnat.lports)?;
         self.own_services(services)

@@ -120,6 +120,18 @@ impl LportAlloc {
         self.by_lip.get(&lip).copied()
     }
 
+    /// Whether pools for all of `lips` can exist (those without one yet fit under
+    /// [`MAX_LIPS`]). Control path.
+    pub fn fits<'a>(&self, lips: impl Iterator<Item = &'a IpAddr>) -> bool {
+        let mut new: Vec<IpAddr> = lips
+            .filter(|l| self.pool_of(**l).is_none())
+            .copied()
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        self.pools.len() + new.len() <= MAX_LIPS
+    }
+
     /// The pool of `lip`, created (allocating its FIFO) when new. Control path. None when
     /// [`MAX_LIPS`] pools exist.
     pub fn pool(&mut self, lip: IpAddr) -> Option<u16> {

@@ -1334,6 +1334,30 @@ fn session_listing_pages_look_at_a_bounded_number_of_slots_and_miss_none() {
     assert!(!rest.iter().any(|r| out.iter().any(|o| o.cport == r.cport)));
 }
 
+#[test]
+fn a_service_set_with_more_lips_than_pools_is_refused_before_any_pool_is_made() {
+    let mut c = cfg();
+    (c.fullnat.lport_min, c.fullnat.lport_max) = (20_000, 20_063); // small pools
+    let (mut s, _, _) = setup(c);
+    let mut many = cfg().services;
+    many[0].lips = (0..=rvs_core::lport::MAX_LIPS as u32)
+        .map(|k| std::net::IpAddr::V4(Ipv4Addr::from(u32::from(a4("10.1.128.0")) + k)))
+        .collect();
+    assert_eq!(
+        s.set_services(&many),
+        Err(rvs_core::service::ServiceError::TooManyLips)
+    );
+    assert!(!s.is_owned(ip("10.1.128.0")), "nothing owned");
+    // No pool was spent: 1023 other new LIPs (with the one in use, the 1024-pool limit) still
+    // fit, which they would not had the refused set registered pools.
+    let mut one_more = cfg().services;
+    one_more[0].lips = (0..rvs_core::lport::MAX_LIPS as u32 - 1)
+        .map(|k| std::net::IpAddr::V4(Ipv4Addr::from(u32::from(a4("10.1.192.0")) + k)))
+        .collect();
+    s.set_services(&one_more).unwrap();
+    assert!(s.is_owned_on(1, ip("10.1.192.0")));
+}
+
 // ------------------------------------------------------------------------------------- Property
 
 struct Rng(u64);

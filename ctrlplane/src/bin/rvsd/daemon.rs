@@ -332,7 +332,7 @@ impl Daemon {
         &self,
         g: &mut Inner,
         announce: Vec<(usize, std::net::IpAddr)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PublishError> {
         let mut services = (self.build)(&g.model);
         // Quiesce the real servers that are down: effective weight 0, sessions kept.
         let down_ids: HashSet<u32> = g
@@ -364,7 +364,10 @@ impl Daemon {
         let n_ports = g.running.ports.len();
         let mut built = Vec::with_capacity(g.links.len());
         for _ in 0..g.links.len() {
-            built.push(Built::for_worker(&snap, MAX_DESTS, n_ports).map_err(|e| e.to_string())?);
+            built.push(
+                Built::for_worker(&snap, MAX_DESTS, n_ports)
+                    .map_err(|e| Unpublished(e.to_string()))?,
+            );
         }
         let mut failure = None;
         for ((w, link), built) in g.links.iter_mut().enumerate().zip(built) {
@@ -385,7 +388,27 @@ impl Daemon {
                 Err(e) => failure = Some(format!("worker {w}: {e}")),
             }
         }
-        failure.map_or(Ok(()), Err)
+        failure.map_or(Ok(()), |e| Err(PublishError::Partly(e)))
+    }
+
+    /// After `publish` failed for the model that is now `g.model`: back to `before` on every
+    /// worker when some took the new set (its addresses re-announced); nothing to undo when
+    /// none did. Returns the message for the reply.
+    fn roll_back(&self, g: &mut Inner, before: Model, e: PublishError) -> String {
+        match e {
+            PublishError::Unpublished(m) => {
+                g.model = before;
+                m
+            }
+            PublishError::Partly(m) => {
+                let back = announce_of(&g.model, &before);
+                g.model = before;
+                if let Err(r) = self.publish(g, back) {
+                    say!("rvsd: rolling back a failed publication failed too: {r}");
+                }
+                m
+            }
+        }
     }
 
     /// Re-read the configuration file and apply what changed (SIGHUP, `rvsadm --reload`).
@@ -442,9 +465,7 @@ impl Daemon {
             if let Err(e) = self.publish(&mut g, announce) {
                 // Back on every worker; addresses the failed change released on some workers
                 // are owned again there, and announced again.
-                let back = announce_of(&g.model, &before);
-                g.model = before;
-                let _ = self.publish(&mut g, back);
+                let e = self.roll_back(&mut g, before, e);
                 return Response::Error {
                     code: code::EINVAL,
                     message: format!("reload failed, previous configuration kept: {e}"),
@@ -474,15 +495,10 @@ impl Daemon {
                         self.rebase(&mut g, &before, fresh);
                         Response::Ok
                     }
-                    Err(e) => {
-                        let back = announce_of(&g.model, &before);
-                        g.model = before;
-                        let _ = self.publish(&mut g, back);
-                        Response::Error {
-                            code: code::EINVAL,
-                            message: e,
-                        }
-                    }
+                    Err(e) => Response::Error {
+                        code: code::EINVAL,
+                        message: self.roll_back(&mut g, before, e),
+                    },
                 }
             }
         }
@@ -563,6 +579,23 @@ fn announce_of(before: &Model, after: &Model) -> Vec<(usize, std::net::IpAddr)> 
         .into_iter()
         .filter(|a| old.binary_search(a).is_err())
         .collect()
+}
+
+/// Why a publication failed.
+enum PublishError {
+    /// The service set could not be built: no worker was sent anything.
+    Unpublished(String),
+    /// Some worker refused or did not answer: the workers may be on different sets.
+    Partly(String),
+}
+use PublishError::Unpublished;
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Unpublished(m) | PublishError::Partly(m) => f.write_str(m),
+        }
+    }
 }
 
 /// IPVS's state names as `ipvsadm -L -c` prints them.
