@@ -43,7 +43,9 @@ fn the_demo_runs_as_the_readme_says() {
         on_xdp || (!in_ci() && out.contains("== rvsd started on net_af_packet")),
         "{out}"
     );
-    // The six FULLNAT requests: wrr 3:2:1 as the README shows it.
+    // The six FULLNAT requests: wrr 3:2:1 as the README shows it. (A health check failing
+    // here would quiesce a real server and restart the sequence: the demo's checks allow 1 s
+    // for a connect, which a busy 2-CPU machine once exceeded with 300 ms.)
     let bodies = |section: &str, n: usize| -> Vec<String> {
         out.split(section)
             .nth(1)
