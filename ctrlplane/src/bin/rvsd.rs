@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use rvs_core::addr::{MacAddr, Prefix};
-use rvs_core::config::{DestConf, FullnatConf, Fwd, Proto, RssConf, Sched, ServiceConf, Timeouts};
+use rvs_core::config::{DestConf, FullnatConf, Fwd, RssConf, Sched, ServiceConf, Timeouts};
 use rvs_core::counters::{CoreCounters, CounterSnapshot, DropReason};
 use rvs_core::io::PortIdx;
 use rvs_core::{NeighConf, PortConf, RouteConf, Stack, StackConfig};
@@ -181,10 +181,7 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
         .services
         .iter()
         .map(|s| ServiceConf {
-            proto: match s.proto {
-                config::Proto::Tcp => Proto::Tcp,
-                config::Proto::Udp => Proto::Udp,
-            },
+            proto: s.proto.core(),
             vip: s.vip,
             vport: s.vport,
             vip_port: s.port as PortIdx,
@@ -209,16 +206,7 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
                 .collect(),
             lips: s.lips.clone(),
             lip_port: s.lip_port as PortIdx,
-            mark: s.mark.as_ref().map(|m| rvs_core::ServiceMatch {
-                mark: m.mark,
-                proto: match m.proto {
-                    config::Proto::Tcp => Proto::Tcp,
-                    config::Proto::Udp => Proto::Udp,
-                },
-                dst: m.dst,
-                dport: m.dport,
-                src: m.src,
-            }),
+            mark: s.mark.as_ref().map(config::MatchConfig::core),
             persist: s.persistent.map(|secs| rvs_core::Persist {
                 timeout_ms: u64::from(secs) * 1000,
                 netmask: match s.netmask {

@@ -319,6 +319,14 @@ impl Proto {
             Proto::Udp => "udp",
         }
     }
+
+    /// The dataplane's protocol.
+    pub fn core(self) -> rvs_core::Proto {
+        match self {
+            Proto::Tcp => rvs_core::Proto::Tcp,
+            Proto::Udp => rvs_core::Proto::Udp,
+        }
+    }
 }
 
 impl fmt::Display for Proto {
@@ -555,6 +563,19 @@ pub struct MatchConfig {
     pub dport: (u16, u16),
     /// Source prefix (`match.src`, IPv4, default every client).
     pub src: Option<rvs_core::Prefix>,
+}
+
+impl MatchConfig {
+    /// The dataplane's match (what the workers balance, and the addresses they own).
+    pub fn core(&self) -> rvs_core::ServiceMatch {
+        rvs_core::ServiceMatch {
+            mark: self.mark,
+            proto: self.proto.core(),
+            dst: self.dst,
+            dport: self.dport,
+            src: self.src,
+        }
+    }
 }
 
 /// One `[[service.real]]`: a real server of a service.

@@ -107,11 +107,11 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
 }
 
 /// The mbuf pool (`mbufs` per port, one pool for all) must hold what can be parked at once, per
-/// worker: a full RX ring
-/// (`rx_desc`) and TX ring (`tx_desc`) on every port (a NIC fills its RX ring at start and
-/// keeps sent mbufs until their descriptors are recycled), the 512 the TAP driver fills each
-/// kernel-side queue with, an RX burst and a TX batch, and what the worker's mempool cache may
-/// hold (1.5 × `mbuf_cache`). Smaller pools fail at start or drop under load (`rx_nombuf`).
+/// worker: a full RX ring (`rx_desc`) and TX ring (`tx_desc`) on every port (a NIC fills its RX
+/// ring at start and keeps sent mbufs until their descriptors are recycled), the 512 the TAP
+/// driver fills each kernel-side queue with, an RX burst and a TX batch, and what the worker's
+/// mempool cache may hold (1.5 × `mbuf_cache`). Smaller pools fail at start or drop under load
+/// (`rx_nombuf`).
 fn check_mbufs(t: &Table<'_>, d: &DataplaneConfig, ports: &[PortConfig]) -> Result<()> {
     let (w, p) = (d.workers.len() as u64, ports.len() as u64);
     let taps = ports.iter().filter(|p| p.kernel.is_some()).count() as u64;

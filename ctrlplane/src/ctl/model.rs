@@ -198,7 +198,7 @@ impl Model {
         let mut v: Vec<(usize, IpAddr)> = Vec::new();
         for s in &self.services {
             match &s.mark {
-                Some(m) => v.extend(match_addrs(m).into_iter().map(|a| (s.port, a))),
+                Some(m) => v.extend(m.core().owned_addrs().into_iter().map(|a| (s.port, a))),
                 None => v.push((s.port, s.vip)),
             }
             v.extend(s.lips.iter().map(|&l| (s.lip_port, l)));
@@ -555,19 +555,6 @@ impl Model {
             sched_flags: s.sched_flags.clone(),
         }
     }
-}
-
-/// The addresses of a match service's prefix that rvs owns (none past
-/// [`rvs_core::MATCH_OWN_MAX`]).
-fn match_addrs(m: &config::MatchConfig) -> Vec<IpAddr> {
-    rvs_core::ServiceMatch {
-        mark: m.mark,
-        proto: rvs_core::Proto::Tcp, // owning does not depend on it
-        dst: m.dst,
-        dport: m.dport,
-        src: m.src,
-    }
-    .owned_addrs()
 }
 
 /// `a.b.c.d:port` or `[v6]:port`.

@@ -1018,61 +1018,53 @@ struct Maglev {
 /// population: in turn, each dest takes `turns` next free slots of its permutation until the
 /// table is full. Dests with weight 0 get no slot (IPVS uses `last_weight`).
 fn maglev_populate(dests: impl Iterator<Item = (IpAddr, u16, u32)> + Clone, size: u32) -> Vec<u32> {
-    {
-        let m = size.max(2) as usize;
-        let mut lookup = vec![NONE; m];
-        let g = dests.clone().filter(|d| d.2 > 0).fold(
-            0u32,
-            |g, d| {
-                if g > 0 {
-                    gcd(d.2, g)
-                } else {
-                    d.2
-                }
-            },
-        );
-        let max = dests.clone().map(|d| d.2).max().unwrap_or(0);
-        if let Some(mw) = max.checked_div(g) {
-            // IP_VS_MH_TAB_BITS = CONFIG_IP_VS_MH_TAB_INDEX / 2, the index being the bit
-            // length of the prime (12 for 4093).
-            let bits = (32 - (m as u32).leading_zeros()) / 2;
-            let fls = 32 - mw.leading_zeros();
-            let rshift = fls.saturating_sub(bits);
-            // (offset, skip, perm, turns)
-            let mut setup: Vec<(usize, usize, usize, u32)> = dests
-                .map(|(rip, rport, weight)| {
-                    let offset = mh_hashkey(rip, rport, MH_KEY1, 0) as usize % m;
-                    let skip = mh_hashkey(rip, rport, MH_KEY2, 0) as usize % (m - 1) + 1;
-                    let t = (weight / g) >> rshift;
-                    let turns = if t != 0 { t } else { (weight != 0) as u32 };
-                    (offset, skip, offset, turns)
-                })
-                .collect();
-            let mut taken = vec![false; m];
-            let mut n = 0;
-            'fill: loop {
-                for (di, ds) in setup.iter_mut().enumerate() {
-                    for _ in 0..ds.3 {
-                        let mut c = ds.2;
-                        while taken[c] {
-                            ds.2 += ds.1;
-                            if ds.2 >= m {
-                                ds.2 -= m;
-                            }
-                            c = ds.2;
+    let m = size.max(2) as usize;
+    let mut lookup = vec![NONE; m];
+    let g = dests
+        .clone()
+        .filter(|d| d.2 > 0)
+        .fold(0u32, |g, d| if g > 0 { gcd(d.2, g) } else { d.2 });
+    let max = dests.clone().map(|d| d.2).max().unwrap_or(0);
+    if let Some(mw) = max.checked_div(g) {
+        // IP_VS_MH_TAB_BITS = CONFIG_IP_VS_MH_TAB_INDEX / 2, the index being the bit
+        // length of the prime (12 for 4093).
+        let bits = (32 - (m as u32).leading_zeros()) / 2;
+        let fls = 32 - mw.leading_zeros();
+        let rshift = fls.saturating_sub(bits);
+        // (offset, skip, perm, turns)
+        let mut setup: Vec<(usize, usize, usize, u32)> = dests
+            .map(|(rip, rport, weight)| {
+                let offset = mh_hashkey(rip, rport, MH_KEY1, 0) as usize % m;
+                let skip = mh_hashkey(rip, rport, MH_KEY2, 0) as usize % (m - 1) + 1;
+                let t = (weight / g) >> rshift;
+                let turns = if t != 0 { t } else { (weight != 0) as u32 };
+                (offset, skip, offset, turns)
+            })
+            .collect();
+        let mut taken = vec![false; m];
+        let mut n = 0;
+        'fill: loop {
+            for (di, ds) in setup.iter_mut().enumerate() {
+                for _ in 0..ds.3 {
+                    let mut c = ds.2;
+                    while taken[c] {
+                        ds.2 += ds.1;
+                        if ds.2 >= m {
+                            ds.2 -= m;
                         }
-                        taken[c] = true;
-                        lookup[c] = di as u32;
-                        n += 1;
-                        if n == m {
-                            break 'fill;
-                        }
+                        c = ds.2;
+                    }
+                    taken[c] = true;
+                    lookup[c] = di as u32;
+                    n += 1;
+                    if n == m {
+                        break 'fill;
                     }
                 }
             }
         }
-        lookup
     }
+    lookup
 }
 
 impl Maglev {

@@ -191,7 +191,9 @@ impl Services {
         n_ports: usize,
         lports: &mut LportAlloc,
     ) -> Result<Services, ServiceError> {
-        Self::build_prepared(confs, max_dests, n_ports, lports, &[])
+        let mut s = Self::build_detached(confs, max_dests, n_ports, &[])?;
+        s.attach_lips(lports)?;
+        Ok(s)
     }
 
     /// The tables of `confs` that can be built once for every worker, ahead, on the control
@@ -201,20 +203,6 @@ impl Services {
             .iter()
             .map(|c| mh_lookup(c.sched, c.dests.iter().map(|d| (d.rip, d.rport, d.weight))))
             .collect()
-    }
-
-    /// [`Services::build`] with the tables [`Services::prepare`] built for these `confs` (a
-    /// missing or mis-sized one is built here).
-    pub fn build_prepared(
-        confs: &[ServiceConf],
-        max_dests: u32,
-        n_ports: usize,
-        lports: &mut LportAlloc,
-        prepared: &[Option<MhLookup>],
-    ) -> Result<Services, ServiceError> {
-        let mut s = Self::build_detached(confs, max_dests, n_ports, prepared)?;
-        s.attach_lips(lports)?;
-        Ok(s)
     }
 
     /// Give every service its LIPs' lport pools in `lports` (registering new LIPs): the one
@@ -231,9 +219,10 @@ impl Services {
         Ok(())
     }
 
-    /// Build everything but the LIPs' pools (see [`Services::attach_lips`]): what the control
-    /// thread can do for a worker ahead of a publication, so that the worker only attaches and
-    /// swaps between two bursts.
+    /// Build everything but the LIPs' pools (see [`Services::attach_lips`]), with the tables
+    /// [`Services::prepare`] built for these `confs` (a missing or mis-sized one is built here):
+    /// what the control thread can do for a worker ahead of a publication, so that the worker
+    /// only attaches and swaps between two bursts.
     pub fn build_detached(
         confs: &[ServiceConf],
         max_dests: u32,

@@ -591,7 +591,6 @@ impl<A: SessAddr> SessionTable<A> {
         Some(s)
     }
 
-    /// Every session in use (control path, tests).
     /// Sessions in use from slot `start` on (for paged listings).
     pub fn iter_from(&self, start: usize) -> impl Iterator<Item = (u32, &Session<A>)> {
         self.iter_range(start, usize::MAX)
@@ -610,11 +609,7 @@ impl<A: SessAddr> SessionTable<A> {
 
     /// Sessions in use.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Session<A>)> {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.flags & F_USED != 0)
-            .map(|(i, e)| (i as u32, e))
+        self.iter_range(0, usize::MAX)
     }
 }
 

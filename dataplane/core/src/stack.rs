@@ -341,10 +341,13 @@ impl<P: PacketBuf> Stack<P> {
         Ok(st)
     }
 
-    /// Own what `services` use and release what the services before them used and these do not
-    /// (never a port's own address): a VIP or LIP no longer configured is no longer answered for
-    /// (ARP, ICMP, its sessions' packets), as an LVS box whose VIP is taken down. All or nothing:
-    /// when the owned set cannot hold the new addresses, nothing changes. Control path.
+    /// Whether `ip` is one of `port`'s own addresses (never released with a service).
+    fn is_port_addr(&self, port: PortIdx, ip: IpAddr) -> bool {
+        self.ports
+            .get(port as usize)
+            .is_some_and(|p| p.addrs.iter().any(|a| a.addr == ip))
+    }
+
     /// Whether [`Stack::own_services`] of `services` would fit the owned set (checked before
     /// anything is built, so that a refused service set leaves no trace).
     pub(crate) fn services_fit(&self, services: &[ServiceConf]) -> bool {
@@ -360,7 +363,7 @@ impl<P: PacketBuf> Stack<P> {
                 o.ports & (1u64 << p) != 0
                     && (self.svc_owned.binary_search(&pair).is_err()
                         || want.binary_search(&pair).is_ok()
-                        || self.ports[p].addrs.iter().any(|a| a.addr == *ip))
+                        || self.is_port_addr(pair.0, pair.1))
             });
             if kept {
                 ips.insert(*ip);
@@ -369,18 +372,17 @@ impl<P: PacketBuf> Stack<P> {
         ips.len() <= OWNED_CAPACITY
     }
 
+    /// Own what `services` use and release what the services before them used and these do not
+    /// (never a port's own address): a VIP or LIP no longer configured is no longer answered for
+    /// (ARP, ICMP, its sessions' packets), as an LVS box whose VIP is taken down. All or nothing:
+    /// when the owned set cannot hold the new addresses, nothing changes. Control path.
     pub(crate) fn own_services(&mut self, services: &[ServiceConf]) -> Result<(), OwnedError> {
         let want = service_addrs(services);
         let old = std::mem::take(&mut self.svc_owned);
-        let is_port_addr = |st: &Self, port: PortIdx, ip: IpAddr| {
-            st.ports
-                .get(port as usize)
-                .is_some_and(|p| p.addrs.iter().any(|a| a.addr == ip))
-        };
         let gone: Vec<(PortIdx, IpAddr)> = old
             .iter()
             .copied()
-            .filter(|a| want.binary_search(a).is_err() && !is_port_addr(self, a.0, a.1))
+            .filter(|a| want.binary_search(a).is_err() && !self.is_port_addr(a.0, a.1))
             .collect();
         let mut released = Vec::with_capacity(gone.len());
         for (port, ip) in gone {

@@ -215,8 +215,8 @@ impl Worker {
                 .map_err(|e| e.to_string());
                 if result.is_ok() {
                     self.stack.set_timeouts(new.timeouts);
-                    // The new VIPs and LIPs (owned by set_services) tell the routers and
-                    // servers where they now live.
+                    // Announce the new VIPs and LIPs (owned by the swap): the routers and real
+                    // servers learn where they now live.
                     for &(port, ip) in &new.announce {
                         self.stack.announce(&mut self.io, port, ip);
                     }

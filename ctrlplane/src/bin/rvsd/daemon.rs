@@ -286,9 +286,6 @@ impl Daemon {
             .collect()
     }
 
-    /// After a change from `before` to the model: the counts of removed real servers move to
-    /// their service's (when it stays), and ids given to a new real server start from their
-    /// current counter values (no `-Z` baseline, no rate history).
     /// The counter values new dest ids start from: read before the snapshot that brings them is
     /// published, so the connections they get at once are theirs (not in their origin).
     fn fresh_origins(&self, g: &Inner, before: &Model) -> Vec<(u32, Stats)> {
@@ -300,6 +297,9 @@ impl Daemon {
             .collect()
     }
 
+    /// After a change from `before` to the model: the counts of removed real servers move to
+    /// their service's (when it stays), and ids given to a new real server start from `fresh`
+    /// (their counter values before the publication; no `-Z` baseline, no rate history).
     fn rebase(&self, g: &mut Inner, before: &Model, fresh: Vec<(u32, Stats)>) {
         let old: HashMap<_, u32> = before.dest_ids().collect();
         let new: HashMap<_, u32> = g.model.dest_ids().collect();
@@ -366,7 +366,7 @@ impl Daemon {
         for _ in 0..g.links.len() {
             built.push(
                 Built::for_worker(&snap, MAX_DESTS, n_ports)
-                    .map_err(|e| Unpublished(e.to_string()))?,
+                    .map_err(|e| PublishError::Unpublished(e.to_string()))?,
             );
         }
         let mut failure = None;
@@ -588,7 +588,6 @@ enum PublishError {
     /// Some worker refused or did not answer: the workers may be on different sets.
     Partly(String),
 }
-use PublishError::Unpublished;
 
 impl std::fmt::Display for PublishError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
