@@ -459,7 +459,7 @@ pub fn fnat_summary(rows: &[ThroughputRow], mem: &[SessMem], scaling: &[Throughp
     let _ = writeln!(
         s,
         "| … and ≥ 0.35 × io-forward | {} × (io-fwd is generator-bound here) |",
-        f(est_1m.zip(base).map(|(a, b)| a / b), 2)
+        f(est_1m.zip(base).map(|(a, b)| a / b), 3)
     );
     let _ = writeln!(
         s,
