@@ -1369,25 +1369,30 @@ impl<P: PacketBuf> Stack<P> {
         {
             return Err(ServiceError::BadPort(p));
         }
-        if !self.services_fit(services) {
+        // Most publications (health-check transitions, weights, schedulers) keep every address:
+        // then nothing is owned, released or reclassified (`rvs-bench publish`).
+        let same_addrs = built.addrs == self.svc_owned;
+        let same_classes = built.classifies_as(&self.fnat.services, &self.fnat.lports);
+        if !same_addrs && !self.services_fit(&built.addrs) {
             return Err(ServiceError::TooManyAddrs);
         }
-        if !self
-            .fnat
-            .lports
-            .fits(built.list.iter().flat_map(|s| &s.lip_addrs))
-        {
+        if !self.fnat.lports.fits(built.lip_set.iter()) {
             return Err(ServiceError::TooManyLips);
         }
         built.attach_lips(&mut self.fnat.lports)?;
-        self.own_services(services)
-            .map_err(|_| ServiceError::TooManyAddrs)?;
+        if !same_addrs {
+            self.own_services(built.addrs.clone())
+                .map_err(|_| ServiceError::TooManyAddrs)?;
+        }
         let f = &mut self.fnat;
         built.seed(f.worker, f.builds);
         f.builds += 1;
         f.nat_enabled |= built.any_nat();
         std::mem::swap(&mut f.services, built);
-        self.reclassify_owned();
+        if !(same_addrs && same_classes) {
+            // Addresses owned above were classified under the set before.
+            self.reclassify_owned();
+        }
         Ok(())
     }
 

@@ -169,6 +169,14 @@ pub struct Services {
     /// Match services: (match, index in `list`), in configuration order, at most
     /// [`MAX_MATCH_SERVICES`] (checked linearly after the exact and port-0 lookups).
     matches: Vec<(ServiceMatch, u32)>,
+    /// What the set owns: `stack::service_addrs` of its configuration (sorted, without
+    /// duplicates), computed where the set is built so that a worker swapping it in only
+    /// compares it with what it owns.
+    pub(crate) addrs: Vec<(PortIdx, IpAddr)>,
+    /// Every service's VIP (match services aside), sorted, without duplicates.
+    vip_set: Vec<IpAddr>,
+    /// Every service's LIPs, sorted, without duplicates.
+    pub(crate) lip_set: Vec<IpAddr>,
 }
 
 impl Services {
@@ -181,7 +189,27 @@ impl Services {
             nat_rips: FixedMap::with_capacity(1),
             any_port0: false,
             matches: Vec::new(),
+            addrs: Vec::new(),
+            vip_set: Vec::new(),
+            lip_set: Vec::new(),
         }
+    }
+
+    /// Whether every address is to FULLNAT what it was under `other` (VIP or not, which LIP
+    /// pool) once this set's LIPs are attached: the same VIPs, LIPs and match prefixes, and
+    /// every LIP already with a pool in `lports` (attaching then makes none). Then a worker
+    /// swapping this set in for `other` need not reclassify what it owns: a health-check
+    /// transition or a weight change, most publications, costs it no walk of the owned set.
+    pub(crate) fn classifies_as(&self, other: &Services, lports: &LportAlloc) -> bool {
+        self.list.is_empty() == other.list.is_empty()
+            && self.vip_set == other.vip_set
+            && self.lip_set == other.lip_set
+            && self
+                .matches
+                .iter()
+                .map(|(m, _)| m.dst)
+                .eq(other.matches.iter().map(|(m, _)| m.dst))
+            && self.lip_set.iter().all(|l| lports.pool_of(*l).is_some())
     }
 
     /// Build from configuration, registering LIPs with `lports` (pools are kept across rebuilds).
@@ -342,6 +370,16 @@ impl Services {
         for d in nat_dests() {
             let _ = nat_rips.insert(d.rip, ());
         }
+        let mut vip_set: Vec<IpAddr> = confs
+            .iter()
+            .filter(|c| c.mark.is_none())
+            .map(|c| c.vip)
+            .collect();
+        vip_set.sort_unstable();
+        vip_set.dedup();
+        let mut lip_set: Vec<IpAddr> = confs.iter().flat_map(|c| c.lips.iter().copied()).collect();
+        lip_set.sort_unstable();
+        lip_set.dedup();
         Ok(Services {
             map,
             list,
@@ -349,6 +387,9 @@ impl Services {
             nat_rips,
             any_port0,
             matches,
+            addrs: crate::stack::service_addrs(confs),
+            vip_set,
+            lip_set,
         })
     }
 

@@ -85,7 +85,7 @@ impl std::error::Error for ConfigError {}
 
 /// What `services` own: each VIP (or each address of a match prefix) on its VIP port, each LIP on
 /// its LIP port; sorted, without duplicates.
-fn service_addrs(services: &[ServiceConf]) -> Vec<(PortIdx, IpAddr)> {
+pub(crate) fn service_addrs(services: &[ServiceConf]) -> Vec<(PortIdx, IpAddr)> {
     let mut v = Vec::new();
     for s in services {
         match s.mark {
@@ -247,7 +247,7 @@ pub struct Stack<P: PacketBuf> {
     pub(crate) owned_v4: FixedMap<u32, Owned>,
     /// The addresses the services own (VIPs, match prefixes, LIPs) on their ports, sorted: what
     /// a new service set releases when it no longer uses them.
-    svc_owned: Vec<(PortIdx, IpAddr)>,
+    pub(crate) svc_owned: Vec<(PortIdx, IpAddr)>,
     /// Directed broadcast addresses of the connected IPv4 subnets.
     bcast: Vec<Ipv4Addr>,
     icmp_bucket: TokenBucket,
@@ -348,10 +348,10 @@ impl<P: PacketBuf> Stack<P> {
             .is_some_and(|p| p.addrs.iter().any(|a| a.addr == ip))
     }
 
-    /// Whether [`Stack::own_services`] of `services` would fit the owned set (checked before
-    /// anything is built, so that a refused service set leaves no trace).
-    pub(crate) fn services_fit(&self, services: &[ServiceConf]) -> bool {
-        let want = service_addrs(services);
+    /// Whether [`Stack::own_services`] of `want` (a service set's [`service_addrs`]) would fit
+    /// the owned set (checked before anything is built, so that a refused service set leaves
+    /// no trace).
+    pub(crate) fn services_fit(&self, want: &[(PortIdx, IpAddr)]) -> bool {
         if self.owned.len() + want.len() <= OWNED_CAPACITY {
             return true; // whatever is released, it fits
         }
@@ -376,8 +376,7 @@ impl<P: PacketBuf> Stack<P> {
     /// (never a port's own address): a VIP or LIP no longer configured is no longer answered for
     /// (ARP, ICMP, its sessions' packets), as an LVS box whose VIP is taken down. All or nothing:
     /// when the owned set cannot hold the new addresses, nothing changes. Control path.
-    pub(crate) fn own_services(&mut self, services: &[ServiceConf]) -> Result<(), OwnedError> {
-        let want = service_addrs(services);
+    pub(crate) fn own_services(&mut self, want: Vec<(PortIdx, IpAddr)>) -> Result<(), OwnedError> {
         let old = std::mem::take(&mut self.svc_owned);
         let gone: Vec<(PortIdx, IpAddr)> = old
             .iter()

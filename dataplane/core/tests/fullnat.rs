@@ -1218,6 +1218,53 @@ fn config_validation() {
 }
 
 #[test]
+fn a_new_service_set_with_the_same_addresses_in_new_roles_reclassifies_them() {
+    // The VIP and the LIP trade places (and ports): the owned (port, address) pairs are the
+    // same, so nothing is owned or released, but what each address is to FULLNAT changes.
+    let (mut s, mut io, c) = setup(cfg());
+    let mut swapped = cfg().services;
+    for svc in &mut swapped {
+        svc.vip = ip(LIP);
+        svc.vip_port = 1;
+        svc.lips = vec![ip(VIP)];
+        svc.lip_port = 0;
+    }
+    s.set_services(&swapped).unwrap();
+    assert!(s.is_owned_on(0, ip(VIP)) && s.is_owned_on(1, ip(LIP)));
+    s.neigh_update(&mut io, 1, ip("10.1.0.200"), MacAddr(rs_mac(9)), 0);
+    // A client on the real servers' side opens a session to the new VIP ...
+    let syn = tcp(rs_mac(9), MAC1, "10.1.0.200", 41000, LIP, 80, SYN, &[], &[]);
+    handle(&mut s, &mut io, 1, &syn, 0);
+    assert_eq!(c.sessions_created.get(), 1, "the new VIP is a service");
+    let (port, f) = io.one();
+    assert_eq!(port, 1);
+    let o = parse(&f);
+    // ... sourced from the new LIP, whose replies find the session.
+    assert_eq!(o.ip.source, v4(VIP));
+    let lport = o.tcp.unwrap().source_port;
+    let i = o.ip.destination[3] - 10;
+    let reply = tcp(rs_mac(i), MAC1, &rip(i), 8080, VIP, lport, SYNACK, &[], &[]);
+    handle(&mut s, &mut io, 1, &reply, 0);
+    let (port, f) = io.one();
+    assert_eq!(port, 1);
+    let o = parse(&f);
+    assert_eq!((o.ip.source, o.ip.destination), (v4(LIP), v4("10.1.0.200")));
+    // And back: a publication that changes only a weight keeps the roles.
+    let mut weights = swapped.clone();
+    weights[0].dests[0].weight = 7;
+    s.set_services(&weights).unwrap();
+    handle(
+        &mut s,
+        &mut io,
+        1,
+        &tcp(rs_mac(9), MAC1, "10.1.0.200", 41001, LIP, 80, SYN, &[], &[]),
+        0,
+    );
+    assert_eq!(c.sessions_created.get(), 2);
+    assert_eq!(parse(&io.one().1).ip.source, v4(VIP));
+}
+
+#[test]
 fn a_new_service_set_releases_what_it_no_longer_uses_and_announces_what_it_brings() {
     let (mut s, mut io, c) = setup(cfg());
     let moved = |vip: &str, lip: &str| {
