@@ -215,19 +215,19 @@ impl Fullnat {
         }
     }
 
-    /// Move the session's active/inactive accounting to `established`.
+    /// Move the session's active/inactive accounting to `active_now` ([`TcpState::is_active`]).
     #[inline]
-    fn set_active(&mut self, idx: u32, established: bool) {
+    fn set_active(&mut self, idx: u32, active_now: bool) {
         let s = self.sessions.get_mut(idx);
         let Some(st) = self.dest_stats.get(s.dest as usize) else {
             return;
         };
         let active = s.flags & F_ACTIVE != 0;
-        if established && !active {
+        if active_now && !active {
             s.flags |= F_ACTIVE;
             st.active.inc();
             st.inactive.dec();
-        } else if !established && active {
+        } else if !active_now && active {
             s.flags &= !F_ACTIVE;
             st.active.dec();
             st.inactive.inc();
@@ -892,7 +892,7 @@ impl<P: PacketBuf> Stack<P> {
                 // service, or before TIME_WAIT/CLOSE; see `fnat_reschedule`): its own TOA.
                 s.flags &= !F_TOA_DONE;
             }
-            f.set_active(idx, new == TcpState::Established);
+            f.set_active(idx, new.is_active());
             // A shorter timeout must move the timer earlier; a longer one is found lazily.
             f.wheel.advance_to(idx, exp);
         }

@@ -64,11 +64,11 @@ pub struct Dest {
 }
 
 /// Per-core counters of one dest (single writer: the worker). `active` and `inactive` are gauges
-/// (sessions currently ESTABLISHED / in any other state, UDP counting as inactive as ipvsadm shows
-/// it); the others are totals.
+/// (TCP sessions in the handshake or ESTABLISHED / in any other state, UDP counting as inactive
+/// as ipvsadm shows it; see [`crate::TcpState::is_active`]); the others are totals.
 #[derive(Default, Debug)]
 pub struct DestStats {
-    /// Sessions in ESTABLISHED.
+    /// TCP sessions in SYN_RECV, SYN_SENT, SYNACK or ESTABLISHED.
     pub active: Counter,
     /// Sessions in any other state (UDP sessions included).
     pub inactive: Counter,
@@ -279,6 +279,8 @@ impl Overload {
 pub struct Scheduler {
     algo: Algo,
     over: Overload,
+    /// Where this worker's scans start (see [`Scheduler::offset`]); 0 = the list head, IPVS.
+    start: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -384,6 +386,30 @@ impl Scheduler {
         Scheduler {
             algo,
             over: Overload(vec![false; dests.len()]),
+            start: 0,
+        }
+    }
+
+    /// Start this worker's rr/wrr sequence, and the lc/wlc/sed/nq tie-breaking scan, at dest
+    /// `worker % n` instead of the list head. IPVS has one scheduler state for the whole box;
+    /// rvs has one per worker, and N workers all starting at the first dest would each send
+    /// it their first connection, and every lc/wlc tie, so that a few long-lived connections
+    /// per worker (a database pool) would all land on the first dests. Worker 0 keeps IPVS's
+    /// order exactly. fo and ovf keep the list order on every worker (their ties are the
+    /// operator's priority order), and so do lblc/lblcr (every worker choosing the same server
+    /// for a new destination is their locality); the hash schedulers do not scan.
+    pub fn offset(&mut self, worker: usize) {
+        let n = self.over.0.len();
+        if n == 0 {
+            return;
+        }
+        let p = worker % n;
+        self.start = p;
+        match &mut self.algo {
+            Algo::Rr { next } => *next = p,
+            // `cl` is the dest picked last: the next pick scans on from `p`.
+            Algo::Wrr(m) => m.cl = if p == 0 { n } else { p - 1 },
+            _ => {}
         }
     }
 
@@ -430,10 +456,10 @@ impl Scheduler {
                 r
             }
             Algo::Wrr(m) => m.pick(dests, |i| !over.check(i, &dests[i], stats)),
-            Algo::Lc => lc(dests, stats, over),
-            Algo::Wlc => weighted_least(dests, stats, over, conn_overhead),
-            Algo::Sed => weighted_least(dests, stats, over, sed_overhead),
-            Algo::Nq => nq(dests, stats, over),
+            Algo::Lc => lc(dests, stats, over, self.start),
+            Algo::Wlc => weighted_least(dests, stats, over, conn_overhead, self.start),
+            Algo::Sed => weighted_least(dests, stats, over, sed_overhead, self.start),
+            Algo::Nq => nq(dests, stats, over, self.start),
             Algo::Fo => fo(dests, stats, over),
             Algo::Ovf => ovf(dests, stats, over),
             Algo::Twos { rng } => twos(dests, stats, over, rng),
@@ -469,11 +495,19 @@ impl Scheduler {
     }
 }
 
-/// IPVS `ip_vs_lc_schedule`: least `conn_overhead`, ties to the first.
-fn lc(dests: &[Dest], stats: &[DestStats], over: &mut Overload) -> Option<usize> {
+/// Dest indices from `start` round to `start - 1` (the list order when `start` is 0).
+#[inline]
+fn rotated(n: usize, start: usize) -> impl Iterator<Item = usize> {
+    let start = if start < n { start } else { 0 };
+    (start..n).chain(0..start)
+}
+
+/// IPVS `ip_vs_lc_schedule`: least `conn_overhead`, ties to the first (from `start`).
+fn lc(dests: &[Dest], stats: &[DestStats], over: &mut Overload, start: usize) -> Option<usize> {
     let mut least = None;
     let mut loh = 0;
-    for (i, d) in dests.iter().enumerate() {
+    for i in rotated(dests.len(), start) {
+        let d = &dests[i];
         if d.weight == 0 || over.check(i, d, stats) {
             continue;
         }
@@ -487,18 +521,20 @@ fn lc(dests: &[Dest], stats: &[DestStats], over: &mut Overload) -> Option<usize>
 }
 
 /// IPVS `ip_vs_wlc_schedule` / `ip_vs_sed_schedule` / `__ip_vs_lblc_schedule`: the first
-/// available dest with weight > 0, then any later one with a strictly lower `overhead / weight`.
+/// available dest with weight > 0 (from `start`), then any later one with a strictly lower
+/// `overhead / weight`.
 fn weighted_least(
     dests: &[Dest],
     stats: &[DestStats],
     over: &mut Overload,
     overhead: fn(&[DestStats], u32) -> u64,
+    start: usize,
 ) -> Option<usize> {
-    let first =
-        (0..dests.len()).find(|&i| dests[i].weight > 0 && !over.check(i, &dests[i], stats))?;
+    let mut order = rotated(dests.len(), start);
+    let first = order.find(|&i| dests[i].weight > 0 && !over.check(i, &dests[i], stats))?;
     let mut least = first;
     let mut loh = overhead(stats, dests[first].id);
-    for i in first + 1..dests.len() {
+    for i in order {
         let d = &dests[i];
         if over.check(i, d, stats) {
             continue;
@@ -512,12 +548,13 @@ fn weighted_least(
     Some(least)
 }
 
-/// IPVS `ip_vs_nq_schedule`: the first idle dest (no active session), else least
-/// `(active + 1) / weight`.
-fn nq(dests: &[Dest], stats: &[DestStats], over: &mut Overload) -> Option<usize> {
+/// IPVS `ip_vs_nq_schedule`: the first idle dest (no active session; from `start`), else
+/// least `(active + 1) / weight`.
+fn nq(dests: &[Dest], stats: &[DestStats], over: &mut Overload, start: usize) -> Option<usize> {
     let mut least: Option<usize> = None;
     let mut loh = 0;
-    for (i, d) in dests.iter().enumerate() {
+    for i in rotated(dests.len(), start) {
+        let d = &dests[i];
         if d.weight == 0 || over.check(i, d, stats) {
             continue;
         }
@@ -829,7 +866,7 @@ impl LocTable {
                 return Some(i);
             }
         }
-        let i = weighted_least(dests, stats, over, conn_overhead)?;
+        let i = weighted_least(dests, stats, over, conn_overhead, 0)?;
         if i <= u16::MAX as usize {
             let s = match found {
                 Some(s) => s,
@@ -853,7 +890,7 @@ impl LocTable {
     ) -> Option<usize> {
         let now = key.now_ms;
         let Some(s) = self.find(key.daddr, now, LBLCR_EXPIRATION_MS) else {
-            let i = weighted_least(dests, stats, over, conn_overhead)?;
+            let i = weighted_least(dests, stats, over, conn_overhead, 0)?;
             if i <= u16::MAX as usize {
                 let s = self.claim(key.daddr, now, LBLCR_EXPIRATION_MS);
                 set_insert(&mut self.e[s], i, dests, stats, now);
@@ -873,7 +910,7 @@ impl LocTable {
                 return Some(i);
             }
         }
-        let i = weighted_least(dests, stats, over, conn_overhead)?;
+        let i = weighted_least(dests, stats, over, conn_overhead, 0)?;
         if i <= u16::MAX as usize && !e.set[..e.n as usize].contains(&(i as u16)) {
             set_insert(e, i, dests, stats, now);
         }
@@ -1166,6 +1203,45 @@ mod tests {
         assert_eq!(s, some(&[0, 0, 2, 0, 0, 2, 0, 0, 2]));
         assert_eq!(seq(Sched::Wrr, &[0, 0], 2), vec![None, None]);
         assert_eq!(seq(Sched::Wrr, &[1, 1, 1], 4), some(&[0, 1, 2, 0]));
+    }
+
+    #[test]
+    fn each_worker_starts_at_its_own_dest() {
+        let pick_first = |kind, d: &[Dest], w| {
+            let mut s = Scheduler::new(kind, d);
+            s.offset(w);
+            s.pick(d, &[], &key(1, 1))
+        };
+        let d = dests(&[1, 1, 1, 1]);
+        for kind in [
+            Sched::Rr,
+            Sched::Wrr,
+            Sched::Lc,
+            Sched::Wlc,
+            Sched::Sed,
+            Sched::Nq,
+        ] {
+            let firsts: Vec<_> = (0..6).map(|w| pick_first(kind, &d, w)).collect();
+            assert_eq!(firsts, some(&[0, 1, 2, 3, 0, 1]), "{kind:?}");
+        }
+        // fo keeps the operator's order on every worker.
+        assert_eq!(pick_first(Sched::Fo, &d, 3), Some(0));
+        // Worker 0 is IPVS's sequence; any start keeps wrr's proportions over whole periods.
+        assert_eq!(seq(Sched::Wrr, &[3, 2, 1], 6), some(&[0, 0, 1, 0, 1, 2]));
+        let d = dests(&[3, 2, 1]);
+        for w in 0..3 {
+            let mut s = Scheduler::new(Sched::Wrr, &d);
+            s.offset(w);
+            let mut n = [0; 3];
+            for _ in 0..60 {
+                n[s.pick(&d, &[], &key(1, 1)).unwrap()] += 1;
+            }
+            assert_eq!(n, [30, 20, 10], "worker {w}");
+        }
+        // A quiesced dest at the start is skipped.
+        let d = dests(&[1, 0, 1]);
+        assert_eq!(pick_first(Sched::Rr, &d, 1), Some(2));
+        assert_eq!(pick_first(Sched::Wlc, &d, 1), Some(2));
     }
 }
 

@@ -479,6 +479,7 @@ impl Services {
             z = (z ^ z >> 30).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ z >> 27).wrapping_mul(0x94D0_49BB_1331_11EB);
             s.sched.seed(z ^ z >> 31);
+            s.sched.offset(worker as usize);
         }
     }
 }

@@ -88,6 +88,18 @@ impl TcpState {
         }
     }
 
+    /// Whether a session in this state counts as an active connection of its real server
+    /// (ipvsadm's ActiveConn, what lc/wlc/sed/nq and the thresholds weigh): the handshake and
+    /// ESTABLISHED, as IPVS since Linux 4.8 (`tcp_state_active_table`), so that SYNs a real
+    /// server leaves unanswered weigh on it like connections, not 256 times less.
+    #[inline]
+    pub const fn is_active(self) -> bool {
+        matches!(
+            self,
+            TcpState::Established | TcpState::SynSent | TcpState::SynRecv | TcpState::SynAck
+        )
+    }
+
     /// Timeout of a session in this state.
     pub fn timeout_ms(self, t: &Timeouts) -> u64 {
         match self {

@@ -507,10 +507,11 @@ fn tcp_state_walk_timeouts_and_counts() {
     let (lport, i) = open(&mut s, &mut io, 9, 0);
     assert_eq!(i, 1);
     assert_eq!(state(&s), (TcpState::SynRecv, 60_000));
-    assert_eq!(counts(&s), (0, 1));
+    // The handshake counts as active (IPVS since Linux 4.8), FIN_WAIT and later as inactive.
+    assert_eq!(counts(&s), (1, 0));
     type Step = (bool, Fl, TcpState, u64, (u64, u64));
     let walk: [Step; 5] = [
-        (false, SYNACK, TcpState::SynRecv, 60_000, (0, 1)),
+        (false, SYNACK, TcpState::SynRecv, 60_000, (1, 0)),
         (true, ACK, TcpState::Established, 900_000, (1, 0)),
         (true, ACK, TcpState::Established, 900_000, (1, 0)),
         (false, FINACK, TcpState::FinWait, 120_000, (0, 1)),
@@ -1589,6 +1590,26 @@ fn hashing_schedulers_agree_across_workers() {
     }
 }
 
+/// Unanswered SYNs weigh on their real server as connections (IPVS counts the handshake as
+/// active since Linux 4.8): with nq, a burst of SYNs to idle servers spreads over them instead
+/// of all going to the first server until one of its handshakes completes.
+#[test]
+fn pending_handshakes_count_for_the_least_connection_schedulers() {
+    for sched in [Sched::Nq, Sched::Sed] {
+        let mut c = cfg();
+        c.services[0].sched = sched;
+        for d in &mut c.services[0].dests {
+            d.weight = 1;
+        }
+        let (mut s, mut io, _) = setup(c);
+        let mut got: Vec<u8> = (0..3)
+            .map(|k| open(&mut s, &mut io, 1000 + k, 0).1)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2, 3], "{sched:?}");
+    }
+}
+
 /// An upper threshold caps this worker's sessions to a real server; it takes new ones again
 /// once its count drops below the lower threshold.
 #[test]
@@ -1602,7 +1623,9 @@ fn upper_threshold_on_the_packet_path() {
         .map(|k| open(&mut s, &mut io, 1000 + k, 0).1)
         .collect();
     assert_eq!(got.iter().filter(|&&i| i == 1).count(), 2, "{got:?}");
-    assert_eq!(s.dest_stats(0).unwrap().inactive.get(), 2);
+    // Unanswered SYNs (SYN_RECV) are active connections, as in IPVS.
+    assert_eq!(s.dest_stats(0).unwrap().active.get(), 2);
+    assert_eq!(s.dest_stats(0).unwrap().inactive.get(), 0);
     // Every session expires (never answered), RS 1 recovers.
     for t in (0..400).map(|k| k * 1000) {
         s.poll_timers(&mut io, t);

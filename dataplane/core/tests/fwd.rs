@@ -130,7 +130,11 @@ fn nat_both_directions_with_port_mapping() {
     assert_eq!(info.fwd, Fwd::Nat);
     assert_eq!((info.lip, info.lport), (a4(CIP), 40000));
     assert_eq!(state(&s, 40000, 80), Some(TcpState::SynRecv));
-    assert_eq!(active_inactive(&s, 0), (0, 1));
+    assert_eq!(
+        active_inactive(&s, 0),
+        (1, 0),
+        "the handshake counts as active"
+    );
     // SYN-ACK from RIP:8080 to CIP:40000 (transit): source restored to VIP:80.
     handle(&mut s, &mut io, 1, &r2c(1, 8080, 40000, SYNACK, &[]), 1);
     let (port, f) = io.one();
@@ -371,7 +375,7 @@ fn dr_changes_only_the_macs_and_tracks_input_only_states() {
     let svc = service(Proto::Tcp, 80, Sched::Rr, vec![dest(7, 3, 80, 1, Fwd::Dr)]);
     let (mut s, mut io, c) = setup(cfg(vec![svc]), &[3]);
     let mut walk = vec![
-        (SYN, TcpState::SynRecv, (0, 1)),
+        (SYN, TcpState::SynRecv, (1, 0)),
         (ACK, TcpState::Established, (1, 0)),
         (ACK, TcpState::Established, (1, 0)),
         (FINACK, TcpState::FinWait, (0, 1)),
@@ -487,7 +491,7 @@ fn tun_encapsulates_with_ipvs_outer_header() {
     }
     assert_ne!(ids[0], ids[1], "fresh outer IDs");
     assert_eq!(c.tun_out.get(), 2);
-    assert_eq!(active_inactive(&s, 0), (0, 2));
+    assert_eq!(active_inactive(&s, 0), (2, 0), "two SYN_RECV: active");
 }
 
 #[test]
