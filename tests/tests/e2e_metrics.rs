@@ -207,6 +207,17 @@ fn prometheus_server_query_and_rate_estimator() {
         last.contains(&format!("\"{want}\"")),
         "PromQL sum(rvs_service_connections_total) != {want}: {last}"
     );
+    // `-Z` zeroes the rates too (IPVS's `ip_vs_zero_estimator`); the load has stopped, so
+    // they stay at 0.
+    let z = Command::new(rvsd_bin().with_file_name("rvsadm"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("-Z")
+        .status()
+        .unwrap();
+    assert!(z.success());
+    let (cps_zeroed, rate) = rvsadm_cps();
+    assert_eq!(cps_zeroed, 0.0, "rates after -Z:\n{rate}");
     drop(prom);
     let (ok, log) = rvsd.stop();
     assert!(ok, "{log}");

@@ -38,23 +38,37 @@ pub struct Model {
     next_id: u32,
     /// Bumped by every successful change.
     pub generation: u64,
-    /// The health checks the file defines, by service and by real server: a service or real
-    /// server that rvsadm deletes and adds again (`-D`/`-A`, `-d`/`-a`, `-C` then `-R` of a saved
-    /// listing, which has no checks) gets its file check back instead of none.
+    /// What the file defines that an ipvsadm command line cannot carry, by service and by real
+    /// server: a service or real server that rvsadm deletes and adds again (`-D`/`-A`,
+    /// `-d`/`-a`, `-C` then `-R` of a saved listing) gets it back instead of defaults.
     checks: FileChecks,
 }
 
-/// The checks of a configuration file (`[service.check]`, `[service.real.check]`).
+/// What a configuration file gives its services beyond ipvsadm's options: health checks
+/// (`[service.check]`, `[service.real.check]`), and each service's shape: its ports (`port`,
+/// `lip_port`), `mh_table_size` and, for a match service, its `[service.match]` (without which
+/// `-A -f MARK`, as `-S` saves it, could not be restored).
 #[derive(Clone, Debug, Default)]
 struct FileChecks {
     service: HashMap<ServiceKey, CheckConfig>,
     real: HashMap<(ServiceKey, IpAddr, u16), CheckConfig>,
+    /// The file's service, without real servers or check (its LIPs tell which of them
+    /// `lip_port` was given for).
+    shape: HashMap<ServiceKey, ServiceConfig>,
 }
 
 impl FileChecks {
     fn of(cfg: &Config) -> FileChecks {
         let mut c = FileChecks::default();
         for s in &cfg.services {
+            c.shape.insert(
+                key_of(s),
+                ServiceConfig {
+                    reals: Vec::new(),
+                    check: None,
+                    ..s.clone()
+                },
+            );
             if let Some(ch) = &s.check {
                 c.service.insert(key_of(s), ch.clone());
             }
@@ -174,6 +188,17 @@ impl Model {
         best.map(|(_, i)| i).unwrap_or(fallback)
     }
 
+    /// Whether `ip` is a service's VIP (a match service's: its destination's network
+    /// address), the configuration file's test.
+    fn is_vip(&self, ip: IpAddr) -> bool {
+        self.services.iter().any(|s| s.vip == ip)
+    }
+
+    /// Whether `ip` is a service's local address.
+    fn is_lip(&self, ip: IpAddr) -> bool {
+        self.services.iter().any(|s| s.lips.contains(&ip))
+    }
+
     fn owned(&self, ip: IpAddr) -> bool {
         self.ports
             .iter()
@@ -275,18 +300,44 @@ impl Model {
                 if self.find(&spec.key).is_some() {
                     return err(code::EEXIST, "Service already exists");
                 }
-                if let Some(mark) = spec.key.mark {
+                let file = self.checks.shape.get(&spec.key).cloned();
+                if let (Some(mark), None) = (spec.key.mark, &file) {
                     return err(
                         code::ENOENT,
                         format!("mark {mark} has no match in the configuration (match services are defined in the TOML file)"),
                     );
                 }
                 self.check_spec(spec)?;
+                let check = self.checks.service.get(&spec.key).cloned();
+                if let Some(f) = file {
+                    // The file's service: its ports, table size and match come back; what the
+                    // command line gives replaces the rest.
+                    self.services.push(ServiceConfig {
+                        scheduler: scheduler(&spec.scheduler)?,
+                        sched_flags: spec.sched_flags.clone(),
+                        persistent: spec.persistent,
+                        netmask: spec.netmask,
+                        forward: Forward::Dr,
+                        lips: Vec::new(),
+                        check,
+                        ..f
+                    });
+                    return Ok(());
+                }
                 let port = self.port_for(spec.key.vip, 0);
                 if self.owned(spec.key.vip) {
                     return err(
                         code::EINVAL,
                         format!("Illegal address: {} is an address of a port", spec.key.vip),
+                    );
+                }
+                if self.is_lip(spec.key.vip) {
+                    return err(
+                        code::EINVAL,
+                        format!(
+                            "Illegal address: {} is a local address; VIPs and local addresses must differ",
+                            spec.key.vip
+                        ),
                     );
                 }
                 self.services.push(ServiceConfig {
@@ -306,7 +357,7 @@ impl Model {
                     lips: Vec::new(),
                     lip_port: port,
                     reals: Vec::new(),
-                    check: self.checks.service.get(&spec.key).cloned(),
+                    check,
                     mark: None,
                 });
             }
@@ -413,12 +464,24 @@ impl Model {
                         format!("Illegal address: {lip} is an address of a port"),
                     );
                 }
+                if self.is_vip(*lip) {
+                    return err(
+                        code::EINVAL,
+                        format!(
+                            "Illegal address: {lip} is a VIP; VIPs and local addresses must differ"
+                        ),
+                    );
+                }
                 let fallback = self.services[i]
                     .reals
                     .first()
                     .map(|r| self.port_for(r.ip, 0))
                     .unwrap_or(0);
-                let lip_port = self.port_for(*lip, fallback);
+                // The file's `lip_port` for a LIP the file gave this service.
+                let lip_port = match self.checks.shape.get(key) {
+                    Some(f) if f.lips.contains(lip) => f.lip_port,
+                    _ => self.port_for(*lip, fallback),
+                };
                 let s = &mut self.services[i];
                 if s.lips.contains(lip) {
                     return err(code::EEXIST, "Local address already exists");
@@ -714,6 +777,89 @@ lips = ["198.51.100.2"]
         })
         .unwrap();
         assert_eq!(m.services[1].reals[0].weight, 3);
+    }
+
+    /// `-C` then the `-A` lines `-S` saved: a match service comes back with its
+    /// `[service.match]`, and every service with the ports and Maglev table size its file
+    /// gave it (no ipvsadm option carries them).
+    #[test]
+    fn re_added_services_get_their_file_shape_back() {
+        let text = r#"
+[[port]]
+name = "client"
+device = "net_null0"
+addresses = ["192.0.2.1/24"]
+[[port]]
+name = "servers"
+device = "net_null1"
+addresses = ["198.51.100.1/24"]
+[[service]]
+proto = "tcp"
+vip = "203.0.113.10"
+vport = 80
+port = "servers"
+scheduler = "mh"
+mh_table_size = 251
+lips = ["198.51.100.2"]
+lip_port = "servers"
+  [[service.real]]
+  ip = "198.51.100.11"
+[[service]]
+mark = 7
+scheduler = "rr"
+port = "client"
+lips = ["198.51.100.3"]
+  [service.match]
+  proto = "udp"
+  dst = "192.0.2.64/30"
+  dport = "5000-5010"
+  [[service.real]]
+  ip = "198.51.100.12"
+"#;
+        let cfg = Config::parse(text, Path::new("t.toml")).unwrap();
+        let mut m = Model::from_config(&cfg, 16);
+        let before = m.services.clone();
+        let specs: Vec<ServiceSpec> = m.services.iter().map(Model::spec_of).collect();
+        m.apply(&Op::Clear).unwrap();
+        for spec in &specs {
+            m.apply(&Op::AddService { spec: spec.clone() }).unwrap();
+        }
+        for (now, was) in m.services.iter().zip(&before) {
+            assert_eq!(now.mark, was.mark);
+            assert_eq!((now.port, now.lip_port), (was.port, was.lip_port));
+            assert_eq!(now.mh_table_size, was.mh_table_size);
+            assert_eq!(
+                (now.vip, now.vport, now.proto),
+                (was.vip, was.vport, was.proto)
+            );
+            assert_eq!(now.scheduler, was.scheduler);
+            assert!(now.reals.is_empty() && now.lips.is_empty());
+        }
+        assert_eq!(m.services[0].port, 1, "the file's port, not port 0");
+        assert_eq!(m.services[1].mark.as_ref().unwrap().mark, 7);
+        // A LIP that is a VIP, and a VIP that is a LIP, are refused as in the file.
+        m.apply(&Op::AddLaddr {
+            key: specs[0].key,
+            lip: "198.51.100.2".parse().unwrap(),
+        })
+        .unwrap();
+        assert_eq!(m.services[0].lip_port, 1);
+        let e = m
+            .apply(&Op::AddLaddr {
+                key: specs[0].key,
+                lip: "203.0.113.10".parse().unwrap(),
+            })
+            .unwrap_err();
+        assert!(e.1.contains("must differ"), "{}", e.1);
+        let mut lip_vip = specs[0].clone();
+        lip_vip.key.vip = "198.51.100.2".parse().unwrap();
+        let e = m.apply(&Op::AddService { spec: lip_vip }).unwrap_err();
+        assert!(e.1.contains("must differ"), "{}", e.1);
+        // A mark the file never defined is still refused.
+        let mut other = specs[1].clone();
+        other.key = ServiceKey::of_mark(8);
+        let e = m.apply(&Op::AddService { spec: other }).unwrap_err();
+        assert!(e.1.contains("mark 8 has no match"), "{}", e.1);
     }
 
     /// A service or real server rvsadm deletes and adds again (or `-C` then `-R`) gets the

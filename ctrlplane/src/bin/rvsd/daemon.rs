@@ -766,10 +766,16 @@ impl Handler for Daemon {
                         message: "No such service".into(),
                     };
                 }
+                // The rates too (IPVS `ip_vs_zero_estimator`): `-L --rate` starts again from 0.
+                let mut est = self.est.lock().unwrap_or_else(|e| e.into_inner());
                 for id in ids {
                     let (st, _, _) = self.totals(id);
                     g.zero.insert(id, st);
+                    if let Some(e) = est.get_mut(&id) {
+                        e.rates = [0.0; 5];
+                    }
                 }
+                drop(est);
                 for (k, r) in g.retired.iter_mut() {
                     if key.is_none_or(|z| *k == z) {
                         r.1 = r.0;

@@ -203,7 +203,7 @@ pub fn execute(
                 format::IPVS_VERSION
             )
         }
-        Command::Restore => return restore(&mut ask, stdin),
+        Command::Restore => return restore(call, stdin),
         Command::List(l) => return list(l, &mut ask, out),
         Command::Save { .. } => {
             let services = services(ask(Op::ListServices)?)?;
@@ -386,9 +386,12 @@ fn list(
 }
 
 /// `-R`: every line is parsed first (a bad one stops before anything is applied), then applied
-/// in order; the first refusal stops with its line number.
+/// in order. As ipvsadm's `restore_table`, a line rvsd refuses does not stop the lines after
+/// it (a saved table replayed onto one that already holds some of it restores the rest); every
+/// refusal is reported with its line number and the exit status is 1 when there was one. Not
+/// reaching rvsd stops at once.
 fn restore(
-    ask: &mut dyn FnMut(Op) -> Result<Response, Failure>,
+    call: &mut dyn FnMut(Op) -> Result<Response, String>,
     stdin: &mut dyn BufRead,
 ) -> Result<(), Failure> {
     let mut ops = Vec::new();
@@ -411,19 +414,32 @@ fn restore(
             }
         }
     }
+    let mut refused = Vec::new();
     for (n, op) in ops {
-        match ask(op) {
+        let what = op.clone();
+        match call(op) {
             Ok(Response::Ok) => {}
-            Ok(other) => {
-                return Err(Failure::Failed(format!(
-                    "line {n}: {}",
-                    unexpected(&other).message()
-                )))
+            Ok(Response::Error { code, message }) => refused.push(format!(
+                "line {n}: {}",
+                if message.is_empty() {
+                    strerror(&what, code)
+                } else {
+                    message
+                }
+            )),
+            Ok(other) => refused.push(format!("line {n}: {}", unexpected(&other).message())),
+            Err(e) => {
+                refused.push(format!("line {n}: {e}"));
+                break;
             }
-            Err(f) => return Err(Failure::Failed(format!("line {n}: {}", f.message()))),
         }
     }
-    Ok(())
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        // One message per refused line, each printed as `rvsadm: line N: ...`.
+        Err(Failure::Failed(refused.join("\nrvsadm: ")))
+    }
 }
 
 /// libipvs's `ipvs_strerror` wording for an error rvsd sent without a message.

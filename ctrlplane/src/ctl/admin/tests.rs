@@ -1080,23 +1080,31 @@ fn execute_restore() {
     assert!(f.ops.is_empty());
     let (r, _) = f.run(&Command::Restore, "-L -n\n");
     assert!(matches!(r, Err(Failure::Usage(m)) if m.starts_with("line 1: only")));
-    // A refusal stops there, naming its line.
+    // A refusal is reported with its line and the lines after it are still applied (as
+    // ipvsadm's restore_table); every refusal is named.
     let mut f = Fake::new(vec![
         Response::Ok,
         Response::Error {
             code: 17,
             message: "Destination already exists".into(),
         },
+        Response::Error {
+            code: 17,
+            message: String::new(),
+        },
+        Response::Ok,
     ]);
     let (r, _) = f.run(
         &Command::Restore,
-        "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2\n-C\n",
+        "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2\n-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.3\n",
     );
     assert_eq!(
         r,
-        Err(Failure::Failed("line 2: Destination already exists".into()))
+        Err(Failure::Failed(
+            "line 2: Destination already exists\nrvsadm: line 3: Service already exists".into()
+        ))
     );
-    assert_eq!(f.ops.len(), 2);
+    assert_eq!(f.ops.len(), 4);
 }
 
 #[test]
