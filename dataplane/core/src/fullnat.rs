@@ -940,7 +940,9 @@ impl<P: PacketBuf> Stack<P> {
         let Some((out_port, via)) = self.nh_via(s.rip, None) else {
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
-        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, now_ms)
+        // To a VIP: an error to the client comes from it.
+        let Some(mut pkt) =
+            self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, true, now_ms)
         else {
             return;
         };
@@ -999,11 +1001,14 @@ impl<P: PacketBuf> Stack<P> {
         let Some((out_port, via)) = self.nh_via(s.cip, known) else {
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
-        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, now_ms)
+        let full = s.fwd == Fwd::FullNat;
+        // To a LIP (FULLNAT): an error to the real server comes from it; a NAT reply is
+        // transit (to the client's address), answered as a router.
+        let Some(mut pkt) =
+            self.ttl_mtu_check(io, in_port, pkt, ihl, total, out_port, full, now_ms)
         else {
             return;
         };
-        let full = s.fwd == Fwd::FullNat;
         if let Some(clamp) = self.fnat.conf.mss_clamp.filter(|_| full) {
             if tcp_flags & flags::SYN != 0 && clamp_mss(pkt.data_mut(), ihl, clamp) {
                 self.counters.mss_clamped.inc();

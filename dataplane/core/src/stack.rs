@@ -1151,7 +1151,10 @@ impl<P: PacketBuf> Stack<P> {
     /// TTL and MTU checks of `pkt` (IPv4 total length `total`) before it is forwarded out of
     /// `out_port`: when the TTL would reach zero or it is larger than the port's MTU, answers ICMP
     /// time exceeded or fragmentation needed (DF set), drops it and returns `None`; else gives it
-    /// back.
+    /// back. The ICMP error comes from the packet's destination when `from_dst` (a packet to a
+    /// VIP or a LIP: the address its sender knows, as Linux's `icmp_send` answers for a local
+    /// destination; a port address may be private and filtered on the way), else from
+    /// `in_port`'s address (a router's error).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub(crate) fn ttl_mtu_check<I: Io<Pkt = P>>(
@@ -1162,12 +1165,13 @@ impl<P: PacketBuf> Stack<P> {
         ihl: usize,
         total: u16,
         out_port: PortIdx,
+        from_dst: bool,
         now_ms: u64,
     ) -> Option<P> {
         if pkt.data()[ip4::TTL] > 1 && total <= self.ports[out_port as usize].mtu {
             return Some(pkt);
         }
-        self.ttl_mtu_fail(io, in_port, pkt, ihl, total, out_port, now_ms)
+        self.ttl_mtu_fail(io, in_port, pkt, ihl, total, out_port, from_dst, now_ms)
     }
 
     /// The failing side of [`Stack::ttl_mtu_check`], out of line.
@@ -1182,20 +1186,23 @@ impl<P: PacketBuf> Stack<P> {
         ihl: usize,
         total: u16,
         out_port: PortIdx,
+        from_dst: bool,
         now_ms: u64,
     ) -> Option<P> {
         let d = pkt.data();
+        let src = from_dst.then(|| ipv4_at(d, ip4::DST));
         if d[ip4::TTL] <= 1 {
-            self.icmp_error(io, in_port, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
+            self.icmp_error_from(io, in_port, src, d, ihl, ICMP_TIME_EXCEEDED, 0, 0, now_ms);
             self.drop_pkt(pkt, DropReason::TtlExceeded);
             return None;
         }
         let mtu = self.ports[out_port as usize].mtu;
         if total > mtu {
             if be16(d, ip4::FRAG) & ip4::DF != 0 {
-                self.icmp_error(
+                self.icmp_error_from(
                     io,
                     in_port,
+                    src,
                     d,
                     ihl,
                     ICMP_DEST_UNREACH,
@@ -1242,7 +1249,8 @@ impl<P: PacketBuf> Stack<P> {
             return self.drop_pkt(pkt, DropReason::NoRoute);
         };
         let total = be16(d, ip4::TOTAL_LEN);
-        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, port, now_ms) else {
+        let Some(mut pkt) = self.ttl_mtu_check(io, in_port, pkt, ihl, total, port, false, now_ms)
+        else {
             return;
         };
         dec_ttl(pkt.data_mut());

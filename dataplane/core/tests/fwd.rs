@@ -554,6 +554,60 @@ fn tun_oversize_df_gets_frag_needed_from_the_vip() {
     assert_eq!(c.drops(DropReason::MtuExceeded), 2);
 }
 
+/// rvs's own errors about a client's packet to a VIP (FULLNAT or NAT) come from the VIP, the
+/// address the client knows (Linux's `icmp_send` for a local destination), not from the
+/// client-side port's address, which may be private and filtered on the way.
+#[test]
+fn fullnat_and_nat_errors_to_the_client_come_from_the_vip() {
+    for fwd in [Fwd::FullNat, Fwd::Nat] {
+        let svc = service(Proto::Tcp, 80, Sched::Rr, vec![dest(0, 3, 80, 1, fwd)]);
+        let mut c = cfg(vec![svc]);
+        c.ports[1].mtu = 1400;
+        let (mut s, mut io, counters) = setup(c, &[3]);
+        handle(&mut s, &mut io, 0, &c2v(45000, 80, SYN, &[]), 0);
+        io.one();
+        let icmp_from = |out: &[u8]| {
+            let h = PacketHeaders::from_ethernet_slice(out).unwrap();
+            let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
+                panic!()
+            };
+            let Some(TransportHeader::Icmpv4(ic)) = h.transport else {
+                panic!("not ICMP")
+            };
+            (oh.source, oh.destination, ic.icmp_type)
+        };
+        // Larger than the real servers' port's MTU, DF set: fragmentation needed.
+        let big = c2v(45000, 80, ACK, &vec![0x5a; 1401 - 40]);
+        handle(&mut s, &mut io, 0, &big, 1);
+        let (port, out) = io.one();
+        assert_eq!(port, 0);
+        let (src, dst, t) = icmp_from(&out);
+        assert_eq!((src, dst), (v4(VIP), v4(CIP)), "{fwd:?}");
+        assert!(
+            matches!(
+                t,
+                etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: 1400
+                    }
+                )
+            ),
+            "{fwd:?} {t:?}"
+        );
+        // TTL 1: time exceeded, from the VIP too.
+        let mut ttl1 = c2v(45000, 80, ACK, b"x");
+        patch_ip(&mut ttl1, |h| h.time_to_live = 1);
+        handle(&mut s, &mut io, 0, &ttl1, 2);
+        let (src, _, t) = icmp_from(&io.one().1);
+        assert_eq!(src, v4(VIP), "{fwd:?}");
+        assert!(
+            matches!(t, etherparse::Icmpv4Type::TimeExceeded(_)),
+            "{fwd:?} {t:?}"
+        );
+        assert_eq!(counters.icmp_errors_sent.get(), 2);
+    }
+}
+
 // ---------------------------------------------------------------------------------- Mixed
 
 #[test]
