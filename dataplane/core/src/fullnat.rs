@@ -515,7 +515,147 @@ pub(crate) fn icmp_quote(d: &[u8], ihl: usize) -> Option<IcmpQuote> {
     })
 }
 
+/// A fragmentation-needed error about a TUN packet rvs sent (DIP → RIP, IPIP), quoting enough
+/// of it to name the client's connection inside.
+pub(crate) struct TunQuote {
+    /// Offset of the ICMP header.
+    ic: usize,
+    /// The MTU the router reported.
+    mtu: u16,
+    /// The tunnel's far end.
+    rip: Ipv4Addr,
+    /// Offset and length of the quoted inner (client's) IPv4 header.
+    inner: usize,
+    iihl: usize,
+    iproto: u8,
+    cip: Ipv4Addr,
+    vip: Ipv4Addr,
+    cport: u16,
+    vport: u16,
+}
+
+/// Parse an ICMP fragmentation-needed error in `d` (outer header `ihl` long) that quotes an
+/// IPIP packet from the error's destination (the DIP) with, inside, the first fragment of a
+/// client's TCP or UDP packet (its IPv4 header and 8 bytes: routers quote that much and more,
+/// RFC 1812). The ICMP checksum is not checked.
+pub(crate) fn tun_quote(d: &[u8], ihl: usize) -> Option<TunQuote> {
+    let ic = ETH_LEN + ihl;
+    let end = d.len();
+    if end < ic + 8 + 20 + 20 + 8 || d[ic] != ICMP_DEST_UNREACH || d[ic + 1] != ICMP_FRAG_NEEDED {
+        return None;
+    }
+    let outer = ic + 8;
+    let oihl = (d[outer] & 0xf) as usize * 4;
+    if d[outer] >> 4 != 4
+        || oihl < 20
+        || d[outer + 9] != crate::fwd::PROTO_IPIP
+        || be16(d, outer + 6) & ip4::OFFSET != 0
+        || d[outer + 12..outer + 16] != d[ip4::DST..ip4::DST + 4]
+    {
+        return None;
+    }
+    let inner = outer + oihl;
+    if inner + 20 > end {
+        return None;
+    }
+    let iihl = (d[inner] & 0xf) as usize * 4;
+    let iproto = d[inner + 9];
+    if d[inner] >> 4 != 4
+        || iihl < 20
+        || inner + iihl + 8 > end
+        || (iproto != PROTO_TCP && iproto != PROTO_UDP)
+        || be16(d, inner + 6) & ip4::OFFSET != 0
+    {
+        return None;
+    }
+    Some(TunQuote {
+        ic,
+        mtu: be16(d, ic + 6),
+        rip: ipv4_at(d, outer + 16),
+        inner,
+        iihl,
+        iproto,
+        cip: ipv4_at(d, inner + 12),
+        vip: ipv4_at(d, inner + 16),
+        cport: be16(d, inner + iihl),
+        vport: be16(d, inner + iihl + 2),
+    })
+}
+
 impl<P: PacketBuf> Stack<P> {
+    /// A router on the way to a TUN real server reports that rvs's IPIP packet was too big
+    /// (its DF copied from the client's): tell the client, from the VIP, with the reported MTU
+    /// less the 20-byte outer header, quoting its own packet, as IPVS's `ip_vs_in_icmp` does
+    /// for IPIP, so that its path-MTU discovery works through the tunnel. rvs keeps no
+    /// per-destination PMTU (the client's lower MSS is what shrinks the packets). Returns the
+    /// packet when it quotes no TUN session of this worker's (local handling continues).
+    #[cold]
+    fn tun_frag_needed<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        t: TunQuote,
+        now_ms: u64,
+    ) -> Option<P> {
+        let d = pkt.data();
+        if checksum(&d[t.ic..]) != 0 || t.mtu < 68 {
+            return Some(pkt);
+        }
+        if let Some(svc) = self.fnat.services.lookup_packet(
+            t.iproto,
+            IpAddr::V4(t.cip),
+            IpAddr::V4(t.vip),
+            t.vport,
+        ) {
+            let owner = self
+                .fnat
+                .new_conn_owner(svc as usize, t.iproto, t.cip, t.cport, t.vip);
+            if owner != self.fnat.worker {
+                self.fnat_redirect(io, owner, port, pkt);
+                return None;
+            }
+        }
+        let Some(idx) = self
+            .fnat
+            .sessions
+            .lookup_in(t.iproto, t.cip, t.cport, t.vip, t.vport)
+        else {
+            return Some(pkt);
+        };
+        let s = *self.fnat.sessions.get(idx);
+        if s.fwd != Fwd::Tun || s.rip != t.rip {
+            return Some(pkt);
+        }
+        // Only a client doing PMTU discovery (DF) is told, as IPVS.
+        if be16(d, t.inner + 6) & ip4::DF != 0 {
+            // The client's packet as an Ethernet frame for `icmp_error_from`: its IPv4 header
+            // and 8 bytes are all the error quotes.
+            let n = t.iihl + 8;
+            let mut orig = [0u8; ETH_LEN + 60 + 8];
+            orig[ETH_LEN..ETH_LEN + n].copy_from_slice(&d[t.inner..t.inner + n]);
+            let mtu = if t.mtu > 68 + crate::fwd::TUN_HDR as u16 {
+                t.mtu - crate::fwd::TUN_HDR as u16
+            } else {
+                t.mtu
+            };
+            self.icmp_error_from(
+                io,
+                port,
+                Some(t.vip),
+                &orig[..ETH_LEN + n],
+                t.iihl,
+                ICMP_DEST_UNREACH,
+                ICMP_FRAG_NEEDED,
+                mtu,
+                now_ms,
+            );
+        }
+        self.counters.icmp_translated.inc();
+        drop(pkt);
+        None
+    }
+
     /// FULLNAT dispatch of a validated IPv4 packet to an owned address. Returns the packet when
     /// it is not FULLNAT traffic (local handling continues).
     #[allow(clippy::too_many_arguments)]
@@ -1045,7 +1185,10 @@ impl<P: PacketBuf> Stack<P> {
     ) -> Option<P> {
         let d = pkt.data();
         let Some(q) = icmp_quote(d, ihl) else {
-            return Some(pkt);
+            return match tun_quote(d, ihl) {
+                Some(t) => self.tun_frag_needed(io, port, pkt, t, now_ms),
+                None => Some(pkt),
+            };
         };
         if checksum(&d[q.ic..]) != 0 {
             return Some(pkt);

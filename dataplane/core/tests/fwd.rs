@@ -554,6 +554,67 @@ fn tun_oversize_df_gets_frag_needed_from_the_vip() {
     assert_eq!(c.drops(DropReason::MtuExceeded), 2);
 }
 
+/// A router between rvs and a TUN real server reports rvs's IPIP packet too big (its DF is the
+/// client's): the client gets fragmentation-needed from the VIP with the MTU less the outer
+/// header, quoting its own packet (IPVS `ip_vs_in_icmp` for IPIP); an error quoting no TUN
+/// session is left to local handling.
+#[test]
+fn tun_frag_needed_from_the_path_reaches_the_client() {
+    let (mut s, mut io, c) = setup(tun_cfg(1500), &[3]);
+    handle(&mut s, &mut io, 0, &c2v(46000, 80, SYN, &[]), 0);
+    io.one();
+    let f = c2v(46000, 80, ACK, &vec![0x33; 1400]);
+    handle(&mut s, &mut io, 0, &f, 1);
+    let (port, sent) = io.one();
+    assert_eq!(port, 1);
+    let icmp = |quoted: &[u8]| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(rs_mac(3), MAC1)
+            .ipv4(v4("198.51.100.254"), v4(DIP), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                },
+            ))
+            .write(&mut v, quoted)
+            .unwrap();
+        v
+    };
+    // The router quotes the outer header and the start of the inner packet (RFC 1812).
+    handle(&mut s, &mut io, 1, &icmp(&sent[14..14 + 20 + 20 + 8]), 2);
+    let (port, out) = io.one();
+    assert_eq!(port, 0);
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
+        panic!()
+    };
+    assert_eq!(oh.header_checksum, oh.calc_header_checksum());
+    assert_eq!((oh.source, oh.destination), (v4(VIP), v4(CIP)));
+    let Some(TransportHeader::Icmpv4(ic)) = h.transport else {
+        panic!()
+    };
+    let quoted = h.payload.slice();
+    let expect = etherparse::Icmpv4Header::with_checksum(ic.icmp_type.clone(), quoted);
+    assert_eq!(ic.checksum, expect.checksum, "icmp csum");
+    match ic.icmp_type {
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+        ) => assert_eq!(next_hop_mtu, 1380),
+        t => panic!("{t:?}"),
+    }
+    assert_eq!(quoted, &f[14..14 + 28], "the client's own packet is quoted");
+    assert_eq!(c.icmp_translated.get(), 1);
+    // Quoting a connection rvs has no session for: not translated (left to local handling).
+    let mut other = sent[14..14 + 48].to_vec();
+    other[20 + 20 + 1] ^= 0x55; // the inner source port
+    handle(&mut s, &mut io, 1, &icmp(&other), 3);
+    assert!(
+        io.sent.iter().all(|(p, _)| *p != 0),
+        "nothing to the client"
+    );
+    assert_eq!(c.icmp_translated.get(), 1);
+}
+
 /// rvs's own errors about a client's packet to a VIP (FULLNAT or NAT) come from the VIP, the
 /// address the client knows (Linux's `icmp_send` for a local destination), not from the
 /// client-side port's address, which may be private and filtered on the way.
