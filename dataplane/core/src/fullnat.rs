@@ -21,8 +21,12 @@
 //!
 //! ICMP errors (destination unreachable, time exceeded) about a session's packet are translated
 //! to the other side. A frag-needed MTU coming from the real-server side is lowered by 8 while
-//! the session may still carry TOA (TCP, TOA on, not yet inserted). Limitations (documented
-//! deviations): fragments to a VIP are dropped (`ipv4_fragment_vip`, no reassembly); ICMP errors
+//! the session may still carry TOA (TCP, TOA on, not yet inserted). A frag-needed from the path
+//! to a TUN real server (quoting rvs's IPIP packet) goes to the client from the VIP, less the
+//! outer header. Limitations (documented deviations): fragments to a VIP are dropped
+//! (`ipv4_fragment_vip`, no reassembly), and so are fragments to a LIP (a real server's
+//! fragmented UDP reply, say: passed to the port's kernel interface when it has one, else
+//! dropped as `ipv4_fragment`), where DPVS reassembles; ICMP errors
 //! from the client side are only translated on the worker that holds the session (the ICMP packet
 //! may be steered to another queue; it is then handled locally as an unhandled ICMP).
 

@@ -322,7 +322,9 @@ impl<P: PacketBuf> Stack<P> {
             svc_owned: Vec::new(),
             bcast,
             icmp_bucket: TokenBucket::new(cfg.icmp_ratelimit_per_s),
-            ip_id: 0,
+            // Workers start their IPv4 IDs apart (TUN outer headers toward one real server
+            // from several workers, fragmented on the way, must not collide at once).
+            ip_id: cfg.worker.wrapping_mul(0x9E37),
             fnat,
             nh_cache: vec![NhLine::default(); NH_CACHE].into_boxed_slice(),
             gw_cache: vec![NhLine::default(); n_routes].into_boxed_slice(),
