@@ -1470,8 +1470,9 @@ impl<P: PacketBuf> Stack<P> {
     /// or dest is gone; only new sessions use the new set. New VIPs and LIPs are added to the
     /// owned set (without a gratuitous ARP: [`Stack::announce`] them after); VIPs and LIPs no
     /// longer used are released (see `own_services`: their sessions' packets are no longer
-    /// taken — drain a service with weight 0 before deleting it, as with LVS). Scheduler state
-    /// is reset. On error nothing changes.
+    /// taken — drain a service with weight 0 before deleting it, as with LVS). A service left
+    /// unchanged keeps its scheduler state (rr/wrr position, overload flags, lblc/lblcr caches;
+    /// [`Services::carry_state`]); a changed one starts afresh. On error nothing changes.
     pub fn set_services(&mut self, services: &[ServiceConf]) -> Result<(), ServiceError> {
         self.set_services_prepared(services, &[])
     }
@@ -1538,6 +1539,7 @@ impl<P: PacketBuf> Stack<P> {
         }
         let f = &mut self.fnat;
         built.seed(f.worker, f.builds);
+        built.carry_state(&mut f.services);
         f.builds += 1;
         f.nat_enabled |= built.any_nat();
         std::mem::swap(&mut f.services, built);

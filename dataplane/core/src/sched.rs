@@ -45,7 +45,7 @@ use crate::counters::Counter;
 use std::net::IpAddr;
 
 /// A real server as the scheduler and the packet path see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Dest {
     /// Control-plane id (indexes [`DestStats`]).
     pub id: u32,

@@ -47,6 +47,11 @@ pub struct Service {
     pub dests: Vec<Dest>,
     /// Scheduler state (this worker's).
     pub sched: Scheduler,
+    /// The scheduler it was built as (with its flags).
+    pub sched_conf: Sched,
+    /// Hash of what its scheduler state depends on (scheduler, real servers, LIPs), computed
+    /// where the set is built (see [`Services::carry_state`]).
+    pub fingerprint: u64,
     /// Lport pools of the service's LIPs (this worker's; see [`Services::attach_lips`]).
     pub lips: Vec<u16>,
     /// The service's LIPs, in configuration order (`lips` are their pools).
@@ -340,7 +345,15 @@ impl Services {
                     let _ = vips.insert(c.vip, ());
                 }
             }
+            let fingerprint = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (c.sched, &dests, &c.lips).hash(&mut h);
+                h.finish()
+            };
             list.push(Service {
+                sched_conf: c.sched,
+                fingerprint,
                 proto: c.proto,
                 vip: c.vip,
                 vport: c.vport,
@@ -424,6 +437,44 @@ impl Services {
                 .find(|(m, _)| m.matches(proto, src, dst, dport))
                 .map(|(_, i)| *i),
             r => r,
+        }
+    }
+
+    /// Take over, from the set this one replaces, the scheduler state (rr/wrr position,
+    /// overload flags, lblc/lblcr caches, twos's random source) and the LIP cursor of every
+    /// service that is unchanged there: same key, scheduler and real servers (ids, addresses,
+    /// weights, thresholds, methods, in the same order) and LIPs. A publication about other
+    /// services — a health-check transition elsewhere, an edit — then leaves them as they
+    /// were; a changed service starts afresh, as IPVS restarts wrr's position on any change of
+    /// its dests. After this, `old` holds the states it got instead (freed with it).
+    ///
+    /// Cheap on the worker: a service at the same index with the same key is tried first (a
+    /// configuration keeps its order), else a map lookup; then the fingerprints compare
+    /// (plus the dest count, which the state's arrays are sized by).
+    pub fn carry_state(&mut self, old: &mut Services) {
+        for (i, s) in self.list.iter_mut().enumerate() {
+            let same_key = |o: &Service| match (s.mark, o.mark) {
+                (Some(a), Some(b)) => a.mark == b.mark,
+                (None, None) => (o.proto, o.vip, o.vport) == (s.proto, s.vip, s.vport),
+                _ => false,
+            };
+            let j = match old.list.get(i) {
+                Some(o) if same_key(o) => Some(i as u32),
+                _ => match s.mark {
+                    Some(m) => old.lookup_mark(m.mark),
+                    None => old.lookup(s.proto.number(), s.vip, s.vport),
+                },
+            };
+            let Some(o) = j.and_then(|j| old.list.get_mut(j as usize)) else {
+                continue;
+            };
+            if o.fingerprint == s.fingerprint
+                && o.dests.len() == s.dests.len()
+                && o.sched_conf == s.sched_conf
+            {
+                std::mem::swap(&mut s.sched, &mut o.sched);
+                s.lip_cursor = o.lip_cursor;
+            }
         }
     }
 

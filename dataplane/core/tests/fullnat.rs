@@ -1768,28 +1768,70 @@ fn replies_to_new_clients_go_through_the_routes_gateway_entry() {
     assert_eq!(c.fullnat_out.get(), 42);
 }
 
-/// `twos` draws its own random sequence per worker and per configuration set: two workers (or
-/// one worker after a publish) given the same new connections do not choose alike.
+/// `twos` draws its own random sequence per worker. A publication that leaves the service as
+/// it was (another service's health changed, say) continues its sequence; a changed service
+/// draws a new one (seeded per publication), not the one it started with.
 #[test]
 fn twos_draws_apart_per_worker_and_per_publish() {
-    let run = |worker: u16, republish: bool| -> Vec<u8> {
+    let run = |worker: u16, republish: Option<bool>| -> Vec<u8> {
         let mut c = cfg();
         c.services[0].sched = Sched::Twos;
         c.worker = worker;
         c.n_workers = 2;
         let services = c.services.clone();
         let (mut s, mut io, _) = setup(c);
-        if republish {
-            s.set_services(&services).unwrap();
-        }
         (0..64)
-            .map(|k| open(&mut s, &mut io, 20_000 + 2 * k + worker, 0).1)
+            .map(|k| {
+                if let (32, Some(changed)) = (k, republish) {
+                    let mut sv = services.clone();
+                    if changed {
+                        sv[0].dests[0].upper = 1000; // never reached: picks are unaffected
+                    }
+                    s.set_services(&sv).unwrap();
+                }
+                open(&mut s, &mut io, 20_000 + 2 * k + worker, 0).1
+            })
             .collect()
     };
-    let (w0, w1, w0_again) = (run(0, false), run(1, false), run(0, true));
+    let (w0, w1) = (run(0, None), run(1, None));
     assert!(w0.iter().any(|&i| i != w0[0]), "twos spreads: {w0:?}");
     assert_ne!(w0, w1, "two workers drew alike");
-    assert_ne!(w0, w0_again, "a publish started the same draws again");
+    assert_eq!(
+        run(0, Some(false)),
+        w0,
+        "an unchanged service keeps its sequence"
+    );
+    let changed = run(0, Some(true));
+    assert_eq!(changed[..32], w0[..32]);
+    assert_ne!(
+        changed[32..],
+        w0[32..],
+        "a changed service drew the same again"
+    );
+}
+
+/// A publication keeps the rr position (and every scheduler state) of the services it leaves
+/// unchanged, while a changed service starts afresh.
+#[test]
+fn a_publication_keeps_the_state_of_unchanged_services() {
+    let mut c = cfg();
+    c.services[0].sched = Sched::Rr;
+    let services = c.services.clone();
+    let (mut s, mut io, _) = setup(c);
+    let picks = |s: &mut Stack<VecPacket>, io: &mut TestIo, from: u16| -> Vec<u8> {
+        (from..from + 4).map(|k| open(s, io, k, 0).1).collect()
+    };
+    assert_eq!(picks(&mut s, &mut io, 100), vec![1, 2, 3, 1]);
+    // The UDP service changes (a real server's weight), the TCP one does not: rr goes on.
+    let mut other = services.clone();
+    other[1].dests[0].weight = 5;
+    s.set_services(&other).unwrap();
+    assert_eq!(picks(&mut s, &mut io, 200), vec![2, 3, 1, 2]);
+    // The TCP service changes: it starts again from its first real server.
+    let mut changed = other.clone();
+    changed[0].dests[2].weight = 2;
+    s.set_services(&changed).unwrap();
+    assert_eq!(picks(&mut s, &mut io, 300), vec![1, 2, 3, 1]);
 }
 
 /// A real server is flagged overloaded by the sessions it gets, not by picks whose session was
