@@ -454,22 +454,26 @@ impl Port {
         (di.nb_rx_queues, di.nb_tx_queues)
     }
 
-    /// The RX queue `q`. Each queue handle must be owned by exactly one lcore (DPDK queues are not
-    /// thread-safe); rvsd hands queue `w` to worker `w`. Panics when the port has no queue `q`
-    /// (DPDK's burst functions do not check it: a wrong index would read a null queue).
+    /// The RX queue `q`: the one handle to it (DPDK queues are not thread-safe, so a queue must
+    /// be polled by one lcore at a time; rvsd hands queue `w` to worker `w`). Panics when the
+    /// port has no queue `q` (DPDK's burst functions do not check it: a wrong index would read
+    /// a null queue) or when a handle to it is alive: two would let safe code poll one queue
+    /// from two threads. The handle is given back when dropped.
     pub fn rx_queue(&self, q: u16) -> RxQueue {
         let n = self.configured_queues().0;
         assert!(q < n, "port {} has {n} RX queues, not queue {q}", self.id);
+        take_queue(self.id, q, true);
         RxQueue {
             port: self.id,
             queue: q,
         }
     }
 
-    /// The TX queue `q` (same ownership rule and check as [`Port::rx_queue`]).
+    /// The TX queue `q` (the same single handle and checks as [`Port::rx_queue`]).
     pub fn tx_queue(&self, q: u16) -> TxQueue {
         let n = self.configured_queues().1;
         assert!(q < n, "port {} has {n} TX queues, not queue {q}", self.id);
+        take_queue(self.id, q, false);
         TxQueue {
             port: self.id,
             queue: q,
@@ -486,18 +490,52 @@ pub struct RingPort {
     pub drain: Vec<MbufConsumer>,
 }
 
-/// One RX queue of a port, polled by its owning worker.
+/// The queues with a live handle: (port, queue, RX). Control path only (handles are taken and
+/// dropped at set-up and tear-down, never per packet).
+static QUEUES_TAKEN: std::sync::Mutex<Vec<(u16, u16, bool)>> = std::sync::Mutex::new(Vec::new());
+
+fn taken() -> std::sync::MutexGuard<'static, Vec<(u16, u16, bool)>> {
+    QUEUES_TAKEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn take_queue(port: u16, queue: u16, rx: bool) {
+    let mut t = taken();
+    let what = if rx { "RX" } else { "TX" };
+    assert!(
+        !t.contains(&(port, queue, rx)),
+        "port {port} {what} queue {queue} already has a handle (one lcore per queue)"
+    );
+    t.push((port, queue, rx));
+}
+
+fn give_queue(port: u16, queue: u16, rx: bool) {
+    taken().retain(|&k| k != (port, queue, rx));
+}
+
+/// One RX queue of a port, polled by its owning worker (the only handle to it).
 #[derive(Debug)]
 pub struct RxQueue {
     port: u16,
     queue: u16,
 }
 
-/// One TX queue of a port, used by its owning worker.
+/// One TX queue of a port, used by its owning worker (the only handle to it).
 #[derive(Debug)]
 pub struct TxQueue {
     port: u16,
     queue: u16,
+}
+
+impl Drop for RxQueue {
+    fn drop(&mut self) {
+        give_queue(self.port, self.queue, true);
+    }
+}
+
+impl Drop for TxQueue {
+    fn drop(&mut self) {
+        give_queue(self.port, self.queue, false);
+    }
 }
 
 impl RxQueue {

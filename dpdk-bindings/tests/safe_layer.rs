@@ -59,6 +59,13 @@ fn eal_port_mbuf_ring_and_lcore() {
     // A queue the port was not configured with is refused (DPDK would read a null queue).
     assert!(std::panic::catch_unwind(|| port.rx_queue(1)).is_err());
     assert!(std::panic::catch_unwind(|| port.tx_queue(7)).is_err());
+    // One handle per queue: a second one (which safe code could poll from another thread) is
+    // refused while the first lives, and given once it is dropped.
+    assert!(std::panic::catch_unwind(|| port.rx_queue(0)).is_err());
+    assert!(std::panic::catch_unwind(|| port.tx_queue(0)).is_err());
+    drop(rx);
+    let mut rx = port.rx_queue(0);
+    assert_eq!(rx.rx_burst(&mut b, 32), 0);
     let got: Vec<_> = b.drain().collect();
     assert_eq!(got[0].data(), &frame[..]);
     drop(got);

@@ -97,9 +97,9 @@ pub struct Generator {
     lap: u32,
     respond: Option<fn(&mut [u8]) -> bool>,
     patch: Option<fn(&mut [u8], u32, u16)>,
-    /// This worker's RX queues, emptied once the run is over (mbufs left in an RX ring would
-    /// otherwise never return to the pool).
-    leftover: Vec<RxQueue>,
+    /// This worker's ports, whose RX queues are emptied once the run is over and the device
+    /// gone (mbufs left in an RX ring would otherwise never return to the pool).
+    leftover: Vec<Port>,
 }
 
 impl Generator {
@@ -131,10 +131,12 @@ impl Generator {
         self.frames.bytes()
     }
 
-    /// After the run (the device no longer polls): free what is left in the RX rings.
+    /// After the run, the device dropped (its queue handles given back): free what is left in
+    /// the RX rings.
     pub fn drain_rx(&mut self) {
         let mut b = Burst::new();
-        for q in &mut self.leftover {
+        for p in &self.leftover {
+            let mut q = p.rx_queue(0);
             while q.rx_burst(&mut b, dpdk::MAX_BURST as u16) > 0 {
                 b.clear();
             }
@@ -465,7 +467,7 @@ pub fn lanes(
             back: Burst::new(),
             burst: conf.burst,
             lap: 0,
-            leftover: ports.iter().map(|p| p.rx_queue(0)).collect(),
+            leftover: ports.clone(),
             respond: match device {
                 Device::Rvs => trace.respond,
                 Device::IoFwd => None,
@@ -588,6 +590,7 @@ pub fn run(
                 let done = done.clone();
                 Box::new(move || {
                     let s = worker_loop(dut.as_mut(), Some(&mut gen), tsc_hz, warm, meas, success);
+                    drop(dut); // gives its queue handles back for the drain
                     gen.drain_rx();
                     done.fetch_add(1, Ordering::SeqCst);
                     let _ = tx.send((w, s));
@@ -611,6 +614,9 @@ pub fn run(
                 let done = done.clone();
                 Box::new(move || {
                     let s = worker_loop(dut.as_mut(), None, tsc_hz, warm, meas, success);
+                    // Its queue handles go back before the generator, seeing every worker
+                    // done, drains the RX rings.
+                    drop(dut);
                     done.fetch_add(1, Ordering::SeqCst);
                     let _ = tx.send((w, s));
                 })
