@@ -309,6 +309,24 @@ impl Model {
                 }
                 self.check_spec(spec)?;
                 let check = self.checks.service.get(&spec.key).cloned();
+                // A match service's VIP is its destination's network address, as in the file.
+                let vip = file.as_ref().map_or(spec.key.vip, |f| f.vip);
+                if spec.key.mark.is_none() && self.owned(vip) {
+                    return err(
+                        code::EINVAL,
+                        format!("Illegal address: {vip} is an address of a port"),
+                    );
+                }
+                // Checked here too for a service the file defines: since the file was loaded,
+                // its VIP may have become another service's local address.
+                if self.is_lip(vip) {
+                    return err(
+                        code::EINVAL,
+                        format!(
+                            "Illegal address: {vip} is a local address; VIPs and local addresses must differ"
+                        ),
+                    );
+                }
                 if let Some(f) = file {
                     // The file's service: its ports, table size and match come back; what the
                     // command line gives replaces the rest.
@@ -325,21 +343,6 @@ impl Model {
                     return Ok(());
                 }
                 let port = self.port_for(spec.key.vip, 0);
-                if self.owned(spec.key.vip) {
-                    return err(
-                        code::EINVAL,
-                        format!("Illegal address: {} is an address of a port", spec.key.vip),
-                    );
-                }
-                if self.is_lip(spec.key.vip) {
-                    return err(
-                        code::EINVAL,
-                        format!(
-                            "Illegal address: {} is a local address; VIPs and local addresses must differ",
-                            spec.key.vip
-                        ),
-                    );
-                }
                 self.services.push(ServiceConfig {
                     proto: match spec.key.proto {
                         Proto::Tcp => config::Proto::Tcp,
@@ -860,6 +863,20 @@ lips = ["198.51.100.3"]
         other.key = ServiceKey::of_mark(8);
         let e = m.apply(&Op::AddService { spec: other }).unwrap_err();
         assert!(e.1.contains("mark 8 has no match"), "{}", e.1);
+        // The file's service is checked against what changed since the file was loaded: once
+        // its VIP became another service's local address, it cannot come back.
+        m.apply(&Op::DelService { key: specs[0].key }).unwrap();
+        m.apply(&Op::AddLaddr {
+            key: specs[1].key,
+            lip: "203.0.113.10".parse().unwrap(),
+        })
+        .unwrap();
+        let e = m
+            .apply(&Op::AddService {
+                spec: specs[0].clone(),
+            })
+            .unwrap_err();
+        assert!(e.1.contains("must differ"), "{}", e.1);
     }
 
     /// A service or real server rvsadm deletes and adds again (or `-C` then `-R`) gets the

@@ -26,9 +26,11 @@
 //! outer header. Limitations (documented deviations): fragments to a VIP are dropped
 //! (`ipv4_fragment_vip`, no reassembly), and so are fragments to a LIP (a real server's
 //! fragmented UDP reply, say: passed to the port's kernel interface when it has one, else
-//! dropped as `ipv4_fragment`), where DPVS reassembles; ICMP errors
-//! from the client side are only translated on the worker that holds the session (the ICMP packet
-//! may be steered to another queue; it is then handled locally as an unhandled ICMP).
+//! dropped as `ipv4_fragment`), where DPVS reassembles. An ICMP error about a client's flow
+//! (from the client side, or the TUN frag-needed) is passed to the worker holding the session:
+//! the persistence or NAT owner, else the worker RSS steers the flow to when the port's RSS is
+//! known; without it (a PMD that does not report RSS) it is translated only when it reaches that
+//! worker, and otherwise handled locally as an unhandled ICMP.
 
 use crate::checksum::{checksum, fold, fold35, update_u16, update_u32};
 use crate::config::{FullnatConf, Fwd, Proto, ServiceConf, StackConfig};
@@ -172,6 +174,31 @@ impl Fullnat {
             crate::fwd::nat_owner(cip, cport, n)
         } else {
             self.worker
+        }
+    }
+
+    /// The worker holding the session of an existing client flow `cip:cport → vip:vport` (an
+    /// ICMP error quoting one of its packets arrives wherever RSS sends the error, not where the
+    /// flow goes): the persistence or NAT owner when the service has one, else the worker RSS
+    /// steers the client's packets to when the port's RSS is known, else this one (the session
+    /// is then found only if it is here).
+    fn flow_owner(
+        &self,
+        svc: Option<u32>,
+        proto: u8,
+        cip: Ipv4Addr,
+        cport: u16,
+        vip: Ipv4Addr,
+        vport: u16,
+    ) -> u16 {
+        match svc.and_then(|i| self.services.list.get(i as usize).map(|s| (i, s))) {
+            Some((i, s)) if s.persist.is_some() || s.has_nat => {
+                self.new_conn_owner(i as usize, proto, cip, cport, vip)
+            }
+            _ => self
+                .lports
+                .rss_owner(cip, vip, cport, vport)
+                .unwrap_or(self.worker),
         }
     }
 
@@ -606,19 +633,18 @@ impl<P: PacketBuf> Stack<P> {
         if checksum(&d[t.ic..]) != 0 || t.mtu < 68 {
             return Some(pkt);
         }
-        if let Some(svc) = self.fnat.services.lookup_packet(
+        let svc = self.fnat.services.lookup_packet(
             t.iproto,
             IpAddr::V4(t.cip),
             IpAddr::V4(t.vip),
             t.vport,
-        ) {
-            let owner = self
-                .fnat
-                .new_conn_owner(svc as usize, t.iproto, t.cip, t.cport, t.vip);
-            if owner != self.fnat.worker {
-                self.fnat_redirect(io, owner, port, pkt);
-                return None;
-            }
+        );
+        let owner = self
+            .fnat
+            .flow_owner(svc, t.iproto, t.cip, t.cport, t.vip, t.vport);
+        if owner != self.fnat.worker {
+            self.fnat_redirect(io, owner, port, pkt);
+            return None;
         }
         let Some(idx) = self
             .fnat
@@ -1232,19 +1258,18 @@ impl<P: PacketBuf> Stack<P> {
         }
         if q.isrc == dst {
             // From the client side, quoting VIP:vport → CIP:cport.
-            if let Some(svc) = self.fnat.services.lookup_packet(
+            let svc = self.fnat.services.lookup_packet(
                 q.iproto,
                 IpAddr::V4(q.idst),
                 IpAddr::V4(q.isrc),
                 q.isport,
-            ) {
-                let owner =
-                    self.fnat
-                        .new_conn_owner(svc as usize, q.iproto, q.idst, q.idport, q.isrc);
-                if owner != self.fnat.worker {
-                    self.fnat_redirect(io, owner, port, pkt);
-                    return None;
-                }
+            );
+            let owner = self
+                .fnat
+                .flow_owner(svc, q.iproto, q.idst, q.idport, q.isrc, q.isport);
+            if owner != self.fnat.worker {
+                self.fnat_redirect(io, owner, port, pkt);
+                return None;
             }
             let Some(idx) = self
                 .fnat

@@ -97,6 +97,17 @@ impl LportAlloc {
         }
     }
 
+    /// The worker whose RX queue RSS steers the IPv4 TCP/UDP flow `src:sport → dst:dport` to
+    /// (queue `q` is worker `q`, as rvsd sets ports up), when the port's RSS key and table are
+    /// known; `None` otherwise (and always with one worker: every flow is its own).
+    pub fn rss_owner(&self, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Option<u16> {
+        if self.n_workers == 1 {
+            return Some(0);
+        }
+        let q = rss_queue(self.rss.as_ref()?, src, dst, sport, dport);
+        (q < self.n_workers).then_some(q)
+    }
+
     /// The worker owning `lport` (`lport % n_workers`; a mask for 1, 2, 4, ... workers, so
     /// the usual case costs no division on every reply).
     #[inline(always)]

@@ -563,6 +563,11 @@ impl<P: PacketBuf> Stack<P> {
             self.owned.remove(&ip);
         }
         self.mirror_owned_one(ip);
+        // A service address taken away here is owned again by the next publication (which
+        // then differs from what the services own: see `swap_services_built`).
+        if let Ok(i) = self.svc_owned.binary_search(&(port, ip)) {
+            self.svc_owned.remove(i);
+        }
         true
     }
 

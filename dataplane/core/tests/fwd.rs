@@ -554,6 +554,69 @@ fn tun_oversize_df_gets_frag_needed_from_the_vip() {
     assert_eq!(c.drops(DropReason::MtuExceeded), 2);
 }
 
+/// A router on the real servers' side (198.51.100.254) tells the DIP that a packet it quotes
+/// (`quoted`, an IPv4 packet without Ethernet header) was too big for its 1400-byte link.
+fn router_frag_needed(quoted: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(rs_mac(3), MAC1)
+        .ipv4(v4("198.51.100.254"), v4(DIP), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut v, quoted)
+        .unwrap();
+    v
+}
+
+/// The router's error about a TUN flow reaches whichever worker RSS picks for the ICMP packet;
+/// it is passed to the worker RSS steers the client's flow to (which holds its session) and
+/// relayed to the client from there.
+#[test]
+fn tun_frag_needed_goes_to_the_worker_holding_the_flow() {
+    let rss = rvs_core::RssConf {
+        key: rvs_core::toeplitz::MS_KEY.to_vec(),
+        reta: (0..128).map(|i| i % 2).collect(),
+    };
+    let mk = |w: u16| {
+        let mut c = tun_cfg(1500);
+        c.worker = w;
+        c.n_workers = 2;
+        c.fullnat.rss = Some(rss.clone());
+        setup(c, &[3])
+    };
+    let (mut w0, mut io0, c0) = mk(0);
+    let (mut w1, mut io1, c1) = mk(1);
+    let cport = (40000..41000u16)
+        .find(|&p| rvs_core::lport::rss_queue(&rss, a4(CIP), a4(VIP), p, 80) == 1)
+        .unwrap();
+    // RSS steers the client's flow to worker 1: its session is there.
+    handle(&mut w1, &mut io1, 0, &c2v(cport, 80, SYN, &[]), 0);
+    io1.one();
+    handle(
+        &mut w1,
+        &mut io1,
+        0,
+        &c2v(cport, 80, ACK, &vec![0x33; 1400]),
+        1,
+    );
+    let (_, sent) = io1.one();
+    let err = router_frag_needed(&sent[14..14 + 48]);
+    // The error lands on worker 0: passed on untouched, relayed by worker 1.
+    handle(&mut w0, &mut io0, 1, &err, 2);
+    assert!(io0.sent.is_empty());
+    assert_eq!(io0.redirected, vec![(1, 1, err.clone())]);
+    assert_eq!(c0.redirected_out.get(), 1);
+    handle(&mut w1, &mut io1, 1, &err, 2);
+    let (port, out) = io1.one();
+    assert_eq!(port, 0);
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
+        panic!()
+    };
+    assert_eq!((oh.source, oh.destination), (v4(VIP), v4(CIP)));
+    assert_eq!(c1.icmp_translated.get(), 1);
+}
+
 /// A router between rvs and a TUN real server reports rvs's IPIP packet too big (its DF is the
 /// client's): the client gets fragmentation-needed from the VIP with the MTU less the outer
 /// header, quoting its own packet (IPVS `ip_vs_in_icmp` for IPIP); an error quoting no TUN
@@ -567,19 +630,7 @@ fn tun_frag_needed_from_the_path_reaches_the_client() {
     handle(&mut s, &mut io, 0, &f, 1);
     let (port, sent) = io.one();
     assert_eq!(port, 1);
-    let icmp = |quoted: &[u8]| {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(rs_mac(3), MAC1)
-            .ipv4(v4("198.51.100.254"), v4(DIP), 64)
-            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
-                    next_hop_mtu: 1400,
-                },
-            ))
-            .write(&mut v, quoted)
-            .unwrap();
-        v
-    };
+    let icmp = router_frag_needed;
     // The router quotes the outer header and the start of the inner packet (RFC 1812).
     handle(&mut s, &mut io, 1, &icmp(&sent[14..14 + 20 + 20 + 8]), 2);
     let (port, out) = io.one();
