@@ -1250,6 +1250,11 @@ fn a_new_service_set_with_the_same_addresses_in_new_roles_reclassifies_them() {
     assert_eq!(port, 1);
     let o = parse(&f);
     assert_eq!((o.ip.source, o.ip.destination), (v4(LIP), v4("10.1.0.200")));
+    // A service address taken away by hand is owned again by the next publication, even one
+    // that changes no address.
+    assert!(s.remove_owned(0, ip(VIP)));
+    s.set_services(&swapped).unwrap();
+    assert!(s.is_owned_on(0, ip(VIP)));
     // And back: a publication that changes only a weight keeps the roles.
     let mut weights = swapped.clone();
     weights[0].dests[0].weight = 7;
