@@ -89,6 +89,7 @@ pub fn config(capacity: usize, lips: usize, timeouts: Timeouts, reuse_ms: u64) -
                             fwd: Fwd::FullNat,
                             upper: 0,
                             lower: 0,
+                            down: false,
                         }
                     })
                     .collect(),

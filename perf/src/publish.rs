@@ -40,6 +40,7 @@ fn services(n: usize, dests: usize, sched: Sched) -> Vec<ServiceConf> {
                         fwd: Fwd::FullNat,
                         upper: 0,
                         lower: 0,
+                        down: false,
                     }
                 })
                 .collect(),

@@ -142,6 +142,7 @@ fn fullnat_config(cfg: &Config, rss: Option<RssConf>) -> FullnatConf {
         lport_max: f.lport_max,
         lport_reuse_delay_ms: f.lport_reuse_delay_s as u64 * 1000,
         rss,
+        expire_quiescent_template: f.expire_quiescent_template,
     }
 }
 
@@ -202,6 +203,7 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
                     },
                     upper: r.upper,
                     lower: r.lower,
+                    down: false,
                 })
                 .collect(),
             lips: s.lips.clone(),

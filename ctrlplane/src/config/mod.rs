@@ -274,6 +274,11 @@ pub struct FullnatConfig {
     /// Seconds a freed local port rests before it is used again
     /// (`lport_reuse_delay_s`, 0..=86400, default 120).
     pub lport_reuse_delay_s: u32,
+    /// IPVS's `expire_quiescent_template` (`expire_quiescent_template`, default false, as
+    /// IPVS): whether a persistent client whose real server an operator quiesced (`-w 0`) is
+    /// scheduled afresh rather than kept on it. A real server down by its health check always
+    /// loses its persistent clients.
+    pub expire_quiescent_template: bool,
     /// Session timeouts (`[fullnat.timeouts]`).
     pub timeouts: TimeoutsConfig,
 }
@@ -785,6 +790,7 @@ impl Default for FullnatConfig {
             lport_min: 1025,
             lport_max: 65535,
             lport_reuse_delay_s: 120,
+            expire_quiescent_template: false,
             timeouts: TimeoutsConfig::default(),
         }
     }

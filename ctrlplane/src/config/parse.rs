@@ -323,6 +323,7 @@ impl<'a> Table<'a> {
                 "lport_min",
                 "lport_max",
                 "lport_reuse_delay_s",
+                "expire_quiescent_template",
                 "timeouts",
             ],
             _ => &[],
@@ -785,6 +786,8 @@ fn parse_fullnat(t: &Table) -> Result<FullnatConfig> {
         lport_min,
         lport_max,
         lport_reuse_delay_s: t.int("lport_reuse_delay_s", d.lport_reuse_delay_s, 0, 86_400)?,
+        expire_quiescent_template: t
+            .bool("expire_quiescent_template", d.expire_quiescent_template)?,
         timeouts,
     })
 }

@@ -897,7 +897,7 @@ fn example_configs_parse() {
 fn fullnat_settings() {
     let text = format!(
         "[fullnat]\nsessions = 1024\ntoa = false\nmss_clamp = 1400\nlport_min = 2000\n\
-         lport_max = 3000\nlport_reuse_delay_s = 0\n\
+         lport_max = 3000\nlport_reuse_delay_s = 0\nexpire_quiescent_template = true\n\
          [fullnat.timeouts]\ntcp = 1\ntcpfin = 2\nudp = 3\nsyn_sent = 4\nsyn_recv = 5\n\
          close_wait = 6\nlast_ack = 7\ntime_wait = 8\nclose = 2147483\n{BASE}"
     );
@@ -911,6 +911,7 @@ fn fullnat_settings() {
             lport_min: 2000,
             lport_max: 3000,
             lport_reuse_delay_s: 0,
+            expire_quiescent_template: true,
             timeouts: TimeoutsConfig {
                 tcp: 1,
                 tcpfin: 2,
@@ -931,6 +932,7 @@ fn fullnat_settings() {
         (65536, true, None, 1025, 65535)
     );
     assert_eq!(d.lport_reuse_delay_s, 120);
+    assert!(!d.expire_quiescent_template, "IPVS's default");
     assert_eq!(
         d.timeouts,
         TimeoutsConfig {

@@ -414,6 +414,10 @@ pub struct DestConf {
     /// Lower connection threshold (ipvsadm `-y`, 0 = none): an overloaded dest recovers when its
     /// count drops below it (below 3/4 of `upper` when 0).
     pub lower: u32,
+    /// Down by its health check (the control plane also gives it weight 0): besides getting no
+    /// new sessions, persistence templates to it expire whatever
+    /// [`FullnatConf::expire_quiescent_template`] says (IPVS: a dest no longer available).
+    pub down: bool,
 }
 
 /// Session timeouts in milliseconds, per TCP state (IPVS's defaults) and for UDP.
@@ -496,6 +500,10 @@ pub struct FullnatConf {
     pub lport_reuse_delay_ms: u64,
     /// RSS parameters of the LIP ports (None: lports are handed out in FIFO order only).
     pub rss: Option<RssConf>,
+    /// IPVS's `expire_quiescent_template` sysctl: when false (IPVS's default), a persistent
+    /// client whose template names a dest an operator quiesced (weight 0, not down) keeps going
+    /// to it, as a drain of a persistent service expects; when true, it is scheduled afresh.
+    pub expire_quiescent_template: bool,
 }
 
 impl Default for FullnatConf {
@@ -510,6 +518,7 @@ impl Default for FullnatConf {
             lport_max: 65535,
             lport_reuse_delay_ms: 120_000,
             rss: None,
+            expire_quiescent_template: false,
         }
     }
 }

@@ -864,9 +864,12 @@ impl<P: PacketBuf> Stack<P> {
         let dst = ipv4_at(d, ip4::DST);
         let key = SchedKey::new(IpAddr::V4(src), be16(d, l4), IpAddr::V4(dst), now_ms);
         let mut tmpl = NO_TMPL;
+        let keep_quiescent = !f.conf.expire_quiescent_template;
         let di = if let Some(p) = s.persist {
-            // IPVS ip_vs_sched_persist: reuse the client network's template while its dest is
-            // still in the service with weight > 0, else schedule and (re)bind it.
+            // IPVS ip_vs_sched_persist / ip_vs_check_template: reuse the client network's
+            // template while its dest is still in the service and not down (with weight > 0, or
+            // quiesced by an operator unless `expire_quiescent_template`), else schedule and
+            // (re)bind it.
             let cnet = Ipv4Addr::from(u32::from(src) & p.netmask);
             let (tproto, tvip, tvport) = s.tmpl_id(proto, dst);
             let tk = f.templates.key(tproto, tvip, tvport, cnet);
@@ -875,7 +878,8 @@ impl<P: PacketBuf> Stack<P> {
                 let t = f.templates.get(t);
                 s.dests.iter().position(|d| {
                     d.id == t.dest
-                        && d.weight > 0
+                        && !d.down
+                        && (d.weight > 0 || keep_quiescent)
                         && d.rip == IpAddr::V4(t.rip)
                         && d.rport == t.rport
                 })

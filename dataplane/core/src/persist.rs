@@ -24,12 +24,14 @@
 //! to a quarter of the session table, at least 1) with a timer wheel; nothing on the packet path
 //! allocates. A new connection:
 //!
-//! - finds a template whose dest is still in the service with weight > 0: it goes to that dest
-//!   (`persist_hits`), and the template's expiry is restarted (now + timeout), as IPVS resets the
-//!   template's timer when a connection uses it;
-//! - finds none, or one whose dest was quiesced (weight 0) or removed: the scheduler picks a dest
-//!   and the template is created or re-bound to it (`persist_new`; IPVS's
-//!   `expire_quiescent_template` behaviour: a quiesced dest's template is ignored);
+//! - finds a template whose dest is still in the service, not down, with weight > 0 — or
+//!   quiesced by an operator (weight 0) while `expire_quiescent_template` is off, IPVS's
+//!   default, so that draining a persistent service keeps its clients on their server: it goes
+//!   to that dest (`persist_hits`), and the template's expiry is restarted (now + timeout), as
+//!   IPVS resets the template's timer when a connection uses it;
+//! - finds none, or one whose dest was removed, is down by its health check (rvs marks it
+//!   `down`; IPVS: no longer available), or quiesced while `expire_quiescent_template` is on:
+//!   the scheduler picks a dest and the template is created or re-bound to it (`persist_new`);
 //! - finds the table full: the connection is scheduled without persistence (`persist_table_full`)
 //!   rather than dropped (IPVS drops it).
 //!

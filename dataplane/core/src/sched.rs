@@ -61,6 +61,8 @@ pub struct Dest {
     pub upper: u32,
     /// Lower connection threshold (0 = 3/4 of `upper`).
     pub lower: u32,
+    /// Down by its health check ([`crate::DestConf::down`]).
+    pub down: bool,
 }
 
 /// Per-core counters of one dest (single writer: the worker). `active` and `inactive` are gauges
@@ -1157,6 +1159,7 @@ mod tests {
                 fwd: crate::config::Fwd::FullNat,
                 upper: 0,
                 lower: 0,
+                down: false,
             })
             .collect()
     }
@@ -1262,6 +1265,7 @@ mod ipvs_tests {
                 fwd: Fwd::FullNat,
                 upper: 0,
                 lower: 0,
+                down: false,
             })
             .collect()
     }

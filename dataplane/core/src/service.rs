@@ -335,6 +335,7 @@ impl Services {
                     fwd: d.fwd,
                     upper: d.upper,
                     lower: d.lower,
+                    down: d.down,
                 });
             }
             let lips = Vec::with_capacity(c.lips.len());

@@ -307,7 +307,10 @@ fn template_expiry_never_cuts_a_live_connection() {
 
 #[test]
 fn quiesced_or_removed_dest_template_is_ignored() {
-    let (mut s, mut io, c) = setup(cfg(vec![service(80, rr3(80), persist(300, !0))]));
+    // IPVS with expire_quiescent_template = 1.
+    let mut cf = cfg(vec![service(80, rr3(80), persist(300, !0))]);
+    cf.fullnat.expire_quiescent_template = true;
+    let (mut s, mut io, c) = setup(cf);
     let first = connect(&mut s, &mut io, CIP, 1000, 80, 0);
     assert_eq!(first.0, a4(&rip(1)));
     // Quiesce dest 0: the template is ignored and re-bound to a newly scheduled dest.
@@ -339,6 +342,33 @@ fn quiesced_or_removed_dest_template_is_ignored() {
     let third = connect(&mut s, &mut io, CIP, 1003, 80, 3);
     assert!(third != first && third != second);
     assert_eq!(c.persist_new.get(), 3);
+}
+
+/// IPVS's default (expire_quiescent_template = 0): a persistent client whose real server an
+/// operator drains (weight 0) keeps going to it; one whose real server is down by its health
+/// check (weight 0 and `down`) is scheduled afresh.
+#[test]
+fn a_drain_keeps_persistent_clients_a_health_failure_does_not() {
+    let (mut s, mut io, c) = setup(cfg(vec![service(80, rr3(80), persist(300, !0))]));
+    let first = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    let mut d = rr3(80);
+    d[0].weight = 0;
+    s.set_services(&[service(80, d.clone(), persist(300, !0))])
+        .unwrap();
+    assert_eq!(
+        connect(&mut s, &mut io, CIP, 1001, 80, 1),
+        first,
+        "drained: kept"
+    );
+    assert_eq!((c.persist_new.get(), c.persist_hits.get()), (1, 1));
+    // A new client never goes to the drained server.
+    assert_ne!(connect(&mut s, &mut io, "100.64.9.9", 1000, 80, 1), first);
+    // Down by its health check: rescheduled.
+    d[0].down = true;
+    s.set_services(&[service(80, d, persist(300, !0))]).unwrap();
+    let second = connect(&mut s, &mut io, CIP, 1002, 80, 2);
+    assert_ne!(second, first, "down: rescheduled");
+    assert_eq!(connect(&mut s, &mut io, CIP, 1003, 80, 2), second);
 }
 
 #[test]

@@ -334,7 +334,8 @@ impl Daemon {
         announce: Vec<(usize, std::net::IpAddr)>,
     ) -> Result<(), PublishError> {
         let mut services = (self.build)(&g.model);
-        // Quiesce the real servers that are down: effective weight 0, sessions kept.
+        // Quiesce the real servers that are down: effective weight 0, sessions kept, their
+        // persistence templates expired (`down`).
         let down_ids: HashSet<u32> = g
             .model
             .services
@@ -350,6 +351,7 @@ impl Daemon {
             for d in services.iter_mut().flat_map(|s| s.dests.iter_mut()) {
                 if down_ids.contains(&d.id) {
                     d.weight = 0;
+                    d.down = true;
                 }
             }
         }

@@ -36,6 +36,7 @@ pub fn stack() -> Stack<VecPacket> {
                 fwd: Default::default(),
                 upper: 0,
                 lower: 0,
+                down: false,
             },
             DestConf {
                 id: 1,
@@ -45,6 +46,7 @@ pub fn stack() -> Stack<VecPacket> {
                 fwd: Default::default(),
                 upper: 0,
                 lower: 0,
+                down: false,
             },
         ],
         lips: vec![ip("198.51.100.2")],

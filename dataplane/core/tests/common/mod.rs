@@ -88,6 +88,7 @@ pub fn dest_at(id: u32, rip: &str, rport: u16, weight: u32, fwd: Fwd) -> DestCon
         fwd,
         upper: 0,
         lower: 0,
+        down: false,
     }
 }
 

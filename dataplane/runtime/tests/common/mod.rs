@@ -38,6 +38,7 @@ pub fn services(rip: [u8; 4], id: u32) -> Vec<ServiceConf> {
                 fwd: Fwd::Nat,
                 upper: 0,
                 lower: 0,
+                down: false,
             }],
             lips: vec![],
             lip_port: 0,
