@@ -633,9 +633,8 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn model() -> Model {
-        let cfg = Config::parse(
-            r#"
+    /// The two ports of the test configurations: client 192.0.2.1/24, servers 198.51.100.1/24.
+    const PORTS: &str = r#"
 [[port]]
 name = "client"
 device = "net_null0"
@@ -644,7 +643,12 @@ addresses = ["192.0.2.1/24"]
 name = "servers"
 device = "net_null1"
 addresses = ["198.51.100.1/24"]
-[[service]]
+"#;
+
+    fn model() -> Model {
+        let text = format!(
+            "{PORTS}{}",
+            r#"[[service]]
 proto = "tcp"
 vip = "192.0.2.10"
 vport = 80
@@ -652,10 +656,9 @@ scheduler = "wrr"
 lips = ["198.51.100.2"]
   [[service.real]]
   ip = "198.51.100.11"
-"#,
-            Path::new("t.toml"),
-        )
-        .unwrap();
+"#
+        );
+        let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
         Model::from_config(&cfg, 16)
     }
 
@@ -787,16 +790,8 @@ lips = ["198.51.100.2"]
     /// gave it (no ipvsadm option carries them).
     #[test]
     fn re_added_services_get_their_file_shape_back() {
-        let text = r#"
-[[port]]
-name = "client"
-device = "net_null0"
-addresses = ["192.0.2.1/24"]
-[[port]]
-name = "servers"
-device = "net_null1"
-addresses = ["198.51.100.1/24"]
-[[service]]
+        let text = PORTS.to_string()
+            + r#"[[service]]
 proto = "tcp"
 vip = "203.0.113.10"
 vport = 80
@@ -819,7 +814,7 @@ lips = ["198.51.100.3"]
   [[service.real]]
   ip = "198.51.100.12"
 "#;
-        let cfg = Config::parse(text, Path::new("t.toml")).unwrap();
+        let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
         let mut m = Model::from_config(&cfg, 16);
         let before = m.services.clone();
         let specs: Vec<ServiceSpec> = m.services.iter().map(Model::spec_of).collect();
@@ -883,16 +878,8 @@ lips = ["198.51.100.3"]
     /// health check the file gives it back; a reload takes the file's checks anew.
     #[test]
     fn file_checks_come_back_with_a_re_added_service_or_real() {
-        let text = r#"
-[[port]]
-name = "client"
-device = "net_null0"
-addresses = ["192.0.2.1/24"]
-[[port]]
-name = "servers"
-device = "net_null1"
-addresses = ["198.51.100.1/24"]
-[[service]]
+        let text = PORTS.to_string()
+            + r#"[[service]]
 proto = "tcp"
 vip = "192.0.2.10"
 vport = 80
@@ -907,7 +894,7 @@ lips = ["198.51.100.2"]
     [service.real.check]
     type = "http"
 "#;
-        let cfg = Config::parse(text, Path::new("t.toml")).unwrap();
+        let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
         let mut m = Model::from_config(&cfg, 16);
         let svc_check = cfg.services[0].check.clone();
         let real_check = cfg.services[0].reals[1].check.clone();

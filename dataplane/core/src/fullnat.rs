@@ -614,6 +614,37 @@ pub(crate) fn tun_quote(d: &[u8], ihl: usize) -> Option<TunQuote> {
 }
 
 impl<P: PacketBuf> Stack<P> {
+    /// The session of the client flow `cip:cport → vip:vport` that an ICMP error `pkt` quotes:
+    /// `Ok` with it when this worker holds it; `Err(None)` when the error was passed to the
+    /// worker that does ([`Fullnat::flow_owner`]); `Err(Some(pkt))` when there is none (local
+    /// handling continues).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn client_flow_session<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        proto: u8,
+        cip: Ipv4Addr,
+        cport: u16,
+        vip: Ipv4Addr,
+        vport: u16,
+    ) -> Result<(P, u32), Option<P>> {
+        let svc = self
+            .fnat
+            .services
+            .lookup_packet(proto, IpAddr::V4(cip), IpAddr::V4(vip), vport);
+        let owner = self.fnat.flow_owner(svc, proto, cip, cport, vip, vport);
+        if owner != self.fnat.worker {
+            self.fnat_redirect(io, owner, port, pkt);
+            return Err(None);
+        }
+        match self.fnat.sessions.lookup_in(proto, cip, cport, vip, vport) {
+            Some(idx) => Ok((pkt, idx)),
+            None => Err(Some(pkt)),
+        }
+    }
+
     /// A router on the way to a TUN real server reports that rvs's IPIP packet was too big
     /// (its DF copied from the client's): tell the client, from the VIP, with the reported MTU
     /// less the 20-byte outer header, quoting its own packet, as IPVS's `ip_vs_in_icmp` does
@@ -633,26 +664,13 @@ impl<P: PacketBuf> Stack<P> {
         if checksum(&d[t.ic..]) != 0 || t.mtu < 68 {
             return Some(pkt);
         }
-        let svc = self.fnat.services.lookup_packet(
-            t.iproto,
-            IpAddr::V4(t.cip),
-            IpAddr::V4(t.vip),
-            t.vport,
-        );
-        let owner = self
-            .fnat
-            .flow_owner(svc, t.iproto, t.cip, t.cport, t.vip, t.vport);
-        if owner != self.fnat.worker {
-            self.fnat_redirect(io, owner, port, pkt);
-            return None;
-        }
-        let Some(idx) = self
-            .fnat
-            .sessions
-            .lookup_in(t.iproto, t.cip, t.cport, t.vip, t.vport)
-        else {
-            return Some(pkt);
+        let (pkt, idx) = match self
+            .client_flow_session(io, port, pkt, t.iproto, t.cip, t.cport, t.vip, t.vport)
+        {
+            Ok(found) => found,
+            Err(p) => return p,
         };
+        let d = pkt.data();
         let s = *self.fnat.sessions.get(idx);
         if s.fwd != Fwd::Tun || s.rip != t.rip {
             return Some(pkt);
@@ -1262,26 +1280,13 @@ impl<P: PacketBuf> Stack<P> {
         }
         if q.isrc == dst {
             // From the client side, quoting VIP:vport → CIP:cport.
-            let svc = self.fnat.services.lookup_packet(
-                q.iproto,
-                IpAddr::V4(q.idst),
-                IpAddr::V4(q.isrc),
-                q.isport,
-            );
-            let owner = self
-                .fnat
-                .flow_owner(svc, q.iproto, q.idst, q.idport, q.isrc, q.isport);
-            if owner != self.fnat.worker {
-                self.fnat_redirect(io, owner, port, pkt);
-                return None;
-            }
-            let Some(idx) = self
-                .fnat
-                .sessions
-                .lookup_in(q.iproto, q.idst, q.idport, q.isrc, q.isport)
-            else {
-                return Some(pkt);
+            let (pkt, idx) = match self
+                .client_flow_session(io, port, pkt, q.iproto, q.idst, q.idport, q.isrc, q.isport)
+            {
+                Ok(found) => found,
+                Err(p) => return p,
             };
+            let d = pkt.data();
             let s = *self.fnat.sessions.get(idx);
             match s.fwd {
                 // IPVS (ip_vs_icmp_xmit): DR/TUN forward the ICMP error unchanged with the

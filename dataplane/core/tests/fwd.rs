@@ -494,18 +494,10 @@ fn tun_encapsulates_with_ipvs_outer_header() {
     assert_eq!(active_inactive(&s, 0), (2, 0), "two SYN_RECV: active");
 }
 
-#[test]
-fn tun_oversize_df_gets_frag_needed_from_the_vip() {
-    let (mut s, mut io, c) = setup(tun_cfg(1400), &[3]);
-    // Inner 1381 + 20 > 1400 with DF: frag-needed (MTU 1380) to the client, from the VIP.
-    let payload = vec![0x5a; 1381 - 40];
-    let f = c2v(45000, 80, ACK, &payload);
-    handle(&mut s, &mut io, 0, &c2v(45000, 80, SYN, &[]), 0);
-    io.one();
-    handle(&mut s, &mut io, 0, &f, 1);
-    let (port, out) = io.one();
-    assert_eq!(port, 0);
-    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+/// Check `out` is a fragmentation-needed error from the VIP to the client through the
+/// gateway, `mtu` announced, every checksum right (etherparse); returns what it quotes.
+fn frag_needed_to_client(out: &[u8], mtu: u16) -> Vec<u8> {
+    let h = PacketHeaders::from_ethernet_slice(out).unwrap();
     let Some(etherparse::LinkHeader::Ethernet2(eth)) = h.link else {
         panic!()
     };
@@ -524,9 +516,24 @@ fn tun_oversize_df_gets_frag_needed_from_the_vip() {
     match ic.icmp_type {
         etherparse::Icmpv4Type::DestinationUnreachable(
             etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
-        ) => assert_eq!(next_hop_mtu, 1380),
+        ) => assert_eq!(next_hop_mtu, mtu),
         t => panic!("{t:?}"),
     }
+    quoted.to_vec()
+}
+
+#[test]
+fn tun_oversize_df_gets_frag_needed_from_the_vip() {
+    let (mut s, mut io, c) = setup(tun_cfg(1400), &[3]);
+    // Inner 1381 + 20 > 1400 with DF: frag-needed (MTU 1380) to the client, from the VIP.
+    let payload = vec![0x5a; 1381 - 40];
+    let f = c2v(45000, 80, ACK, &payload);
+    handle(&mut s, &mut io, 0, &c2v(45000, 80, SYN, &[]), 0);
+    io.one();
+    handle(&mut s, &mut io, 0, &f, 1);
+    let (port, out) = io.one();
+    assert_eq!(port, 0);
+    let quoted = frag_needed_to_client(&out, 1380);
     assert_eq!(quoted, &f[14..14 + 28], "quote: inner IP header + 8 bytes");
     assert_eq!(c.drops(DropReason::MtuExceeded), 1);
     assert_eq!(c.icmp_errors_sent.get(), 1);
@@ -609,11 +616,7 @@ fn tun_frag_needed_goes_to_the_worker_holding_the_flow() {
     handle(&mut w1, &mut io1, 1, &err, 2);
     let (port, out) = io1.one();
     assert_eq!(port, 0);
-    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
-    let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
-        panic!()
-    };
-    assert_eq!((oh.source, oh.destination), (v4(VIP), v4(CIP)));
+    frag_needed_to_client(&out, 1380);
     assert_eq!(c1.icmp_translated.get(), 1);
 }
 
@@ -635,24 +638,7 @@ fn tun_frag_needed_from_the_path_reaches_the_client() {
     handle(&mut s, &mut io, 1, &icmp(&sent[14..14 + 20 + 20 + 8]), 2);
     let (port, out) = io.one();
     assert_eq!(port, 0);
-    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
-    let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
-        panic!()
-    };
-    assert_eq!(oh.header_checksum, oh.calc_header_checksum());
-    assert_eq!((oh.source, oh.destination), (v4(VIP), v4(CIP)));
-    let Some(TransportHeader::Icmpv4(ic)) = h.transport else {
-        panic!()
-    };
-    let quoted = h.payload.slice();
-    let expect = etherparse::Icmpv4Header::with_checksum(ic.icmp_type.clone(), quoted);
-    assert_eq!(ic.checksum, expect.checksum, "icmp csum");
-    match ic.icmp_type {
-        etherparse::Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
-        ) => assert_eq!(next_hop_mtu, 1380),
-        t => panic!("{t:?}"),
-    }
+    let quoted = frag_needed_to_client(&out, 1380);
     assert_eq!(quoted, &f[14..14 + 28], "the client's own packet is quoted");
     assert_eq!(c.icmp_translated.get(), 1);
     // Quoting a connection rvs has no session for: not translated (left to local handling).
