@@ -50,9 +50,8 @@ pub struct Model {
 /// `-A -f MARK`, as `-S` saves it, could not be restored).
 #[derive(Clone, Debug, Default)]
 struct FileChecks {
-    service: HashMap<ServiceKey, CheckConfig>,
     real: HashMap<(ServiceKey, IpAddr, u16), CheckConfig>,
-    /// The file's service, without real servers or check (its LIPs tell which of them
+    /// The file's service, check included, without real servers (its LIPs tell which of them
     /// `lip_port` was given for).
     shape: HashMap<ServiceKey, ServiceConfig>,
 }
@@ -65,13 +64,9 @@ impl FileChecks {
                 key_of(s),
                 ServiceConfig {
                     reals: Vec::new(),
-                    check: None,
                     ..s.clone()
                 },
             );
-            if let Some(ch) = &s.check {
-                c.service.insert(key_of(s), ch.clone());
-            }
             for r in &s.reals {
                 if let Some(ch) = &r.check {
                     c.real.insert((key_of(s), r.ip, r.port), ch.clone());
@@ -308,7 +303,6 @@ impl Model {
                     );
                 }
                 self.check_spec(spec)?;
-                let check = self.checks.service.get(&spec.key).cloned();
                 // A match service's VIP is its destination's network address, as in the file.
                 let vip = file.as_ref().map_or(spec.key.vip, |f| f.vip);
                 if spec.key.mark.is_none() && self.owned(vip) {
@@ -328,8 +322,8 @@ impl Model {
                     );
                 }
                 if let Some(f) = file {
-                    // The file's service: its ports, table size and match come back; what the
-                    // command line gives replaces the rest.
+                    // The file's service: its ports, table size, match and check come back;
+                    // what the command line gives replaces the rest.
                     self.services.push(ServiceConfig {
                         scheduler: scheduler(&spec.scheduler)?,
                         sched_flags: spec.sched_flags.clone(),
@@ -337,7 +331,6 @@ impl Model {
                         netmask: spec.netmask,
                         forward: Forward::Dr,
                         lips: Vec::new(),
-                        check,
                         ..f
                     });
                     return Ok(());
@@ -360,7 +353,7 @@ impl Model {
                     lips: Vec::new(),
                     lip_port: port,
                     reals: Vec::new(),
-                    check,
+                    check: None, // the file has no such service
                     mark: None,
                 });
             }

@@ -47,8 +47,6 @@ pub struct Service {
     pub dests: Vec<Dest>,
     /// Scheduler state (this worker's).
     pub sched: Scheduler,
-    /// The scheduler it was built as (with its flags).
-    pub sched_conf: Sched,
     /// Hash of what its scheduler state depends on (scheduler, real servers, LIPs), computed
     /// where the set is built (see [`Services::carry_state`]).
     pub fingerprint: u64,
@@ -353,7 +351,6 @@ impl Services {
                 h.finish()
             };
             list.push(Service {
-                sched_conf: c.sched,
                 fingerprint,
                 proto: c.proto,
                 vip: c.vip,
@@ -450,8 +447,7 @@ impl Services {
     /// its dests. After this, `old` holds the states it got instead (freed with it).
     ///
     /// Cheap on the worker: a service at the same index with the same key is tried first (a
-    /// configuration keeps its order), else a map lookup; then the fingerprints compare
-    /// (plus the dest count, which the state's arrays are sized by).
+    /// configuration keeps its order), else a map lookup; then the fingerprints compare.
     pub fn carry_state(&mut self, old: &mut Services) {
         for (i, s) in self.list.iter_mut().enumerate() {
             let same_key = |o: &Service| match (s.mark, o.mark) {
@@ -469,10 +465,8 @@ impl Services {
             let Some(o) = j.and_then(|j| old.list.get_mut(j as usize)) else {
                 continue;
             };
-            if o.fingerprint == s.fingerprint
-                && o.dests.len() == s.dests.len()
-                && o.sched_conf == s.sched_conf
-            {
+            // The dest count guards the state's arrays against a hash collision.
+            if o.fingerprint == s.fingerprint && o.dests.len() == s.dests.len() {
                 std::mem::swap(&mut s.sched, &mut o.sched);
                 s.lip_cursor = o.lip_cursor;
             }
