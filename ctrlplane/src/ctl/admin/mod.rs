@@ -185,11 +185,9 @@ pub fn execute(
         let what = op.clone();
         match call(op) {
             Err(e) => Err(Failure::Failed(e)),
-            Ok(Response::Error { code, message }) => Err(Failure::Failed(if message.is_empty() {
-                strerror(&what, code)
-            } else {
-                message
-            })),
+            Ok(Response::Error { code, message }) => {
+                Err(Failure::Failed(refusal(&what, code, message)))
+            }
             Ok(r) => Ok(r),
         }
     };
@@ -419,14 +417,9 @@ fn restore(
         let what = op.clone();
         match call(op) {
             Ok(Response::Ok) => {}
-            Ok(Response::Error { code, message }) => refused.push(format!(
-                "line {n}: {}",
-                if message.is_empty() {
-                    strerror(&what, code)
-                } else {
-                    message
-                }
-            )),
+            Ok(Response::Error { code, message }) => {
+                refused.push(format!("line {n}: {}", refusal(&what, code, message)))
+            }
             Ok(other) => refused.push(format!("line {n}: {}", unexpected(&other).message())),
             Err(e) => {
                 refused.push(format!("line {n}: {e}"));
@@ -439,6 +432,15 @@ fn restore(
     } else {
         // One message per refused line, each printed as `rvsadm: line N: ...`.
         Err(Failure::Failed(refused.join("\nrvsadm: ")))
+    }
+}
+
+/// What to print for rvsd's refusal of `op`: its message, else libipvs's wording for `code`.
+fn refusal(op: &Op, code: i32, message: String) -> String {
+    if message.is_empty() {
+        strerror(op, code)
+    } else {
+        message
     }
 }
 
