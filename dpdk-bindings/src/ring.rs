@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 use crate::mbuf::Burst;
 use crate::sys;
 
+/// A line of its own: a worker reads the ring pointer on every burst, and the allocation must
+/// not share a cache line with whatever another thread writes.
+#[repr(align(64))]
 struct RingInner(NonNull<sys::rte_ring>);
 
 // SAFETY: the ring is created SP/SC; the Producer and Consumer halves are each owned by one thread.

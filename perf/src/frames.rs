@@ -56,6 +56,7 @@ fn l4_csum_at(b: &[u8; 64]) -> Option<usize> {
 }
 
 /// Frames replayed in order, whole or as templates and entries.
+#[derive(Clone)]
 pub enum FrameList {
     Whole(Vec<Frame>),
     Compact {

@@ -68,7 +68,11 @@ pub struct Dest {
 /// Per-core counters of one dest (single writer: the worker). `active` and `inactive` are gauges
 /// (TCP sessions in the handshake or ESTABLISHED / in any other state, UDP counting as inactive
 /// as ipvsadm shows it; see [`crate::TcpState::is_active`]); the others are totals.
+///
+/// One cache line each (eight counters, 64-byte aligned): the worker writes a dest's line on
+/// every packet, and no other object (another dest's, another thread's) may share it.
 #[derive(Default, Debug)]
+#[repr(align(64))]
 pub struct DestStats {
     /// TCP sessions in SYN_RECV, SYN_SENT, SYNACK or ESTABLISHED.
     pub active: Counter,
