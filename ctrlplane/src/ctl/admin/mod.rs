@@ -2,8 +2,10 @@
 //! [`format`] prints rvsd's answers in ipvsadm's layouts, and [`run`] ties them to the control
 //! socket.
 //!
-//! Exit status as ipvsadm: 0 on success, 2 for a command-line error, 1 when rvsd refuses the
-//! command or cannot be reached.
+//! Exit status as ipvsadm 1.31: 0 on success; 2 for a command-line error, and when rvsd cannot
+//! be reached (ipvsadm's "Can't initialize ipvs"); 255 when rvsd refuses the command (ipvsadm
+//! returns libipvs's -1 from `main`); 1 for anything else (rvsd's answer unexpected, output or
+//! input failing).
 
 pub mod args;
 pub mod format;
@@ -103,7 +105,11 @@ Options:
 pub enum Failure {
     /// A command-line error: exit 2.
     Usage(String),
-    /// rvsd refused, or could not be reached: exit 1.
+    /// rvsd could not be reached: exit 2.
+    Unreachable(String),
+    /// rvsd refused the command (or, with -R, at least one line): exit 255.
+    Refused(String),
+    /// Anything else (a surprising answer, a failed write or read): exit 1.
     Failed(String),
 }
 
@@ -111,13 +117,17 @@ impl Failure {
     /// The exit status.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Failure::Usage(_) => 2,
+            Failure::Usage(_) | Failure::Unreachable(_) => 2,
+            Failure::Refused(_) => 255,
             Failure::Failed(_) => 1,
         }
     }
     fn message(&self) -> &str {
         match self {
-            Failure::Usage(m) | Failure::Failed(m) => m,
+            Failure::Usage(m)
+            | Failure::Unreachable(m)
+            | Failure::Refused(m)
+            | Failure::Failed(m) => m,
         }
     }
 }
@@ -184,9 +194,9 @@ pub fn execute(
     let mut ask = |op: Op| -> Result<Response, Failure> {
         let what = op.clone();
         match call(op) {
-            Err(e) => Err(Failure::Failed(e)),
+            Err(e) => Err(transport(e)),
             Ok(Response::Error { code, message }) => {
-                Err(Failure::Failed(refusal(&what, code, message)))
+                Err(Failure::Refused(refusal(&what, code, message)))
             }
             Ok(r) => Ok(r),
         }
@@ -386,7 +396,7 @@ fn list(
 /// `-R`: every line is parsed first (a bad one stops before anything is applied), then applied
 /// in order. As ipvsadm's `restore_table`, a line rvsd refuses does not stop the lines after
 /// it (a saved table replayed onto one that already holds some of it restores the rest); every
-/// refusal is reported with its line number and the exit status is 1 when there was one. Not
+/// refusal is reported with its line number and the exit status is 255 when there was one. Not
 /// reaching rvsd stops at once.
 fn restore(
     call: &mut dyn FnMut(Op) -> Result<Response, String>,
@@ -413,6 +423,7 @@ fn restore(
         }
     }
     let mut refused = Vec::new();
+    let mut lost = None;
     for (n, op) in ops {
         let what = op.clone();
         match call(op) {
@@ -423,15 +434,27 @@ fn restore(
             Ok(other) => refused.push(format!("line {n}: {}", unexpected(&other).message())),
             Err(e) => {
                 refused.push(format!("line {n}: {e}"));
+                lost = Some(transport(e));
                 break;
             }
         }
     }
-    if refused.is_empty() {
-        Ok(())
+    // One message per refused line, each printed as `rvsadm: line N: ...`.
+    let text = refused.join("\nrvsadm: ");
+    match lost {
+        _ if refused.is_empty() => Ok(()),
+        Some(Failure::Unreachable(_)) => Err(Failure::Unreachable(text)),
+        Some(_) => Err(Failure::Failed(text)),
+        None => Err(Failure::Refused(text)),
+    }
+}
+
+/// A failure to talk to rvsd: unreachable (no socket, nobody listening) or lost on the way.
+fn transport(e: String) -> Failure {
+    if e.starts_with("cannot connect") {
+        Failure::Unreachable(e)
     } else {
-        // One message per refused line, each printed as `rvsadm: line N: ...`.
-        Err(Failure::Failed(refused.join("\nrvsadm: ")))
+        Failure::Failed(e)
     }
 }
 

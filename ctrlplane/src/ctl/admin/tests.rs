@@ -1025,14 +1025,14 @@ fn execute_errors() {
         message: "Service not defined".into(),
     }]);
     let (r, _) = f.run(&p("-a -t 10.0.0.1:80 -r 10.0.0.2"), "");
-    assert_eq!(r, Err(Failure::Failed("Service not defined".into())));
+    assert_eq!(r, Err(Failure::Refused("Service not defined".into())));
     let mut f = Fake::new(vec![Response::Error {
         code: 17,
         message: String::new(),
     }]);
     assert_eq!(
         f.run(&p("-A -t 10.0.0.1:80 -s rr"), "").0,
-        Err(Failure::Failed("Service already exists".into()))
+        Err(Failure::Refused("Service already exists".into()))
     );
     let mut f = Fake::new(vec![Response::Error {
         code: 2,
@@ -1040,7 +1040,7 @@ fn execute_errors() {
     }]);
     assert_eq!(
         f.run(&p("-d -t 10.0.0.1:80 -r 10.0.0.2"), "").0,
-        Err(Failure::Failed("No such destination".into()))
+        Err(Failure::Refused("No such destination".into()))
     );
     let mut f = Fake::new(vec![Response::Error {
         code: 12,
@@ -1048,9 +1048,11 @@ fn execute_errors() {
     }]);
     assert_eq!(
         f.run(&p("-C"), "").0,
-        Err(Failure::Failed("Memory allocation problem".into()))
+        Err(Failure::Refused("Memory allocation problem".into()))
     );
-    // Transport failures and surprising answers fail with exit 1.
+    // Refusals exit 255 (ipvsadm returns libipvs's -1); transport failures and surprising
+    // answers exit 1.
+    assert_eq!(Failure::Refused(String::new()).exit_code(), 255);
     let mut f = Fake::new(vec![]);
     let (r, _) = f.run(&p("-C"), "");
     assert_eq!(r.unwrap_err().exit_code(), 1);
@@ -1100,7 +1102,7 @@ fn execute_restore() {
     );
     assert_eq!(
         r,
-        Err(Failure::Failed(
+        Err(Failure::Refused(
             "line 2: Destination already exists\nrvsadm: line 3: Service already exists".into()
         ))
     );
@@ -1184,8 +1186,9 @@ fn run_reports_usage_and_unreachable_socket() {
         err.ends_with("Try `rvsadm -h' or 'rvsadm --help' for more information.\n"),
         "{err}"
     );
+    // Not reaching rvsd exits 2, as ipvsadm's "Can't initialize ipvs".
     let (code, _, err) = run_it(&["-C", "--socket", "/nonexistent/rvsd.sock"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(
         err.starts_with("rvsadm: cannot connect to rvsd's control socket /nonexistent/rvsd.sock: "),
         "{err}"
