@@ -147,6 +147,17 @@ impl ServiceConfig {
             .or(self.check.as_ref())
             .filter(|c| c.kind != CheckKind::None)
     }
+
+    /// The addresses the service makes rvs's own on its ports: its VIP (every address of a match
+    /// prefix of at most [`rvs_core::MATCH_OWN_MAX`] addresses) and its local addresses.
+    pub fn owned_ips(&self) -> Vec<IpAddr> {
+        let mut v = match &self.mark {
+            Some(m) => m.core().owned_addrs(),
+            None => vec![self.vip],
+        };
+        v.extend(self.lips.iter().copied());
+        v
+    }
 }
 
 /// The Prometheus metrics endpoint: the `[metrics]` table.

@@ -1764,6 +1764,14 @@ fn parse_service(
         if ip == vip {
             return Err(rt.err("ip", format!("real server {ip} is the vip of this service")));
         }
+        if let Some(j) = earlier.iter().position(|s| s.owned_ips().contains(&ip)) {
+            return Err(rt.err(
+                "ip",
+                format!(
+                    "real server {ip} is an address of service[{j}] (its vip or a local address), so an address of rvs itself; a real server must be another host"
+                ),
+            ));
+        }
         if let Some(j) = lips.iter().position(|&l| l == ip) {
             return Err(rt.err(
                 "ip",
@@ -1853,7 +1861,7 @@ fn parse_service(
         t.required("lips", LIPS_WHAT)?;
     }
 
-    Ok(ServiceConfig {
+    let svc = ServiceConfig {
         proto,
         vip,
         vport,
@@ -1869,7 +1877,30 @@ fn parse_service(
         reals,
         check: service_check,
         mark,
-    })
+    };
+    // The other way round: what this service owns must not be an earlier service's real server.
+    let owned = svc.owned_ips();
+    for (j, s) in earlier.iter().enumerate() {
+        if let Some((k, r)) = s
+            .reals
+            .iter()
+            .enumerate()
+            .find(|(_, r)| owned.contains(&r.ip))
+        {
+            let (key, what) = match svc.lips.iter().position(|&l| l == r.ip) {
+                Some(i) => ("lips", format!("local address {} (lips[{i}])", r.ip)),
+                None if svc.mark.is_some() => ("match", format!("address {}", r.ip)),
+                None => ("vip", format!("vip {}", r.ip)),
+            };
+            return Err(t.err(
+                key,
+                format!(
+                    "{what} is service[{j}].real[{k}]; an address of rvs (a vip or a local address) cannot be another service's real server"
+                ),
+            ));
+        }
+    }
+    Ok(svc)
 }
 
 /// A string value that is a unicast IP address; `what` names it in

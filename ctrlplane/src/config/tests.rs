@@ -1441,6 +1441,60 @@ fn service_sets() {
         "local address 203.0.113.10 is the vip of service[0]; VIPs and local addresses must differ"
     );
 
+    // An address of rvs (a VIP, a LIP) is no service's real server, whichever comes first.
+    let second_real = |vip: &str, lips: &str, real: &str| {
+        format!(
+            "{SVC}[[service]]\nproto = \"udp\"\nvip = \"{vip}\"\nvport = 80\n\
+             scheduler = \"rr\"\nport = \"client\"\nlips = [{lips}]\n\
+             [[service.real]]\nip = \"{real}\"\n"
+        )
+    };
+    assert!(parse(&second_real(
+        "203.0.113.11",
+        "\"198.51.100.9\"",
+        "198.51.100.11"
+    ))
+    .is_ok());
+    let msg = error_at(
+        &second_real("198.51.100.11", "\"198.51.100.9\"", "198.51.100.12"),
+        27,
+        7,
+        "service[1].vip",
+    );
+    assert_eq!(
+        msg,
+        "vip 198.51.100.11 is service[0].real[0]; an address of rvs (a vip or a local address) cannot be another service's real server"
+    );
+    let msg = error_at(
+        &second_real(
+            "203.0.113.11",
+            "\"198.51.100.9\", \"198.51.100.11\"",
+            "198.51.100.12",
+        ),
+        31,
+        8,
+        "service[1].lips",
+    );
+    assert_eq!(
+        msg,
+        "local address 198.51.100.11 (lips[1]) is service[0].real[0]; an address of rvs (a vip or a local address) cannot be another service's real server"
+    );
+    for (real, what) in [
+        ("203.0.113.10", "203.0.113.10"),
+        ("198.51.100.2", "198.51.100.2"),
+    ] {
+        let msg = error_at(
+            &second_real("203.0.113.11", "\"198.51.100.9\"", real),
+            33,
+            6,
+            "service[1].real[0].ip",
+        );
+        assert_eq!(
+            msg,
+            format!("real server {what} is an address of service[0] (its vip or a local address), so an address of rvs itself; a real server must be another host")
+        );
+    }
+
     // IPv6 duplicates show bracketed socket addresses.
     let v6 = "[[port]]\nname = \"a\"\ndevice = \"net_null0\"\naddresses = [\"2001:db8::1/64\"]\n\
               [[service]]\nproto = \"udp\"\nvip = \"2001:db8::10\"\nvport = 53\nscheduler = \"rr\"\n\

@@ -194,6 +194,32 @@ impl Model {
         self.services.iter().any(|s| s.lips.contains(&ip))
     }
 
+    /// The first service with a real server at `ip`.
+    fn real_of(&self, ip: IpAddr) -> Option<&ServiceConfig> {
+        self.services
+            .iter()
+            .find(|s| s.reals.iter().any(|r| r.ip == ip))
+    }
+
+    /// Refuses `ips`, about to become addresses of rvs (a VIP, a LIP), when one is a real server.
+    fn not_a_real(&self, ips: &[IpAddr]) -> Result<(), OpError> {
+        for &ip in ips {
+            if let Some(s) = self.real_of(ip) {
+                return err(
+                    code::EINVAL,
+                    format!(
+                        "Illegal address: {ip} is a real server of service {}; an address of rvs (a VIP or a local address) cannot be a real server",
+                        match &s.mark {
+                            Some(m) => format!("fwmark {}", m.mark),
+                            None => format!("{}:{}", s.vip, s.vport),
+                        }
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn owned(&self, ip: IpAddr) -> bool {
         self.ports
             .iter()
@@ -320,6 +346,13 @@ impl Model {
                             "Illegal address: {vip} is a local address; VIPs and local addresses must differ"
                         ),
                     );
+                }
+                match &file {
+                    Some(f) => match &f.mark {
+                        Some(m) => self.not_a_real(&m.core().owned_addrs())?,
+                        None => self.not_a_real(&[vip])?,
+                    },
+                    None => self.not_a_real(&[vip])?,
                 }
                 if let Some(f) = file {
                     // The file's service: its ports, table size, match and check come back;
@@ -468,6 +501,7 @@ impl Model {
                         ),
                     );
                 }
+                self.not_a_real(&[*lip])?;
                 let fallback = self.services[i]
                     .reals
                     .first()
@@ -776,6 +810,26 @@ lips = ["198.51.100.2"]
         })
         .unwrap();
         assert_eq!(m.services[1].reals[0].weight, 3);
+        // An address of rvs is no real server: neither a new VIP nor a new LIP may be one.
+        let before = m.services.clone();
+        assert_eq!(
+            m.apply(&Op::AddService {
+                spec: spec("198.51.100.11", "rr")
+            })
+            .unwrap_err()
+            .1,
+            "Illegal address: 198.51.100.11 is a real server of service 192.0.2.10:80; an address of rvs (a VIP or a local address) cannot be a real server"
+        );
+        assert_eq!(
+            m.apply(&Op::AddLaddr {
+                key: k,
+                lip: "198.51.100.12".parse().unwrap()
+            })
+            .unwrap_err()
+            .1,
+            "Illegal address: 198.51.100.12 is a real server of service 192.0.2.20:80; an address of rvs (a VIP or a local address) cannot be a real server"
+        );
+        assert_eq!(m.services, before);
     }
 
     /// `-C` then the `-A` lines `-S` saved: a match service comes back with its
