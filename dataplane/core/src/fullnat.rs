@@ -853,6 +853,16 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
+    /// A new session of a persistent service: its template was found (true) or made (false).
+    #[inline]
+    fn count_persist(&self, hit: Option<bool>) {
+        match hit {
+            Some(true) => self.counters.persist_hits.inc(),
+            Some(false) => self.counters.persist_new.inc(),
+            None => {}
+        }
+    }
+
     /// First packet of a flow to a service: schedule, allocate LIP:lport (FULLNAT dests only),
     /// create the session.
     fn fnat_new<I: Io<Pkt = P>>(
@@ -882,6 +892,8 @@ impl<P: PacketBuf> Stack<P> {
         let dst = ipv4_at(d, ip4::DST);
         let key = SchedKey::new(IpAddr::V4(src), be16(d, l4), IpAddr::V4(dst), now_ms);
         let mut tmpl = NO_TMPL;
+        // Counted once the session is made (a SYN dropped for want of an lport is no hit).
+        let mut persist_hit = None;
         let keep_quiescent = !f.conf.expire_quiescent_template;
         let di = if let Some(p) = s.persist {
             // IPVS ip_vs_sched_persist / ip_vs_check_template: reuse the client network's
@@ -905,7 +917,7 @@ impl<P: PacketBuf> Stack<P> {
             match (found, hit) {
                 (Some(t), Some(di)) => {
                     f.templates.refresh(t, now_ms, p.timeout_ms);
-                    self.counters.persist_hits.inc();
+                    persist_hit = Some(true);
                     tmpl = t;
                     di
                 }
@@ -929,7 +941,7 @@ impl<P: PacketBuf> Stack<P> {
                             None => self.counters.persist_table_full.inc(),
                         },
                     }
-                    self.counters.persist_new.inc();
+                    persist_hit = Some(false);
                     di
                 }
             }
@@ -950,6 +962,7 @@ impl<P: PacketBuf> Stack<P> {
             };
             // The session is made (the table's room was checked first): IPVS binds the dest.
             s.sched.bind(di, &s.dests, &f.dest_stats);
+            self.count_persist(persist_hit);
             let (cip, cport) = (ipv4_at(d, ip4::SRC), be16(d, l4));
             let mut sess = Session::new(
                 proto,
@@ -987,6 +1000,7 @@ impl<P: PacketBuf> Stack<P> {
         // The session is made (the table's room was checked first, an lport is taken): IPVS
         // binds the dest here, for a picked dest and a template's alike.
         s.sched.bind(di, &s.dests, &f.dest_stats);
+        self.count_persist(persist_hit);
         let mut sess = Session::new(
             proto,
             ipv4_at(d, ip4::SRC),
@@ -1460,19 +1474,24 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// A client's bare SYN (no ACK, no RST) found session `idx`: if that connection is over
-    /// (TIME_WAIT or CLOSE) and not held by a persistence template, end it now and return true,
-    /// so the SYN is scheduled as a new connection (IPVS's default `conn_reuse_mode=1`): it is
-    /// counted, may go to another real server, and on FULLNAT gets a fresh LIP:lport, so the
-    /// real server never sees the old 4-tuple it may still hold in TIME_WAIT. Otherwise (a live
-    /// or persistent connection, e.g. a retransmitted SYN) returns false and the SYN follows the
-    /// session. Out of line: only bare SYNs on an existing session get here.
+    /// (TIME_WAIT or CLOSE), end it now and return true, so the SYN is scheduled as a new
+    /// connection (IPVS's default `conn_reuse_mode=1`): it is counted, may go to another real
+    /// server, and on FULLNAT gets a fresh LIP:lport, so the real server never sees the old
+    /// 4-tuple it may still hold in TIME_WAIT. A connection held by a persistence template is
+    /// ended so only on FULLNAT, where rvs chose that 4-tuple (its template sends the new one to
+    /// the same real server); on DR/TUN the 4-tuple is the client's and, as IPVS, the SYN
+    /// follows the old session. Otherwise (a live connection, e.g. a retransmitted SYN) returns
+    /// false and the SYN follows the session. Out of line: only bare SYNs on an existing session
+    /// get here.
     #[cold]
     #[inline(never)]
     fn fnat_reschedule(&mut self, idx: u32, now_ms: u64) -> bool {
         let f = &mut self.fnat;
         let s = f.sessions.get(idx);
         let state = TcpState::from_u8(s.state);
-        if s.tmpl != NO_TMPL || !matches!(state, TcpState::TimeWait | TcpState::Close) {
+        if (s.tmpl != NO_TMPL && s.fwd != Fwd::FullNat)
+            || !matches!(state, TcpState::TimeWait | TcpState::Close)
+        {
             return false;
         }
         let Some(s) = f.sessions.remove(idx) else {

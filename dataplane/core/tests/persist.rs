@@ -413,10 +413,45 @@ fn invalid_persistent_services_are_refused() {
 }
 
 #[test]
-fn a_reused_client_port_on_a_persistent_service_keeps_its_session() {
-    // As IPVS: a connection held by a persistence template is not rescheduled when its client
-    // port comes back after CLOSE; the SYN follows the old session to the same real server.
+fn a_reused_client_port_on_a_persistent_fullnat_service_gets_a_fresh_lport_on_the_same_real() {
+    // FULLNAT: rvs chose the old LIP:lport, which the real server may still hold in TIME_WAIT;
+    // a bare SYN on the ended connection is a new connection (fresh lport), and the template
+    // sends it to the same real server.
     let (mut s, mut io, c) = setup(cfg(vec![service(80, rr3(80), persist(300, !0))]));
+    let first = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    let lport = |s: &Stack<VecPacket>| {
+        s.session_by_client(Proto::Tcp, a4(CIP), 1000, a4(VIP), 80)
+            .unwrap()
+            .lport
+    };
+    let old = lport(&s);
+    for fl in [ACK, RST] {
+        s.handle(
+            &mut io,
+            0,
+            VecPacket::from_slice(&c2v(CIP, 1000, 80, fl)),
+            1,
+        );
+    }
+    io.sent.clear();
+    assert_eq!(connect(&mut s, &mut io, CIP, 1000, 80, 2), first);
+    assert_ne!(lport(&s), old, "a fresh local port");
+    assert_eq!(c.sessions_rescheduled.get(), 1);
+    assert_eq!(c.sessions_created.get(), 2);
+    assert_eq!((c.persist_new.get(), c.persist_hits.get()), (1, 1));
+    assert_eq!(s.session_count(), 1);
+    assert_eq!(s.template_count(), 1);
+}
+
+#[test]
+fn a_reused_client_port_on_a_persistent_dr_service_keeps_its_session() {
+    // As IPVS: a connection held by a persistence template is not rescheduled when its client
+    // port comes back after CLOSE; the SYN follows the old session to the same real server
+    // (on DR the 4-tuple is the client's own).
+    let dr: Vec<DestConf> = (0..3)
+        .map(|i| dest(i, i as u8 + 1, 80, 1, Fwd::Dr))
+        .collect();
+    let (mut s, mut io, c) = setup(cfg(vec![service(80, dr, persist(300, !0))]));
     let first = connect(&mut s, &mut io, CIP, 1000, 80, 0);
     for fl in [ACK, RST] {
         s.handle(
