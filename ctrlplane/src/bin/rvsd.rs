@@ -438,7 +438,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         }
     }
 
-    let model = Model::from_config(cfg, daemon::MAX_DESTS);
+    let mut model = Model::from_config(cfg, daemon::MAX_DESTS);
     let mut counters = Vec::new();
     let mut ctl_links = Vec::new();
     let mut dest_stats = Vec::new();
@@ -485,6 +485,16 @@ fn run(cfg: &Config) -> Result<(), String> {
             .map_err(|e| format!("worker {w}: {e}"))?;
         running.launched.push(h);
     }
+    // A removed real server's id comes back to a new one only when no worker still holds its
+    // sessions or templates (their packets and counts would be the new real server's).
+    let stats = dest_stats.clone();
+    model.set_busy_ids(Arc::new(move |id: u32| {
+        stats.iter().any(|w| {
+            w.get(id as usize).is_some_and(|d| {
+                d.active.get() != 0 || d.inactive.get() != 0 || d.persist.get() != 0
+            })
+        })
+    }));
     // The control plane: socket, model, snapshots to the workers, rate estimator.
     let d = daemon::Daemon::new(
         model,

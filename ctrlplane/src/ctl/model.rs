@@ -22,6 +22,20 @@ fn err<T>(c: i32, m: impl Into<String>) -> Result<T, OpError> {
     Err((c, m.into()))
 }
 
+/// A test for dest ids still in use by the workers ([`Model::set_busy_ids`]).
+#[derive(Clone, Default)]
+struct BusyIds(Option<std::sync::Arc<dyn Fn(u32) -> bool + Send + Sync>>);
+
+impl std::fmt::Debug for BusyIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BusyIds(set)"
+        } else {
+            "BusyIds(none)"
+        })
+    }
+}
+
 /// The running services and timeouts.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -36,6 +50,10 @@ pub struct Model {
     /// Where the search for a free dest id starts: ids are handed out round the ring, so a
     /// removed real server's id comes back only after every other one was taken since.
     next_id: u32,
+    /// Whether a dest id still has sessions or persistence templates on some worker (set by
+    /// rvsd; none in tests): such an id is handed out only when no other is free, so a new real
+    /// server does not inherit a removed one's connections and their counts.
+    busy: BusyIds,
     /// Bumped by every successful change.
     pub generation: u64,
     /// What the file defines that an ipvsadm command line cannot carry, by service and by real
@@ -129,6 +147,7 @@ impl Model {
             ids: HashMap::new(),
             max_dests,
             next_id: 0,
+            busy: BusyIds::default(),
             generation: 1,
             checks: FileChecks::of(cfg),
         };
@@ -142,13 +161,27 @@ impl Model {
         m
     }
 
-    /// The next free dest id round the ring from `next_id` (and the cursor moved past it).
+    /// Tell the model which dest ids the workers still use (sessions or templates of a removed
+    /// real server): `busy(id)` is asked when a new real server needs an id.
+    pub fn set_busy_ids(&mut self, busy: std::sync::Arc<dyn Fn(u32) -> bool + Send + Sync>) {
+        self.busy = BusyIds(Some(busy));
+    }
+
+    /// The next free dest id round the ring from `next_id` (and the cursor moved past it): the
+    /// first one no real server has and no worker still uses, else the first one no real server
+    /// has.
     fn free_id(&mut self) -> Option<u32> {
         let used: std::collections::HashSet<u32> = self.ids.values().copied().collect();
         let n = self.max_dests;
-        let id = (0..n)
-            .map(|k| (self.next_id + k) % n)
-            .find(|i| !used.contains(i))?;
+        let free = || {
+            (0..n)
+                .map(|k| (self.next_id + k) % n)
+                .filter(|i| !used.contains(i))
+        };
+        let id = match &self.busy.0 {
+            Some(busy) => free().find(|&i| !busy(i)).or_else(|| free().next()),
+            None => free().next(),
+        }?;
         self.next_id = (id + 1) % n;
         Some(id)
     }
@@ -830,6 +863,56 @@ lips = ["198.51.100.2"]
             "Illegal address: 198.51.100.12 is a real server of service 192.0.2.20:80; an address of rvs (a VIP or a local address) cannot be a real server"
         );
         assert_eq!(m.services, before);
+    }
+
+    /// A new real server gets an id no worker still uses (a removed real server's sessions
+    /// would count as its own), unless every free id is still in use.
+    #[test]
+    fn new_real_servers_skip_ids_still_in_use() {
+        let mut m = model();
+        let k = key("192.0.2.10", 80);
+        let id_of = |m: &Model, a: &str| {
+            m.dest_ids()
+                .find(|((_, ip, _), _)| *ip == a.parse::<IpAddr>().unwrap())
+                .map(|(_, id)| id)
+        };
+        assert_eq!(id_of(&m, "198.51.100.11"), Some(0));
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0b110));
+        let b = busy.clone();
+        m.set_busy_ids(std::sync::Arc::new(move |id| {
+            b.load(std::sync::atomic::Ordering::Relaxed) & (1 << id) != 0
+        }));
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.12:80", Fwd::FullNat, 1),
+        })
+        .unwrap();
+        assert_eq!(
+            id_of(&m, "198.51.100.12"),
+            Some(3),
+            "ids 1 and 2 are in use"
+        );
+        // Every id but 4 taken or in use: 4; then only in-use ones are left: the next of them.
+        busy.store(
+            0xffff & !(1 << 4) & !0b1001,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.13:80", Fwd::FullNat, 1),
+        })
+        .unwrap();
+        assert_eq!(id_of(&m, "198.51.100.13"), Some(4));
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.14:80", Fwd::FullNat, 1),
+        })
+        .unwrap();
+        assert_eq!(
+            id_of(&m, "198.51.100.14"),
+            Some(5),
+            "all in use: round the ring"
+        );
     }
 
     /// `-C` then the `-A` lines `-S` saved: a match service comes back with its
