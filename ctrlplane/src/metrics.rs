@@ -65,6 +65,8 @@ pub struct Sample {
     /// Control-socket requests answered with an error, by reason
     /// ([`crate::ctl::server::RequestError::ALL`] order).
     pub control_errors: [u64; crate::ctl::server::RequestError::ALL.len()],
+    /// Publications of health-check state changes that failed (each retry counts).
+    pub health_publish_failures: u64,
 }
 
 /// Where the collector gets its [`Sample`] from (rvsd's control side, or a test fake).
@@ -282,6 +284,12 @@ const CTL_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
         Kind::Counter,
         &["reason"],
     ),
+    (
+        "rvs_health_publish_failures_total",
+        "Health-check state changes whose publication to the workers failed (retried every second until one succeeds)",
+        Kind::Counter,
+        &[],
+    ),
 ];
 
 /// Per health-checked real server families: (name, help, kind).
@@ -489,6 +497,7 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
     {
         ctl[3].push(&["reason"], &[why.name()], n as f64);
     }
+    ctl[4].push(&[], &[], s.health_publish_failures as f64);
 
     svc.into_iter()
         .chain(real)

@@ -778,29 +778,22 @@ struct MetricsSource {
 
 impl metrics::Source for MetricsSource {
     fn sample(&self) -> metrics::Sample {
-        let (services, generation, reloads_ok, reloads_failed, control_errors) =
-            self.daemon.metrics_sample();
-        metrics::Sample {
-            services,
-            cores: self
-                .cores
-                .iter()
-                .map(|(lcore, c)| (*lcore, c.snapshot()))
-                .collect(),
-            ports: self
-                .ports
-                .iter()
-                .map(|(name, p)| metrics::PortSample {
-                    name: name.clone(),
-                    link_up: p.link().is_ok_and(|l| l.up),
-                    stats: p.stats().ok(),
-                })
-                .collect(),
-            generation,
-            reloads_ok,
-            reloads_failed,
-            control_errors,
-        }
+        let mut s = self.daemon.metrics_sample();
+        s.cores = self
+            .cores
+            .iter()
+            .map(|(lcore, c)| (*lcore, c.snapshot()))
+            .collect();
+        s.ports = self
+            .ports
+            .iter()
+            .map(|(name, p)| metrics::PortSample {
+                name: name.clone(),
+                link_up: p.link().is_ok_and(|l| l.up),
+                stats: p.stats().ok(),
+            })
+            .collect();
+        s
     }
 }
 

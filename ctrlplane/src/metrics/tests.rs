@@ -137,6 +137,7 @@ fn sample() -> Sample {
         reloads_ok: 3,
         reloads_failed: 1,
         control_errors: [2, 0, 0, 5, 1, 0],
+        health_publish_failures: 7,
     }
 }
 
@@ -250,6 +251,11 @@ fn exposition_names_labels_types_values() {
     assert_eq!(types["rvs_core_busy_ratio"], "gauge");
     assert_eq!(types["rvs_reloads_total"], "counter");
     assert_eq!(types["rvs_control_errors_total"], "counter");
+    assert_eq!(types["rvs_health_publish_failures_total"], "counter");
+    assert_eq!(
+        value(&series, "rvs_health_publish_failures_total", &[]),
+        7.0
+    );
     for (reason, n) in [
         ("malformed", 2.0),
         ("too_large", 0.0),

@@ -26,6 +26,8 @@ pub const MAX_DESTS: u32 = rvs_ctrlplane::config::MAX_REALS as u32;
 const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rate estimator period (IPVS: 2 s).
 const EST_PERIOD: Duration = Duration::from_secs(2);
+/// How soon a failed publication of a health change is tried again.
+const HEALTH_RETRY: Duration = Duration::from_secs(1);
 
 struct Inner {
     model: Model,
@@ -48,6 +50,10 @@ struct Inner {
     down: HashSet<RealId>,
     /// Health state changes per real server since start.
     transitions: HashMap<RealId, u64>,
+    /// When to publish the health state again: a publication of a health change failed (a
+    /// worker late or refusing), so the workers may disagree on a real server until one
+    /// succeeds. Any successful publication carries the state and clears it.
+    health_retry: Option<std::time::Instant>,
 }
 
 impl Inner {
@@ -83,6 +89,8 @@ pub struct Daemon {
     /// Reloads applied / refused or rolled back (`rvs_reloads_total{result}`).
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Publications of health changes that failed, retries included.
+    health_publish_failures: AtomicU64,
     /// Control requests answered with an error, indexed by `RequestError as usize`.
     control_errors: [AtomicU64; RequestError::ALL.len()],
 }
@@ -111,6 +119,7 @@ impl Daemon {
                 retired: HashMap::new(),
                 down: HashSet::new(),
                 transitions: HashMap::new(),
+                health_retry: None,
             }),
             dest_stats,
             est: Mutex::new(HashMap::new()),
@@ -120,6 +129,7 @@ impl Daemon {
             timeouts,
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            health_publish_failures: AtomicU64::new(0),
             control_errors: Default::default(),
         })
     }
@@ -207,26 +217,21 @@ impl Daemon {
         }
     }
 
-    /// What the metrics endpoint exports from the control side: the services with their
-    /// monotonic counters (not reset by `-Z`) and rates, the configuration generation, and the
-    /// reloads applied / failed. Only reads counters.
-    pub fn metrics_sample(
-        &self,
-    ) -> (
-        Vec<ServiceView>,
-        u64,
-        u64,
-        u64,
-        [u64; RequestError::ALL.len()],
-    ) {
+    /// What the metrics endpoint exports from the control side (cores and ports left empty):
+    /// the services with their monotonic counters (not reset by `-Z`) and rates, the
+    /// configuration generation, the reloads applied / failed, the control errors and the failed
+    /// health publications. Only reads counters.
+    pub fn metrics_sample(&self) -> rvs_ctrlplane::metrics::Sample {
         let g = self.lock();
-        (
-            self.views_of(&g, false),
-            g.model.generation,
-            self.reloads_ok.load(Ordering::Relaxed),
-            self.reloads_failed.load(Ordering::Relaxed),
-            std::array::from_fn(|i| self.control_errors[i].load(Ordering::Relaxed)),
-        )
+        rvs_ctrlplane::metrics::Sample {
+            services: self.views_of(&g, false),
+            generation: g.model.generation,
+            reloads_ok: self.reloads_ok.load(Ordering::Relaxed),
+            reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
+            control_errors: std::array::from_fn(|i| self.control_errors[i].load(Ordering::Relaxed)),
+            health_publish_failures: self.health_publish_failures.load(Ordering::Relaxed),
+            ..Default::default()
+        }
     }
 
     fn views(&self, g: &Inner) -> Vec<ServiceView> {
@@ -390,7 +395,21 @@ impl Daemon {
                 Err(e) => failure = Some(format!("worker {w}: {e}")),
             }
         }
+        if failure.is_none() {
+            // This set carries the health state as it is now.
+            g.health_retry = None;
+        }
         failure.map_or(Ok(()), |e| Err(PublishError::Partly(e)))
+    }
+
+    /// Publish the health state after a change (or to retry one that failed); a failure is
+    /// counted, logged and retried a second later (from the health checker's loop).
+    fn publish_health(&self, g: &mut Inner) {
+        if let Err(e) = self.publish(g, Vec::new()) {
+            self.health_publish_failures.fetch_add(1, Ordering::Relaxed);
+            g.health_retry = Some(std::time::Instant::now() + HEALTH_RETRY);
+            say!("rvsd: health: publishing the new weights failed (retried in 1 s): {e}");
+        }
     }
 
     /// After `publish` failed for the model that is now `g.model`: back to `before` on every
@@ -674,6 +693,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 impl health::Sink for Daemon {
     fn targets(&self) -> Vec<Target> {
         let mut g = self.lock();
+        if g.health_retry
+            .is_some_and(|at| at <= std::time::Instant::now())
+        {
+            self.publish_health(&mut g);
+        }
         let source = g.running.health.source;
         let mut v = Vec::new();
         for s in &g.model.services {
@@ -702,9 +726,7 @@ impl health::Sink for Daemon {
         *g.transitions.entry(t.id).or_insert(0) += 1;
         say!("rvsd: {}", health::transition_line(t, up, detail));
         if changed {
-            if let Err(e) = self.publish(&mut g, Vec::new()) {
-                say!("rvsd: health: publishing the new weights failed: {e}");
-            }
+            self.publish_health(&mut g);
         }
     }
 }
