@@ -391,18 +391,42 @@ fn run(cfg: &Config) -> Result<(), String> {
     }
 
     // RSS of the port that receives real servers' replies (the LIP port), when it reports one:
-    // FULLNAT then picks lports whose replies hash to the owning worker's queue.
-    let lip_port = cfg.services.first().map(|s| s.lip_port);
-    let rss = lip_port.and_then(|p| ports[p].rss_info()).map(|r| RssConf {
+    // FULLNAT then picks lports whose replies hash to the owning worker's queue. It is read
+    // once, here: the LIP port of the first FULLNAT service; with none yet (services added
+    // later by rvsadm or a reload), the RSS every port shares when they all report the same.
+    let lip_port = cfg
+        .services
+        .iter()
+        .find(|s| !s.lips.is_empty())
+        .map(|s| s.lip_port);
+    let rss_of = |r: dpdk::port::RssInfo| RssConf {
         key: r.key,
         reta: r.reta,
-    });
+    };
+    let rss = match lip_port {
+        Some(p) => ports[p].rss_info().map(rss_of),
+        None => {
+            let all: Vec<_> = ports.iter().map(|p| p.rss_info()).collect();
+            match all.first() {
+                Some(Some(first)) if all.iter().all(|r| r.as_ref() == Some(first)) => {
+                    Some(rss_of(first.clone()))
+                }
+                _ => None,
+            }
+        }
+    };
     match (&rss, lip_port) {
         (Some(_), Some(p)) => {
             say!("rvsd: port {p}: RSS known; lports chosen so replies hash to their worker")
         }
+        (Some(_), None) => {
+            say!("rvsd: RSS known (the same on every port); lports chosen so replies hash to their worker")
+        }
         (None, Some(p)) if nq > 1 => {
             say!("rvsd: port {p}: RSS not reported by the PMD; replies on the wrong worker are redirected")
+        }
+        (None, None) if nq > 1 => {
+            say!("rvsd: no FULLNAT service at start and no RSS shared by every port; replies on the wrong worker are redirected")
         }
         _ => {}
     }
