@@ -200,12 +200,16 @@ pub fn probe(t: &Target, connect: Connector) -> Result<(), String> {
     }
 }
 
-/// One ICMP echo through the system `ping` (iputils): raw ICMP sockets need privileges this crate
-/// does not take, and the check runs on the control side where a short-lived process is fine.
+/// One ICMP echo through the system `ping`: raw ICMP sockets need privileges this crate does not
+/// take, and the check runs on the control side where a short-lived process is fine. `-W` is
+/// given in whole seconds (rounded up: busybox's `ping` takes no fraction), and the check's own
+/// timeout is kept here: a `ping` still waiting then is killed and the check fails.
 fn icmp(t: &Target, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let secs = timeout.as_millis().div_ceil(1000).max(1);
     let mut cmd = std::process::Command::new("ping");
     cmd.args(["-n", "-q", "-c", "1", "-W"])
-        .arg(format!("{:.3}", timeout.as_secs_f64()))
+        .arg(secs.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -213,10 +217,21 @@ fn icmp(t: &Target, timeout: Duration) -> Result<(), String> {
         cmd.arg("-I").arg(src.to_string());
     }
     cmd.arg(t.addr.ip().to_string());
-    match cmd.status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(_) => Err("no echo reply".into()),
-        Err(e) => Err(format!("cannot run ping: {e}")),
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run ping: {e}"))?;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) if s.success() => return Ok(()),
+            Ok(Some(_)) => return Err("no echo reply".into()),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(match other {
+                    Err(e) => format!("waiting for ping: {e}"),
+                    _ => "no echo reply within the timeout".into(),
+                });
+            }
+        }
     }
 }
 

@@ -126,11 +126,11 @@ fn cli_end_to_end() {
         out,
         "-A -t 203.0.113.10:80 -s wrr\n-a -t 203.0.113.10:80 -r 198.51.100.11:80 -b -w 1\n"
     );
-    // The daemon's refusal: its message, exit 1.
+    // The daemon's refusal: its message, exit 255 (ipvsadm's -1).
     let (code, out, err) = rvsadm(&sock, &["-A", "-t", "203.0.113.10:80", "-s", "rr"], "");
     assert_eq!(
         (code, out.as_str(), err.as_str()),
-        (1, "", "rvsadm: Service already exists\n")
+        (255, "", "rvsadm: Service already exists\n")
     );
     // Restore through stdin; a refused line is named.
     let (code, _, err) = rvsadm(
@@ -142,9 +142,10 @@ fn cli_end_to_end() {
     let (code, _, err) = rvsadm(&sock, &["-R"], "-C\n-A -t 203.0.113.10:80 -s rr\n");
     assert_eq!(
         (code, err.as_str()),
-        (1, "rvsadm: line 2: Service already exists\n")
+        (255, "rvsadm: line 2: Service already exists\n")
     );
-    // Usage errors exit 2 without asking rvsd; an unreachable socket exits 1 naming it.
+    // Usage errors exit 2 without asking rvsd; an unreachable socket exits 2 naming it (ipvsadm's
+    // "Can't initialize ipvs").
     let (code, _, err) = rvsadm(&sock, &["-a", "-t", "203.0.113.10:80"], "");
     assert_eq!(code, 2);
     assert_eq!(
@@ -152,7 +153,7 @@ fn cli_end_to_end() {
         "rvsadm: You need to supply the 'real-server' option for the 'add-server' command\n"
     );
     let (code, _, err) = rvsadm(&sock, &["-C", "--socket", "/nonexistent/rvsd.sock"], "");
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/rvsd.sock"), "{err}");
     let _ = std::fs::remove_file(&sock);
 }

@@ -368,8 +368,15 @@ pub fn read_msg<T: for<'de> Deserialize<'de>, R: Read>(r: &mut R) -> Result<T, R
     if n > MAX_MESSAGE {
         return Err(ReadError::TooLarge(n));
     }
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).map_err(ReadError::Io)?;
+    // Memory grows with what arrives, not with what the length prefix claims (a client that
+    // announces 8 MiB and sends nothing holds no 8 MiB).
+    let mut body = Vec::with_capacity(n.min(64 * 1024));
+    r.take(n as u64)
+        .read_to_end(&mut body)
+        .map_err(ReadError::Io)?;
+    if body.len() < n {
+        return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     serde_json::from_slice(&body).map_err(|e| ReadError::Malformed(e.to_string()))
 }
 

@@ -709,9 +709,10 @@ impl health::Sink for Daemon {
         }
         // Forget the state of real servers that are gone or no longer checked (the checker
         // forgets them too, so a check added again starts up).
-        if !g.down.is_empty() {
+        if !g.down.is_empty() || !g.transitions.is_empty() {
             let ids: HashSet<RealId> = v.iter().map(|t| t.id).collect();
             g.down.retain(|id| ids.contains(id));
+            g.transitions.retain(|id, _| ids.contains(id));
         }
         v
     }
