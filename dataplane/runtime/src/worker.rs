@@ -27,6 +27,13 @@ const PF_NEXT: usize = 4;
 /// The stages' distances, in the order of `RxPipe::done`.
 const PF: [usize; 5] = [PF_HEADER, PF_DATA, PF_HEAD, PF_ENTRY, PF_NEXT];
 
+/// Data the worker writes on every packet, on cache lines of its own: it is allocated by the
+/// thread that builds the worker (rvsd's control thread), among that thread's other objects, and
+/// a line shared with what another core reads or writes would move between the cores on every
+/// burst (see `dpdk::Burst`).
+#[repr(C, align(64))]
+struct Lines<T>(T);
+
 /// One RX queue and its software prefetch pipeline. A frame is handled once every stage was issued
 /// for the frames `PF_*` behind it. When a full burst arrived (more are likely waiting), the last
 /// `PF_HEADER` frames stay here, prefetched as far as they got, and the next poll appends its burst
@@ -37,9 +44,9 @@ struct RxPipe {
     /// Received, not yet handled.
     held: Burst,
     /// Session-index bucket of each held frame whose head stage ran.
-    buckets: Box<[u32; MAX_BURST]>,
+    buckets: Box<Lines<[u32; MAX_BURST]>>,
     /// Its tuple, parsed by the head stage for the next-entry stage.
-    tuples: Box<[FlowTuple; MAX_BURST]>,
+    tuples: Box<Lines<[FlowTuple; MAX_BURST]>>,
     /// Per stage (order of [`PF`]): how many held frames, from the front, it was issued for.
     done: [usize; 5],
 }
@@ -49,8 +56,8 @@ impl RxPipe {
         RxPipe {
             q,
             held: Burst::new(),
-            buckets: Box::new([NO_BUCKET; MAX_BURST]),
-            tuples: Box::new([FlowTuple::default(); MAX_BURST]),
+            buckets: Box::new(Lines([NO_BUCKET; MAX_BURST])),
+            tuples: Box::new(Lines([FlowTuple::default(); MAX_BURST])),
             done: [0; 5],
         }
     }
@@ -87,8 +94,8 @@ impl RxPipe {
     ) {
         let len = self.held.len();
         let take = take.min(len);
-        let bk = &mut self.buckets;
-        let tu = &mut self.tuples;
+        let bk = &mut self.buckets.0;
+        let tu = &mut self.tuples.0;
         // Prologue: bring every stage to its distance from the front (a no-op in steady state,
         // where the held frames are already that far).
         let front = self.held.as_slice();
@@ -129,7 +136,9 @@ pub struct PeerLinks {
     pub redirect: Vec<MbufConsumer>,
 }
 
-/// One worker: everything it touches on the packet path is its own.
+/// One worker: everything it touches on the packet path is its own (and, 64-byte aligned, on
+/// cache lines of its own wherever the thread that builds it puts it).
+#[repr(align(64))]
 pub struct Worker {
     pub id: usize,
     rx: Vec<RxPipe>,
