@@ -28,7 +28,10 @@ pub const MAX_LIPS: usize = 1024;
 /// bytes per line: the next line).
 const PREFETCH_AHEAD: usize = 4;
 
-/// Free lports of one LIP on one worker.
+/// Free lports of one LIP on one worker. One cache line (64-byte aligned): the worker writes the
+/// FIFO's head and length on every allocation and release, and the pools are allocated by the
+/// thread that builds the worker, which must not have objects on the same lines.
+#[repr(align(64))]
 pub struct LipPool {
     /// The LIP.
     pub lip: IpAddr,

@@ -33,7 +33,10 @@ impl FixedKey for SvcKey {
     }
 }
 
-/// One service at run time.
+/// One service at run time. Cache-line aligned: the worker writes its scheduler state and LIP
+/// cursor on every new connection, and the list is allocated by the thread that builds the set
+/// (rvsd's control thread), which must not have objects on the same lines.
+#[repr(align(64))]
 pub struct Service {
     /// Protocol.
     pub proto: Proto,
