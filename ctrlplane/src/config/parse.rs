@@ -1729,6 +1729,11 @@ fn parse_service(
         ));
     }
     let mut reals: Vec<RealConfig> = Vec::new();
+    // The addresses a match service owns (a prefix of at most MATCH_OWN_MAX addresses).
+    let own_match = mark
+        .as_ref()
+        .map(|m| m.core().owned_addrs())
+        .unwrap_or_default();
     let before: usize = earlier.iter().map(|s| s.reals.len()).sum();
     for (k, node) in real_nodes.iter().enumerate() {
         if before + k >= super::MAX_REALS {
@@ -1763,6 +1768,12 @@ fn parse_service(
         }
         if ip == vip {
             return Err(rt.err("ip", format!("real server {ip} is the vip of this service")));
+        }
+        if own_match.contains(&ip) {
+            return Err(rt.err(
+                "ip",
+                format!("real server {ip} is an address of this service's match prefix, which rvs owns; a real server must be another host"),
+            ));
         }
         if let Some(j) = earlier.iter().position(|s| s.owned_ips().contains(&ip)) {
             return Err(rt.err(

@@ -2073,6 +2073,13 @@ fn match_service_errors() {
     );
     let m = error_at(&dup, 38, 8, "service[2].mark");
     assert!(m.contains("already defined by service[1]"), "{m}");
+    // A real server inside the prefix the service owns would loop through rvs.
+    let inside = match_svc("", MATCH).replace(
+        "ip = \"198.51.100.11\"\nforward",
+        "ip = \"203.0.113.5\"\nforward",
+    );
+    let m = error_at(&inside, 35, 6, "service[1].real[0].ip");
+    assert!(m.contains("match prefix, which rvs owns"), "{m}");
     let nomatch = SVC.to_string() + "[[service]]\nmark = 3\nscheduler = \"rr\"\n";
     let m = error_at(&nomatch, 25, 1, "service[1].match");
     assert!(m.contains("missing required table"), "{m}");

@@ -310,6 +310,8 @@ pub mod code {
     pub const EPROTO: i32 = 71;
     pub const E2BIG: i32 = 7;
     pub const ENOMEM: i32 = 12;
+    /// The daemon is busy (too many control clients): retry.
+    pub const EBUSY: i32 = 16;
 }
 
 /// Write one framed message.

@@ -179,7 +179,7 @@ pub fn serve(
                             let _ = write_msg(
                                 &mut s,
                                 &Response::Error {
-                                    code: 16,
+                                    code: crate::ctl::proto::code::EBUSY,
                                     message: "too many control clients; retry".into(),
                                 },
                             );

@@ -1094,7 +1094,7 @@ impl<P: PacketBuf> Stack<P> {
         if new != old {
             s.state = new as u8;
             if dir != Dir::Output && new == TcpState::SynRecv {
-                // A new connection reusing the session (a client port reused on a persistent
+                // A new connection reusing the session (a client port reused on a persistent DR/TUN
                 // service, or before TIME_WAIT/CLOSE; see `fnat_reschedule`): its own TOA.
                 s.flags &= !F_TOA_DONE;
             }

@@ -3,9 +3,12 @@
 //! socket.
 //!
 //! Exit status as ipvsadm 1.31: 0 on success; 2 for a command-line error, and when rvsd cannot
-//! be reached (ipvsadm's "Can't initialize ipvs"); 255 when rvsd refuses the command (ipvsadm
-//! returns libipvs's -1 from `main`); 1 for anything else (rvsd's answer unexpected, output or
-//! input failing).
+//! be reached (ipvsadm's "Can't initialize ipvs"); 255 when rvsd refuses a command that changes
+//! state (`-A -E -D -C -a -e -d -Z --set --add-laddr --del-laddr`: ipvsadm returns libipvs's -1
+//! from `main`); 1 for anything else: a listing rvsd cannot give (ipvsadm's `list_service`
+//! exits 1), rvsd busy, rvs's own commands refused, an unexpected answer, output or input
+//! failing. `-R` exits 255 when any line was refused (ipvsadm returns only its last line's
+//! status, which can hide a refused line: rvsadm does not).
 
 pub mod args;
 pub mod format;
@@ -107,7 +110,7 @@ pub enum Failure {
     Usage(String),
     /// rvsd could not be reached: exit 2.
     Unreachable(String),
-    /// rvsd refused the command (or, with -R, at least one line): exit 255.
+    /// rvsd refused a command that changes state (or, with -R, at least one line): exit 255.
     Refused(String),
     /// Anything else (a surprising answer, a failed write or read): exit 1.
     Failed(String),
@@ -196,7 +199,12 @@ pub fn execute(
         match call(op) {
             Err(e) => Err(transport(e)),
             Ok(Response::Error { code, message }) => {
-                Err(Failure::Refused(refusal(&what, code, message)))
+                let m = refusal(&what, code, message);
+                Err(if is_change(&what) && code != code::EBUSY {
+                    Failure::Refused(m)
+                } else {
+                    Failure::Failed(m)
+                })
             }
             Ok(r) => Ok(r),
         }
@@ -446,6 +454,30 @@ fn restore(
         Some(Failure::Unreachable(_)) => Err(Failure::Unreachable(text)),
         Some(_) => Err(Failure::Failed(text)),
         None => Err(Failure::Refused(text)),
+    }
+}
+
+/// Whether `op` is one of ipvsadm's commands that change state (a refusal exits 255).
+fn is_change(op: &Op) -> bool {
+    match op {
+        Op::AddService { .. }
+        | Op::EditService { .. }
+        | Op::DelService { .. }
+        | Op::Clear
+        | Op::AddReal { .. }
+        | Op::EditReal { .. }
+        | Op::DelReal { .. }
+        | Op::AddLaddr { .. }
+        | Op::DelLaddr { .. }
+        | Op::SetTimeouts { .. }
+        | Op::Zero { .. } => true,
+        Op::ListServices
+        | Op::GetService { .. }
+        | Op::GetTimeouts
+        | Op::ListConns { .. }
+        | Op::Validate { .. }
+        | Op::Reload
+        | Op::Status => false,
     }
 }
 

@@ -1050,9 +1050,27 @@ fn execute_errors() {
         f.run(&p("-C"), "").0,
         Err(Failure::Refused("Memory allocation problem".into()))
     );
-    // Refusals exit 255 (ipvsadm returns libipvs's -1); transport failures and surprising
-    // answers exit 1.
+    // Refusals of changes exit 255 (ipvsadm returns libipvs's -1); a listing rvsd cannot give
+    // exits 1 (ipvsadm's list_service), and so does a busy rvsd; transport failures and
+    // surprising answers exit 1.
     assert_eq!(Failure::Refused(String::new()).exit_code(), 255);
+    let mut f = Fake::new(vec![Response::Error {
+        code: 3,
+        message: "No such service".into(),
+    }]);
+    assert_eq!(
+        f.run(&p("-L -n -t 10.0.0.9:80"), "").0,
+        Err(Failure::Failed("No such service".into()))
+    );
+    let mut f = Fake::new(vec![Response::Error {
+        code: code::EBUSY,
+        message: "too many control clients; retry".into(),
+    }]);
+    assert_eq!(
+        f.run(&p("-C"), "").0.unwrap_err().exit_code(),
+        1,
+        "busy is no refusal"
+    );
     let mut f = Fake::new(vec![]);
     let (r, _) = f.run(&p("-C"), "");
     assert_eq!(r.unwrap_err().exit_code(), 1);
