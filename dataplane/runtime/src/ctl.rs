@@ -179,6 +179,21 @@ impl CtlLink {
     pub fn late(&self) -> usize {
         self.late.len()
     }
+
+    /// Take back (and free, on this thread) the late commands the worker has answered since,
+    /// without waiting; returns how many are still with it.
+    pub fn reap(&mut self) -> usize {
+        let mut slot = [MaybeUninit::<usize>::uninit(); 1];
+        while let Some(&r) = self.from_worker.recv_burst(&mut slot).first() {
+            if let Some(i) = self.late.iter().position(|&l| l == r) {
+                self.late.swap_remove(i);
+                // SAFETY: a box we sent earlier and gave up waiting for, answered now: ours
+                // again (freed here, on the control thread, with the snapshot it carries).
+                drop(unsafe { Box::from_raw(r as *mut Cmd) });
+            }
+        }
+        self.late.len()
+    }
 }
 
 impl WorkerCtl {

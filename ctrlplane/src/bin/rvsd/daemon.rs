@@ -26,8 +26,9 @@ pub const MAX_DESTS: u32 = rvs_ctrlplane::config::MAX_REALS as u32;
 const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rate estimator period (IPVS: 2 s).
 const EST_PERIOD: Duration = Duration::from_secs(2);
-/// How soon a failed publication of a health change is tried again.
+/// How soon a failed publication of a health change is tried again (first wait, longest wait).
 const HEALTH_RETRY: Duration = Duration::from_secs(1);
+const HEALTH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 struct Inner {
     model: Model,
@@ -54,6 +55,8 @@ struct Inner {
     /// worker late or refusing), so the workers may disagree on a real server until one
     /// succeeds. Any successful publication carries the state and clears it.
     health_retry: Option<std::time::Instant>,
+    /// The wait before the next retry: 1 s, doubled after each failure up to 30 s.
+    health_backoff: Duration,
 }
 
 impl Inner {
@@ -120,6 +123,7 @@ impl Daemon {
                 down: HashSet::new(),
                 transitions: HashMap::new(),
                 health_retry: None,
+                health_backoff: HEALTH_RETRY,
             }),
             dest_stats,
             est: Mutex::new(HashMap::new()),
@@ -398,17 +402,32 @@ impl Daemon {
         if failure.is_none() {
             // This set carries the health state as it is now.
             g.health_retry = None;
+            g.health_backoff = HEALTH_RETRY;
         }
         failure.map_or(Ok(()), |e| Err(PublishError::Partly(e)))
     }
 
-    /// Publish the health state after a change (or to retry one that failed); a failure is
-    /// counted, logged and retried a second later (from the health checker's loop).
+    /// Publish the health state after a change (or to retry one that failed). A failure is
+    /// counted and retried from the health checker's loop, after 1 s, then twice as long after
+    /// each failure up to 30 s; logged at the first failure of a run. A retry waits while a
+    /// worker still holds a command it did not answer in time (another publication would only
+    /// queue behind it in its mailbox).
     fn publish_health(&self, g: &mut Inner) {
-        if let Err(e) = self.publish(g, Vec::new()) {
+        let now = std::time::Instant::now();
+        let stuck = g.links.iter_mut().map(|l| l.reap()).sum::<usize>() > 0;
+        let r = if stuck {
+            Err("a worker has not answered an earlier command yet".to_string())
+        } else {
+            self.publish(g, Vec::new()).map_err(|e| e.to_string())
+        };
+        if let Err(e) = r {
             self.health_publish_failures.fetch_add(1, Ordering::Relaxed);
-            g.health_retry = Some(std::time::Instant::now() + HEALTH_RETRY);
-            say!("rvsd: health: publishing the new weights failed (retried in 1 s): {e}");
+            let wait = g.health_backoff;
+            if g.health_retry.is_none() {
+                say!("rvsd: health: publishing the new weights failed (retried in {} s, then less often): {e}", wait.as_secs());
+            }
+            g.health_retry = Some(now + wait);
+            g.health_backoff = (wait * 2).min(HEALTH_RETRY_MAX);
         }
     }
 
@@ -425,7 +444,10 @@ impl Daemon {
                 let back = announce_of(&g.model, &before);
                 g.model = before;
                 if let Err(r) = self.publish(g, back) {
-                    say!("rvsd: rolling back a failed publication failed too: {r}");
+                    say!("rvsd: rolling back a failed publication failed too (retried with the health state): {r}");
+                    // Workers may be left on different sets: publish the model again until
+                    // they agree (the health retry does exactly that).
+                    g.health_retry.get_or_insert(std::time::Instant::now());
                 }
                 m
             }
