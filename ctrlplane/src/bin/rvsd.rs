@@ -392,12 +392,14 @@ fn run(cfg: &Config) -> Result<(), String> {
 
     // RSS of the port that receives real servers' replies (the LIP port), when it reports one:
     // FULLNAT then picks lports whose replies hash to the owning worker's queue. It is read
-    // once, here: the LIP port of the first FULLNAT service; with none yet (services added
-    // later by rvsadm or a reload), the RSS every port shares when they all report the same.
+    // once, here: the LIP port of the first FULLNAT service, else that of the first service
+    // (where rvsadm puts LIPs by default); with no service yet (services added later by rvsadm
+    // or a reload), the RSS every port shares when they all report the same.
     let lip_port = cfg
         .services
         .iter()
         .find(|s| !s.lips.is_empty())
+        .or(cfg.services.first())
         .map(|s| s.lip_port);
     let rss_of = |r: dpdk::port::RssInfo| RssConf {
         key: r.key,
@@ -426,7 +428,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             say!("rvsd: port {p}: RSS not reported by the PMD; replies on the wrong worker are redirected")
         }
         (None, None) if nq > 1 => {
-            say!("rvsd: no FULLNAT service at start and no RSS shared by every port; replies on the wrong worker are redirected")
+            say!("rvsd: no service at start and no RSS shared by every port; replies on the wrong worker are redirected")
         }
         _ => {}
     }
