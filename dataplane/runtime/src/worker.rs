@@ -225,9 +225,12 @@ impl Worker {
                 if result.is_ok() {
                     self.stack.set_timeouts(new.timeouts);
                     // Announce the new VIPs and LIPs (owned by the swap): the routers and real
-                    // servers learn where they now live.
-                    for &(port, ip) in &new.announce {
-                        self.stack.announce(&mut self.io, port, ip);
+                    // servers learn where they now live. Once, by worker 0: every worker owns
+                    // the same addresses, and n copies of each broadcast only load the segment.
+                    if self.id == 0 {
+                        for &(port, ip) in &new.announce {
+                            self.stack.announce(&mut self.io, port, ip);
+                        }
                     }
                     *old = self.snapshot.replace(new.clone());
                 }
@@ -246,10 +249,13 @@ impl Worker {
         dpdk::eal::tsc() / self.tsc_per_ms
     }
 
-    /// Announce the worker's addresses (gratuitous ARP) before the first poll.
+    /// Announce the addresses (gratuitous ARP) before the first poll: worker 0 does, for all
+    /// (every worker owns the same addresses).
     pub fn start(&mut self) {
         let now = self.now_ms();
-        self.stack.on_start(&mut self.io, now);
+        if self.id == 0 {
+            self.stack.on_start(&mut self.io, now);
+        }
         self.io.flush();
         self.last_timer_ms = now;
     }
