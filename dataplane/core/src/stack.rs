@@ -779,13 +779,17 @@ impl<P: PacketBuf> Stack<P> {
         if request {
             self.counters.arp_requests_rx.inc();
         }
-        let for_us = request && self.is_owned_on(port, IpAddr::V4(tpa));
+        let to_us = self.is_owned_on(port, IpAddr::V4(tpa));
+        let for_us = request && to_us;
 
         // Learning: only senders on a connected subnet of this port, never one of our own
-        // addresses, never a group MAC.
+        // addresses, never a group MAC. As Linux with `arp_accept=0`, a new entry comes only
+        // from a frame addressed to us (a request for one of our addresses, a reply to one of
+        // ours); an unsolicited one (gratuitous, or for another host) only refreshes an entry
+        // that exists, so a noisy segment cannot fill the table.
         if !spa.is_unspecified() && !sha.is_multicast() && !sha.is_zero() && !self.is_owned(spa) {
             if let Some(src) = self.connected_src(port, spa) {
-                self.learn(io, port, spa, sha, src, !request || for_us, now_ms, true);
+                self.learn(io, port, spa, sha, src, to_us, now_ms, true);
             }
         }
 

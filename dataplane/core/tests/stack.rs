@@ -275,6 +275,59 @@ fn arp_request_gets_reply_in_place() {
     assert_eq!(total_drops(&c), 0);
 }
 
+/// As Linux with `arp_accept=0`: an unsolicited reply (gratuitous, or for another host) creates
+/// no neighbour entry (a noisy segment cannot fill the table); it refreshes one that exists, and
+/// a reply to one of our addresses creates one.
+#[test]
+fn unsolicited_arp_replies_create_no_entry() {
+    let (mut s, mut io, c) = setup(cfg());
+    let garp = arp(
+        BCAST,
+        PEER,
+        ArpOperation::REPLY,
+        v4("192.0.2.10"),
+        BCAST,
+        v4("192.0.2.10"),
+    );
+    handle(&mut s, &mut io, 0, &garp, 5);
+    assert_eq!(s.neigh_lookup(0, ip("192.0.2.10")), None);
+    let other = arp(
+        BCAST,
+        PEER,
+        ArpOperation::REPLY,
+        v4("192.0.2.10"),
+        [2, 0, 0, 0, 0, 0x77],
+        v4("192.0.2.20"),
+    );
+    handle(&mut s, &mut io, 0, &other, 6);
+    assert_eq!(s.neigh_lookup(0, ip("192.0.2.10")), None);
+    assert_eq!(c.neigh_learned.get(), 0);
+    let to_us = arp(
+        MAC0,
+        PEER,
+        ArpOperation::REPLY,
+        v4("192.0.2.10"),
+        MAC0,
+        v4("192.0.2.1"),
+    );
+    handle(&mut s, &mut io, 0, &to_us, 7);
+    assert_eq!(s.neigh_lookup(0, ip("192.0.2.10")), Some(MacAddr(PEER)));
+    // Now known: a gratuitous reply with a new MAC updates it.
+    let moved = arp(
+        BCAST,
+        [2, 0, 0, 0, 0, 0x55],
+        ArpOperation::REPLY,
+        v4("192.0.2.10"),
+        BCAST,
+        v4("192.0.2.10"),
+    );
+    handle(&mut s, &mut io, 0, &moved, 8);
+    assert_eq!(
+        s.neigh_lookup(0, ip("192.0.2.10")),
+        Some(MacAddr([2, 0, 0, 0, 0, 0x55]))
+    );
+}
+
 #[test]
 fn arp_probe_is_answered_without_learning() {
     let (mut s, mut io, c) = setup(cfg());
