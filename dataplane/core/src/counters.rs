@@ -90,6 +90,7 @@ drop_reasons! {
     L4Malformed => "l4_malformed", "TCP/UDP header to a VIP or LIP truncated or with a bad data offset.";
     TunNoRoom => "tun_no_room", "TUN: the buffer cannot hold the 20-byte outer IPv4 header.";
     NatFragment => "nat_fragment", "IPv4 fragment from a NAT real server (rvs does not reassemble, so cannot translate it; forwarded, it would show the RIP).";
+    RedirectLoop => "redirect_loop", "Packet another worker handed over that this one would hand on again (workers disagree on its owner for the moment a new configuration takes to reach them all).";
 }
 
 /// Number of drop reasons.

@@ -846,6 +846,9 @@ impl<P: PacketBuf> Stack<P> {
         port: PortIdx,
         pkt: P,
     ) {
+        if self.redirected {
+            return self.drop_pkt(pkt, DropReason::RedirectLoop);
+        }
         if io.redirect(owner, port, pkt) {
             self.counters.redirected_out.inc();
         } else {

@@ -235,6 +235,8 @@ pub(crate) type Via = Result<u32, (u32, Route)>;
 /// The L2/L3 stack of one worker core. `Send` when `P` is.
 pub struct Stack<P: PacketBuf> {
     pub(crate) counters: Arc<CoreCounters>,
+    /// The packet being handled was handed over by another worker: it is not handed on again.
+    pub(crate) redirected: bool,
     pub(crate) ports: Vec<PortState>,
     pub(crate) routes: RouteTable,
     ip_forward: bool,
@@ -313,6 +315,7 @@ impl<P: PacketBuf> Stack<P> {
         }
         let mut st = Stack {
             counters,
+            redirected: false,
             ports,
             routes,
             ip_forward: cfg.ip_forward,
@@ -692,6 +695,22 @@ impl<P: PacketBuf> Stack<P> {
     pub fn handle<I: Io<Pkt = P>>(&mut self, io: &mut I, port: PortIdx, pkt: P, now_ms: u64) {
         let bucket = self.prefetch_bucket(pkt.data());
         self.handle_at(io, port, pkt, bucket, now_ms)
+    }
+
+    /// [`Stack::handle`] for a frame another worker handed over (received on `port` there): if
+    /// this worker would hand it on again (the two disagree on its owner while a new
+    /// configuration reaches them one after the other), it is dropped (`redirect_loop`) instead
+    /// of bouncing between them.
+    pub fn handle_redirected<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        pkt: P,
+        now_ms: u64,
+    ) {
+        self.redirected = true;
+        self.handle(io, port, pkt, now_ms);
+        self.redirected = false;
     }
 
     /// [`Stack::handle`] for a frame whose session bucket [`Stack::prefetch_bucket`] computed

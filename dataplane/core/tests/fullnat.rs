@@ -452,6 +452,10 @@ fn lport_owner_and_redirect() {
     assert_eq!(g, &f);
     assert_eq!(c.redirected_out.get(), 1);
     assert_eq!(c.drops(DropReason::NoSession), 0);
+    // Handed over by worker 1 (which thought worker 0 owned it): not handed back.
+    s.handle_redirected(&mut io, 1, VecPacket::from_slice(&f), 1);
+    assert_eq!(io.redirected.len(), 1);
+    assert_eq!(c.drops(DropReason::RedirectLoop), 1);
     io.redirect_fail = true;
     handle(&mut s, &mut io, 1, &f, 1);
     assert_eq!(c.drops(DropReason::RedirectFull), 1);

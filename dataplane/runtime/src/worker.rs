@@ -302,7 +302,8 @@ impl Worker {
             got += n;
             self.counters.redirected_in.add(n as u64);
             for (m, port) in self.rxb.drain_tagged() {
-                self.stack.handle(&mut self.io, port, MbufPacket(m), now);
+                self.stack
+                    .handle_redirected(&mut self.io, port, MbufPacket(m), now);
             }
         }
         let mut msgs = [MaybeUninit::<NeighMsg>::uninit(); 16];
