@@ -264,7 +264,7 @@ impl Model {
     pub fn apply(&mut self, op: &Op) -> Result<Vec<(usize, IpAddr)>, OpError> {
         let before: Vec<(usize, IpAddr)> = self.owned_addrs();
         let mut next = self.clone();
-        next.apply_inner(op)?;
+        next.apply_inner(&ipvs_flags(op))?;
         next.generation += 1;
         let after = next.owned_addrs();
         *self = next;
@@ -613,7 +613,14 @@ impl Model {
             );
         }
         let sched = scheduler(&spec.scheduler)?;
-        if let Err(m) = sched.check_flags(&spec.sched_flags) {
+        // ipvsadm's generic flags (left by `ipvs_flags` only where the scheduler has no name
+        // for them) are taken by every scheduler.
+        let named: Vec<&String> = spec
+            .sched_flags
+            .iter()
+            .filter(|f| !matches!(f.as_str(), "flag-1" | "flag-2" | "flag-3"))
+            .collect();
+        if let Err(m) = sched.check_flags(&named) {
             return err(code::EINVAL, format!("Invalid scheduler flags: {m}"));
         }
         Ok(())
@@ -681,6 +688,57 @@ impl Model {
             sched_flags: s.sched_flags.clone(),
         }
     }
+}
+
+/// ipvsadm's generic scheduler flags in `-A`/`-E`: `flag-1`, `flag-2`, `flag-3` are IPVS's
+/// `IP_VS_SVC_F_SCHED1..3`, which sh and mh name `*-fallback` and `*-port` (so `-s sh -b flag-1`
+/// is `-b sh-fallback`); any scheduler takes them (the others ignore them, as IPVS's do). The
+/// flags are kept by name in bit order, each once, as ipvsadm prints them.
+fn ipvs_flags(op: &Op) -> std::borrow::Cow<'_, Op> {
+    let spec = match op {
+        Op::AddService { spec } | Op::EditService { spec } => spec,
+        _ => return std::borrow::Cow::Borrowed(op),
+    };
+    if !spec.sched_flags.iter().any(|f| f.starts_with("flag-")) {
+        return std::borrow::Cow::Borrowed(op);
+    }
+    let named: &[&str] = match spec.scheduler.as_str() {
+        "sh" => &["sh-fallback", "sh-port"],
+        "mh" => &["mh-fallback", "mh-port"],
+        _ => &[],
+    };
+    let bit = |f: &str| -> Option<usize> {
+        match f {
+            "flag-1" => Some(0),
+            "flag-2" => Some(1),
+            "flag-3" => Some(2),
+            _ => named.iter().position(|n| *n == f),
+        }
+    };
+    let mut bits = [false; 3];
+    let mut other = Vec::new();
+    for f in &spec.sched_flags {
+        match bit(f) {
+            Some(b) => bits[b] = true,
+            // Left for the scheduler's check to refuse with its message.
+            None => other.push(f.clone()),
+        }
+    }
+    let mut flags: Vec<String> = (0..3)
+        .filter(|&b| bits[b])
+        .map(|b| {
+            named
+                .get(b)
+                .map_or(format!("flag-{}", b + 1), |n| n.to_string())
+        })
+        .collect();
+    flags.extend(other);
+    let mut spec = spec.clone();
+    spec.sched_flags = flags;
+    std::borrow::Cow::Owned(match op {
+        Op::AddService { .. } => Op::AddService { spec },
+        _ => Op::EditService { spec },
+    })
 }
 
 /// `a.b.c.d:port` or `[v6]:port`.
@@ -1333,6 +1391,37 @@ lips = ["198.51.100.2"]
         assert!(e.1.contains("mh-fallback, mh-port"), "{e:?}");
         // Unchanged by the refused edits.
         assert_eq!(m.services[0].scheduler, Scheduler::Sh);
+        // ipvsadm's generic flags: sh and mh name flag-1 and flag-2; any scheduler takes them;
+        // kept in bit order, each once.
+        for (sched, given, kept) in [
+            (
+                "sh",
+                &["flag-2", "flag-1"][..],
+                &["sh-fallback", "sh-port"][..],
+            ),
+            (
+                "sh",
+                &["sh-port", "flag-2", "flag-3"][..],
+                &["sh-port", "flag-3"][..],
+            ),
+            ("mh", &["flag-1"][..], &["mh-fallback"][..]),
+            ("rr", &["flag-3", "flag-1"][..], &["flag-1", "flag-3"][..]),
+        ] {
+            m.apply(&Op::EditService {
+                spec: spec(sched, given),
+            })
+            .unwrap();
+            assert_eq!(m.services[0].sched_flags, kept, "{sched} {given:?}");
+        }
+        assert!(m
+            .apply(&Op::EditService {
+                spec: spec("rr", &["flag-4"]),
+            })
+            .is_err());
+        m.apply(&Op::EditService {
+            spec: spec("sh", &[]),
+        })
+        .unwrap();
         m.apply(&Op::AddService {
             spec: ServiceSpec {
                 key: key("192.0.2.20", 80),
