@@ -22,8 +22,8 @@ lips = ["198.51.100.2"]
   [service.check]
   type = "http"
   path = "/"
-  interval_ms = 500
-  timeout_ms = 300
+  interval_ms = 1000
+  timeout_ms = 1000
   rise = 2
   fall = 2
   [[service.real]]
@@ -34,10 +34,17 @@ lips = ["198.51.100.2"]
   ip = "198.51.100.13"
 "#;
 
-fn wait_for(rvsd: &Rvsd, needle: &str, limit: Duration) -> Option<Duration> {
+/// How often `needle` is in rvsd's log now.
+fn seen(rvsd: &Rvsd, needle: &str) -> usize {
+    rvsd.log_text().matches(needle).count()
+}
+
+/// Wait until `needle` is in rvsd's log more often than `before` times (a transition logged
+/// earlier, e.g. a flap, does not count).
+fn wait_for(rvsd: &Rvsd, needle: &str, before: usize, limit: Duration) -> Option<Duration> {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
-        if rvsd.log_text().contains(needle) {
+        if seen(rvsd, needle) > before {
             return Some(t0.elapsed());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -91,13 +98,19 @@ fn a_dead_real_server_is_quiesced_and_restored() {
 
     // Stop rs1's HTTP server.
     let rs1 = topo.ns("rs1");
+    let downs = seen(&rvsd, "198.51.100.11:80 DOWN");
     let _ = sh(&format!(
         "for p in $(ip netns pids {rs1}); do kill $p; done"
     ));
-    let down = wait_for(&rvsd, "198.51.100.11:80 DOWN", Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no DOWN transition:\n{}", rvsd.log_text()));
-    // fall (2) × interval (0.5 s) plus one timeout; the bound is wait_for's (a loaded 2-core
-    // machine may add seconds of scheduling).
+    let down = wait_for(
+        &rvsd,
+        "198.51.100.11:80 DOWN",
+        downs,
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("no DOWN transition:\n{}", rvsd.log_text()));
+    // fall (2) × interval (1 s) plus one timeout; the bound is wait_for's (a loaded 2-core
+    // machine may add seconds of scheduling; the 1 s check timeout leaves room for it too).
     eprintln!("DOWN detected after {down:?}");
     let after = requests(&cl, 30);
     assert!(
@@ -117,8 +130,9 @@ fn a_dead_real_server_is_quiesced_and_restored() {
     );
 
     // Start it again: back after rise (2) × interval.
+    let ups = seen(&rvsd, "198.51.100.11:80 UP");
     let _ = sh(&http_server(&topo, 1));
-    let up = wait_for(&rvsd, "198.51.100.11:80 UP", Duration::from_secs(6))
+    let up = wait_for(&rvsd, "198.51.100.11:80 UP", ups, Duration::from_secs(12))
         .unwrap_or_else(|| panic!("no UP transition:\n{}", rvsd.log_text()));
     eprintln!("UP after {up:?}");
     let back = requests(&cl, 9);
