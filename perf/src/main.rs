@@ -103,6 +103,10 @@ struct Opts {
     /// Sizes fnat-udp runs at (default: the --sessions sizes up to 100 000).
     #[arg(long, value_delimiter = ',', global = true)]
     udp_sessions: Option<Vec<usize>>,
+    /// Sizes of the session-memory measurement (default: the --sessions sizes and 10 000 000,
+    /// the "10M sessions in 2 GiB": about 1.2 GiB and 7 s).
+    #[arg(long, value_delimiter = ',', global = true)]
+    mem_sessions: Option<Vec<usize>>,
     /// Sessions of fnat-est / fnat-udp under callgrind.
     #[arg(long, default_value_t = 1000, global = true)]
     instr_sessions: usize,
@@ -238,7 +242,14 @@ fn live() -> i64 {
 fn fnat_memory(o: &Opts, eal: &Eal, pool: &Arc<Mempool>) -> Result<Vec<fnat::SessMem>, String> {
     let now = dpdk::eal::tsc() / (eal.tsc_hz() / 1000).max(1);
     let mut rows = Vec::new();
-    for &n in &o.sessions {
+    let sizes = o.mem_sessions.clone().unwrap_or_else(|| {
+        let mut v = o.sessions.clone();
+        if !v.contains(&10_000_000) {
+            v.push(10_000_000);
+        }
+        v
+    });
+    for n in sizes {
         let t = Instant::now();
         let m = fnat::memory(n, pool, live, now)?;
         eprintln!(
@@ -339,7 +350,9 @@ fn conf(o: &Opts, mode: GenMode) -> RunConf {
     }
 }
 
-/// Baseline then every trace, in each generator mode asked.
+/// Baseline then every trace, in each generator mode asked. Every repeat of a trace runs right
+/// after a run of the baseline of its own, and the row keeps those paired ratios (this VM's speed
+/// drifts within minutes: the baseline row alone is minutes older than the later traces).
 fn throughput(
     o: &Opts,
     eal: &Eal,
@@ -358,16 +371,29 @@ fn throughput(
             .chain(traces.iter().map(|t| (Device::Rvs, t)));
         for (dev, t) in runs {
             let mut results = Vec::new();
+            let mut paired = Vec::new();
             let mut setup_s = 0.0;
             let mut list_mb = 0.0;
             for _ in 0..o.repeat.max(1) {
+                let base = if dev == Device::Rvs {
+                    let lanes = harness::lanes(&traces[0], Device::IoFwd, &c, pool, eal.tsc_hz())?;
+                    Some(harness::run(lanes, &c, eal.tsc_hz(), traces[0].success.1)?.mpps())
+                } else {
+                    None
+                };
                 let t0 = Instant::now();
                 let lanes = harness::lanes(t, dev, &c, pool, eal.tsc_hz())?;
                 setup_s = t0.elapsed().as_secs_f64();
                 list_mb = lanes[0].gen.list_bytes() as f64 / 1e6;
-                results.push(harness::run(lanes, &c, eal.tsc_hz(), t.success.1)?);
+                let r = harness::run(lanes, &c, eal.tsc_hz(), t.success.1)?;
+                if let Some(b) = base.filter(|&b| b > 0.0) {
+                    paired.push(r.mpps() / b);
+                }
+                results.push(r);
             }
-            let row = row(dev, t, &c, results);
+            paired.sort_by(f64::total_cmp);
+            let mut row = row(dev, t, &c, results);
+            row.paired = paired;
             eprintln!(
                 "{} (set-up {setup_s:.1} s, frame list {list_mb:.1} MB per worker, {} mbufs free)",
                 report::progress(&row),
