@@ -12,7 +12,10 @@
 //! a ready port never waits behind one in its reuse delay.
 //!
 //! Pools are created by the control path ([`LportAlloc::pool`]) and never removed, so sessions
-//! keep a stable pool index across service updates.
+//! keep a stable pool index across service updates. Once [`MAX_LIPS`] pools exist, a new LIP
+//! takes over the pool of a LIP no service uses any more and none of whose lports is out (every
+//! one back in its FIFO: no session refers to the pool), so LIP churn over a long run does not
+//! wear the pools out ([`LportAlloc::pool_in`]).
 
 use crate::config::RssConf;
 use crate::fixedmap::FixedMap;
@@ -71,6 +74,8 @@ pub struct LportAlloc {
     max: u16,
     reuse_delay_ms: u64,
     rss: Option<RssConf>,
+    /// Lports each pool owns (its FIFO's length when none is out).
+    per_pool: usize,
 }
 
 impl LportAlloc {
@@ -97,6 +102,9 @@ impl LportAlloc {
             max,
             reuse_delay_ms,
             rss: rss.filter(|r| !r.reta.is_empty()),
+            per_pool: (min..=max)
+                .filter(|p| p % n_workers.max(1) == worker)
+                .count(),
         }
     }
 
@@ -134,26 +142,64 @@ impl LportAlloc {
         self.by_lip.get(&lip).copied()
     }
 
-    /// Whether pools for all of `lips` can exist (those without one yet fit under
-    /// [`MAX_LIPS`]). Control path.
+    /// Whether pools for all of `lips` (a service set's LIPs) can exist: those without one yet
+    /// fit under [`MAX_LIPS`], or take over pools that [`LportAlloc::pool_in`] may reclaim.
+    /// Control path.
     pub fn fits<'a>(&self, lips: impl Iterator<Item = &'a IpAddr>) -> bool {
-        let mut new: Vec<IpAddr> = lips
+        let mut all: Vec<IpAddr> = lips.copied().collect();
+        all.sort_unstable();
+        let mut new: Vec<IpAddr> = all
+            .iter()
             .filter(|l| self.pool_of(**l).is_none())
             .copied()
             .collect();
         new.sort_unstable();
         new.dedup();
-        self.pools.len() + new.len() <= MAX_LIPS
+        let room = MAX_LIPS - self.pools.len().min(MAX_LIPS);
+        new.len() <= room || new.len() <= room + self.reclaimable(&all).count()
+    }
+
+    /// Pools a new LIP may take over: their LIP is not in `keep` (the LIPs of the set being
+    /// attached, sorted) and none of their lports is out.
+    fn reclaimable<'a>(&'a self, keep: &'a [IpAddr]) -> impl Iterator<Item = usize> + 'a {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter(move |(_, p)| {
+                keep.binary_search(&p.lip).is_err() && p.free.len() == self.per_pool
+            })
+            .map(|(i, _)| i)
     }
 
     /// The pool of `lip`, created (allocating its FIFO) when new. Control path. None when
     /// [`MAX_LIPS`] pools exist.
     pub fn pool(&mut self, lip: IpAddr) -> Option<u16> {
+        self.pool_in(lip, &[lip])
+    }
+
+    /// [`LportAlloc::pool`] for a LIP of the service set whose LIPs are `keep` (sorted): when
+    /// [`MAX_LIPS`] pools exist, `lip` takes over a pool no LIP of `keep` has and none of whose
+    /// lports is out (its lports start ready: the reuse delay guarded another LIP's 4-tuples).
+    /// Control path.
+    pub fn pool_in(&mut self, lip: IpAddr, keep: &[IpAddr]) -> Option<u16> {
         if let Some(i) = self.pool_of(lip) {
             return Some(i);
         }
         if self.pools.len() >= MAX_LIPS {
-            return None;
+            let i = self.reclaimable(keep).next()?;
+            let old = self.pools[i].lip;
+            self.by_lip.remove(&old);
+            let (worker, n) = (self.worker, self.n_workers);
+            let p = &mut self.pools[i];
+            p.lip = lip;
+            p.free.clear();
+            p.free.extend(
+                (self.min..=self.max)
+                    .filter(|q| q % n == worker)
+                    .map(|q| (q, 0)),
+            );
+            self.by_lip.insert(lip, i as u16).ok()?;
+            return Some(i as u16);
         }
         let idx = self.pools.len() as u16;
         let free: VecDeque<(u16, u64)> = (self.min..=self.max)
@@ -279,6 +325,46 @@ mod tests {
                 assert_eq!(a.owner(p), p % n, "{p} % {n}");
             }
         }
+    }
+
+    /// Past MAX_LIPS, a new LIP takes over the pool of a LIP the new set does not keep, once
+    /// none of its lports is out; a LIP with an lport out, or one the set keeps, is never taken.
+    #[test]
+    fn lip_churn_reuses_idle_pools() {
+        let mut a = LportAlloc::new(0, 1, 1000, 1003, 5000, None);
+        let lip = |i: usize| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i as u32));
+        for i in 0..MAX_LIPS {
+            assert_eq!(a.pool(lip(i)), Some(i as u16));
+        }
+        let rip = ip("10.1.0.1");
+        // Pool 0 has an lport out; pool 1's LIP is kept by the new set.
+        let (_, out) = a.alloc(&[0], 0, rip, 80, 0).unwrap();
+        let new = lip(5000);
+        let mut keep = vec![lip(1), new];
+        keep.sort_unstable();
+        assert!(a.fits([lip(1), new].iter()));
+        assert_eq!(
+            a.pool_in(new, &keep),
+            Some(2),
+            "the first idle pool not kept"
+        );
+        assert_eq!(a.pool_of(new), Some(2));
+        assert_eq!(a.pool_of(lip(2)), None, "its old LIP is gone");
+        assert_eq!(a.get(2).unwrap().lip, new);
+        assert_eq!(a.get(2).unwrap().free_len(), 4, "all its lports, ready");
+        assert!(a.alloc(&[2], 0, rip, 80, 0).is_some());
+        // Once pool 0's lport is back (reuse delay or not), it is idle and can be taken.
+        a.release(0, out, 10);
+        let mut keep = vec![lip(6000)];
+        keep.sort_unstable();
+        assert_eq!(a.pool_in(lip(6000), &keep), Some(0));
+        // Nothing idle left outside what is kept: refused, and `fits` says so first.
+        let all: Vec<IpAddr> = (0..MAX_LIPS).map(lip).collect();
+        let mut keep: Vec<IpAddr> = a.pools.iter().map(|p| p.lip).chain([lip(7000)]).collect();
+        keep.sort_unstable();
+        assert!(!a.fits(keep.iter()));
+        assert_eq!(a.pool_in(lip(7000), &keep), None);
+        assert!(a.fits(all.iter().take(10)));
     }
 
     #[test]

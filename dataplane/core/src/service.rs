@@ -243,11 +243,12 @@ impl Services {
     /// step of a build that needs the worker's own state. Cheap for known LIPs (one map lookup
     /// each); a new LIP allocates its pool.
     pub fn attach_lips(&mut self, lports: &mut LportAlloc) -> Result<(), ServiceError> {
+        let keep = &self.lip_set;
         for s in &mut self.list {
             s.lips.clear();
             for l in &s.lip_addrs {
                 s.lips
-                    .push(lports.pool(*l).ok_or(ServiceError::TooManyLips)?);
+                    .push(lports.pool_in(*l, keep).ok_or(ServiceError::TooManyLips)?);
             }
         }
         Ok(())
