@@ -39,10 +39,8 @@ pub struct Consumer<T: Copy> {
     _t: PhantomData<T>,
 }
 
-/// Create an SPSC ring that holds `size` elements of `T` (size_of::<T>() must be a multiple of 4,
-/// as rte_ring_elem requires): `RING_F_EXACT_SZ`, since a plain ring of 2^n slots holds only
-/// 2^n - 1 (a 64-slot redirect ring would refuse the 64th packet of every full flush). The ring
-/// is freed when both halves are dropped.
+/// Create an SPSC ring of at least `size` elements of `T` (size_of::<T>() must be a multiple of 4,
+/// as rte_ring_elem requires). The ring is freed when both halves are dropped.
 pub fn spsc<T: Copy + Send>(name: &str, size: u32) -> Result<(Producer<T>, Consumer<T>)> {
     let esize = size_of::<T>();
     if esize == 0 || !esize.is_multiple_of(4) {
@@ -51,9 +49,9 @@ pub fn spsc<T: Copy + Send>(name: &str, size: u32) -> Result<(Producer<T>, Consu
             format!("element size {esize} is not a multiple of 4"),
         ));
     }
-    let count = size.max(1);
+    let count = size.max(2).next_power_of_two();
     let cname = CString::new(name).map_err(|_| Error::other("rte_ring_create_elem", "bad name"))?;
-    let flags = sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ | sys::RING_F_EXACT_SZ;
+    let flags = sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ;
     // SAFETY: name is a valid C string (DPDK copies it); sizes are checked above.
     let p = unsafe { sys::rte_ring_create_elem(cname.as_ptr(), esize as u32, count, -1, flags) };
     let ring = Arc::new(RingInner(NonNull::new(p).ok_or_else(|| {
@@ -127,7 +125,7 @@ pub struct MbufConsumer {
     ring: Arc<RingInner>,
 }
 
-/// Create an SPSC ring that holds `size` mbufs. Mbufs still in the ring when both halves are
+/// Create an SPSC ring of at least `size` mbufs. Mbufs still in the ring when both halves are
 /// dropped are leaked back to nobody: drain it first (rvsd stops workers before tearing down).
 pub fn spsc_mbuf(name: &str, size: u32) -> Result<(MbufProducer, MbufConsumer)> {
     let (p, c) = spsc::<usize>(name, size)?;
