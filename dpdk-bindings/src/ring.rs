@@ -39,8 +39,10 @@ pub struct Consumer<T: Copy> {
     _t: PhantomData<T>,
 }
 
-/// Create an SPSC ring of at least `size` elements of `T` (size_of::<T>() must be a multiple of 4,
-/// as rte_ring_elem requires). The ring is freed when both halves are dropped.
+/// Create an SPSC ring of `size` slots rounded up to a power of two, holding one element less
+/// (DPDK keeps a slot free; `RING_F_EXACT_SZ` would double the memory of power-of-two sizes), of
+/// `T` (size_of::<T>() must be a multiple of 4, as rte_ring_elem requires). The ring is freed
+/// when both halves are dropped.
 pub fn spsc<T: Copy + Send>(name: &str, size: u32) -> Result<(Producer<T>, Consumer<T>)> {
     let esize = size_of::<T>();
     if esize == 0 || !esize.is_multiple_of(4) {

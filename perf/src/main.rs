@@ -375,15 +375,17 @@ fn throughput(
             let mut setup_s = 0.0;
             let mut list_mb = 0.0;
             for _ in 0..o.repeat.max(1) {
-                let base = if dev == Device::Rvs {
-                    let lanes = harness::lanes(&traces[0], Device::IoFwd, &c, pool, eal.tsc_hz())?;
-                    Some(harness::run(lanes, &c, eal.tsc_hz(), traces[0].success.1)?.mpps())
-                } else {
-                    None
-                };
+                // The trace's set-up first (up to seconds at 1M sessions), so that its run
+                // follows its baseline's at once.
                 let t0 = Instant::now();
                 let lanes = harness::lanes(t, dev, &c, pool, eal.tsc_hz())?;
                 setup_s = t0.elapsed().as_secs_f64();
+                let base = if dev == Device::Rvs {
+                    let bl = harness::lanes(&traces[0], Device::IoFwd, &c, pool, eal.tsc_hz())?;
+                    Some(harness::run(bl, &c, eal.tsc_hz(), traces[0].success.1)?.mpps())
+                } else {
+                    None
+                };
                 list_mb = lanes[0].gen.list_bytes() as f64 / 1e6;
                 let r = harness::run(lanes, &c, eal.tsc_hz(), t.success.1)?;
                 if let Some(b) = base.filter(|&b| b > 0.0) {

@@ -20,8 +20,8 @@ pub struct ThroughputRow {
     pub result: RunResult,
     /// Mpps of every repeat, ascending.
     pub runs_mpps: Vec<f64>,
-    /// Scaling rows: each repeat's Mpps over that of a 1-worker run made just before it,
-    /// ascending (empty elsewhere).
+    /// Each repeat's Mpps over that of the run made just before it, ascending: for scaling rows
+    /// a 1-worker run, for throughput rows a baseline (io-forward) run; empty for the baseline.
     pub paired: Vec<f64>,
 }
 

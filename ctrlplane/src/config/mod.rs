@@ -241,7 +241,7 @@ pub struct DataplaneConfig {
     /// (`icmp_ratelimit`, default 1000; 0 sends none).
     pub icmp_ratelimit: u32,
     /// Size of each worker-to-worker packet redirect ring, in packets
-    /// (`redirect_ring`, power of two 64..=65536, default 1024).
+    /// (`redirect_ring`, power of two 128..=65536, default 1024; it holds one packet less).
     pub redirect_ring: u32,
 }
 

@@ -712,11 +712,13 @@ fn parse_dataplane(t: &Table, eal: &EalConfig, eal_table: &Table) -> Result<Data
         ));
     }
     let redirect_ring: u32 = t.int("redirect_ring", d.redirect_ring, 0, i64::from(u32::MAX))?;
-    if !redirect_ring.is_power_of_two() || !(64..=65536).contains(&redirect_ring) {
+    // A ring of 2^n slots holds 2^n - 1 packets, and a worker hands over up to 64 at once: 128
+    // is the least that never refuses part of a full hand-over on an empty ring.
+    if !redirect_ring.is_power_of_two() || !(128..=65536).contains(&redirect_ring) {
         return Err(t.err(
             "redirect_ring",
             format!(
-                "redirect_ring must be a power of two between 64 and 65536, got {redirect_ring}"
+                "redirect_ring must be a power of two between 128 and 65536, got {redirect_ring}"
             ),
         ));
     }

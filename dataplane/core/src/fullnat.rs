@@ -1585,10 +1585,17 @@ impl<P: PacketBuf> Stack<P> {
         if !same_addrs && !self.services_fit(&built.addrs) {
             return Err(ServiceError::TooManyAddrs);
         }
-        if !self.fnat.lports.fits(built.lip_set.iter()) {
+        // The LIPs of the set in force keep their pools too: new LIPs take over only pools
+        // neither set uses.
+        let in_force = &self.fnat.services.lip_set;
+        if !self
+            .fnat
+            .lports
+            .fits(built.lip_set.iter().chain(in_force.iter()))
+        {
             return Err(ServiceError::TooManyLips);
         }
-        built.attach_lips(&mut self.fnat.lports)?;
+        built.attach_lips(&mut self.fnat.lports, in_force)?;
         if !same_addrs {
             self.own_services(built.addrs.clone())
                 .map_err(|_| ServiceError::TooManyAddrs)?;

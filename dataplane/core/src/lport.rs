@@ -76,6 +76,9 @@ pub struct LportAlloc {
     rss: Option<RssConf>,
     /// Lports each pool owns (its FIFO's length when none is out).
     per_pool: usize,
+    /// The latest time a release was made at (ms): a pool is taken over only once its last
+    /// released lport's reuse delay is over by this clock.
+    clock: u64,
 }
 
 impl LportAlloc {
@@ -105,6 +108,7 @@ impl LportAlloc {
             per_pool: (min..=max)
                 .filter(|p| p % n_workers.max(1) == worker)
                 .count(),
+            clock: 0,
         }
     }
 
@@ -159,22 +163,29 @@ impl LportAlloc {
         new.len() <= room || new.len() <= room + self.reclaimable(&all).count()
     }
 
-    /// Pools a new LIP may take over: their LIP is not in `keep` (the LIPs of the set being
-    /// attached, sorted) and none of their lports is out.
+    /// Pools a new LIP may take over: their LIP is not in `keep` (sorted: the LIPs of the set
+    /// being attached and of the one in force), none of their lports is out, and the last one
+    /// released is past its reuse delay (so the LIP, should it come back on another pool, has
+    /// no 4-tuple a real server may still hold in TIME_WAIT).
     fn reclaimable<'a>(&'a self, keep: &'a [IpAddr]) -> impl Iterator<Item = usize> + 'a {
         self.pools
             .iter()
             .enumerate()
             .filter(move |(_, p)| {
-                keep.binary_search(&p.lip).is_err() && p.free.len() == self.per_pool
+                keep.binary_search(&p.lip).is_err()
+                    && p.free.len() == self.per_pool
+                    && p.free.back().is_none_or(|&(_, ready)| ready <= self.clock)
             })
             .map(|(i, _)| i)
     }
 
     /// The pool of `lip`, created (allocating its FIFO) when new. Control path. None when
-    /// [`MAX_LIPS`] pools exist.
+    /// [`MAX_LIPS`] pools exist (this one takes over no pool: see [`LportAlloc::pool_in`]).
     pub fn pool(&mut self, lip: IpAddr) -> Option<u16> {
-        self.pool_in(lip, &[lip])
+        if self.pool_of(lip).is_none() && self.pools.len() >= MAX_LIPS {
+            return None;
+        }
+        self.pool_in(lip, &[])
     }
 
     /// [`LportAlloc::pool`] for a LIP of the service set whose LIPs are `keep` (sorted): when
@@ -282,6 +293,7 @@ impl LportAlloc {
     /// Give `lport` back to pool `pool`: reusable from `now_ms + reuse_delay_ms`.
     #[inline]
     pub fn release(&mut self, pool: u16, lport: u16, now_ms: u64) {
+        self.clock = self.clock.max(now_ms);
         if let Some(p) = self.pools.get_mut(pool as usize) {
             // The FIFO was created with room for every port it owns: never reallocates.
             if p.free.len() < p.free.capacity() {
@@ -353,11 +365,17 @@ mod tests {
         assert_eq!(a.get(2).unwrap().lip, new);
         assert_eq!(a.get(2).unwrap().free_len(), 4, "all its lports, ready");
         assert!(a.alloc(&[2], 0, rip, 80, 0).is_some());
-        // Once pool 0's lport is back (reuse delay or not), it is idle and can be taken.
+        // Pool 0's lport back at 10 ms: idle, but in its reuse delay (to 5 010 ms) it is not
+        // taken (its LIP, back on another pool, could meet a real server's TIME_WAIT); pool 1
+        // (its LIP no longer kept) is.
         a.release(0, out, 10);
-        let mut keep = vec![lip(6000)];
-        keep.sort_unstable();
-        assert_eq!(a.pool_in(lip(6000), &keep), Some(0));
+        assert_eq!(a.pool_in(lip(6000), &[lip(6000)]), Some(1));
+        // Once the clock (releases) passes 5 010 ms, pool 0 can be taken.
+        let (_, p2) = a.alloc(&[2], 0, rip, 80, 6000).unwrap();
+        a.release(2, p2, 6000);
+        assert_eq!(a.pool_in(lip(6001), &[lip(6001)]), Some(0));
+        // `pool` never takes a pool over.
+        assert_eq!(a.pool(lip(6002)), None);
         // Nothing idle left outside what is kept: refused, and `fits` says so first.
         let all: Vec<IpAddr> = (0..MAX_LIPS).map(lip).collect();
         let mut keep: Vec<IpAddr> = a.pools.iter().map(|p| p.lip).chain([lip(7000)]).collect();

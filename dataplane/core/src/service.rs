@@ -226,7 +226,7 @@ impl Services {
         lports: &mut LportAlloc,
     ) -> Result<Services, ServiceError> {
         let mut s = Self::build_detached(confs, max_dests, n_ports, &[])?;
-        s.attach_lips(lports)?;
+        s.attach_lips(lports, &[])?;
         Ok(s)
     }
 
@@ -242,13 +242,23 @@ impl Services {
     /// Give every service its LIPs' lport pools in `lports` (registering new LIPs): the one
     /// step of a build that needs the worker's own state. Cheap for known LIPs (one map lookup
     /// each); a new LIP allocates its pool.
-    pub fn attach_lips(&mut self, lports: &mut LportAlloc) -> Result<(), ServiceError> {
-        let keep = &self.lip_set;
+    ///
+    /// `in_force`: the LIPs of the set this one replaces (sorted), whose pools stay theirs until
+    /// the swap (a set refused after this keeps working): with this set's, the pools a new LIP
+    /// may not take over.
+    pub fn attach_lips(
+        &mut self,
+        lports: &mut LportAlloc,
+        in_force: &[IpAddr],
+    ) -> Result<(), ServiceError> {
+        let mut keep: Vec<IpAddr> = self.lip_set.iter().chain(in_force).copied().collect();
+        keep.sort_unstable();
+        keep.dedup();
         for s in &mut self.list {
             s.lips.clear();
             for l in &s.lip_addrs {
                 s.lips
-                    .push(lports.pool_in(*l, keep).ok_or(ServiceError::TooManyLips)?);
+                    .push(lports.pool_in(*l, &keep).ok_or(ServiceError::TooManyLips)?);
             }
         }
         Ok(())

@@ -446,8 +446,9 @@ impl Daemon {
                 if let Err(r) = self.publish(g, back) {
                     say!("rvsd: rolling back a failed publication failed too (retried with the health state): {r}");
                     // Workers may be left on different sets: publish the model again until
-                    // they agree (the health retry does exactly that).
-                    g.health_retry.get_or_insert(std::time::Instant::now());
+                    // they agree (the health retry does exactly that), from now on.
+                    g.health_retry = Some(std::time::Instant::now());
+                    g.health_backoff = HEALTH_RETRY;
                 }
                 m
             }

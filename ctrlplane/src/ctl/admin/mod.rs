@@ -436,6 +436,12 @@ fn restore(
         let what = op.clone();
         match call(op) {
             Ok(Response::Ok) => {}
+            Ok(Response::Error { code, message }) if code == code::EBUSY => {
+                // Not refused: not applied. Stop here, as for a lost connection (exit 1).
+                refused.push(format!("line {n}: {message}"));
+                lost = Some(Failure::Failed(String::new()));
+                break;
+            }
             Ok(Response::Error { code, message }) => {
                 refused.push(format!("line {n}: {}", refusal(&what, code, message)))
             }
