@@ -106,9 +106,33 @@ pub struct SessionInfo {
     pub toa_done: bool,
     /// Forwarding method (NAT, DR, TUN: `lip`:`lport` is the client's CIP:cport).
     pub fwd: Fwd,
+    /// A persistence template, listed among the connections as IPVS lists its templates: `cip`
+    /// is the client network, `cport` 0, no local address, TCP state NONE.
+    pub template: bool,
 }
 
 impl SessionInfo {
+    fn of_template(t: &crate::persist::TemplateInfo) -> Self {
+        let tcp = t.proto == PROTO_TCP;
+        SessionInfo {
+            proto: if tcp { Proto::Tcp } else { Proto::Udp },
+            cip: t.cnet,
+            cport: 0,
+            vip: t.vip,
+            vport: t.vport,
+            lip: Ipv4Addr::UNSPECIFIED,
+            lport: 0,
+            rip: t.rip,
+            rport: t.rport,
+            dest: t.dest,
+            tcp_state: tcp.then_some(TcpState::None),
+            expires_ms: t.expires_ms,
+            toa_done: false,
+            fwd: Fwd::Nat,
+            template: true,
+        }
+    }
+
     fn from(s: &Session<Ipv4Addr>) -> Self {
         let tcp = s.proto == PROTO_TCP;
         SessionInfo {
@@ -126,6 +150,7 @@ impl SessionInfo {
             expires_ms: s.expires_ms,
             toa_done: s.flags & F_TOA_DONE != 0,
             fwd: s.fwd,
+            template: false,
         }
     }
 }
@@ -1682,16 +1707,36 @@ impl<P: PacketBuf> Stack<P> {
     /// Copy sessions from table slot `start` into `out` until it is full (`out.capacity()`), without
     /// allocating (the caller sized `out`), looking at [`SESSIONS_PAGE_SLOTS`] slots at most (a
     /// worker answers between two bursts: a sparse table of millions of slots is listed over
-    /// several calls). Returns the slot to continue from, or None at the end.
+    /// several calls). The persistence templates follow, as slots `capacity..` (IPVS lists its
+    /// templates among the connections). Returns the slot to continue from, or None at the end.
     pub fn sessions_page(&self, start: usize, out: &mut Vec<SessionInfo>) -> Option<usize> {
-        let end = start.saturating_add(SESSIONS_PAGE_SLOTS);
-        for (i, s) in self.fnat.sessions.iter_range(start, end) {
-            if out.len() == out.capacity() {
-                return Some(i as usize);
+        let cap = self.fnat.sessions.capacity();
+        if start < cap {
+            let end = start.saturating_add(SESSIONS_PAGE_SLOTS);
+            for (i, s) in self.fnat.sessions.iter_range(start, end) {
+                if out.len() == out.capacity() {
+                    return Some(i as usize);
+                }
+                out.push(SessionInfo::from(s));
             }
-            out.push(SessionInfo::from(s));
+            // Then the persistence templates, from slot `cap` on.
+            return Some(end.min(cap));
         }
-        (end < self.fnat.sessions.capacity()).then_some(end)
+        let t = &self.fnat.templates;
+        let (from, to) = (
+            start - cap,
+            (start - cap).saturating_add(SESSIONS_PAGE_SLOTS),
+        );
+        let to = to.min(t.capacity());
+        for i in from..to {
+            if let Some(info) = t.info_at(i) {
+                if out.len() == out.capacity() {
+                    return Some(cap + i);
+                }
+                out.push(SessionInfo::of_template(&info));
+            }
+        }
+        (to < t.capacity()).then_some(cap + to)
     }
 
     /// Number of services.

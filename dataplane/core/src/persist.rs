@@ -125,6 +125,8 @@ pub struct TemplateInfo {
     pub dest: u32,
     /// Dest address.
     pub rip: Ipv4Addr,
+    /// Dest port (0: the client's destination port).
+    pub rport: u16,
     /// Expiry (ms).
     pub expires_ms: u64,
     /// Sessions using it.
@@ -339,20 +341,27 @@ impl Templates {
 
     /// Every template (control path: allocates).
     pub fn infos(&self) -> Vec<TemplateInfo> {
-        self.slab
-            .iter()
-            .zip(self.used.iter())
-            .filter(|(_, u)| **u)
-            .map(|(t, _)| TemplateInfo {
-                proto: t.key.proto,
-                vip: t.key.vip,
-                vport: t.key.vport,
-                cnet: t.key.cnet,
-                dest: t.dest,
-                rip: t.rip,
-                expires_ms: t.expires_ms,
-                refs: t.refs,
-            })
+        (0..self.slab.len())
+            .filter_map(|i| self.info_at(i))
             .collect()
+    }
+
+    /// The template in slot `i`, if that slot is in use (control path).
+    pub fn info_at(&self, i: usize) -> Option<TemplateInfo> {
+        if !*self.used.get(i)? {
+            return None;
+        }
+        let t = self.slab.get(i)?;
+        Some(TemplateInfo {
+            proto: t.key.proto,
+            vip: t.key.vip,
+            vport: t.key.vport,
+            cnet: t.key.cnet,
+            dest: t.dest,
+            rip: t.rip,
+            rport: t.rport,
+            expires_ms: t.expires_ms,
+            refs: t.refs,
+        })
     }
 }

@@ -1378,9 +1378,13 @@ fn session_listing_pages_look_at_a_bounded_number_of_slots_and_miss_none() {
         (30_000..30_050).collect::<Vec<u16>>(),
         "every session once"
     );
+    // The session slots, then the persistence templates' (none here: every entry a session).
     assert_eq!(
         calls,
         slots.div_ceil(rvs_core::fullnat::SESSIONS_PAGE_SLOTS)
+            + s.template_capacity()
+                .div_ceil(rvs_core::fullnat::SESSIONS_PAGE_SLOTS)
+                .max(1)
     );
     // A full page stops at the first session it has no room for.
     let mut out = Vec::with_capacity(10);

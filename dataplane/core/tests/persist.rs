@@ -397,6 +397,33 @@ fn full_template_table_schedules_without_persistence() {
     assert_eq!(s.template_count(), 2);
 }
 
+/// As `ipvsadm -L -c` lists IPVS's templates: after the sessions, each template with the client
+/// network, port 0, TCP state NONE and no local address.
+#[test]
+fn templates_are_listed_after_the_sessions() {
+    let (mut s, mut io, _) = setup(cfg(vec![service(80, rr3(80), persist(300, 0xffff_ff00))]));
+    let (rip, rport) = connect(&mut s, &mut io, CIP, 1000, 80, 0);
+    let mut all = Vec::new();
+    let mut start = 0;
+    loop {
+        let mut out = Vec::with_capacity(100);
+        let next = s.sessions_page(start, &mut out);
+        all.extend(out);
+        match next {
+            Some(n) => start = n,
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(!all[0].template && all[0].cport == 1000);
+    let t = &all[1];
+    assert!(t.template);
+    let cnet = Ipv4Addr::from(u32::from(a4(CIP)) & 0xffff_ff00);
+    assert_eq!((t.cip, t.cport, t.vip, t.vport), (cnet, 0, a4(VIP), 80));
+    assert_eq!((t.rip, t.rport), (rip, rport));
+    assert_eq!(t.tcp_state, Some(TcpState::None));
+}
+
 #[test]
 fn invalid_persistent_services_are_refused() {
     let (mut s, _, _) = setup(cfg(vec![]));

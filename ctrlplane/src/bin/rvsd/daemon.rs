@@ -674,7 +674,7 @@ fn conn_view(s: &SessionInfo, now_ms: u64) -> ConnView {
         client: SocketAddr::new(IpAddr::V4(s.cip), s.cport),
         virt: SocketAddr::new(IpAddr::V4(s.vip), s.vport),
         dest: SocketAddr::new(IpAddr::V4(s.rip), s.rport),
-        local: full.then(|| SocketAddr::new(IpAddr::V4(s.lip), s.lport)),
+        local: (full && !s.template).then(|| SocketAddr::new(IpAddr::V4(s.lip), s.lport)),
     }
 }
 
