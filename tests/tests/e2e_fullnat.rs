@@ -335,12 +335,15 @@ fn fullnat_two_workers_redirect_and_sessions_expire() {
     let rvsadm = rvsd_bin().with_file_name("rvsadm");
     let mut listing = String::new();
     wait_until("every session to expire", || {
-        listing = text(&sh(&format!(
+        let o = sh(&format!(
             "{} --socket {} -L -n -c",
             rvsadm.display(),
             sock.display()
-        )));
-        listing.starts_with("IPVS connection entries")
+        ));
+        listing = text(&o);
+        // A listing cut short (a worker's page not answered) is no empty table.
+        o.status.success()
+            && listing.starts_with("IPVS connection entries")
             && !listing
                 .lines()
                 .any(|l| l.starts_with("TCP") || l.starts_with("UDP"))
@@ -358,9 +361,10 @@ fn fullnat_two_workers_redirect_and_sessions_expire() {
     );
     let created = final_counter(&log, "sessions_created");
     assert!(created >= 200, "{log}");
+    // Each session ended by its timer, or by a SYN reusing its client port after it closed.
     assert_eq!(
         created,
-        final_counter(&log, "sessions_expired"),
+        final_counter(&log, "sessions_expired") + final_counter(&log, "sessions_rescheduled"),
         "session table empty after the timeouts:\n{log}"
     );
 }
