@@ -177,7 +177,7 @@ const CORE_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
     ),
     (
         "rvs_core_redirected_out_total",
-        "Packets redirected to the core owning their session",
+        "Packets handed over to the core owning their session (those its full ring refused are also counted in rvs_core_drops_total{reason=\"redirect_full\"})",
         Kind::Counter,
         CORE,
     ),
