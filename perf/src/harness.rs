@@ -420,12 +420,17 @@ pub fn lanes(
         Device::Rvs => trace.ports(),
         Device::IoFwd => 1,
     };
-    // DPDK 22.11's default RTE_MAX_ETHPORTS.
+    // DPDK 22.11's default RTE_MAX_ETHPORTS. A trace's lanes stay open while the baseline run
+    // paired with them (one port per worker) is made: room for both.
     const MAX_ETHPORTS: usize = 32;
-    if nw * nports > MAX_ETHPORTS {
+    let paired = match device {
+        Device::Rvs => nw,
+        Device::IoFwd => 0,
+    };
+    if nw * nports + paired > MAX_ETHPORTS {
         return Err(format!(
-            "{nw} workers x {nports} net_ring ports each: more than the {MAX_ETHPORTS} ethdevs \
-             DPDK allows"
+            "{nw} workers x {nports} net_ring ports each, and {paired} for the baseline paired \
+             with them: more than the {MAX_ETHPORTS} ethdevs DPDK allows"
         ));
     }
     let shared: Arc<FrameList> = Arc::new(FrameList::new(if trace.frames.is_empty() {

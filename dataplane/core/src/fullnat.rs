@@ -128,7 +128,8 @@ impl SessionInfo {
             tcp_state: tcp.then_some(TcpState::None),
             expires_ms: t.expires_ms,
             toa_done: false,
-            fwd: Fwd::Nat,
+            // Persistent services' dests are FULLNAT, DR or TUN; a template has no LIP:lport.
+            fwd: Fwd::FullNat,
             template: true,
         }
     }
@@ -1453,6 +1454,9 @@ impl<P: PacketBuf> Stack<P> {
         }
         let f = &mut self.fnat;
         f.templates.expire(now_ms, EXPIRE_MAX_TICKS, &f.dest_stats);
+        // The lport pools' clock (when a pool's reuse delay is over) moves with time, not
+        // only with releases: an idle worker can still hand an idle pool to a new LIP.
+        f.lports.tick(now_ms);
     }
 
     /// [`Stack::fnat_expire`]'s session part, when the wheel has due slots. In batches: every

@@ -290,6 +290,12 @@ impl LportAlloc {
         None
     }
 
+    /// Advance the clock pools' reuse delays are judged by (every poll's expiry step).
+    #[inline(always)]
+    pub fn tick(&mut self, now_ms: u64) {
+        self.clock = self.clock.max(now_ms);
+    }
+
     /// Give `lport` back to pool `pool`: reusable from `now_ms + reuse_delay_ms`.
     #[inline]
     pub fn release(&mut self, pool: u16, lport: u16, now_ms: u64) {

@@ -322,12 +322,15 @@ impl Templates {
                 if !used[idx as usize] {
                     return None;
                 }
-                let t = &slab[idx as usize];
+                let t = &mut slab[idx as usize];
                 if t.expires_ms > now_ms {
                     return Some(t.expires_ms);
                 }
                 if t.refs > 0 {
-                    return Some(now_ms.saturating_add(t.timeout_ms.max(1)));
+                    // Re-armed, as IPVS re-arms a template its connections still hold (and
+                    // `-L -c` counts down again).
+                    t.expires_ms = now_ms.saturating_add(t.timeout_ms.max(1));
+                    return Some(t.expires_ms);
                 }
                 map.remove(&t.key);
                 used[idx as usize] = false;

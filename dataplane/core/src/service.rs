@@ -128,7 +128,11 @@ impl std::fmt::Display for ServiceError {
             ServiceError::DestId(id) => write!(f, "dest id {id} not below max_dests"),
             ServiceError::Ipv6 => write!(f, "IPv6 services are not supported yet"),
             ServiceError::NoLip(k) => write!(f, "service {}:{} has no LIP", k.vip, k.vport),
-            ServiceError::TooManyLips => write!(f, "too many LIPs"),
+            ServiceError::TooManyLips => write!(
+                f,
+                "too many LIPs: {} lport pools per worker, and no idle one that neither the set in force nor the new one uses (remove old LIPs in one change, add new ones in the next)",
+                crate::lport::MAX_LIPS
+            ),
             ServiceError::BadPort(p) => write!(f, "no port {p}"),
             ServiceError::MhTableSize(n) => write!(
                 f,
