@@ -380,11 +380,8 @@ impl Model {
                         ),
                     );
                 }
-                match &file {
-                    Some(f) => match &f.mark {
-                        Some(m) => self.not_a_real(&m.core().owned_addrs())?,
-                        None => self.not_a_real(&[vip])?,
-                    },
+                match file.as_ref().and_then(|f| f.mark.as_ref()) {
+                    Some(m) => self.not_a_real(&m.core().owned_addrs())?,
                     None => self.not_a_real(&[vip])?,
                 }
                 if let Some(f) = file {
@@ -702,11 +699,7 @@ fn ipvs_flags(op: &Op) -> std::borrow::Cow<'_, Op> {
     if !spec.sched_flags.iter().any(|f| f.starts_with("flag-")) {
         return std::borrow::Cow::Borrowed(op);
     }
-    let named: &[&str] = match spec.scheduler.as_str() {
-        "sh" => &["sh-fallback", "sh-port"],
-        "mh" => &["mh-fallback", "mh-port"],
-        _ => &[],
-    };
+    let named: &[&str] = Scheduler::from_name(&spec.scheduler).map_or(&[], |s| s.flag_names());
     let bit = |f: &str| -> Option<usize> {
         match f {
             "flag-1" => Some(0),

@@ -31,6 +31,11 @@ pub const MAX_LIPS: usize = 1024;
 /// bytes per line: the next line).
 const PREFETCH_AHEAD: usize = 4;
 
+/// The lports of `min..=max` worker `worker` of `n` owns (`lport % n == worker`).
+fn owned_ports(min: u16, max: u16, worker: u16, n: u16) -> impl Iterator<Item = u16> {
+    (min..=max).filter(move |p| p % n == worker)
+}
+
 /// Free lports of one LIP on one worker. One cache line (64-byte aligned): the worker writes the
 /// FIFO's head and length on every allocation and release, and the pools are allocated by the
 /// thread that builds the worker, which must not have objects on the same lines.
@@ -76,8 +81,8 @@ pub struct LportAlloc {
     rss: Option<RssConf>,
     /// Lports each pool owns (its FIFO's length when none is out).
     per_pool: usize,
-    /// The latest time a release was made at (ms): a pool is taken over only once its last
-    /// released lport's reuse delay is over by this clock.
+    /// The worker's time (ms) as of its last expiry step ([`LportAlloc::tick`]): a pool is taken
+    /// over only once its last released lport's reuse delay is over by this clock.
     clock: u64,
 }
 
@@ -105,9 +110,7 @@ impl LportAlloc {
             max,
             reuse_delay_ms,
             rss: rss.filter(|r| !r.reta.is_empty()),
-            per_pool: (min..=max)
-                .filter(|p| p % n_workers.max(1) == worker)
-                .count(),
+            per_pool: owned_ports(min, max, worker, n_workers.max(1)).count(),
             clock: 0,
         }
     }
@@ -157,7 +160,6 @@ impl LportAlloc {
             .filter(|l| self.pool_of(**l).is_none())
             .copied()
             .collect();
-        new.sort_unstable();
         new.dedup();
         let room = MAX_LIPS - self.pools.len().min(MAX_LIPS);
         new.len() <= room || new.len() <= room + self.reclaimable(&all).count()
@@ -200,23 +202,19 @@ impl LportAlloc {
             let i = self.reclaimable(keep).next()?;
             let old = self.pools[i].lip;
             self.by_lip.remove(&old);
-            let (worker, n) = (self.worker, self.n_workers);
+            let ports = owned_ports(self.min, self.max, self.worker, self.n_workers);
             let p = &mut self.pools[i];
             p.lip = lip;
             p.free.clear();
-            p.free.extend(
-                (self.min..=self.max)
-                    .filter(|q| q % n == worker)
-                    .map(|q| (q, 0)),
-            );
+            p.free.extend(ports.map(|q| (q, 0)));
             self.by_lip.insert(lip, i as u16).ok()?;
             return Some(i as u16);
         }
         let idx = self.pools.len() as u16;
-        let free: VecDeque<(u16, u64)> = (self.min..=self.max)
-            .filter(|p| p % self.n_workers == self.worker)
-            .map(|p| (p, 0))
-            .collect();
+        let free: VecDeque<(u16, u64)> =
+            owned_ports(self.min, self.max, self.worker, self.n_workers)
+                .map(|p| (p, 0))
+                .collect();
         self.pools.push(LipPool { lip, free });
         self.by_lip.insert(lip, idx).ok()?;
         Some(idx)
@@ -299,7 +297,6 @@ impl LportAlloc {
     /// Give `lport` back to pool `pool`: reusable from `now_ms + reuse_delay_ms`.
     #[inline]
     pub fn release(&mut self, pool: u16, lport: u16, now_ms: u64) {
-        self.clock = self.clock.max(now_ms);
         if let Some(p) = self.pools.get_mut(pool as usize) {
             // The FIFO was created with room for every port it owns: never reallocates.
             if p.free.len() < p.free.capacity() {
@@ -376,9 +373,8 @@ mod tests {
         // (its LIP no longer kept) is.
         a.release(0, out, 10);
         assert_eq!(a.pool_in(lip(6000), &[lip(6000)]), Some(1));
-        // Once the clock (releases) passes 5 010 ms, pool 0 can be taken.
-        let (_, p2) = a.alloc(&[2], 0, rip, 80, 6000).unwrap();
-        a.release(2, p2, 6000);
+        // Once the clock passes 5 010 ms, pool 0 can be taken.
+        a.tick(6000);
         assert_eq!(a.pool_in(lip(6001), &[lip(6001)]), Some(0));
         // `pool` never takes a pool over.
         assert_eq!(a.pool(lip(6002)), None);

@@ -157,12 +157,7 @@ impl CtlLink {
                     // SAFETY: the worker hands back exactly the boxes we sent, each once.
                     return Ok(unsafe { Box::from_raw(r as *mut Cmd) });
                 }
-                if let Some(i) = self.late.iter().position(|&l| l == r) {
-                    self.late.swap_remove(i);
-                    // SAFETY: a box we sent earlier and gave up waiting for, answered now: ours
-                    // again (freed here, on the control thread, with the snapshot it carries).
-                    drop(unsafe { Box::from_raw(r as *mut Cmd) });
-                }
+                self.take_late(r);
                 continue;
             }
             if t0.elapsed() > timeout {
@@ -185,14 +180,19 @@ impl CtlLink {
     pub fn reap(&mut self) -> usize {
         let mut slot = [MaybeUninit::<usize>::uninit(); 1];
         while let Some(&r) = self.from_worker.recv_burst(&mut slot).first() {
-            if let Some(i) = self.late.iter().position(|&l| l == r) {
-                self.late.swap_remove(i);
-                // SAFETY: a box we sent earlier and gave up waiting for, answered now: ours
-                // again (freed here, on the control thread, with the snapshot it carries).
-                drop(unsafe { Box::from_raw(r as *mut Cmd) });
-            }
+            self.take_late(r);
         }
         self.late.len()
+    }
+
+    /// Free answer `r` if it is one of the late commands (control thread).
+    fn take_late(&mut self, r: usize) {
+        if let Some(i) = self.late.iter().position(|&l| l == r) {
+            self.late.swap_remove(i);
+            // SAFETY: a box we sent earlier and gave up waiting for, answered now: ours
+            // again (freed here, on the control thread, with the snapshot it carries).
+            drop(unsafe { Box::from_raw(r as *mut Cmd) });
+        }
     }
 }
 

@@ -431,7 +431,8 @@ fn restore(
         }
     }
     let mut refused = Vec::new();
-    let mut lost = None;
+    // What stopped the lines short (rvsd busy, or gone): the failure to report them as.
+    let mut lost: Option<fn(String) -> Failure> = None;
     for (n, op) in ops {
         let what = op.clone();
         match call(op) {
@@ -439,7 +440,7 @@ fn restore(
             Ok(Response::Error { code, message }) if code == code::EBUSY => {
                 // Not refused: not applied. Stop here, as for a lost connection (exit 1).
                 refused.push(format!("line {n}: {message}"));
-                lost = Some(Failure::Failed(String::new()));
+                lost = Some(Failure::Failed);
                 break;
             }
             Ok(Response::Error { code, message }) => {
@@ -447,8 +448,8 @@ fn restore(
             }
             Ok(other) => refused.push(format!("line {n}: {}", unexpected(&other).message())),
             Err(e) => {
+                lost = Some(transport_kind(&e));
                 refused.push(format!("line {n}: {e}"));
-                lost = Some(transport(e));
                 break;
             }
         }
@@ -457,8 +458,7 @@ fn restore(
     let text = refused.join("\nrvsadm: ");
     match lost {
         _ if refused.is_empty() => Ok(()),
-        Some(Failure::Unreachable(_)) => Err(Failure::Unreachable(text)),
-        Some(_) => Err(Failure::Failed(text)),
+        Some(kind) => Err(kind(text)),
         None => Err(Failure::Refused(text)),
     }
 }
@@ -489,10 +489,15 @@ fn is_change(op: &Op) -> bool {
 
 /// A failure to talk to rvsd: unreachable (no socket, nobody listening) or lost on the way.
 fn transport(e: String) -> Failure {
+    transport_kind(&e)(e)
+}
+
+/// [`transport`]'s kind of failure for error `e`.
+fn transport_kind(e: &str) -> fn(String) -> Failure {
     if e.starts_with("cannot connect") {
-        Failure::Unreachable(e)
+        Failure::Unreachable
     } else {
-        Failure::Failed(e)
+        Failure::Failed
     }
 }
 
