@@ -177,7 +177,7 @@ const CORE_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
     ),
     (
         "rvs_core_redirected_out_total",
-        "Packets handed over to the core owning their session (those its full ring refused are also counted in rvs_core_drops_total{reason=\"redirect_full\"})",
+        "Packets handed over to the core owning their session (those its full ring refused are counted in rvs_core_drops_total{reason=\"redirect_full\"} instead)",
         Kind::Counter,
         CORE,
     ),
@@ -221,6 +221,12 @@ const CORE_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
         "rvs_core_busy_ratio",
         "Busy polls / polls since start (0..1)",
         Kind::Gauge,
+        CORE,
+    ),
+    (
+        "rvs_core_neigh_sync_lost_total",
+        "Neighbour updates this core could not pass to another core (its ring full); that core resolves the neighbour by ARP itself when it needs it",
+        Kind::Counter,
         CORE,
     ),
 ];
@@ -457,6 +463,7 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
             c.busy_polls as f64 / c.polls as f64
         };
         core[11].push(CORE, &l, ratio);
+        core[12].push(CORE, &l, c.neigh_sync_lost as f64);
     }
 
     let mut port: Vec<Fam> = PORT_FAMILIES

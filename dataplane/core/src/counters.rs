@@ -176,6 +176,7 @@ events! {
     neigh_held,
     neigh_released,
     neigh_evicted,
+    neigh_sync_lost,
     redirected_out,
     redirected_in,
     to_kernel,

@@ -150,8 +150,10 @@ impl WorkerIo {
             if b.is_empty() {
                 continue;
             }
-            // The core counted them as redirected_out; those the ring refuses are lost here.
+            // The core counted them as redirected_out when queued; those the ring refuses are
+            // taken back from it (this worker is its only writer) and counted as dropped.
             ring.send_burst(b);
+            self.counters.redirected_out.sub(b.len() as u64);
             for _ in 0..b.len() {
                 self.counters.count_drop(DropReason::RedirectFull);
             }
@@ -218,8 +220,11 @@ impl Io for WorkerIo {
     fn neigh_learned(&mut self, port: PortIdx, ip: IpAddr, mac: [u8; 6]) {
         let msg = [NeighMsg::new(port, ip, mac)];
         for p in &mut self.neigh_peers {
-            // A full ring loses a refresh; the peer resolves by ARP itself if it needs the entry.
-            let _ = p.send_burst(&msg);
+            // A full ring loses a refresh (counted); the peer resolves by ARP itself if it needs
+            // the entry.
+            if p.send_burst(&msg) == 0 {
+                self.counters.neigh_sync_lost.inc();
+            }
         }
     }
 
