@@ -432,8 +432,9 @@ impl Daemon {
     }
 
     /// After `publish` failed for the model that is now `g.model`: back to `before` on every
-    /// worker when some took the new set (its addresses re-announced); nothing to undo when
-    /// none did. Returns the message for the reply.
+    /// worker when some took the new set (its addresses re-announced, under the generation after
+    /// the failed one); nothing to undo when none did (the failed generation's number is then
+    /// used again by the next change: no worker ever ran it). Returns the message for the reply.
     fn roll_back(&self, g: &mut Inner, before: Model, e: PublishError) -> String {
         match e {
             PublishError::Unpublished(m) => {
@@ -442,7 +443,11 @@ impl Daemon {
             }
             PublishError::Partly(m) => {
                 let back = announce_of(&g.model, &before);
+                // Some workers ran the failed generation: the one that undoes it is a new one,
+                // so a number never names two different configurations.
+                let failed = g.model.generation;
                 g.model = before;
+                g.model.generation = failed + 1;
                 if let Err(r) = self.publish(g, back) {
                     say!("rvsd: rolling back a failed publication failed too (retried with the health state): {r}");
                     // Workers may be left on different sets: publish the model again until
