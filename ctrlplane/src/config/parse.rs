@@ -1601,7 +1601,16 @@ fn parse_service(
     })?;
     let mut sched_flags: Vec<String> = Vec::new();
     for (node, path) in t.array("sched_flags")?.unwrap_or_default() {
-        let flag = as_str(cx, node, &path)?;
+        let given = as_str(cx, node, &path)?;
+        // ipvsadm's generic names: `flag-N` is the scheduler's Nth flag (`-b flag-2` = sh-port
+        // for sh); one the scheduler lacks is refused by the check below.
+        let flag = match given {
+            "flag-1" | "flag-2" | "flag-3" => {
+                let n = (given.as_bytes()[5] - b'1') as usize;
+                scheduler.flag_names().get(n).copied().unwrap_or(given)
+            }
+            _ => given,
+        };
         if let Err(m) = scheduler.check_flags(&[flag]) {
             return Err(cx.err(node.pos, path, m));
         }

@@ -1223,6 +1223,9 @@ fn service_fields() {
         ("scheduler = \"wrr\"", "scheduler = \"sh\"\nsched_flags = [\"mh-port\"]", 17, 16, "service[0].sched_flags[0]", "scheduler sh takes the flags sh-fallback, sh-port, got \"mh-port\""),
         ("scheduler = \"wrr\"", "scheduler = \"wrr\"\nsched_flags = [\"sh-port\"]", 17, 16, "service[0].sched_flags[0]", "scheduler wrr takes no flags, got \"sh-port\""),
         ("scheduler = \"wrr\"", "scheduler = \"mh\"\nsched_flags = [\"mh-port\", \"mh-port\"]", 17, 27, "service[0].sched_flags[1]", "scheduler flag \"mh-port\" is given twice"),
+        ("scheduler = \"wrr\"", "scheduler = \"sh\"\nsched_flags = [\"flag-3\"]", 17, 16, "service[0].sched_flags[0]", "scheduler sh takes the flags sh-fallback, sh-port, got \"flag-3\""),
+        ("scheduler = \"wrr\"", "scheduler = \"sh\"\nsched_flags = [\"sh-port\", \"flag-2\"]", 17, 27, "service[0].sched_flags[1]", "scheduler flag \"sh-port\" is given twice"),
+        ("scheduler = \"wrr\"", "scheduler = \"rr\"\nsched_flags = [\"flag-1\"]", 17, 16, "service[0].sched_flags[0]", "scheduler rr takes no flags, got \"flag-1\""),
         ("scheduler = \"wrr\"", "scheduler = \"sh\"\nsched_flags = \"sh-port\"", 17, 15, "service[0].sched_flags", "expected an array, found a string"),
         ("scheduler = \"wrr\"", "scheduler = \"sh\"\nsched_flags = [1]", 17, 16, "service[0].sched_flags[0]", "expected a string, found an integer"),
         ("scheduler = \"wrr\"", "scheduler = \"wrr\"\nmh_table_size = 4093", 17, 17, "service[0].mh_table_size", "mh_table_size applies to the mh scheduler only (scheduler is wrr)"),
@@ -1350,6 +1353,13 @@ fn schedulers_flags_thresholds() {
     ))
     .unwrap();
     assert_eq!(cfg.services[0].sched_flags, vec!["sh-fallback", "sh-port"]);
+    // ipvsadm's generic flag-N names are the scheduler's Nth flag.
+    let cfg = parse(&svc(
+        "scheduler = \"wrr\"",
+        "scheduler = \"mh\"\nsched_flags = [\"flag-2\", \"flag-1\"]",
+    ))
+    .unwrap();
+    assert_eq!(cfg.services[0].sched_flags, vec!["mh-port", "mh-fallback"]);
     let cfg = parse(&svc(
         "scheduler = \"wrr\"",
         "scheduler = \"sh\"\nsched_flags = []",
