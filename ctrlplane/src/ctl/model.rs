@@ -484,10 +484,25 @@ impl Model {
                         .cloned(),
                 });
             }
-            Op::EditReal { key, real } => {
+            Op::EditReal {
+                key,
+                real,
+                keep_fwd,
+            } => {
                 let i = self
                     .find(key)
                     .ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                let mut real = real.clone();
+                if *keep_fwd {
+                    if let Some(r) = self.services[i]
+                        .reals
+                        .iter()
+                        .find(|r| r.ip == real.addr.ip() && r.port == real.addr.port())
+                    {
+                        real.fwd = fwd_of(r.forward);
+                    }
+                }
+                let real = &real;
                 self.check_real(&self.services[i], real)?;
                 let s = &mut self.services[i];
                 let r = s
@@ -857,7 +872,8 @@ lips = ["198.51.100.2"]
         assert_eq!(
             m.apply(&Op::EditReal {
                 key: k,
-                real: real("198.51.100.99:80", Fwd::Nat, 3)
+                real: real("198.51.100.99:80", Fwd::Nat, 3),
+                keep_fwd: false,
             })
             .unwrap_err()
             .1,
@@ -891,9 +907,20 @@ lips = ["198.51.100.2"]
         m.apply(&Op::EditReal {
             key: k,
             real: real("198.51.100.12:80", Fwd::Nat, 3),
+            keep_fwd: false,
         })
         .unwrap();
         assert_eq!(m.services[1].reals[0].weight, 3);
+        // `-e -w 0` without a forwarding option drains the server and keeps its method (the
+        // spec's DR is ipvsadm's default, ignored).
+        m.apply(&Op::EditReal {
+            key: k,
+            real: real("198.51.100.12:80", Fwd::Dr, 0),
+            keep_fwd: true,
+        })
+        .unwrap();
+        let r = &m.services[1].reals[0];
+        assert_eq!((r.weight, r.forward), (0, Forward::Nat));
         // An address of rvs is no real server: neither a new VIP nor a new LIP may be one.
         let before = m.services.clone();
         assert_eq!(
@@ -1442,12 +1469,19 @@ lips = ["198.51.100.2"]
         m.apply(&Op::EditReal {
             key: k,
             real: r.clone(),
+            keep_fwd: false,
         })
         .unwrap();
         let got = m.services[0].reals.last().unwrap();
         assert_eq!((got.upper, got.lower), (50, 0));
         r.lower = 60;
-        let e = m.apply(&Op::EditReal { key: k, real: r }).unwrap_err();
+        let e = m
+            .apply(&Op::EditReal {
+                key: k,
+                real: r,
+                keep_fwd: false,
+            })
+            .unwrap_err();
         assert!(e.1.starts_with("Illegal threshold"), "{e:?}");
     }
 
@@ -1510,6 +1544,7 @@ port = "client"
         m.apply(&Op::EditReal {
             key: k,
             real: real("198.51.100.11:0", Fwd::Nat, 5),
+            keep_fwd: false,
         })
         .unwrap();
         let s = &m.services[0];

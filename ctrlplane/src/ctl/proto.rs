@@ -228,6 +228,11 @@ pub enum Op {
     EditReal {
         key: ServiceKey,
         real: RealSpec,
+        /// No forwarding option was given (`-e` without `-g`/`-i`/`-m`/`-b`): the real server
+        /// keeps its method and `real.fwd` is ignored. ipvsadm would set DR; rvs's servers are
+        /// FULLNAT by default, and a weight edit must not change how packets reach them.
+        #[serde(default)]
+        keep_fwd: bool,
     },
     DelReal {
         key: ServiceKey,

@@ -1557,7 +1557,8 @@ impl<P: PacketBuf> Stack<P> {
     /// longer used are released (see `own_services`: their sessions' packets are no longer
     /// taken — drain a service with weight 0 before deleting it, as with LVS). A service left
     /// unchanged keeps its scheduler state (rr/wrr position, overload flags, lblc/lblcr caches;
-    /// [`Services::carry_state`]); a changed one starts afresh. On error nothing changes.
+    /// [`Services::carry_state`]); one whose real servers changed keeps what still applies, one
+    /// whose scheduler changed starts afresh. On error nothing changes.
     pub fn set_services(&mut self, services: &[ServiceConf]) -> Result<(), ServiceError> {
         self.set_services_prepared(services, &[])
     }

@@ -196,6 +196,18 @@ impl SchedKey {
     }
 }
 
+/// Index of dest `id` in `dests`, looked for at `hint` and beside it first: a list edited by one
+/// real server moves the others by one place at most.
+#[inline]
+fn index_of(dests: &[Dest], id: u32, hint: usize) -> Option<usize> {
+    for j in [hint, hint.wrapping_sub(1), hint + 1] {
+        if dests.get(j).is_some_and(|d| d.id == id) {
+            return Some(j);
+        }
+    }
+    dests.iter().position(|d| d.id == id)
+}
+
 /// (active, inactive) of dest `id` on this worker (0, 0 when `id` has no counters).
 #[inline]
 fn counts(stats: &[DestStats], id: u32) -> (u64, u64) {
@@ -283,6 +295,8 @@ impl Overload {
 /// Scheduler state of one service on one worker.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
+    /// The scheduler (and its flags) this state is for.
+    kind: Sched,
     algo: Algo,
     over: Overload,
     /// Where this worker's scans start (see [`Scheduler::offset`]); 0 = the list head, IPVS.
@@ -390,9 +404,80 @@ impl Scheduler {
             }),
         };
         Scheduler {
+            kind,
             algo,
             over: Overload(vec![false; dests.len()]),
             start: 0,
+        }
+    }
+
+    /// Take over what `old` learnt on this worker for the same service under its previous list
+    /// of real servers `old_dests`, now `dests` (a dest id names the same real server in both),
+    /// as IPVS keeps a service's scheduler state when a real server is added, edited or removed
+    /// (a weight edit, a health-check transition):
+    ///
+    /// - the overload flag of each real server still there, unless its upper threshold was
+    ///   raised or removed (`__ip_vs_update_dest` clears it then);
+    /// - rr's position, on the first real server from it on that is still there;
+    /// - wrr's current weight, realigned to the new gcd (`ip_vs_wrr_dest_changed`; where it is
+    ///   above the new maximum, IPVS's 0 would let the next scan take a quiesced server, so the
+    ///   scan starts afresh at the maximum instead);
+    /// - twos' random source;
+    /// - the lblc/lblcr caches, an entry losing the real servers that are gone.
+    ///
+    /// The hash tables (sh, dh, mh) are the new list's. Nothing is taken when the scheduler or
+    /// its flags changed. Allocates nothing: it runs on the worker, between two bursts.
+    pub fn carry_from(&mut self, old: &Scheduler, old_dests: &[Dest], dests: &[Dest]) {
+        if self.kind != old.kind {
+            return;
+        }
+        let to_new = |i: usize| old_dests.get(i).and_then(|d| index_of(dests, d.id, i));
+        for (i, _) in old.over.0.iter().enumerate().filter(|(_, f)| **f) {
+            if let Some(j) = to_new(i) {
+                let (was, now) = (old_dests[i].upper, dests[j].upper);
+                if now != 0 && now <= was {
+                    self.over.0[j] = true;
+                }
+            }
+        }
+        match (&mut self.algo, &old.algo) {
+            (Algo::Rr { next }, Algo::Rr { next: was }) => {
+                let n = old_dests.len();
+                if let Some(j) = (0..n).find_map(|k| to_new((was + k) % n)) {
+                    *next = j;
+                }
+            }
+            // `m` is fresh for `dests` (gcd, maximum, and this worker's scan position).
+            (Algo::Wrr(m), Algo::Wrr(was)) => {
+                if was.cw > 0 && was.cw <= m.mw {
+                    m.cw = if m.di > 1 {
+                        (was.cw / m.di) * m.di + 1
+                    } else {
+                        was.cw
+                    };
+                }
+            }
+            (Algo::Twos { rng }, Algo::Twos { rng: was }) => *rng = *was,
+            (Algo::Lblc(t), Algo::Lblc(was)) | (Algo::Lblcr(t), Algo::Lblcr(was)) => {
+                for (e, w) in t.e.iter_mut().zip(&was.e).filter(|(_, w)| w.used) {
+                    let mut n = 0;
+                    let mut set = [0u16; LBLCR_SET_MAX];
+                    for &i in &w.set[..w.n as usize] {
+                        if let Some(j) = to_new(i as usize) {
+                            set[n] = j as u16;
+                            n += 1;
+                        }
+                    }
+                    if n > 0 {
+                        *e = LocEntry {
+                            n: n as u8,
+                            set,
+                            ..*w
+                        };
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1249,6 +1334,91 @@ mod tests {
         let d = dests(&[1, 0, 1]);
         assert_eq!(pick_first(Sched::Rr, &d, 1), Some(2));
         assert_eq!(pick_first(Sched::Wlc, &d, 1), Some(2));
+    }
+
+    /// The state a service's scheduler built for its old list of real servers, carried into a
+    /// fresh one for `new`.
+    fn carried(kind: Sched, old: &Scheduler, old_d: &[Dest], new: &[Dest]) -> Scheduler {
+        let mut s = Scheduler::new(kind, new);
+        s.carry_from(old, old_d, new);
+        s
+    }
+
+    #[test]
+    fn rr_goes_on_across_a_dest_change() {
+        let d = dests(&[1, 1, 1, 1]);
+        let mut s = Scheduler::new(Sched::Rr, &d);
+        for _ in 0..2 {
+            s.pick(&d, &[], &key(1, 1));
+        }
+        // Next is dest 2. A weight edit elsewhere: it still is.
+        let mut e = d.clone();
+        e[0].weight = 3;
+        let mut c = carried(Sched::Rr, &s, &d, &e);
+        assert_eq!(c.pick(&e, &[], &key(1, 1)), Some(2));
+        // Dest 2 removed: the next one still there (id 3, now index 2).
+        let r: Vec<Dest> = d.iter().copied().filter(|x| x.id != 2).collect();
+        let mut c = carried(Sched::Rr, &s, &d, &r);
+        assert_eq!(c.pick(&r, &[], &key(1, 1)).map(|i| r[i].id), Some(3));
+        // Another scheduler starts afresh.
+        let mut c = carried(Sched::Wrr, &s, &d, &d);
+        assert_eq!(c.pick(&d, &[], &key(1, 1)), Some(0));
+    }
+
+    #[test]
+    fn wrr_keeps_its_current_weight_across_a_dest_change() {
+        // 3,2,1: A A B A B C. After A A (cw 2), a weight edit of C (3,2,2; gcd 1, mw 3): IPVS
+        // keeps cw 2 and rescans from the head: A B C, then cw 1: A B C, then cw 3: A A ...
+        // (a fresh state would give A A B C A B).
+        let d = dests(&[3, 2, 1]);
+        let mut s = Scheduler::new(Sched::Wrr, &d);
+        assert_eq!(s.pick(&d, &[], &key(1, 1)), Some(0));
+        assert_eq!(s.pick(&d, &[], &key(1, 1)), Some(0));
+        let e = dests(&[3, 2, 2]);
+        let mut c = carried(Sched::Wrr, &s, &d, &e);
+        let got: Vec<_> = (0..8).map(|_| c.pick(&e, &[], &key(1, 1))).collect();
+        assert_eq!(got, some(&[0, 1, 2, 0, 1, 2, 0, 0]));
+        // A current weight above the new maximum restarts at the maximum (never 0, which would
+        // take a quiesced server): 3,2,1 fresh (cw 3) edited to 1,1,0.
+        let s = Scheduler::new(Sched::Wrr, &d);
+        let e = dests(&[1, 1, 0]);
+        let mut c = carried(Sched::Wrr, &s, &d, &e);
+        let got: Vec<_> = (0..4).map(|_| c.pick(&e, &[], &key(1, 1))).collect();
+        assert_eq!(got, some(&[0, 1, 0, 1]));
+    }
+
+    #[test]
+    fn overload_flags_and_lblc_caches_survive_a_dest_change() {
+        let mut d = dests(&[1, 1, 1]);
+        d[0].upper = 2;
+        let st: Vec<DestStats> = (0..3).map(|_| DestStats::default()).collect();
+        st[0].active.add(2);
+        let mut s = Scheduler::new(Sched::Rr, &d);
+        s.bind(0, &d, &st);
+        assert!(s.over.0[0]);
+        // Dest 0 now at 1 (between lower 3/4 and upper): still overloaded after another
+        // server's edit, no more once its own upper threshold is raised.
+        st[0].active.dec();
+        let mut e = d.clone();
+        e[2].weight = 4;
+        assert!(carried(Sched::Rr, &s, &d, &e).over.0[0]);
+        e[0].upper = 5;
+        assert!(!carried(Sched::Rr, &s, &d, &e).over.0[0]);
+        // lblc: the cache entry of a destination keeps its server, re-indexed when an earlier
+        // one is removed; it is dropped with its server.
+        let d = dests(&[1, 1, 1]);
+        let st: Vec<DestStats> = (0..3).map(|_| DestStats::default()).collect();
+        let mut s = Scheduler::new(Sched::Lblc, &d);
+        st[0].active.add(5);
+        st[1].active.add(5);
+        assert_eq!(s.pick(&d, &st, &key(1, 1)), Some(2));
+        let r: Vec<Dest> = d.iter().copied().filter(|x| x.id != 0).collect();
+        let st2: Vec<DestStats> = (0..3).map(|_| DestStats::default()).collect();
+        let mut c = carried(Sched::Lblc, &s, &d, &r);
+        assert_eq!(c.pick(&r, &st2, &key(1, 1)).map(|i| r[i].id), Some(2));
+        let r: Vec<Dest> = d.iter().copied().filter(|x| x.id != 2).collect();
+        let mut c = carried(Sched::Lblc, &s, &d, &r);
+        assert_eq!(c.pick(&r, &st2, &key(1, 1)).map(|i| r[i].id), Some(0));
     }
 }
 

@@ -461,8 +461,10 @@ impl Services {
     /// service that is unchanged there: same key, scheduler and real servers (ids, addresses,
     /// weights, thresholds, methods, in the same order) and LIPs. A publication about other
     /// services — a health-check transition elsewhere, an edit — then leaves them as they
-    /// were; a changed service starts afresh, as IPVS restarts wrr's position on any change of
-    /// its dests. After this, `old` holds the states it got instead (freed with it).
+    /// were. A service whose real servers changed takes over what still applies
+    /// ([`Scheduler::carry_from`], as IPVS keeps its state across a dest edit); one whose
+    /// scheduler changed starts afresh. After this, `old` holds the states it got instead
+    /// (freed with it).
     ///
     /// Cheap on the worker: a service at the same index with the same key is tried first (a
     /// configuration keeps its order), else a map lookup; then the fingerprints compare.
@@ -487,6 +489,12 @@ impl Services {
             if o.fingerprint == s.fingerprint && o.dests.len() == s.dests.len() {
                 std::mem::swap(&mut s.sched, &mut o.sched);
                 s.lip_cursor = o.lip_cursor;
+            } else {
+                // Real servers added, edited or removed: what still applies carries over.
+                s.sched.carry_from(&o.sched, &o.dests, &s.dests);
+                if s.lip_addrs == o.lip_addrs {
+                    s.lip_cursor = o.lip_cursor;
+                }
             }
         }
     }

@@ -334,14 +334,15 @@ fn wrr_and_rr_sequences_and_quiesced_dest() {
         })
         .collect();
     assert_eq!(rr, vec![4, 5, 4, 5]);
-    // Quiesce RS 1 (weight 0): existing sessions continue, new ones avoid it.
+    // Quiesce RS 1 (weight 0): existing sessions continue, new ones avoid it. As IPVS, wrr
+    // keeps its current weight (1, after C) and rescans from the head: B C, then B B C ...
     let mut c2 = cfg();
     c2.services[0].dests[0].weight = 0;
     s.set_services(&c2.services).unwrap();
     let seq: Vec<u8> = (0..6)
         .map(|k| open(&mut s, &mut io, 2000 + k, 0).1)
         .collect();
-    assert_eq!(seq, vec![2, 2, 3, 2, 2, 3]);
+    assert_eq!(seq, vec![2, 3, 2, 2, 3, 2]);
     let lport = s
         .session_by_client(Proto::Tcp, a4(CIP), 1000, a4(VIP), 80)
         .unwrap()
@@ -1781,9 +1782,9 @@ fn replies_to_new_clients_go_through_the_routes_gateway_entry() {
     assert_eq!(c.fullnat_out.get(), 42);
 }
 
-/// `twos` draws its own random sequence per worker. A publication that leaves the service as
-/// it was (another service's health changed, say) continues its sequence; a changed service
-/// draws a new one (seeded per publication), not the one it started with.
+/// `twos` draws its own random sequence per worker. A publication continues it, whether it
+/// leaves the service as it was (another service's health changed, say) or changes its real
+/// servers: it never starts the sequence it started with again.
 #[test]
 fn twos_draws_apart_per_worker_and_per_publish() {
     let run = |worker: u16, republish: Option<bool>| -> Vec<u8> {
@@ -1815,16 +1816,13 @@ fn twos_draws_apart_per_worker_and_per_publish() {
         "an unchanged service keeps its sequence"
     );
     let changed = run(0, Some(true));
-    assert_eq!(changed[..32], w0[..32]);
-    assert_ne!(
-        changed[32..],
-        w0[32..],
-        "a changed service drew the same again"
-    );
+    assert_eq!(changed, w0, "a changed service goes on with its sequence");
+    assert_ne!(changed[32..], w0[..32], "it drew the same again");
 }
 
 /// A publication keeps the rr position (and every scheduler state) of the services it leaves
-/// unchanged, while a changed service starts afresh.
+/// unchanged; a service whose real servers changed goes on from where it was (as IPVS), one
+/// whose scheduler changed starts afresh.
 #[test]
 fn a_publication_keeps_the_state_of_unchanged_services() {
     let mut c = cfg();
@@ -1840,11 +1838,18 @@ fn a_publication_keeps_the_state_of_unchanged_services() {
     other[1].dests[0].weight = 5;
     s.set_services(&other).unwrap();
     assert_eq!(picks(&mut s, &mut io, 200), vec![2, 3, 1, 2]);
-    // The TCP service changes: it starts again from its first real server.
+    // A real server of the TCP service changes (its weight): rr goes on.
     let mut changed = other.clone();
     changed[0].dests[2].weight = 2;
     s.set_services(&changed).unwrap();
-    assert_eq!(picks(&mut s, &mut io, 300), vec![1, 2, 3, 1]);
+    assert_eq!(picks(&mut s, &mut io, 300), vec![3, 1, 2, 3]);
+    // Its scheduler changes: it starts again from its first real server.
+    let mut wrr = changed.clone();
+    wrr[0].sched = Sched::Wrr;
+    s.set_services(&wrr).unwrap();
+    assert_eq!(picks(&mut s, &mut io, 400)[0], 1, "wrr: the heaviest first");
+    s.set_services(&changed).unwrap();
+    assert_eq!(picks(&mut s, &mut io, 500), vec![1, 2, 3, 1]);
 }
 
 /// A real server is flagged overloaded by the sessions it gets, not by picks whose session was

@@ -78,6 +78,8 @@ pub enum Command {
         key: ServiceKey,
         /// The real server.
         real: RealSpec,
+        /// No forwarding option given: the real server keeps its method.
+        keep_fwd: bool,
     },
     /// `-d`.
     DelReal {
@@ -1015,6 +1017,9 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
             let (ip, port) = st
                 .real
                 .ok_or_else(|| usage("You need to supply the 'real-server' option"))?;
+            // ipvsadm's default method is DR; `-e` without one keeps the server's (see
+            // `Op::EditReal`).
+            let keep_fwd = st.fwd.is_none();
             let fwd = st.fwd.unwrap_or(Fwd::Dr);
             // The port defaults to the service's. ipvsadm silently replaces a DR/TUN real server's
             // port with the service's; rvs refuses the request instead (the daemon says why), so
@@ -1030,7 +1035,11 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
             };
             match cmd {
                 Cmd::AddDest => Command::AddReal { key, real },
-                Cmd::EditDest => Command::EditReal { key, real },
+                Cmd::EditDest => Command::EditReal {
+                    key,
+                    real,
+                    keep_fwd,
+                },
                 _ => Command::DelReal { key, addr },
             }
         }

@@ -307,9 +307,14 @@ pub fn change_op(cmd: &Command) -> Option<Op> {
             key: *key,
             real: real.clone(),
         },
-        Command::EditReal { key, real } => Op::EditReal {
+        Command::EditReal {
+            key,
+            real,
+            keep_fwd,
+        } => Op::EditReal {
             key: *key,
             real: real.clone(),
+            keep_fwd: *keep_fwd,
         },
         Command::DelReal { key, addr } => Op::DelReal {
             key: *key,
@@ -414,9 +419,17 @@ fn restore(
     for (n, line) in stdin.lines().enumerate() {
         let n = n + 1;
         let line = line.map_err(|e| Failure::Failed(format!("cannot read stdin: {e}")))?;
-        let Some(words) = args::split_line(&line) else {
+        let Some(mut words) = args::split_line(&line) else {
             return Err(Failure::Usage(format!("line {n}: unterminated quote")));
         };
+        // Rule files written as commands (`ipvsadm -A -t ...`): ipvsadm's restore skips the
+        // program's name.
+        if words
+            .first()
+            .is_some_and(|w| w == "ipvsadm" || w == "rvsadm")
+        {
+            words.remove(0);
+        }
         if words.is_empty() {
             continue;
         }

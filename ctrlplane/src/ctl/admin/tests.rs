@@ -518,13 +518,14 @@ fn parse_reals() {
     );
     assert_eq!(
         p("--edit-server --tcp-service 10.0.0.1:80 --real-server 192.168.1.2:81 --fullnat --weight 9 --u-threshold 5 --l-threshold 2"),
-        Command::EditReal { key: k, real: r("192.168.1.2:81", Fwd::FullNat, 9, 5, 2) }
+        Command::EditReal { key: k, real: r("192.168.1.2:81", Fwd::FullNat, 9, 5, 2), keep_fwd: false }
     );
     assert_eq!(
         p("-e -t 10.0.0.1:80 -r 192.168.1.2:81 --masquerading"),
         Command::EditReal {
             key: k,
-            real: r("192.168.1.2:81", Fwd::Nat, 1, 0, 0)
+            real: r("192.168.1.2:81", Fwd::Nat, 1, 0, 0),
+            keep_fwd: false
         }
     );
     assert_eq!(
@@ -1358,7 +1359,8 @@ fn parse_fwmark() {
                 weight: 0,
                 upper: 0,
                 lower: 0,
-            }
+            },
+            keep_fwd: true
         }
     );
     assert_eq!(
