@@ -448,14 +448,12 @@ impl Scheduler {
                 }
             }
             // `m` is fresh for `dests` (gcd, maximum, and this worker's scan position).
-            (Algo::Wrr(m), Algo::Wrr(was)) => {
-                if was.cw > 0 && was.cw <= m.mw {
-                    m.cw = if m.di > 1 {
-                        (was.cw / m.di) * m.di + 1
-                    } else {
-                        was.cw
-                    };
-                }
+            (Algo::Wrr(m), Algo::Wrr(was)) if was.cw > 0 && was.cw <= m.mw => {
+                m.cw = if m.di > 1 {
+                    (was.cw / m.di) * m.di + 1
+                } else {
+                    was.cw
+                };
             }
             (Algo::Twos { rng }, Algo::Twos { rng: was }) => *rng = *was,
             (Algo::Lblc(t), Algo::Lblc(was)) | (Algo::Lblcr(t), Algo::Lblcr(was)) => {
