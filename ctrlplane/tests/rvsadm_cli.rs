@@ -130,7 +130,7 @@ fn cli_end_to_end() {
     let (code, out, err) = rvsadm(&sock, &["-A", "-t", "203.0.113.10:80", "-s", "rr"], "");
     assert_eq!(
         (code, out.as_str(), err.as_str()),
-        (255, "", "rvsadm: Service already exists\n")
+        (255, "", "Service already exists\n")
     );
     // Restore through stdin; a refused line is named.
     let (code, _, err) = rvsadm(
@@ -142,7 +142,7 @@ fn cli_end_to_end() {
     let (code, _, err) = rvsadm(&sock, &["-R"], "-C\n-A -t 203.0.113.10:80 -s rr\n");
     assert_eq!(
         (code, err.as_str()),
-        (255, "rvsadm: line 2: Service already exists\n")
+        (255, "line 2: Service already exists\n")
     );
     // Usage errors exit 2 without asking rvsd; an unreachable socket exits 2 naming it (ipvsadm's
     // "Can't initialize ipvs").
@@ -150,7 +150,7 @@ fn cli_end_to_end() {
     assert_eq!(code, 2);
     assert_eq!(
         err,
-        "rvsadm: You need to supply the 'real-server' option for the 'add-server' command\n"
+        "You need to supply the 'real-server' option for the 'add-server' command\n"
     );
     let (code, _, err) = rvsadm(&sock, &["-C", "--socket", "/nonexistent/rvsd.sock"], "");
     assert_eq!(code, 2);

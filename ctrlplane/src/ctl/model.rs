@@ -131,7 +131,8 @@ fn forward_of(f: Fwd) -> Forward {
 fn scheduler(name: &str) -> Result<Scheduler, OpError> {
     match Scheduler::from_name(name) {
         Some(s) => Ok(s),
-        None => err(code::ENOENT, format!("Scheduler not found: {name}")),
+        // libipvs's wording (the name is the operator's own, on the same line).
+        None => err(code::ENOENT, "Scheduler or persistence engine not found"),
     }
 }
 
@@ -711,7 +712,7 @@ fn ipvs_flags(op: &Op) -> std::borrow::Cow<'_, Op> {
         Op::AddService { spec } | Op::EditService { spec } => spec,
         _ => return std::borrow::Cow::Borrowed(op),
     };
-    if !spec.sched_flags.iter().any(|f| f.starts_with("flag-")) {
+    if spec.sched_flags.is_empty() {
         return std::borrow::Cow::Borrowed(op);
     }
     let named: &[&str] = Scheduler::from_name(&spec.scheduler).map_or(&[], |s| s.flag_names());
@@ -843,7 +844,7 @@ lips = ["198.51.100.2"]
             })
             .unwrap_err()
             .1
-            .starts_with("Scheduler not found"));
+            .starts_with("Scheduler or persistence engine not found"));
         let k = key("192.0.2.20", 80);
         m.apply(&Op::AddReal {
             key: k,
@@ -1426,6 +1427,12 @@ lips = ["198.51.100.2"]
             ),
             ("mh", &["flag-1"][..], &["mh-fallback"][..]),
             ("rr", &["flag-3", "flag-1"][..], &["flag-1", "flag-3"][..]),
+            // Named flags too (ipvsadm lists them in bit order, a repeated one once).
+            (
+                "mh",
+                &["mh-port", "mh-fallback", "mh-port"][..],
+                &["mh-fallback", "mh-port"][..],
+            ),
         ] {
             m.apply(&Op::EditService {
                 spec: spec(sched, given),

@@ -45,6 +45,9 @@ pub struct ListOptions {
     pub nosort: bool,
     /// `--health` (rvs's own): a `Health` column after `InActConn`.
     pub health: bool,
+    /// `--daemon`: the connection sync daemons (none: rvs has no session sync yet, so nothing
+    /// is printed, as ipvsadm prints nothing when none runs).
+    pub daemon: bool,
 }
 
 /// One rvsadm command.
@@ -256,9 +259,10 @@ enum Opt {
     SchedFlags,
     Laddr,
     Health,
+    Daemon,
 }
 
-const ALL_OPTS: [Opt; 21] = [
+const ALL_OPTS: [Opt; 22] = [
     Opt::Numeric,
     Opt::Connection,
     Opt::Service,
@@ -280,6 +284,7 @@ const ALL_OPTS: [Opt; 21] = [
     Opt::SchedFlags,
     Opt::Laddr,
     Opt::Health,
+    Opt::Daemon,
 ];
 
 impl Opt {
@@ -306,6 +311,7 @@ impl Opt {
             Opt::SchedFlags => "sched-flags",
             Opt::Laddr => "laddr",
             Opt::Health => "health",
+            Opt::Daemon => "daemon",
         }
     }
     fn bit(self) -> u32 {
@@ -329,7 +335,7 @@ fn rule(cmd: Cmd, opt: Opt) -> char {
         },
         Cmd::List => match opt {
             Numeric | Stats | Rate | Thresholds | PersistentConn | NoSort | Exact | Health => ' ',
-            Connection | Service | Timeout => '1',
+            Connection | Service | Timeout | Daemon => '1',
             _ => 'x',
         },
         Cmd::AddDest | Cmd::EditDest => match opt {
@@ -409,6 +415,7 @@ enum Item {
     Laddr,
     Socket,
     Health,
+    Daemon,
 }
 
 impl Item {
@@ -525,6 +532,7 @@ fn long(name: &str) -> Option<Item> {
         "exact" => Item::Exact,
         "laddr" => Item::Laddr,
         "health" => Item::Health,
+        "daemon" => Item::Daemon,
         "socket" => Item::Socket,
         _ => return None,
     })
@@ -837,6 +845,10 @@ fn apply(
             st.set(Opt::Health)?;
             st.list.health = true;
         }
+        Item::Daemon => {
+            st.set(Opt::Daemon)?;
+            st.list.daemon = true;
+        }
     }
     Ok(())
 }
@@ -990,12 +1002,26 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
                 Some(m) => parse_netmask(m, key.vip.is_ipv6())?,
                 None => None,
             };
+            let scheduler = st
+                .scheduler
+                .take()
+                .unwrap_or_else(|| DEFAULT_SCHEDULER.to_owned());
+            // ipvsadm's parse_sched_flags: the generic names, or the named flags of the
+            // scheduler given.
+            for f in &st.sched_flags {
+                match (f.as_str(), scheduler.as_str()) {
+                    ("flag-1" | "flag-2" | "flag-3", _)
+                    | ("sh-fallback" | "sh-port", "sh")
+                    | ("mh-fallback" | "mh-port", "mh") => {}
+                    ("sh-fallback" | "sh-port" | "mh-fallback" | "mh-port", _) => {
+                        return fail(format!("incompatible scheduler flag `{f}'"))
+                    }
+                    _ => return fail(format!("invalid scheduler flag `{f}'")),
+                }
+            }
             let spec = ServiceSpec {
                 key,
-                scheduler: st
-                    .scheduler
-                    .take()
-                    .unwrap_or_else(|| DEFAULT_SCHEDULER.to_owned()),
+                scheduler,
                 persistent: st.persistent,
                 netmask,
                 sched_flags: std::mem::take(&mut st.sched_flags),

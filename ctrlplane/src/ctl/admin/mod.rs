@@ -157,7 +157,8 @@ pub fn run(
     let inv: Invocation = match args::parse(args) {
         Ok(inv) => inv,
         Err(e) => {
-            let _ = writeln!(err, "rvsadm: {e}");
+            // Bare, as ipvsadm prints its errors (scripts compare them).
+            let _ = writeln!(err, "{e}");
             if e.hint {
                 let _ = writeln!(
                     err,
@@ -181,7 +182,7 @@ pub fn run(
         Ok(()) => 0,
         Err(f) => {
             let _ = out.flush();
-            let _ = writeln!(err, "rvsadm: {}", f.message());
+            let _ = writeln!(err, "{}", f.message());
             f.exit_code()
         }
     }
@@ -365,6 +366,10 @@ fn list(
         exact: l.exact,
         health: l.health,
     };
+    if l.daemon {
+        // No connection sync daemon runs (rvs has no session sync yet): ipvsadm prints nothing.
+        return Ok(());
+    }
     if l.connections {
         // Pages, printed as they come.
         write_out(out, &format::conns_title())?;
@@ -467,8 +472,8 @@ fn restore(
             }
         }
     }
-    // One message per refused line, each printed as `rvsadm: line N: ...`.
-    let text = refused.join("\nrvsadm: ");
+    // One message per refused line, each printed as `line N: ...`.
+    let text = refused.join("\n");
     match lost {
         _ if refused.is_empty() => Ok(()),
         Some(kind) => Err(kind(text)),

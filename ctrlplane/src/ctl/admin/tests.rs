@@ -63,7 +63,7 @@ fn svc(key: ServiceKey, sched: &str, reals: Vec<RealView>) -> ServiceView {
 fn table() -> Vec<ServiceView> {
     let mut v6 = svc(
         key(Proto::Tcp, "2001:db8::10", 443),
-        "rr",
+        "sh",
         vec![real("[2001:db8::20]:443", Fwd::Tun, 5, 0, 0)],
     );
     v6.spec.persistent = Some(300);
@@ -141,7 +141,7 @@ const LIST: &str = concat!(
     "  -> 198.51.100.12:80             FullNat 2      3          4         \n",
     "UDP  203.0.113.10:53 rr persistent 600 mask 255.255.255.0\n",
     "  -> 198.51.100.20:53             Route   0      0          0         \n",
-    "TCP  [2001:db8::10]:443 rr (sh-port) persistent 300 mask 64\n",
+    "TCP  [2001:db8::10]:443 sh (sh-port) persistent 300 mask 64\n",
     "  -> [2001:db8::20]:443           Tunnel  5      0          0         \n",
 );
 const STATS: &str = concat!(
@@ -315,7 +315,7 @@ fn golden_save() {
         "-a -t 203.0.113.10:80 -r 198.51.100.12:80 -b -w 2\n",
         "-A -u 203.0.113.10:53 -s rr -p 600 -M 255.255.255.0\n",
         "-a -u 203.0.113.10:53 -r 198.51.100.20:53 -g -w 0\n",
-        "-A -t [2001:db8::10]:443 -s rr -p 300 -M 64 -b sh-port\n",
+        "-A -t [2001:db8::10]:443 -s sh -p 300 -M 64 -b sh-port\n",
         "-a -t [2001:db8::10]:443 -r [2001:db8::20]:443 -i -w 5\n",
     );
     assert_eq!(format::save(&table(), false), want);
@@ -348,7 +348,7 @@ fn nosort_keeps_rvsd_order() {
         .collect();
     assert_eq!(
         services[0],
-        "TCP  [2001:db8::10]:443 rr (sh-port) persistent 300 mask 64"
+        "TCP  [2001:db8::10]:443 sh (sh-port) persistent 300 mask 64"
     );
     assert!(text.contains("FullNat 2      3          4         \n  -> 198.51.100.11:8080"));
 }
@@ -446,17 +446,17 @@ fn parse_services() {
         Command::AddService(s.clone())
     );
     // IPv6, scheduler flags (-b with -A/-E), port 0 when persistent.
-    let mut s6 = spec(key(Proto::Tcp, "2001:db8::1", 0), "rr");
+    let mut s6 = spec(key(Proto::Tcp, "2001:db8::1", 0), "sh");
     s6.persistent = Some(300);
     s6.netmask = Some(64);
     s6.sched_flags = vec!["sh-fallback".into(), "sh-port".into()];
     assert_eq!(
-        p("-A -t 2001:db8::1 -s rr -p -M 64 -b sh-fallback,sh-port"),
+        p("-A -t 2001:db8::1 -s sh -p -M 64 -b sh-fallback,sh-port"),
         Command::AddService(s6.clone())
     );
     s6.key.vport = 443;
     assert_eq!(
-        p("-E -t [2001:db8::1]:443 -s rr -p 300 -M 64 --sched-flags sh-fallback,sh-port"),
+        p("-E -t [2001:db8::1]:443 -s sh -p 300 -M 64 --sched-flags sh-fallback,sh-port"),
         Command::EditService(s6)
     );
     assert_eq!(p("-D -t 10.0.0.1:80"), Command::DelService(k));
@@ -816,7 +816,20 @@ fn parse_errors() {
         "-A -t 10.0.0.1:80 -b sh-port,",
         "invalid scheduler flags `sh-port,' specified",
     );
+    // ipvsadm's parse_sched_flags: a flag of another scheduler, an unknown one.
+    bad(
+        "-A -t 10.0.0.1:80 -s mh -b mh-port,sh-port",
+        "incompatible scheduler flag `sh-port'",
+    );
+    bad(
+        "-A -t 10.0.0.1:80 -s sh -b sh-prot",
+        "invalid scheduler flag `sh-prot'",
+    );
     bad("-A -f 0", "invalid fwmark value `0' specified");
+    bad(
+        "-L --daemon -c",
+        "The option 'daemon' conflicts with the 'connection' option in the 'list' command",
+    );
     bad("-A -t 10.0.0.1:80 -6", "-6 used before -f");
     bad(
         "-L -n --health --stats",
@@ -1088,6 +1101,12 @@ fn execute_restore() {
     assert_eq!(f.run(&Command::Restore, script).0, Ok(()));
     assert_eq!(f.ops.len(), 3);
     assert!(matches!(f.ops[1], Op::AddReal { .. }));
+    // Rule files written as commands: the program's name is skipped, as ipvsadm's restore does.
+    let mut f = Fake::new(vec![Response::Ok, Response::Ok]);
+    let script = "ipvsadm -A -t 10.0.0.1:80 -s rr\nrvsadm -e -t 10.0.0.1:80 -r 10.0.0.2 -w 0\n";
+    assert_eq!(f.run(&Command::Restore, script).0, Ok(()));
+    assert!(matches!(f.ops[0], Op::AddService { .. }));
+    assert!(matches!(f.ops[1], Op::EditReal { keep_fwd: true, .. }));
     // A bad line stops before anything is applied, naming its line.
     let mut f = Fake::new(vec![]);
     let (r, _) = f.run(
@@ -1122,7 +1141,7 @@ fn execute_restore() {
     assert_eq!(
         r,
         Err(Failure::Refused(
-            "line 2: Destination already exists\nrvsadm: line 3: Service already exists".into()
+            "line 2: Destination already exists\nline 3: Service already exists".into()
         ))
     );
     assert_eq!(f.ops.len(), 4);
@@ -1198,7 +1217,7 @@ fn run_reports_usage_and_unreachable_socket() {
         )
     };
     let (code, _, err) = run_it(&["-L", "-q"]);
-    assert_eq!((code, err.as_str()), (2, "rvsadm: invalid option `-q'\n"));
+    assert_eq!((code, err.as_str()), (2, "invalid option `-q'\n"));
     let (code, _, err) = run_it(&["-n"]);
     assert_eq!(code, 2);
     assert!(
@@ -1209,7 +1228,7 @@ fn run_reports_usage_and_unreachable_socket() {
     let (code, _, err) = run_it(&["-C", "--socket", "/nonexistent/rvsd.sock"]);
     assert_eq!(code, 2);
     assert!(
-        err.starts_with("rvsadm: cannot connect to rvsd's control socket /nonexistent/rvsd.sock: "),
+        err.starts_with("cannot connect to rvsd's control socket /nonexistent/rvsd.sock: "),
         "{err}"
     );
     let (code, out, _) = run_it(&["-h"]);
@@ -1266,6 +1285,23 @@ fn health_column() {
         })
     );
     bad("-L -c --health", "options conflicts in the list command");
+}
+
+/// `-L --daemon`: no connection sync daemon runs, and ipvsadm then prints nothing (exit 0); rvsd
+/// is not asked.
+#[test]
+fn list_daemon_prints_nothing() {
+    let cmd = p("-L --daemon");
+    assert_eq!(
+        cmd,
+        Command::List(ListOptions {
+            daemon: true,
+            ..ListOptions::default()
+        })
+    );
+    let mut f = Fake::new(vec![]);
+    assert_eq!(f.run(&cmd, ""), (Ok(()), String::new()));
+    assert!(f.ops.is_empty());
 }
 
 // ---- match (fwmark) services ----
