@@ -841,7 +841,8 @@ fn sh_get(
 pub const LOC_BUCKETS: usize = 1024;
 /// Entries per bucket: 16 × 1024 = IPVS's `max_size` of the cache (`IP_VS_LBLC_TAB_SIZE * 16`).
 pub const LOC_WAYS: usize = 16;
-/// Most dests remembered per lblcr destination set.
+/// Most dests remembered per lblcr destination set (IPVS's set is unbounded; here a full set
+/// replaces its most loaded member, as IPVS's shrinking does, so the cache's memory is fixed).
 pub const LBLCR_SET_MAX: usize = 8;
 /// IPVS `sysctl_lblc_expiration` default: an entry unused for 24 h is dropped.
 pub const LBLC_EXPIRATION_MS: u64 = 24 * 60 * 60 * 1000;
