@@ -1623,6 +1623,9 @@ fn parse_service(
         }
         sched_flags.push(flag.to_string());
     }
+    // In bit order, as rvsadm keeps and ipvsadm lists them (a file and an edit giving the same
+    // flags compare equal).
+    sched_flags.sort_by_key(|f| scheduler.flag_names().iter().position(|n| n == f));
     if t.get("mh_table_size").is_some() && scheduler != Scheduler::Mh {
         return Err(t.err(
             "mh_table_size",

@@ -1343,9 +1343,10 @@ fn schedulers_flags_thresholds() {
     .unwrap();
     let s = &cfg.services[0];
     assert_eq!((s.scheduler, s.mh_table_size), (Scheduler::Mh, 65537));
+    // Kept in bit order (as ipvsadm lists them).
     assert_eq!(
         s.sched_flags,
-        vec!["mh-port".to_string(), "mh-fallback".to_string()]
+        vec!["mh-fallback".to_string(), "mh-port".to_string()]
     );
     let cfg = parse(&svc(
         "scheduler = \"wrr\"",
