@@ -1360,7 +1360,7 @@ fn schedulers_flags_thresholds() {
         "scheduler = \"mh\"\nsched_flags = [\"flag-2\", \"flag-1\"]",
     ))
     .unwrap();
-    assert_eq!(cfg.services[0].sched_flags, vec!["mh-port", "mh-fallback"]);
+    assert_eq!(cfg.services[0].sched_flags, vec!["mh-fallback", "mh-port"]);
     let cfg = parse(&svc(
         "scheduler = \"wrr\"",
         "scheduler = \"sh\"\nsched_flags = []",
