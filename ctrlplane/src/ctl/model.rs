@@ -493,15 +493,17 @@ impl Model {
                 let i = self
                     .find(key)
                     .ok_or((code::ESRCH, "Service not defined".to_string()))?;
+                // Looked up first (as `ip_vs_edit_dest`): a missing server is "No such
+                // destination", whatever else is wrong with the request.
+                let forward = self.services[i]
+                    .reals
+                    .iter()
+                    .find(|r| r.ip == real.addr.ip() && r.port == real.addr.port())
+                    .ok_or((code::ENOENT, "No such destination".to_string()))?
+                    .forward;
                 let mut real = real.clone();
                 if *keep_fwd {
-                    if let Some(r) = self.services[i]
-                        .reals
-                        .iter()
-                        .find(|r| r.ip == real.addr.ip() && r.port == real.addr.port())
-                    {
-                        real.fwd = fwd_of(r.forward);
-                    }
+                    real.fwd = fwd_of(forward);
                 }
                 let real = &real;
                 self.check_real(&self.services[i], real)?;
@@ -875,6 +877,17 @@ lips = ["198.51.100.2"]
                 key: k,
                 real: real("198.51.100.99:80", Fwd::Nat, 3),
                 keep_fwd: false,
+            })
+            .unwrap_err()
+            .1,
+            "No such destination"
+        );
+        // Also when the request would be refused otherwise (a DR port mapping).
+        assert_eq!(
+            m.apply(&Op::EditReal {
+                key: k,
+                real: real("198.51.100.99:8080", Fwd::Dr, 0),
+                keep_fwd: true,
             })
             .unwrap_err()
             .1,

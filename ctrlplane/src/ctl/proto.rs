@@ -11,8 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-/// Version of this protocol. Bump on any incompatible change.
-pub const PROTO_VERSION: u32 = 1;
+/// Version of this protocol. Bump on any incompatible change (2: `EditReal.keep_fwd`, which an
+/// rvsd of version 1 would ignore, turning `-e ... -w 0` into a change of method).
+pub const PROTO_VERSION: u32 = 2;
 /// Largest message accepted either way (8 MiB: a listing of the most real servers rvsd takes,
 /// 4096 at some 350 bytes each, fits several times over).
 pub const MAX_MESSAGE: usize = 8 << 20;
