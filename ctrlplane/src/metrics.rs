@@ -177,7 +177,7 @@ const CORE_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
     ),
     (
         "rvs_core_redirected_out_total",
-        "Packets handed over to the core owning their session (those its full ring refused are counted in rvs_core_drops_total{reason=\"redirect_full\"} instead)",
+        "Packets handed over to the core owning their session, counted once its ring took them (those a full ring refused are in rvs_core_drops_total{reason=\"redirect_full\"})",
         Kind::Counter,
         CORE,
     ),

@@ -875,9 +875,8 @@ impl<P: PacketBuf> Stack<P> {
         if self.redirected {
             return self.drop_pkt(pkt, DropReason::RedirectLoop);
         }
-        if io.redirect(owner, port, pkt) {
-            self.counters.redirected_out.inc();
-        } else {
+        // `redirected_out` is counted by the I/O layer once the owner's ring took the packet.
+        if !io.redirect(owner, port, pkt) {
             self.count_drop(DropReason::RedirectFull);
         }
     }

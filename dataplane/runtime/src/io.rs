@@ -150,10 +150,10 @@ impl WorkerIo {
             if b.is_empty() {
                 continue;
             }
-            // The core counted them as redirected_out when queued; those the ring refuses are
-            // taken back from it (this worker is its only writer) and counted as dropped.
-            ring.send_burst(b);
-            self.counters.redirected_out.sub(b.len() as u64);
+            // Handed over once the ring took them (a counter that only grows); those it refuses
+            // are dropped and counted.
+            let sent = ring.send_burst(b);
+            self.counters.redirected_out.add(sent as u64);
             for _ in 0..b.len() {
                 self.counters.count_drop(DropReason::RedirectFull);
             }
