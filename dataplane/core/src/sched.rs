@@ -196,18 +196,6 @@ impl SchedKey {
     }
 }
 
-/// Index of dest `id` in `dests`, looked for at `hint` and beside it first: a list edited by one
-/// real server moves the others by one place at most.
-#[inline]
-fn index_of(dests: &[Dest], id: u32, hint: usize) -> Option<usize> {
-    for j in [hint, hint.wrapping_sub(1), hint + 1] {
-        if dests.get(j).is_some_and(|d| d.id == id) {
-            return Some(j);
-        }
-    }
-    dests.iter().position(|d| d.id == id)
-}
-
 /// (active, inactive) of dest `id` on this worker (0, 0 when `id` has no counters).
 #[inline]
 fn counts(stats: &[DestStats], id: u32) -> (u64, u64) {
@@ -426,12 +414,24 @@ impl Scheduler {
     /// - the lblc/lblcr caches, an entry losing the real servers that are gone.
     ///
     /// The hash tables (sh, dh, mh) are the new list's. Nothing is taken when the scheduler or
-    /// its flags changed. Allocates nothing: it runs on the worker, between two bursts.
-    pub fn carry_from(&mut self, old: &Scheduler, old_dests: &[Dest], dests: &[Dest]) {
+    /// its flags changed. `index` maps a dest id to its index in `dests` (anything else, or
+    /// beyond its end: not in `dests`). Allocates nothing and costs O(1) per entry carried: it
+    /// runs on the worker, between two bursts.
+    pub fn carry_from(
+        &mut self,
+        old: &Scheduler,
+        old_dests: &[Dest],
+        dests: &[Dest],
+        index: &[u32],
+    ) {
         if self.kind != old.kind {
             return;
         }
-        let to_new = |i: usize| old_dests.get(i).and_then(|d| index_of(dests, d.id, i));
+        let to_new = |i: usize| {
+            let id = old_dests.get(i)?.id;
+            let j = *index.get(id as usize)? as usize;
+            dests.get(j).filter(|d| d.id == id).map(|_| j)
+        };
         for (i, _) in old.over.0.iter().enumerate().filter(|(_, f)| **f) {
             if let Some(j) = to_new(i) {
                 let (was, now) = (old_dests[i].upper, dests[j].upper);
@@ -1339,7 +1339,11 @@ mod tests {
     /// fresh one for `new`.
     fn carried(kind: Sched, old: &Scheduler, old_d: &[Dest], new: &[Dest]) -> Scheduler {
         let mut s = Scheduler::new(kind, new);
-        s.carry_from(old, old_d, new);
+        let mut index = vec![u32::MAX; 16];
+        for (j, d) in new.iter().enumerate() {
+            index[d.id as usize] = j as u32;
+        }
+        s.carry_from(old, old_d, new, &index);
         s
     }
 

@@ -187,7 +187,14 @@ pub struct Services {
     vip_set: Vec<IpAddr>,
     /// Every service's LIPs, sorted, without duplicates.
     pub(crate) lip_set: Vec<IpAddr>,
+    /// Scratch of [`Services::carry_state`], indexed by dest id (up to the set's largest):
+    /// the index of that dest in the service being carried over, [`NO_INDEX`] elsewhere.
+    /// Allocated where the set is built, so a worker carrying state over allocates nothing.
+    id_index: Vec<u32>,
 }
+
+/// An [`Services::id_index`] slot of no dest.
+const NO_INDEX: u32 = u32::MAX;
 
 impl Services {
     /// An empty set.
@@ -202,6 +209,7 @@ impl Services {
             addrs: Vec::new(),
             vip_set: Vec::new(),
             lip_set: Vec::new(),
+            id_index: Vec::new(),
         }
     }
 
@@ -409,6 +417,11 @@ impl Services {
         let mut lip_set: Vec<IpAddr> = confs.iter().flat_map(|c| c.lips.iter().copied()).collect();
         lip_set.sort_unstable();
         lip_set.dedup();
+        let ids = list
+            .iter()
+            .flat_map(|s| &s.dests)
+            .map(|d| d.id as usize + 1);
+        let id_index = vec![NO_INDEX; ids.max().unwrap_or(0)];
         Ok(Services {
             map,
             list,
@@ -419,6 +432,7 @@ impl Services {
             addrs: crate::stack::service_addrs(confs),
             vip_set,
             lip_set,
+            id_index,
         })
     }
 
@@ -490,8 +504,20 @@ impl Services {
                 std::mem::swap(&mut s.sched, &mut o.sched);
                 s.lip_cursor = o.lip_cursor;
             } else {
-                // Real servers added, edited or removed: what still applies carries over.
-                s.sched.carry_from(&o.sched, &o.dests, &s.dests);
+                // Real servers added, edited or removed: what still applies carries over, each
+                // old dest found by its id in O(1).
+                for (j, d) in s.dests.iter().enumerate() {
+                    if let Some(x) = self.id_index.get_mut(d.id as usize) {
+                        *x = j as u32;
+                    }
+                }
+                s.sched
+                    .carry_from(&o.sched, &o.dests, &s.dests, &self.id_index);
+                for d in &s.dests {
+                    if let Some(x) = self.id_index.get_mut(d.id as usize) {
+                        *x = NO_INDEX;
+                    }
+                }
                 if s.lip_addrs == o.lip_addrs {
                     s.lip_cursor = o.lip_cursor;
                 }
