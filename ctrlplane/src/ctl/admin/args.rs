@@ -1072,9 +1072,11 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
         Cmd::List => {
             let mut list = st.list;
             list.service = key;
+            // ipvsadm takes --persistent-conn with -c (its title gains the persistence
+            // engine's columns), not with --timeout.
             if (list.connections || list.timeout)
                 && (list.stats
-                    || list.persistent_conn
+                    || (list.persistent_conn && list.timeout)
                     || list.rate
                     || list.thresholds
                     || list.health)

@@ -357,6 +357,16 @@ pub fn conns_title() -> String {
     )
 }
 
+/// The `-L -c --persistent-conn` title (`list_conn` with `FMT_PERSISTENTCONN`): two more
+/// columns for a persistence engine's name and data. rvs has no persistence engine (IPVS's
+/// `--pe sip`), so its rows are the plain ones, as ipvsadm prints a connection without them.
+pub fn conns_title_pe() -> String {
+    format!(
+        "IPVS connection entries\npro expire {:<11} {:<18} {:<18} {:<18} {:<16} {}\n",
+        "state", "source", "virtual", "destination", "pe name", "pe_data"
+    )
+}
+
 /// One `-L -c` row (`print_conn`): expiry as mm:ss (whole seconds).
 pub fn conn_row(c: &ConnView) -> String {
     let secs = c.expire_ms / 1000;

@@ -372,7 +372,12 @@ fn list(
     }
     if l.connections {
         // Pages, printed as they come.
-        write_out(out, &format::conns_title())?;
+        let title = if l.persistent_conn {
+            format::conns_title_pe()
+        } else {
+            format::conns_title()
+        };
+        write_out(out, &title)?;
         let mut start = 0;
         loop {
             match ask(Op::ListConns {

@@ -295,6 +295,21 @@ fn golden_connections_and_timeout() {
         },
     ];
     assert_eq!(format::conns(&conns), CONNS);
+    // With --persistent-conn, ipvsadm's title gains the persistence engine's columns (rows
+    // without engine data stay as they are).
+    assert_eq!(
+        format::conns_title_pe(),
+        "IPVS connection entries\npro expire state       source             virtual            destination        pe name          pe_data\n"
+    );
+    assert_eq!(
+        p("-L -n -c --persistent-conn"),
+        Command::List(ListOptions {
+            numeric: true,
+            connections: true,
+            persistent_conn: true,
+            ..ListOptions::default()
+        })
+    );
     assert_eq!(
         format::timeout(&TimeoutsView {
             tcp: 900,
@@ -739,6 +754,10 @@ fn parse_errors() {
         "The option 'timeout' conflicts with the 'connection' option in the 'list' command",
     );
     bad("-L -c --stats", "options conflicts in the list command");
+    bad(
+        "-L --timeout --persistent-conn",
+        "options conflicts in the list command",
+    );
     bad(
         "-A -t 10.0.0.1:80 -u 10.0.0.1:80",
         "multiple 'service-address' options specified",
