@@ -154,13 +154,27 @@ pub struct Invocation {
     pub socket: Option<PathBuf>,
 }
 
-/// A command-line error (rvsadm exits 2, as ipvsadm does). Displays as the bare message.
+/// A command-line error. Displays as the bare message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageError {
     /// ipvsadm's wording where it has one.
     pub message: String,
     /// Whether to add the "Try `rvsadm -h'" hint.
     pub hint: bool,
+    /// Found by ipvsadm's option parser (popt: an unknown option, a missing argument, no
+    /// command first), where ipvsadm exits 255; its other command-line errors exit 2.
+    pub popt: bool,
+}
+
+impl UsageError {
+    /// The exit status ipvsadm gives this error.
+    pub fn exit_code(&self) -> i32 {
+        if self.popt {
+            255
+        } else {
+            2
+        }
+    }
 }
 
 impl std::fmt::Display for UsageError {
@@ -173,13 +187,25 @@ fn fail<T>(message: impl Into<String>) -> Result<T, UsageError> {
     Err(UsageError {
         message: message.into(),
         hint: false,
+        popt: false,
     })
 }
 
+/// No command first: the hint, exit 255 (ipvsadm's `tryhelp_exit(program, -1)`).
 fn fail_hint<T>(message: impl Into<String>) -> Result<T, UsageError> {
     Err(UsageError {
         message: message.into(),
         hint: true,
+        popt: true,
+    })
+}
+
+/// popt's error, worded as ipvsadm prints it (`OPTION: reason`), exit 255.
+fn fail_popt<T>(option: &str, reason: &str) -> Result<T, UsageError> {
+    Err(UsageError {
+        message: format!("{option}: {reason}"),
+        hint: false,
+        popt: true,
     })
 }
 
@@ -613,10 +639,12 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
                 None => (body, None),
             };
             let Some(item) = long(name) else {
-                return fail(format!("invalid option `--{name}'"));
+                return fail_popt(&format!("--{name}"), "unknown option");
             };
             let value = match (item.arg(), inline) {
-                (Arg::No, Some(_)) => return fail(format!("option `--{name}' takes no argument")),
+                (Arg::No, Some(_)) => {
+                    return fail_popt(&format!("--{name}"), "option does not take an argument")
+                }
                 (Arg::No, None) => None,
                 (_, Some(v)) => Some(v.to_owned()),
                 (Arg::Required, None) => match args.get(i) {
@@ -624,7 +652,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
                         i += 1;
                         Some((*v).to_owned())
                     }
-                    None => return fail(format!("option `--{name}' requires an argument")),
+                    None => return fail_popt(&format!("--{name}"), "missing argument"),
                 },
                 (Arg::Optional, None) => match args.get(i) {
                     Some(v) if !v.starts_with('-') => {
@@ -644,7 +672,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
             let c = chars[k];
             k += 1;
             let Some(item) = short(c, st.cmd) else {
-                return fail(format!("invalid option `-{c}'"));
+                return fail_popt(&format!("-{c}"), "unknown option");
             };
             let rest: String = chars[k..].iter().collect();
             let value = match item.arg() {
@@ -658,7 +686,7 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
                         i += 1;
                         Some((*v).to_owned())
                     }
-                    None => return fail(format!("option `-{c}' requires an argument")),
+                    None => return fail_popt(&format!("-{c}"), "missing argument"),
                 },
                 Arg::Optional => match args.get(i) {
                     Some(v) if !v.starts_with('-') => {
@@ -857,6 +885,7 @@ fn usage(message: &str) -> UsageError {
     UsageError {
         message: message.to_owned(),
         hint: false,
+        popt: false,
     }
 }
 

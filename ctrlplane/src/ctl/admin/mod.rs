@@ -165,7 +165,7 @@ pub fn run(
                     "Try `rvsadm -h' or 'rvsadm --help' for more information."
                 );
             }
-            return 2;
+            return e.exit_code();
         }
     };
     let path = socket_path(inv.socket.as_deref(), env_socket);
