@@ -240,15 +240,18 @@ fn http(
     connect: Connector,
     deadline: Instant,
     path: &str,
-    expect_status: u16,
+    expect_status: Option<u16>,
     expect_body: Option<&str>,
 ) -> Result<(), String> {
     let mut s =
         connect(t.addr, t.source, left(deadline, "connect")?).map_err(|e| reason("connect", &e))?;
-    let host = match t.addr.ip() {
+    let mut host = match t.addr.ip() {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
     };
+    if t.addr.port() != 80 {
+        host = format!("{host}:{}", t.addr.port());
+    }
     let req = format!(
         "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rvs-health\r\nConnection: close\r\n\r\n"
     );
@@ -265,7 +268,9 @@ fn http(
             Ok(0) => break,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                if buf.len() >= MAX_HTTP_RESPONSE {
+                // Enough to judge (a server keeping the connection open despite `Connection:
+                // close` still passes): the status line, and the expected text if any.
+                if buf.len() >= MAX_HTTP_RESPONSE || http_answered(&buf, expect_body) {
                     break;
                 }
             }
@@ -292,8 +297,14 @@ fn http(
             "not an HTTP response".into()
         });
     };
-    if status != expect_status {
-        return Err(format!("HTTP status {status}, expected {expect_status}"));
+    match expect_status {
+        Some(want) if status != want => {
+            return Err(format!("HTTP status {status}, expected {want}"))
+        }
+        None if !(200..300).contains(&status) => {
+            return Err(format!("HTTP status {status}, expected 2xx"))
+        }
+        _ => {}
     }
     if let Some(want) = expect_body {
         let body = buf
@@ -305,6 +316,18 @@ fn http(
         }
     }
     Ok(())
+}
+
+/// Whether `buf` already holds what an HTTP check judges: the status line and, when a body text
+/// is expected, that text after the headers.
+fn http_answered(buf: &[u8], expect_body: Option<&str>) -> bool {
+    match expect_body {
+        None => buf.windows(2).any(|w| w == b"\r\n"),
+        Some(want) => buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|i| contains(&buf[i + 4..], want.as_bytes())),
+    }
 }
 
 fn udp(t: &Target, deadline: Instant, send: &str, expect: Option<&str>) -> Result<(), String> {

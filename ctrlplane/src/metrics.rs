@@ -292,7 +292,7 @@ const CTL_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
     ),
     (
         "rvs_health_publish_failures_total",
-        "Health-check state changes whose publication to the workers failed (retried every second until one succeeds)",
+        "Health-check state changes whose publication to the workers failed (retried after 1 s, then up to every 30 s, until one succeeds)",
         Kind::Counter,
         &[],
     ),

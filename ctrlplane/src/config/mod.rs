@@ -103,14 +103,14 @@ pub enum CheckKind {
     Tcp,
     /// `"icmp"`: an ICMP echo request is answered (the system `ping`, run on the control side).
     Icmp,
-    /// `"http"`: an HTTP/1.0 `GET path` answers `expect_status`, with
-    /// `expect_body` in the body when given.
+    /// `"http"`: an HTTP/1.0 `GET path` answers `expect_status` (any 2xx when not given, as
+    /// keepalived's `HTTP_GET`), with `expect_body` in the body when given.
     Http {
         /// `path` (default `"/"`): starts with `/`, no spaces or control
         /// characters.
         path: String,
-        /// `expect_status` (100..=599, default 200).
-        expect_status: u16,
+        /// `expect_status` (100..=599; default: any 2xx).
+        expect_status: Option<u16>,
         /// `expect_body` (default none): a substring the body must contain.
         expect_body: Option<String>,
     },
@@ -125,7 +125,8 @@ pub enum CheckKind {
 }
 
 impl CheckConfig {
-    /// The check with keepalived-like defaults.
+    /// The check with rvs's defaults: every 2 s, 1 s timeout, up after 2 successes, down after
+    /// 3 failures (keepalived's are slower: a 60 s `delay_loop`, 5 s `connect_timeout`).
     pub fn new(kind: CheckKind) -> CheckConfig {
         CheckConfig {
             kind,

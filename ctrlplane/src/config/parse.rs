@@ -1369,7 +1369,7 @@ fn parse_check(
                     expect_status,
                     expect_body,
                 }) => (path.clone(), *expect_status, expect_body.clone()),
-                _ => ("/".to_owned(), 200, None),
+                _ => ("/".to_owned(), None, None),
             };
             let path = opt_string("path")?.unwrap_or(bpath);
             if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -1378,7 +1378,7 @@ fn parse_check(
                     format!("path must start with `/` and hold no spaces or control characters, got {path:?}"),
                 ));
             }
-            let expect_status = t.int("expect_status", bstatus, 100, 599)?;
+            let expect_status = t.opt_int("expect_status", 100, 599)?.or(bstatus);
             let expect_body = opt_string("expect_body")?.or(bbody);
             CheckKind::Http {
                 path,

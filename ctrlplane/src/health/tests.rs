@@ -24,10 +24,10 @@ fn target(addr: SocketAddr, kind: CheckKind, timeout_ms: u32) -> Target {
     Target::new(key(), addr.ip(), addr.port(), &c, None)
 }
 
-fn http_kind(status: u16, body: Option<&str>) -> CheckKind {
+fn http_kind(status: impl Into<Option<u16>>, body: Option<&str>) -> CheckKind {
     CheckKind::Http {
         path: "/health".into(),
-        expect_status: status,
+        expect_status: status.into(),
         expect_body: body.map(str::to_owned),
     }
 }
@@ -144,6 +144,60 @@ fn http_checks() {
     assert_eq!(
         probe(&target(a, http_kind(200, None), 2000), connect_plain),
         Err("not an HTTP response".into())
+    );
+}
+
+/// Without `expect_status`, any 2xx passes (keepalived's `HTTP_GET` default); the request names
+/// the host with its port; a server that keeps the connection open after its answer passes
+/// without waiting for the timeout.
+#[test]
+fn http_check_defaults_host_and_open_connections() {
+    let a = http_server("HTTP/1.1 204 No Content\r\n\r\n");
+    assert_eq!(
+        probe(&target(a, http_kind(None, None), 2000), connect_plain),
+        Ok(())
+    );
+    let a = http_server("HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n");
+    assert_eq!(
+        probe(&target(a, http_kind(None, None), 2000), connect_plain),
+        Err("HTTP status 302, expected 2xx".into())
+    );
+    // Answers, then holds the connection (and reports the request's Host line).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nall good\n");
+            let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
+    let t0 = Instant::now();
+    assert_eq!(
+        probe(
+            &target(a, http_kind(None, Some("good")), 2000),
+            connect_plain
+        ),
+        Ok(())
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    let req = rx.recv().unwrap();
+    assert!(
+        req.contains(&format!("\r\nHost: 127.0.0.1:{}\r\n", a.port())),
+        "{req}"
     );
 }
 
