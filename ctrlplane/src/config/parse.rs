@@ -1864,7 +1864,8 @@ fn parse_service(
         let check = parse_check(&rt, service_check.as_ref(), Some(port))?;
         if check.is_none() && port == 0 {
             if let Some(c) = service_check.as_ref().filter(|c| c.port.is_none()) {
-                if c.kind != CheckKind::None {
+                // ICMP has no port to probe.
+                if !matches!(c.kind, CheckKind::None | CheckKind::Icmp) {
                     return Err(rt.err(
                         "port",
                         "the real server's port is 0 (it keeps the client's) and the service's check has no `port`; set `port` in [service.check] or [service.real.check]",

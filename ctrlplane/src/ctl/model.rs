@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use super::proto::{code, Fwd, Op, Proto, RealSpec, ServiceKey, ServiceSpec, TimeoutsView};
 use crate::config::{
-    self, CheckConfig, Config, Forward, PortConfig, RealConfig, Scheduler, ServiceConfig,
-    TimeoutsConfig,
+    self, CheckConfig, CheckKind, Config, Forward, PortConfig, RealConfig, Scheduler,
+    ServiceConfig, TimeoutsConfig,
 };
 
 /// A failed operation: errno-like code and message.
@@ -465,6 +465,25 @@ impl Model {
                 {
                     return err(code::EEXIST, "Destination already exists");
                 }
+                let check = self
+                    .checks
+                    .real
+                    .get(&(*key, real.addr.ip(), real.addr.port()))
+                    .cloned();
+                // As the configuration file: a port-0 real server (it keeps the client's port)
+                // under a service check without a port would be probed on port 0, fail, and be
+                // quiesced.
+                if check.is_none() && real.addr.port() == 0 {
+                    let portless = self.services[i].check.as_ref().filter(|c| c.port.is_none());
+                    if portless
+                        .is_some_and(|c| !matches!(c.kind, CheckKind::None | CheckKind::Icmp))
+                    {
+                        return err(
+                            code::EINVAL,
+                            "the real server's port is 0 (it keeps the client's) and the service's health check has no port; give the check a port in the configuration file",
+                        );
+                    }
+                }
                 let id = self
                     .free_id()
                     .ok_or((code::ENOMEM, "Memory allocation problem".to_string()))?;
@@ -478,11 +497,7 @@ impl Model {
                     forward: forward_of(real.fwd),
                     upper: real.upper,
                     lower: real.lower,
-                    check: self
-                        .checks
-                        .real
-                        .get(&(*key, real.addr.ip(), real.addr.port()))
-                        .cloned(),
+                    check,
                 });
             }
             Op::EditReal {
@@ -1094,6 +1109,46 @@ lips = ["198.51.100.3"]
             })
             .unwrap_err();
         assert!(e.1.contains("must differ"), "{}", e.1);
+    }
+
+    /// A port-0 real server (it keeps the client's port) added by rvsadm under a service check
+    /// without a port is refused, as the file refuses it (it would be probed on port 0 and
+    /// quiesced); an ICMP check has no port to need.
+    #[test]
+    fn a_port_zero_real_needs_a_check_port() {
+        for (kind, ok) in [("tcp", false), ("icmp", true)] {
+            let text = PORTS.to_string()
+                + &format!(
+                    r#"[[service]]
+proto = "tcp"
+vip = "192.0.2.10"
+vport = 0
+persistent = 300
+scheduler = "wrr"
+lips = ["198.51.100.2"]
+  [service.check]
+  type = "{kind}"
+  [[service.real]]
+  ip = "198.51.100.11"
+  port = 80
+  [service.real.check]
+  type = "tcp"
+"#
+                );
+            let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
+            let mut m = Model::from_config(&cfg, 16);
+            let r = m.apply(&Op::AddReal {
+                key: key("192.0.2.10", 0),
+                real: real("198.51.100.12:0", Fwd::FullNat, 1),
+            });
+            match r {
+                Ok(_) => assert!(ok, "{kind}: a port-0 real server was taken"),
+                Err(e) => {
+                    assert!(!ok, "{kind}: {e:?}");
+                    assert!(e.1.contains("health check has no port"), "{e:?}");
+                }
+            }
+        }
     }
 
     /// A service or real server rvsadm deletes and adds again (or `-C` then `-R`) gets the
