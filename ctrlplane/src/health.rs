@@ -30,6 +30,11 @@ use crate::ctl::proto::ServiceKey;
 /// A real server of a service: (service, real IP, real port).
 pub type RealId = (ServiceKey, IpAddr, u16);
 
+/// One instance of a checked real server: its [`RealId`] and [`Target::epoch`]. A real server
+/// removed and added again is another instance: it starts up, and what was found of the old one
+/// (its state, a probe still in flight) is not its own.
+pub type CheckId = (RealId, u32);
+
 /// Most body bytes an HTTP check reads.
 const MAX_HTTP_RESPONSE: usize = 64 * 1024;
 /// How often the scheduler looks for due checks and new targets.
@@ -47,6 +52,9 @@ pub struct Target {
     /// Local address to bind the probe's socket to (`[health] source`), when of the real
     /// server's family.
     pub source: Option<IpAddr>,
+    /// Which instance of the real server (rvsd: its dest id, which a real server added again
+    /// does not get back at once); 0 from [`Target::new`].
+    pub epoch: u32,
 }
 
 impl Target {
@@ -64,7 +72,19 @@ impl Target {
             addr: SocketAddr::new(ip, check.port.unwrap_or(port)),
             check: check.clone(),
             source: source.filter(|s| s.is_ipv4() == ip.is_ipv4()),
+            epoch: 0,
         }
+    }
+
+    /// This target as instance `epoch` of its real server.
+    pub fn with_epoch(mut self, epoch: u32) -> Target {
+        self.epoch = epoch;
+        self
+    }
+
+    /// Its instance's key.
+    pub fn key(&self) -> CheckId {
+        (self.id, self.epoch)
     }
 }
 
@@ -462,22 +482,22 @@ fn schedule(
     stop: &AtomicBool,
     grow: &mut dyn FnMut(usize),
 ) {
-    let mut state: HashMap<RealId, HealthState> = HashMap::new();
+    let mut state: HashMap<CheckId, HealthState> = HashMap::new();
     // When each real server's next check is due, and the interval that date came from.
-    let mut next: HashMap<RealId, (Instant, u32)> = HashMap::new();
-    let mut in_flight: HashSet<RealId> = HashSet::new();
+    let mut next: HashMap<CheckId, (Instant, u32)> = HashMap::new();
+    let mut in_flight: HashSet<CheckId> = HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let targets = sink.targets();
-        let ids: HashSet<RealId> = targets.iter().map(|t| t.id).collect();
+        let ids: HashSet<CheckId> = targets.iter().map(|t| t.key()).collect();
         state.retain(|id, _| ids.contains(id));
         next.retain(|id, _| ids.contains(id));
         for t in targets {
-            if in_flight.contains(&t.id) {
+            if in_flight.contains(&t.key()) {
                 continue;
             }
             let interval = t.check.interval_ms;
-            let due = next.entry(t.id).or_insert((now, interval));
+            let due = next.entry(t.key()).or_insert((now, interval));
             // A changed interval (a reload) counts from now, not from the old one's date.
             if due.1 != interval {
                 *due = (now, interval);
@@ -486,7 +506,7 @@ fn schedule(
                 continue;
             }
             due.0 = now + Duration::from_millis(u64::from(interval));
-            in_flight.insert(t.id);
+            in_flight.insert(t.key());
             if jobs.send(t).is_err() {
                 return;
             }
@@ -498,11 +518,11 @@ fn schedule(
             let wait = until.saturating_duration_since(Instant::now());
             match done.recv_timeout(wait) {
                 Ok((t, r)) => {
-                    in_flight.remove(&t.id);
-                    if !ids.contains(&t.id) {
+                    in_flight.remove(&t.key());
+                    if !ids.contains(&t.key()) {
                         continue;
                     }
-                    let st = state.entry(t.id).or_default();
+                    let st = state.entry(t.key()).or_default();
                     let ok = r.is_ok();
                     if let Some(up) = st.record(ok, t.check.rise, t.check.fall) {
                         let detail = match &r {

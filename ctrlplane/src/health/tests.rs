@@ -348,6 +348,38 @@ fn checker_marks_down_and_up() {
     checker.join();
 }
 
+/// A real server removed and added again (another instance: a new epoch) starts up, whatever
+/// the old one was found to be: down again only after `fall` failures of its own.
+#[test]
+fn a_real_server_added_again_starts_afresh() {
+    let a = closed_port();
+    let mut c = CheckConfig::new(CheckKind::Tcp);
+    c.interval_ms = 100;
+    c.timeout_ms = 100;
+    c.fall = 2;
+    let t = Target::new(key(), a.ip(), a.port(), &c, None).with_epoch(1);
+    let rec = Arc::new(Rec {
+        targets: Mutex::new(vec![t.clone()]),
+        seen: Mutex::new(Vec::new()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let checker = spawn(rec.clone(), 2, connect_plain, stop.clone()).unwrap();
+    let wait_for = |n: usize| {
+        let t0 = Instant::now();
+        while rec.seen.lock().unwrap().len() < n && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(1);
+    // Re-added within one scheduler tick: same address, new instance.
+    *rec.targets.lock().unwrap() = vec![t.clone().with_epoch(2)];
+    wait_for(2);
+    let down = (t.id, false, "connect refused, 2 failures".to_string());
+    assert_eq!(rec.seen.lock().unwrap().clone(), vec![down.clone(), down]);
+    stop.store(true, Ordering::Relaxed);
+    checker.join();
+}
+
 #[test]
 fn icmp_checks_ping_loopback() {
     let t = target("127.0.0.1:0".parse().unwrap(), CheckKind::Icmp, 1000);

@@ -17,7 +17,7 @@ use rvs_ctrlplane::ctl::proto::{
     ServiceView, Stats, TimeoutsView, MAX_CONNS_PAGE,
 };
 use rvs_ctrlplane::ctl::server::{Handler, RequestError};
-use rvs_ctrlplane::health::{self, RealId, Target};
+use rvs_ctrlplane::health::{self, CheckId, Target};
 use rvs_dataplane::ctl::{Built, Cmd, CtlLink, Snapshot};
 
 /// Dest ids per daemon (the length of every worker's per-real-server counter array).
@@ -48,9 +48,9 @@ struct Inner {
     /// Real servers their health check says are down: their effective weight in the snapshots
     /// is 0 (`down_action = "quiesce"`) while the model keeps the configured one. Consulted only
     /// for real servers that have a check (one whose check was removed counts as up).
-    down: HashSet<RealId>,
+    down: HashSet<CheckId>,
     /// Health state changes per real server since start.
-    transitions: HashMap<RealId, u64>,
+    transitions: HashMap<CheckId, u64>,
     /// When to publish the health state again: a publication of a health change failed (a
     /// worker late or refusing), so the workers may disagree on a real server until one
     /// succeeds. Any successful publication carries the state and clears it.
@@ -66,8 +66,11 @@ impl Inner {
         s: &rvs_ctrlplane::config::ServiceConfig,
         r: &rvs_ctrlplane::config::RealConfig,
     ) -> Option<bool> {
-        s.check_of(r)
-            .map(|_| !self.down.contains(&(key_of(s), r.ip, r.port)))
+        s.check_of(r).map(|_| {
+            !self
+                .down
+                .contains(&((key_of(s), r.ip, r.port), self.model.dest_id(s, r)))
+        })
     }
 }
 
@@ -285,7 +288,7 @@ impl Daemon {
                         health: up.map(|u| if u { "UP" } else { "DOWN" }.to_string()),
                         health_transitions: g
                             .transitions
-                            .get(&(key_of(s), r.ip, r.port))
+                            .get(&((key_of(s), r.ip, r.port), id))
                             .copied()
                             .unwrap_or(0),
                     });
@@ -731,14 +734,15 @@ impl health::Sink for Daemon {
         for s in &g.model.services {
             for r in &s.reals {
                 if let Some(c) = s.check_of(r) {
-                    v.push(Target::new(key_of(s), r.ip, r.port, c, source));
+                    let t = Target::new(key_of(s), r.ip, r.port, c, source);
+                    v.push(t.with_epoch(g.model.dest_id(s, r)));
                 }
             }
         }
         // Forget the state of real servers that are gone or no longer checked (the checker
         // forgets them too, so a check added again starts up).
         if !g.down.is_empty() || !g.transitions.is_empty() {
-            let ids: HashSet<RealId> = v.iter().map(|t| t.id).collect();
+            let ids: HashSet<CheckId> = v.iter().map(|t| t.key()).collect();
             g.down.retain(|id| ids.contains(id));
             g.transitions.retain(|id, _| ids.contains(id));
         }
@@ -748,11 +752,11 @@ impl health::Sink for Daemon {
     fn transition(&self, t: &Target, up: bool, detail: &str) {
         let mut g = self.lock();
         let changed = if up {
-            g.down.remove(&t.id)
+            g.down.remove(&t.key())
         } else {
-            g.down.insert(t.id)
+            g.down.insert(t.key())
         };
-        *g.transitions.entry(t.id).or_insert(0) += 1;
+        *g.transitions.entry(t.key()).or_insert(0) += 1;
         say!("rvsd: {}", health::transition_line(t, up, detail));
         if changed {
             self.publish_health(&mut g);
