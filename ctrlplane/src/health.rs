@@ -95,6 +95,8 @@ pub trait Sink: Send + Sync {
     /// `t` changed state: `up` is the new state; `detail` says why, like
     /// `connect refused, 3 failures` or `2 successes`.
     fn transition(&self, t: &Target, up: bool, detail: &str);
+    /// One check of `t` ended, `ok` or not (before any transition it causes).
+    fn checked(&self, _t: &Target, _ok: bool) {}
 }
 
 /// Connects a TCP socket to `addr` within `timeout`, from `source` when given. The library
@@ -524,6 +526,7 @@ fn schedule(
                     }
                     let st = state.entry(t.key()).or_default();
                     let ok = r.is_ok();
+                    sink.checked(&t, ok);
                     if let Some(up) = st.record(ok, t.check.rise, t.check.fall) {
                         let detail = match &r {
                             Ok(()) => plural(st.successes, "success", "successes"),

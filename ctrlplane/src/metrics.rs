@@ -11,8 +11,9 @@
 //!   `rvs_{service,real}_connections_total`, `_active_connections`, `_inactive_connections`,
 //!   `_in_packets_total`, `_out_packets_total`, `_in_bytes_total`, `_out_bytes_total`, and the
 //!   estimator's rates `_cps`, `_inpps`, `_outpps`, `_inbps`, `_outbps` (bytes per second);
-//! - per health-checked real server: `rvs_real_up` (1 up, 0 down) and
-//!   `rvs_real_health_transitions_total` (real servers without a check have neither);
+//! - per health-checked real server: `rvs_real_up` (1 up, 0 down),
+//!   `rvs_real_health_transitions_total` and `rvs_real_check_failures_total` (real servers
+//!   without a check have none);
 //! - per core (`core`, the lcore): `rvs_core_rx_packets_total`, `rvs_core_tx_packets_total`,
 //!   `rvs_core_drops_total{reason}`, `rvs_core_redirected_{in,out}_total`,
 //!   `rvs_core_sessions_{created,expired}_total`, `rvs_core_polls_total`,
@@ -310,6 +311,11 @@ const HEALTH_FAMILIES: &[(&str, &str, Kind)] = &[
         "Health-check state changes, per health-checked real server",
         Kind::Counter,
     ),
+    (
+        "rvs_real_check_failures_total",
+        "Failed health checks, each one (those below `fall` too), per health-checked real server",
+        Kind::Counter,
+    ),
 ];
 
 /// A family being filled at scrape time.
@@ -433,6 +439,7 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
             if let Some(h) = &r.health {
                 health[0].push(REAL, &labels, if h == "DOWN" { 0.0 } else { 1.0 });
                 health[1].push(REAL, &labels, r.health_transitions as f64);
+                health[2].push(REAL, &labels, r.health_failures as f64);
             }
         }
     }

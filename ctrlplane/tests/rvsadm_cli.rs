@@ -93,6 +93,7 @@ fn answer(op: Op) -> Response {
                     rates: Rates::default(),
                     health: None,
                     health_transitions: 0,
+                    health_failures: 0,
                 }],
                 lips: vec![],
                 stats: Stats::default(),

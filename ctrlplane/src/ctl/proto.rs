@@ -158,6 +158,10 @@ pub struct RealView {
     /// Health state changes since rvsd started (0 when not checked).
     #[serde(default)]
     pub health_transitions: u64,
+    /// Failed checks since rvsd started, each one (those below `fall` too: a flapping server
+    /// shows here before it changes state; 0 when not checked).
+    #[serde(default)]
+    pub health_failures: u64,
 }
 
 /// A virtual service as listed.

@@ -298,6 +298,8 @@ fn udp_checks() {
 struct Rec {
     targets: Mutex<Vec<Target>>,
     seen: Mutex<Vec<(RealId, bool, String)>>,
+    /// Every check's outcome, in order.
+    checks: Mutex<Vec<bool>>,
 }
 
 impl Sink for Rec {
@@ -306,6 +308,9 @@ impl Sink for Rec {
     }
     fn transition(&self, t: &Target, up: bool, detail: &str) {
         self.seen.lock().unwrap().push((t.id, up, detail.into()));
+    }
+    fn checked(&self, _t: &Target, ok: bool) {
+        self.checks.lock().unwrap().push(ok);
     }
 }
 
@@ -322,6 +327,7 @@ fn checker_marks_down_and_up() {
     let rec = Arc::new(Rec {
         targets: Mutex::new(vec![t.clone()]),
         seen: Mutex::new(Vec::new()),
+        checks: Mutex::new(Vec::new()),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let checker = spawn(rec.clone(), 2, connect_plain, stop.clone()).unwrap();
@@ -336,6 +342,8 @@ fn checker_marks_down_and_up() {
         rec.seen.lock().unwrap().clone(),
         vec![(t.id, false, "connect refused, 2 failures".to_string())]
     );
+    // Each failed check was reported, the ones before the transition too.
+    assert!(rec.checks.lock().unwrap().starts_with(&[false, false]));
     let l = TcpListener::bind(a);
     if let Ok(_l) = l {
         wait_for(2);
@@ -361,6 +369,7 @@ fn a_real_server_added_again_starts_afresh() {
     let rec = Arc::new(Rec {
         targets: Mutex::new(vec![t.clone()]),
         seen: Mutex::new(Vec::new()),
+        checks: Mutex::new(Vec::new()),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let checker = spawn(rec.clone(), 2, connect_plain, stop.clone()).unwrap();
@@ -410,6 +419,7 @@ fn hanging_checks_do_not_hold_up_the_others() {
     let rec = Arc::new(Rec {
         targets: Mutex::new(targets),
         seen: Mutex::new(Vec::new()),
+        checks: Mutex::new(Vec::new()),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let checker = spawn(rec.clone(), 1, connect_plain, stop.clone()).unwrap();

@@ -44,6 +44,7 @@ fn real(ip: &str, port: u16, conns: u64) -> RealView {
         },
         health: None,
         health_transitions: 0,
+        health_failures: 0,
     }
 }
 
@@ -539,6 +540,7 @@ fn health_series_only_for_checked_reals() {
     let mut down = real("198.51.100.12", 80, 1);
     down.health = Some("DOWN".into());
     down.health_transitions = 3;
+    down.health_failures = 7;
     let mut up = real("198.51.100.13", 80, 1);
     up.health = Some("UP".into());
     let sample = Sample {
@@ -574,6 +576,9 @@ fn health_series_only_for_checked_reals() {
     let tr = get("rvs_real_health_transitions_total");
     assert_eq!(tr.get_field_type(), MetricType::COUNTER);
     assert_eq!(tr.get_metric()[0].get_counter().get_value(), 3.0);
+    let fl = get("rvs_real_check_failures_total");
+    assert_eq!(fl.get_field_type(), MetricType::COUNTER);
+    assert_eq!(fl.get_metric()[0].get_counter().get_value(), 7.0);
     // Without any checked real server the families are left out.
     let none = families(&Sample {
         services: vec![service(

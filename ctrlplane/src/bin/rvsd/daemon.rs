@@ -51,6 +51,8 @@ struct Inner {
     down: HashSet<CheckId>,
     /// Health state changes per real server since start.
     transitions: HashMap<CheckId, u64>,
+    /// Failed checks per checked real server (each one, below `fall` too).
+    failures: HashMap<CheckId, u64>,
     /// When to publish the health state again: a publication of a health change failed (a
     /// worker late or refusing), so the workers may disagree on a real server until one
     /// succeeds. Any successful publication carries the state and clears it.
@@ -125,6 +127,7 @@ impl Daemon {
                 retired: HashMap::new(),
                 down: HashSet::new(),
                 transitions: HashMap::new(),
+                failures: HashMap::new(),
                 health_retry: None,
                 health_backoff: HEALTH_RETRY,
             }),
@@ -288,6 +291,11 @@ impl Daemon {
                         health: up.map(|u| if u { "UP" } else { "DOWN" }.to_string()),
                         health_transitions: g
                             .transitions
+                            .get(&((key_of(s), r.ip, r.port), id))
+                            .copied()
+                            .unwrap_or(0),
+                        health_failures: g
+                            .failures
                             .get(&((key_of(s), r.ip, r.port), id))
                             .copied()
                             .unwrap_or(0),
@@ -741,10 +749,11 @@ impl health::Sink for Daemon {
         }
         // Forget the state of real servers that are gone or no longer checked (the checker
         // forgets them too, so a check added again starts up).
-        if !g.down.is_empty() || !g.transitions.is_empty() {
+        if !g.down.is_empty() || !g.transitions.is_empty() || !g.failures.is_empty() {
             let ids: HashSet<CheckId> = v.iter().map(|t| t.key()).collect();
             g.down.retain(|id| ids.contains(id));
             g.transitions.retain(|id, _| ids.contains(id));
+            g.failures.retain(|id, _| ids.contains(id));
         }
         v
     }
@@ -760,6 +769,12 @@ impl health::Sink for Daemon {
         say!("rvsd: {}", health::transition_line(t, up, detail));
         if changed {
             self.publish_health(&mut g);
+        }
+    }
+
+    fn checked(&self, t: &Target, ok: bool) {
+        if !ok {
+            *self.lock().failures.entry(t.key()).or_insert(0) += 1;
         }
     }
 }

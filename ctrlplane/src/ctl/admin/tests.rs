@@ -41,6 +41,7 @@ fn real(addr: &str, fwd: Fwd, weight: u32, active: u64, inactive: u64) -> RealVi
         rates: Rates::default(),
         health: None,
         health_transitions: 0,
+        health_failures: 0,
     }
 }
 fn svc(key: ServiceKey, sched: &str, reals: Vec<RealView>) -> ServiceView {
@@ -922,6 +923,7 @@ fn save_then_restore_round_trip() {
                     rates: Rates::default(),
                     health: None,
                     health_transitions: 0,
+                    health_failures: 0,
                 });
             }
             Command::AddLaddr { key, lip } => {
