@@ -112,6 +112,12 @@ fn a_dead_real_server_is_quiesced_and_restored() {
     // fall (2) × interval (1 s) plus one timeout; the bound is wait_for's (a loaded 2-core
     // machine may add seconds of scheduling; the 1 s check timeout leaves room for it too).
     eprintln!("DOWN detected after {down:?}");
+    // Two real servers are left: no "no real server available" alarm.
+    assert!(
+        !rvsd.log_text().contains("no real server of"),
+        "{}",
+        rvsd.log_text()
+    );
     let after = requests(&cl, 30);
     assert!(
         after

@@ -767,6 +767,22 @@ impl health::Sink for Daemon {
         };
         *g.transitions.entry(t.key()).or_insert(0) += 1;
         say!("rvsd: {}", health::transition_line(t, up, detail));
+        // The last available real server of its service went: say what that means.
+        if changed && !up {
+            let svc = g.model.services.iter().find(|s| key_of(s) == t.id.0);
+            if let Some(s) = svc.filter(|s| {
+                s.reals
+                    .iter()
+                    .all(|r| r.weight == 0 || g.health_of(s, r) == Some(false))
+            }) {
+                let k = key_of(s);
+                say!(
+                    "rvsd: health: no real server of {} {} is available (down or weight 0): its new connections are dropped (no_dest) until one comes back",
+                    k.proto.upper(),
+                    std::net::SocketAddr::new(k.vip, k.vport)
+                );
+            }
+        }
         if changed {
             self.publish_health(&mut g);
         }
