@@ -88,20 +88,28 @@ fn transition_lines() {
     assert_eq!(t.source, None);
 }
 
+/// The request's bytes up to its blank line (None: the client went away first).
+fn read_request(s: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    let mut req = Vec::new();
+    let mut b = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => req.extend_from_slice(&b[..n]),
+        }
+    }
+    Some(req)
+}
+
 /// A one-shot HTTP server answering `response` to the first request; its address.
 fn http_server(response: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = l.accept() {
-            let mut req = Vec::new();
-            let mut b = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut b) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&b[..n]),
-                }
-            }
+            let Some(req) = read_request(&mut s) else {
+                return;
+            };
             assert!(req.starts_with(b"GET /health HTTP/1.0\r\n"));
             let _ = s.write_all(response.as_bytes());
         }
@@ -168,14 +176,9 @@ fn http_check_defaults_host_and_open_connections() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = l.accept() {
-            let mut req = Vec::new();
-            let mut b = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut b) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&b[..n]),
-                }
-            }
+            let Some(req) = read_request(&mut s) else {
+                return;
+            };
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nall good\n");
             let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
             std::thread::sleep(Duration::from_secs(3));
@@ -314,30 +317,44 @@ impl Sink for Rec {
     }
 }
 
-#[test]
-fn checker_marks_down_and_up() {
-    // A real server whose port is closed goes down after `fall` checks, then up once it listens.
+impl Rec {
+    fn new(targets: Vec<Target>) -> Arc<Rec> {
+        Arc::new(Rec {
+            targets: Mutex::new(targets),
+            seen: Mutex::new(Vec::new()),
+            checks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Wait (5 s at most) until `n` transitions were seen.
+    fn wait_for(&self, n: usize) {
+        let t0 = Instant::now();
+        while self.seen.lock().unwrap().len() < n && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A TCP check every 100 ms (100 ms timeout), down after 2 failures, up after 2 successes, of a
+/// closed local port.
+fn closed_port_target() -> (SocketAddr, Target) {
     let a = closed_port();
     let mut c = CheckConfig::new(CheckKind::Tcp);
     c.interval_ms = 100;
     c.timeout_ms = 100;
     c.fall = 2;
     c.rise = 2;
-    let t = Target::new(key(), a.ip(), a.port(), &c, None);
-    let rec = Arc::new(Rec {
-        targets: Mutex::new(vec![t.clone()]),
-        seen: Mutex::new(Vec::new()),
-        checks: Mutex::new(Vec::new()),
-    });
+    (a, Target::new(key(), a.ip(), a.port(), &c, None))
+}
+
+#[test]
+fn checker_marks_down_and_up() {
+    // A real server whose port is closed goes down after `fall` checks, then up once it listens.
+    let (a, t) = closed_port_target();
+    let rec = Rec::new(vec![t.clone()]);
     let stop = Arc::new(AtomicBool::new(false));
     let checker = spawn(rec.clone(), 2, connect_plain, stop.clone()).unwrap();
-    let wait_for = |n: usize| {
-        let t0 = Instant::now();
-        while rec.seen.lock().unwrap().len() < n && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for(1);
+    rec.wait_for(1);
     assert_eq!(
         rec.seen.lock().unwrap().clone(),
         vec![(t.id, false, "connect refused, 2 failures".to_string())]
@@ -346,7 +363,7 @@ fn checker_marks_down_and_up() {
     assert!(rec.checks.lock().unwrap().starts_with(&[false, false]));
     let l = TcpListener::bind(a);
     if let Ok(_l) = l {
-        wait_for(2);
+        rec.wait_for(2);
         assert_eq!(
             rec.seen.lock().unwrap()[1],
             (t.id, true, "2 successes".to_string())
@@ -360,29 +377,15 @@ fn checker_marks_down_and_up() {
 /// the old one was found to be: down again only after `fall` failures of its own.
 #[test]
 fn a_real_server_added_again_starts_afresh() {
-    let a = closed_port();
-    let mut c = CheckConfig::new(CheckKind::Tcp);
-    c.interval_ms = 100;
-    c.timeout_ms = 100;
-    c.fall = 2;
-    let t = Target::new(key(), a.ip(), a.port(), &c, None).with_epoch(1);
-    let rec = Arc::new(Rec {
-        targets: Mutex::new(vec![t.clone()]),
-        seen: Mutex::new(Vec::new()),
-        checks: Mutex::new(Vec::new()),
-    });
+    let (_, t) = closed_port_target();
+    let t = t.with_epoch(1);
+    let rec = Rec::new(vec![t.clone()]);
     let stop = Arc::new(AtomicBool::new(false));
     let checker = spawn(rec.clone(), 2, connect_plain, stop.clone()).unwrap();
-    let wait_for = |n: usize| {
-        let t0 = Instant::now();
-        while rec.seen.lock().unwrap().len() < n && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for(1);
+    rec.wait_for(1);
     // Re-added within one scheduler tick: same address, new instance.
     *rec.targets.lock().unwrap() = vec![t.clone().with_epoch(2)];
-    wait_for(2);
+    rec.wait_for(2);
     let down = (t.id, false, "connect refused, 2 failures".to_string());
     assert_eq!(rec.seen.lock().unwrap().clone(), vec![down.clone(), down]);
     stop.store(true, Ordering::Relaxed);
@@ -416,11 +419,7 @@ fn hanging_checks_do_not_hold_up_the_others() {
     c.fall = 1;
     let last = Target::new(key(), refused.ip(), refused.port(), &c, None);
     targets.push(last.clone());
-    let rec = Arc::new(Rec {
-        targets: Mutex::new(targets),
-        seen: Mutex::new(Vec::new()),
-        checks: Mutex::new(Vec::new()),
-    });
+    let rec = Rec::new(targets);
     let stop = Arc::new(AtomicBool::new(false));
     let checker = spawn(rec.clone(), 1, connect_plain, stop.clone()).unwrap();
     let t0 = Instant::now();
