@@ -162,9 +162,8 @@ impl HealthState {
 pub fn transition_line(t: &Target, up: bool, detail: &str) -> String {
     let (key, ip, port) = t.id;
     format!(
-        "health: {} {} -> {} {} ({detail})",
-        key.proto.upper(),
-        SocketAddr::new(key.vip, key.vport),
+        "health: {} -> {} {} ({detail})",
+        key.name(),
         SocketAddr::new(ip, port),
         if up { "UP" } else { "DOWN" }
     )

@@ -664,10 +664,7 @@ impl Model {
         let new: BTreeMap<ServiceKey, &ServiceConfig> =
             cfg.services.iter().map(|s| (key_of(s), s)).collect();
         let mut changes = Vec::new();
-        let name = |k: &ServiceKey| match k.mark {
-            Some(m) => format!("FWM {m}"),
-            None => format!("{} {}", k.proto.upper(), fmt_addr(k.vip, k.vport)),
-        };
+        let name = |k: &ServiceKey| k.name();
         for (k, s) in &new {
             match old.get(k) {
                 None => changes.push(format!("added service {}", name(k))),
@@ -765,11 +762,6 @@ fn ipvs_flags(op: &Op) -> std::borrow::Cow<'_, Op> {
         Op::AddService { .. } => Op::AddService { spec },
         _ => Op::EditService { spec },
     })
-}
-
-/// `a.b.c.d:port` or `[v6]:port`.
-pub fn fmt_addr(ip: IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(ip, port).to_string()
 }
 
 #[cfg(test)]

@@ -59,6 +59,18 @@ impl ServiceKey {
             mark: Some(mark),
         }
     }
+
+    /// The service as rvsd's log and messages name it: `TCP 203.0.113.10:80`, `FWM 7`.
+    pub fn name(&self) -> String {
+        match self.mark {
+            Some(m) => format!("FWM {m}"),
+            None => format!(
+                "{} {}",
+                self.proto.upper(),
+                std::net::SocketAddr::new(self.vip, self.vport)
+            ),
+        }
+    }
 }
 
 /// Forwarding method of a real server (ipvsadm `-m`, `-g`, `-i`, and `-b` for FULLNAT).

@@ -775,11 +775,9 @@ impl health::Sink for Daemon {
                     .iter()
                     .all(|r| r.weight == 0 || g.health_of(s, r) == Some(false))
             }) {
-                let k = key_of(s);
                 say!(
-                    "rvsd: health: no real server of {} {} is available (down or weight 0): its new connections are dropped (no_dest) until one comes back",
-                    k.proto.upper(),
-                    std::net::SocketAddr::new(k.vip, k.vport)
+                    "rvsd: health: no real server of {} is available (down or weight 0): its new connections are dropped (no_dest) until one comes back",
+                    key_of(s).name()
                 );
             }
         }

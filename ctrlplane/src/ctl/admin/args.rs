@@ -564,6 +564,23 @@ fn long(name: &str) -> Option<Item> {
     })
 }
 
+/// ipvsadm 1.31's long options rvs does not take (besides `--tun-*`): refused as such (exit 2),
+/// not as unknown. The connection sync daemon comes with session sync; one-packet scheduling,
+/// persistence engines and SCTP are not there.
+const UNSUPPORTED_LONG: &[&str] = &[
+    "start-daemon",
+    "stop-daemon",
+    "ops",
+    "pe",
+    "sctp-service",
+    "mcast-interface",
+    "syncid",
+    "sync-maxlen",
+    "mcast-group",
+    "mcast-port",
+    "mcast-ttl",
+];
+
 /// A service as named on the command line.
 #[derive(Clone, Copy)]
 enum Svc {
@@ -639,6 +656,9 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
                 None => (body, None),
             };
             let Some(item) = long(name) else {
+                if UNSUPPORTED_LONG.contains(&name) || name.starts_with("tun-") {
+                    return fail(format!("--{name}: ipvsadm's, not supported by rvs"));
+                }
                 return fail_popt(&format!("--{name}"), "unknown option");
             };
             let value = match (item.arg(), inline) {
@@ -672,6 +692,9 @@ pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Invocation, UsageError> {
             let c = chars[k];
             k += 1;
             let Some(item) = short(c, st.cmd) else {
+                if c == 'o' {
+                    return fail("-o: ipvsadm's, not supported by rvs");
+                }
                 return fail_popt(&format!("-{c}"), "unknown option");
             };
             let rest: String = chars[k..].iter().collect();
@@ -1102,10 +1125,10 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
             let mut list = st.list;
             list.service = key;
             // ipvsadm takes --persistent-conn with -c (its title gains the persistence
-            // engine's columns), not with --timeout.
-            if (list.connections || list.timeout)
+            // engine's columns), not with --timeout or --daemon.
+            if (list.connections || list.timeout || list.daemon)
                 && (list.stats
-                    || (list.persistent_conn && list.timeout)
+                    || (list.persistent_conn && !list.connections)
                     || list.rate
                     || list.thresholds
                     || list.health)

@@ -2,8 +2,9 @@
 //! [`format`] prints rvsd's answers in ipvsadm's layouts, and [`run`] ties them to the control
 //! socket.
 //!
-//! Exit status as ipvsadm 1.31: 0 on success; 2 for a command-line error, and when rvsd cannot
-//! be reached (ipvsadm's "Can't initialize ipvs"); 255 when rvsd refuses a command that changes
+//! Exit status as ipvsadm 1.31: 0 on success; 255 for what ipvsadm's option parser (popt)
+//! refuses (an unknown option, a missing argument, no command first); 2 for its other
+//! command-line errors, and when rvsd cannot be reached (ipvsadm's "Can't initialize ipvs"); 255 when rvsd refuses a command that changes
 //! state (`-A -E -D -C -a -e -d -Z --set --add-laddr --del-laddr`: ipvsadm returns libipvs's -1
 //! from `main`); 1 for anything else: a listing rvsd cannot give (ipvsadm's `list_service`
 //! exits 1), rvsd busy, rvs's own commands refused, an unexpected answer, output or input
@@ -106,7 +107,8 @@ Options:
 /// Why a command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// A command-line error: exit 2.
+    /// A command-line error of `-R`'s input: exit 2 (the command line's own exit as
+    /// [`args::UsageError::exit_code`] says).
     Usage(String),
     /// rvsd could not be reached: exit 2.
     Unreachable(String),

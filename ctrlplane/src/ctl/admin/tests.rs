@@ -710,6 +710,23 @@ fn parse_errors() {
     bad("10.0.0.1 -L", "a command must come first, got `10.0.0.1'");
     bad("-L -q", "-q: unknown option");
     bad("-L --bogus", "--bogus: unknown option");
+    // ipvsadm's options rvs lacks say so (exit 2), not "unknown".
+    bad(
+        "-A -t 10.0.0.1:80 --pe sip",
+        "--pe: ipvsadm's, not supported by rvs",
+    );
+    bad(
+        "-A -t 10.0.0.1:80 -o",
+        "-o: ipvsadm's, not supported by rvs",
+    );
+    bad(
+        "--start-daemon master",
+        "--start-daemon: ipvsadm's, not supported by rvs",
+    );
+    bad(
+        "-L --daemon --stats",
+        "options conflicts in the list command",
+    );
     bad(
         "-A -s rr",
         "You need to supply the 'service-address' option for the 'add-service' command",
