@@ -137,6 +137,12 @@ impl CheckConfig {
             fall: 3,
         }
     }
+
+    /// Whether this check, given to a real server of port 0 (it keeps the client's port),
+    /// would probe port 0: it probes a port (not `none`, not ICMP) and names none of its own.
+    pub fn lacks_port_for_port_zero(&self) -> bool {
+        self.port.is_none() && !matches!(self.kind, CheckKind::None | CheckKind::Icmp)
+    }
 }
 
 impl ServiceConfig {
@@ -429,6 +435,18 @@ impl Scheduler {
     /// The scheduler named `name`.
     pub fn from_name(name: &str) -> Option<Scheduler> {
         Scheduler::ALL.iter().copied().find(|s| s.as_str() == name)
+    }
+
+    /// The bit (0, 1, 2) of scheduler flag `name` for this scheduler: ipvsadm's generic
+    /// `flag-1`..`flag-3` (IPVS's `IP_VS_SVC_F_SCHED1..3`, any scheduler), or one of its
+    /// [`Scheduler::flag_names`] (sh and mh name the first two `*-fallback` and `*-port`).
+    pub fn flag_bit(self, name: &str) -> Option<usize> {
+        match name {
+            "flag-1" => Some(0),
+            "flag-2" => Some(1),
+            "flag-3" => Some(2),
+            _ => self.flag_names().iter().position(|n| *n == name),
+        }
     }
 
     /// The scheduler flags it takes (ipvsadm `-b`): `sh-fallback`,

@@ -1604,13 +1604,10 @@ fn parse_service(
         let given = as_str(cx, node, &path)?;
         // ipvsadm's generic names: `flag-N` is the scheduler's Nth flag (`-b flag-2` = sh-port
         // for sh); one the scheduler lacks is refused by the check below.
-        let flag = match given {
-            "flag-1" | "flag-2" | "flag-3" => {
-                let n = (given.as_bytes()[5] - b'1') as usize;
-                scheduler.flag_names().get(n).copied().unwrap_or(given)
-            }
-            _ => given,
-        };
+        let flag = scheduler
+            .flag_bit(given)
+            .and_then(|b| scheduler.flag_names().get(b).copied())
+            .unwrap_or(given);
         if let Err(m) = scheduler.check_flags(&[flag]) {
             return Err(cx.err(node.pos, path, m));
         }
@@ -1862,16 +1859,16 @@ fn parse_service(
             ));
         }
         let check = parse_check(&rt, service_check.as_ref(), Some(port))?;
-        if check.is_none() && port == 0 {
-            if let Some(c) = service_check.as_ref().filter(|c| c.port.is_none()) {
-                // ICMP has no port to probe.
-                if !matches!(c.kind, CheckKind::None | CheckKind::Icmp) {
-                    return Err(rt.err(
-                        "port",
-                        "the real server's port is 0 (it keeps the client's) and the service's check has no `port`; set `port` in [service.check] or [service.real.check]",
-                    ));
-                }
-            }
+        if check.is_none()
+            && port == 0
+            && service_check
+                .as_ref()
+                .is_some_and(CheckConfig::lacks_port_for_port_zero)
+        {
+            return Err(rt.err(
+                "port",
+                "the real server's port is 0 (it keeps the client's) and the service's check has no `port`; set `port` in [service.check] or [service.real.check]",
+            ));
         }
         reals.push(RealConfig {
             ip,

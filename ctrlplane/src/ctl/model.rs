@@ -11,8 +11,8 @@ use std::net::IpAddr;
 
 use super::proto::{code, Fwd, Op, Proto, RealSpec, ServiceKey, ServiceSpec, TimeoutsView};
 use crate::config::{
-    self, CheckConfig, CheckKind, Config, Forward, PortConfig, RealConfig, Scheduler,
-    ServiceConfig, TimeoutsConfig,
+    self, CheckConfig, Config, Forward, PortConfig, RealConfig, Scheduler, ServiceConfig,
+    TimeoutsConfig,
 };
 
 /// A failed operation: errno-like code and message.
@@ -473,16 +473,17 @@ impl Model {
                 // As the configuration file: a port-0 real server (it keeps the client's port)
                 // under a service check without a port would be probed on port 0, fail, and be
                 // quiesced.
-                if check.is_none() && real.addr.port() == 0 {
-                    let portless = self.services[i].check.as_ref().filter(|c| c.port.is_none());
-                    if portless
-                        .is_some_and(|c| !matches!(c.kind, CheckKind::None | CheckKind::Icmp))
-                    {
-                        return err(
-                            code::EINVAL,
-                            "the real server's port is 0 (it keeps the client's) and the service's health check has no port; give the check a port in the configuration file",
-                        );
-                    }
+                if check.is_none()
+                    && real.addr.port() == 0
+                    && self.services[i]
+                        .check
+                        .as_ref()
+                        .is_some_and(CheckConfig::lacks_port_for_port_zero)
+                {
+                    return err(
+                        code::EINVAL,
+                        "the real server's port is 0 (it keeps the client's) and the service's health check has no port; give the check a port in the configuration file",
+                    );
                 }
                 let id = self
                     .free_id()
@@ -510,24 +511,17 @@ impl Model {
                     .ok_or((code::ESRCH, "Service not defined".to_string()))?;
                 // Looked up first (as `ip_vs_edit_dest`): a missing server is "No such
                 // destination", whatever else is wrong with the request.
-                let forward = self.services[i]
+                let j = self.services[i]
                     .reals
                     .iter()
-                    .find(|r| r.ip == real.addr.ip() && r.port == real.addr.port())
-                    .ok_or((code::ENOENT, "No such destination".to_string()))?
-                    .forward;
+                    .position(|r| r.ip == real.addr.ip() && r.port == real.addr.port())
+                    .ok_or((code::ENOENT, "No such destination".to_string()))?;
                 let mut real = real.clone();
                 if *keep_fwd {
-                    real.fwd = fwd_of(forward);
+                    real.fwd = fwd_of(self.services[i].reals[j].forward);
                 }
-                let real = &real;
-                self.check_real(&self.services[i], real)?;
-                let s = &mut self.services[i];
-                let r = s
-                    .reals
-                    .iter_mut()
-                    .find(|r| r.ip == real.addr.ip() && r.port == real.addr.port())
-                    .ok_or((code::ENOENT, "No such destination".to_string()))?;
+                self.check_real(&self.services[i], &real)?;
+                let r = &mut self.services[i].reals[j];
                 r.weight = real.weight;
                 r.forward = forward_of(real.fwd);
                 r.upper = real.upper;
@@ -729,19 +723,13 @@ fn ipvs_flags(op: &Op) -> std::borrow::Cow<'_, Op> {
     if spec.sched_flags.is_empty() {
         return std::borrow::Cow::Borrowed(op);
     }
-    let named: &[&str] = Scheduler::from_name(&spec.scheduler).map_or(&[], |s| s.flag_names());
-    let bit = |f: &str| -> Option<usize> {
-        match f {
-            "flag-1" => Some(0),
-            "flag-2" => Some(1),
-            "flag-3" => Some(2),
-            _ => named.iter().position(|n| *n == f),
-        }
-    };
+    // An unknown scheduler (refused later) takes the generic names only, as rr does.
+    let sched = Scheduler::from_name(&spec.scheduler).unwrap_or(Scheduler::Rr);
+    let named = sched.flag_names();
     let mut bits = [false; 3];
     let mut other = Vec::new();
     for f in &spec.sched_flags {
-        match bit(f) {
+        match sched.flag_bit(f) {
             Some(b) => bits[b] = true,
             // Left for the scheduler's check to refuse with its message.
             None => other.push(f.clone()),

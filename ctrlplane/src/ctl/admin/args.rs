@@ -11,6 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use crate::config::Scheduler;
 use crate::ctl::proto::{Fwd, Proto, RealSpec, ServiceKey, ServiceSpec, TimeoutsView};
 
 /// ipvsadm's default scheduler (`-s` absent with `-A`/`-E`). rvsd validates the name.
@@ -1059,17 +1060,18 @@ fn finish(mut st: State) -> Result<Invocation, UsageError> {
                 .take()
                 .unwrap_or_else(|| DEFAULT_SCHEDULER.to_owned());
             // ipvsadm's parse_sched_flags: the generic names, or the named flags of the
-            // scheduler given.
+            // scheduler given (an unknown scheduler is rvsd's to refuse).
+            let sched = Scheduler::from_name(&scheduler).unwrap_or(Scheduler::Rr);
             for f in &st.sched_flags {
-                match (f.as_str(), scheduler.as_str()) {
-                    ("flag-1" | "flag-2" | "flag-3", _)
-                    | ("sh-fallback" | "sh-port", "sh")
-                    | ("mh-fallback" | "mh-port", "mh") => {}
-                    ("sh-fallback" | "sh-port" | "mh-fallback" | "mh-port", _) => {
-                        return fail(format!("incompatible scheduler flag `{f}'"))
-                    }
-                    _ => return fail(format!("invalid scheduler flag `{f}'")),
+                if sched.flag_bit(f).is_some() {
+                    continue;
                 }
+                let named = |s: &Scheduler| s.flag_names().contains(&f.as_str());
+                return fail(if Scheduler::ALL.iter().any(named) {
+                    format!("incompatible scheduler flag `{f}'")
+                } else {
+                    format!("invalid scheduler flag `{f}'")
+                });
             }
             let spec = ServiceSpec {
                 key,

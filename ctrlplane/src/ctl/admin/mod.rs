@@ -4,9 +4,9 @@
 //!
 //! Exit status as ipvsadm 1.31: 0 on success; 255 for what ipvsadm's option parser (popt)
 //! refuses (an unknown option, a missing argument, no command first); 2 for its other
-//! command-line errors, and when rvsd cannot be reached (ipvsadm's "Can't initialize ipvs"); 255 when rvsd refuses a command that changes
-//! state (`-A -E -D -C -a -e -d -Z --set --add-laddr --del-laddr`: ipvsadm returns libipvs's -1
-//! from `main`); 1 for anything else: a listing rvsd cannot give (ipvsadm's `list_service`
+//! command-line errors, and when rvsd cannot be reached (ipvsadm's "Can't initialize ipvs");
+//! 255 when rvsd refuses a command that changes state (`-A -E -D -C -a -e -d -Z --set
+//! --add-laddr --del-laddr`: ipvsadm returns libipvs's -1 from `main`); 1 for anything else: a listing rvsd cannot give (ipvsadm's `list_service`
 //! exits 1), rvsd busy, rvs's own commands refused, an unexpected answer, output or input
 //! failing. `-R` exits 255 when any line was refused (ipvsadm returns only its last line's
 //! status, which can hide a refused line: rvsadm does not).
