@@ -147,6 +147,37 @@ fn a_dead_real_server_is_quiesced_and_restored() {
         back.iter().any(|b| b.starts_with("rs1")),
         "traffic returns to rs1: {back:?}"
     );
+
+    // Drain rs2 and rs3 by hand (`-e -w 0`, no forwarding option: they stay FULLNAT), then lose
+    // rs1 again: rvsd says the service has no real server left.
+    for ip in ["198.51.100.12", "198.51.100.13"] {
+        rvsadm(&format!("-e -t 203.0.113.10:80 -r {ip}:80 -w 0"));
+    }
+    let listing = rvsadm("-L -n");
+    for ip in ["198.51.100.12", "198.51.100.13"] {
+        let line = listing
+            .lines()
+            .find(|l| l.contains(ip))
+            .unwrap_or_else(|| panic!("{listing}"));
+        assert!(line.contains("FullNat 0 "), "drained, method kept: {line}");
+    }
+    let downs = seen(&rvsd, "198.51.100.11:80 DOWN");
+    let _ = sh(&format!(
+        "for p in $(ip netns pids {rs1}); do kill $p; done"
+    ));
+    wait_for(
+        &rvsd,
+        "198.51.100.11:80 DOWN",
+        downs,
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("no second DOWN transition:\n{}", rvsd.log_text()));
+    assert!(
+        rvsd.log_text()
+            .contains("no real server of TCP 203.0.113.10:80 is available"),
+        "{}",
+        rvsd.log_text()
+    );
     let (ok, log) = rvsd.stop();
     assert!(ok, "{log}");
 }
