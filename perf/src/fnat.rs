@@ -90,6 +90,7 @@ pub fn config(capacity: usize, lips: usize, timeouts: Timeouts, reuse_ms: u64) -
                             upper: 0,
                             lower: 0,
                             down: false,
+                            last_weight: 0,
                         }
                     })
                     .collect(),

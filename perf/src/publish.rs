@@ -41,6 +41,7 @@ fn services(n: usize, dests: usize, sched: Sched) -> Vec<ServiceConf> {
                         upper: 0,
                         lower: 0,
                         down: false,
+                        last_weight: 0,
                     }
                 })
                 .collect(),

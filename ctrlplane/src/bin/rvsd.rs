@@ -204,6 +204,7 @@ fn core_services(model: &Model) -> Vec<ServiceConf> {
                     upper: r.upper,
                     lower: r.lower,
                     down: false,
+                    last_weight: model.last_weight(s, r),
                 })
                 .collect(),
             lips: s.lips.clone(),

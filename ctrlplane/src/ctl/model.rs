@@ -46,6 +46,9 @@ pub struct Model {
     /// of real servers added by rvsadm.
     routes: Vec<config::RouteConfig>,
     ids: HashMap<(ServiceKey, IpAddr, u16), u32>,
+    /// The last non-zero weight of each real server quiesced (weight 0) after it had one (IPVS
+    /// `last_weight`, which `mh` builds its table from).
+    last_weight: HashMap<(ServiceKey, IpAddr, u16), u32>,
     max_dests: u32,
     /// Where the search for a free dest id starts: ids are handed out round the ring, so a
     /// removed real server's id comes back only after every other one was taken since.
@@ -146,6 +149,7 @@ impl Model {
             ports: cfg.ports.clone(),
             routes: cfg.routes.clone(),
             ids: HashMap::new(),
+            last_weight: HashMap::new(),
             max_dests,
             next_id: 0,
             busy: BusyIds::default(),
@@ -190,6 +194,15 @@ impl Model {
     /// Every real server's dest id: ((service, address, port), id).
     pub fn dest_ids(&self) -> impl Iterator<Item = ((ServiceKey, IpAddr, u16), u32)> + '_ {
         self.ids.iter().map(|(k, &id)| (*k, id))
+    }
+
+    /// The last non-zero weight of real `r` of service `s` while it is quiesced (0 when it never
+    /// had one; ignored while its weight is above 0): [`rvs_core::DestConf::last_weight`].
+    pub fn last_weight(&self, s: &ServiceConfig, r: &RealConfig) -> u32 {
+        self.last_weight
+            .get(&(key_of(s), r.ip, r.port))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The dest id of real `r` of service `s`.
@@ -266,6 +279,8 @@ impl Model {
         let before: Vec<(usize, IpAddr)> = self.owned_addrs();
         let mut next = self.clone();
         next.apply_inner(&ipvs_flags(op))?;
+        let ids = &next.ids;
+        next.last_weight.retain(|k, _| ids.contains_key(k));
         next.generation += 1;
         let after = next.owned_addrs();
         *self = next;
@@ -522,6 +537,12 @@ impl Model {
                 }
                 self.check_real(&self.services[i], &real)?;
                 let r = &mut self.services[i].reals[j];
+                let k = (*key, r.ip, r.port);
+                if real.weight > 0 {
+                    self.last_weight.remove(&k);
+                } else if r.weight > 0 {
+                    self.last_weight.insert(k, r.weight);
+                }
                 r.weight = real.weight;
                 r.forward = forward_of(real.fwd);
                 r.upper = real.upper;
@@ -672,6 +693,25 @@ impl Model {
         if self.timeouts != cfg.fullnat.timeouts {
             changes.push("changed timeouts".into());
         }
+        // A real server in both that the file quiesces keeps its last non-zero weight.
+        let mut last_weight = HashMap::new();
+        for s in &cfg.services {
+            let Some(o) = old.get(&key_of(s)) else {
+                continue;
+            };
+            for r in s.reals.iter().filter(|r| r.weight == 0) {
+                let k = (key_of(s), r.ip, r.port);
+                let lw = match o.reals.iter().find(|x| x.ip == r.ip && x.port == r.port) {
+                    Some(x) if x.weight > 0 => x.weight,
+                    Some(_) => self.last_weight.get(&k).copied().unwrap_or(0),
+                    None => 0,
+                };
+                if lw > 0 {
+                    last_weight.insert(k, lw);
+                }
+            }
+        }
+        self.last_weight = last_weight;
         let keep: HashMap<_, _> = self.ids.clone();
         self.ids.clear();
         for s in &cfg.services {
@@ -1322,6 +1362,69 @@ lips = ["198.51.100.2"]
             id0,
             "then the oldest free one"
         );
+    }
+
+    /// A real server quiesced with weight 0 keeps its last non-zero weight (IPVS `last_weight`,
+    /// from which mh builds its table) across edits and reloads that keep it at 0; a weight
+    /// above 0, or removing it, forgets it; one added at 0 has none.
+    #[test]
+    fn quiesced_real_servers_keep_their_last_weight() {
+        let mut m = model();
+        let k = key("192.0.2.10", 80);
+        let lw = |m: &Model| {
+            let s = &m.services[0];
+            m.last_weight(s, &s.reals[0])
+        };
+        let edit = |m: &mut Model, w: u32| {
+            m.apply(&Op::EditReal {
+                key: k,
+                real: real("198.51.100.11:80", Fwd::FullNat, w),
+                keep_fwd: true,
+            })
+            .unwrap();
+        };
+        edit(&mut m, 5);
+        assert_eq!(lw(&m), 0, "not quiesced");
+        edit(&mut m, 0);
+        assert_eq!(lw(&m), 5);
+        edit(&mut m, 0);
+        assert_eq!(lw(&m), 5, "still the last non-zero one");
+        // A failed change keeps it.
+        assert!(m
+            .apply(&Op::EditReal {
+                key: k,
+                real: real("198.51.100.11:80", Fwd::FullNat, 70_000),
+                keep_fwd: true,
+            })
+            .is_err());
+        assert_eq!(lw(&m), 5);
+        // A reload that keeps it at 0 keeps it; one that gives it a weight forgets it.
+        let file = |w: u32| {
+            let text = format!(
+                "{PORTS}[[service]]\nproto = \"tcp\"\nvip = \"192.0.2.10\"\nvport = 80\nscheduler = \"mh\"\nlips = [\"198.51.100.2\"]\n  [[service.real]]\n  ip = \"198.51.100.11\"\n  weight = {w}\n"
+            );
+            Config::parse(&text, Path::new("t.toml")).unwrap()
+        };
+        m.replace(&file(0));
+        assert_eq!(lw(&m), 5);
+        m.replace(&file(3));
+        assert_eq!(lw(&m), 0);
+        m.replace(&file(0));
+        assert_eq!(lw(&m), 3, "quiesced by the file");
+        // Removed and added again at 0: none.
+        m.apply(&Op::DelReal {
+            key: k,
+            addr: "198.51.100.11:80".parse().unwrap(),
+        })
+        .unwrap();
+        m.apply(&Op::AddReal {
+            key: k,
+            real: real("198.51.100.11:80", Fwd::FullNat, 0),
+        })
+        .unwrap();
+        assert_eq!(lw(&m), 0);
+        // A file's first load has none either.
+        assert_eq!(lw(&Model::from_config(&file(0), 16)), 0);
     }
 
     /// `-p`/`-M` are kept and listed (and so saved by `-S`); port 0 needs `-p`; NAT real

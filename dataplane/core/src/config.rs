@@ -418,6 +418,10 @@ pub struct DestConf {
     /// new sessions, persistence templates to it expire whatever
     /// [`FullnatConf::expire_quiescent_template`] says (IPVS: a dest no longer available).
     pub down: bool,
+    /// While `weight` is 0: the real server's last non-zero weight (IPVS `last_weight`; 0 for
+    /// one never given any), from which `mh` still builds its lookup table, so that quiescing a
+    /// real server moves no other server's slots. Ignored while `weight` is above 0.
+    pub last_weight: u32,
 }
 
 /// Session timeouts in milliseconds, per TCP state (IPVS's defaults) and for UDP.

@@ -63,6 +63,8 @@ pub struct Dest {
     pub lower: u32,
     /// Down by its health check ([`crate::DestConf::down`]).
     pub down: bool,
+    /// Last non-zero weight while `weight` is 0 ([`crate::DestConf::last_weight`]).
+    pub last_weight: u32,
 }
 
 /// Per-core counters of one dest (single writer: the worker). `active` and `inactive` are gauges
@@ -329,8 +331,8 @@ const NONE: u32 = u32::MAX;
 /// index of each slot, `u32::MAX` = empty.
 pub type MhLookup = std::sync::Arc<[u32]>;
 
-/// The Maglev lookup table of an `mh` service over dests `(RIP, rport, weight)` (in the
-/// service's dest order), `None` for other schedulers. Control path: this is the costly part of
+/// The Maglev lookup table of an `mh` service over dests `(RIP, rport, slot weight)` (in the
+/// service's dest order; the weight [`mh_slot_weight`]), `None` for other schedulers. Control path: this is the costly part of
 /// building an `mh` service (milliseconds for the large tables), done once per publication
 /// rather than on every worker between two bursts.
 pub fn mh_lookup(
@@ -340,6 +342,30 @@ pub fn mh_lookup(
     match kind {
         Sched::Mh { table_size, .. } => Some(maglev_populate(dests, table_size).into()),
         _ => None,
+    }
+}
+
+/// The weight by which a real server takes slots in the lookup table of `mh` service `kind`
+/// (see [`mh_lookup`]): its weight; while quiesced (weight 0), its last non-zero weight, as IPVS
+/// builds from `last_weight`: it keeps its slots, so no other server's move, and a client
+/// hashed to it falls back (`mh-fallback`) or finds no server. A server down by its health check
+/// keeps its slots only under `mh-fallback`; without, they go to the others, as if it were
+/// removed, so that its clients are not left without a server.
+pub fn mh_slot_weight(kind: Sched, weight: u32, last_weight: u32, down: bool) -> u32 {
+    let fallback = matches!(kind, Sched::Mh { fallback: true, .. });
+    if down && !fallback {
+        0
+    } else if weight > 0 {
+        weight
+    } else {
+        last_weight
+    }
+}
+
+impl Dest {
+    /// [`mh_slot_weight`] of this dest.
+    pub fn mh_weight(&self, kind: Sched) -> u32 {
+        mh_slot_weight(kind, self.weight, self.last_weight, self.down)
     }
 }
 
@@ -382,7 +408,7 @@ impl Scheduler {
                 lookup: match mh {
                     Some(t) if t.len() == table_size.max(2) as usize => t.clone(),
                     _ => maglev_populate(
-                        dests.iter().map(|d| (d.rip, d.rport, d.weight)),
+                        dests.iter().map(|d| (d.rip, d.rport, d.mh_weight(kind))),
                         table_size,
                     )
                     .into(),
@@ -1143,7 +1169,7 @@ struct Maglev {
 /// IPVS `ip_vs_mh_reassign`: permutation (offset, skip) of each dest from two hashes of
 /// RIP:rport, `turns = (weight / gcd) >> rshift` (at least 1 for weight > 0), then the Maglev
 /// population: in turn, each dest takes `turns` next free slots of its permutation until the
-/// table is full. Dests with weight 0 get no slot (IPVS uses `last_weight`).
+/// table is full. Dests with (slot) weight 0 get no slot.
 fn maglev_populate(dests: impl Iterator<Item = (IpAddr, u16, u32)> + Clone, size: u32) -> Vec<u32> {
     let m = size.max(2) as usize;
     let mut lookup = vec![NONE; m];
@@ -1248,6 +1274,7 @@ mod tests {
                 upper: 0,
                 lower: 0,
                 down: false,
+                last_weight: 0,
             })
             .collect()
     }
@@ -1443,6 +1470,7 @@ mod ipvs_tests {
                 upper: 0,
                 lower: 0,
                 down: false,
+                last_weight: 0,
             })
             .collect()
     }
@@ -1736,6 +1764,67 @@ mod ipvs_tests {
                 }
             }
             assert!(none > 500, "{plain:?} {none}");
+        }
+    }
+
+    /// A quiesced real server (weight 0, last weight kept) keeps its mh slots when the table is
+    /// built again, as IPVS builds from `last_weight`: no other server's clients move. One down
+    /// by its health check keeps them only under mh-fallback; without, its slots go to the
+    /// others, so that no client is left without a server.
+    #[test]
+    fn mh_builds_from_the_last_weight() {
+        let plain = Sched::mh();
+        let fb = Sched::Mh {
+            fallback: true,
+            port: false,
+            table_size: 4093,
+        };
+        let d = dests(&[2, 1, 3]);
+        let full = Scheduler::new(plain, &d).mh_table().unwrap().to_vec();
+        let mut q = d.clone();
+        q[1].weight = 0;
+        q[1].last_weight = 1;
+        for kind in [plain, fb] {
+            assert_eq!(Scheduler::new(kind, &q).mh_table().unwrap(), &full[..]);
+        }
+        // Without a last weight (added at 0), it has no slot.
+        q[1].last_weight = 0;
+        let without = Scheduler::new(plain, &q).mh_table().unwrap().to_vec();
+        assert!(!without.contains(&1));
+        assert_eq!(
+            without,
+            Scheduler::new(plain, &dests(&[2, 0, 3]))
+                .mh_table()
+                .unwrap()
+        );
+        // Down by its health check (weight 0, last weight 1).
+        let mut h = d.clone();
+        h[1].weight = 0;
+        h[1].last_weight = 1;
+        h[1].down = true;
+        assert_eq!(Scheduler::new(plain, &h).mh_table().unwrap(), &without[..]);
+        assert_eq!(Scheduler::new(fb, &h).mh_table().unwrap(), &full[..]);
+        // Built ahead (the control thread's way) alike.
+        let slot =
+            |kind| mh_lookup(kind, h.iter().map(|x| (x.rip, x.rport, x.mh_weight(kind)))).unwrap();
+        assert_eq!(&slot(plain)[..], &without[..]);
+        assert_eq!(&slot(fb)[..], &full[..]);
+        // Picks: the clients of the quiesced server find none (plain) or fall back; the
+        // others keep theirs.
+        let st = stats(&[(0, 0); 3]);
+        q[1].last_weight = 1;
+        let mut p = Scheduler::new(plain, &q);
+        let mut f = Scheduler::new(fb, &q);
+        let mut all = Scheduler::new(plain, &d);
+        for c in 0..3000u32 {
+            let before = all.pick(&d, &st, &key(c));
+            let (a, b) = (p.pick(&q, &st, &key(c)), f.pick(&q, &st, &key(c)));
+            if before == Some(1) {
+                assert_eq!(a, None);
+                assert!(matches!(b, Some(0 | 2)));
+            } else {
+                assert_eq!((a, b), (before, before));
+            }
         }
     }
 

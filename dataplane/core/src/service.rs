@@ -7,13 +7,13 @@
 //! service or dest was removed; only new sessions see the new set.
 
 use crate::config::{
-    is_prime, Fwd, Persist, Proto, Sched, ServiceConf, ServiceMatch, MAX_MATCH_SERVICES,
+    is_prime, DestConf, Fwd, Persist, Proto, Sched, ServiceConf, ServiceMatch, MAX_MATCH_SERVICES,
     MH_TABLE_SIZE_MAX,
 };
 use crate::fixedmap::{ip_bits, mix, FixedKey, FixedMap};
 use crate::io::PortIdx;
 use crate::lport::LportAlloc;
-use crate::sched::{mh_lookup, Dest, MhLookup, Scheduler};
+use crate::sched::{mh_lookup, mh_slot_weight, Dest, MhLookup, Scheduler};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Lookup key of a service.
@@ -247,7 +247,10 @@ impl Services {
     pub fn prepare(confs: &[ServiceConf]) -> Vec<Option<MhLookup>> {
         confs
             .iter()
-            .map(|c| mh_lookup(c.sched, c.dests.iter().map(|d| (d.rip, d.rport, d.weight))))
+            .map(|c| {
+                let w = |d: &DestConf| mh_slot_weight(c.sched, d.weight, d.last_weight, d.down);
+                mh_lookup(c.sched, c.dests.iter().map(|d| (d.rip, d.rport, w(d))))
+            })
             .collect()
     }
 
@@ -360,6 +363,7 @@ impl Services {
                     upper: d.upper,
                     lower: d.lower,
                     down: d.down,
+                    last_weight: d.last_weight,
                 });
             }
             let lips = Vec::with_capacity(c.lips.len());

@@ -370,6 +370,9 @@ impl Daemon {
         if !down_ids.is_empty() {
             for d in services.iter_mut().flat_map(|s| s.dests.iter_mut()) {
                 if down_ids.contains(&d.id) {
+                    if d.weight > 0 {
+                        d.last_weight = d.weight;
+                    }
                     d.weight = 0;
                     d.down = true;
                 }

@@ -37,6 +37,7 @@ pub fn stack() -> Stack<VecPacket> {
                 upper: 0,
                 lower: 0,
                 down: false,
+                last_weight: 0,
             },
             DestConf {
                 id: 1,
@@ -47,6 +48,7 @@ pub fn stack() -> Stack<VecPacket> {
                 upper: 0,
                 lower: 0,
                 down: false,
+                last_weight: 0,
             },
         ],
         lips: vec![ip("198.51.100.2")],

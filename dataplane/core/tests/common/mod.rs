@@ -89,6 +89,7 @@ pub fn dest_at(id: u32, rip: &str, rport: u16, weight: u32, fwd: Fwd) -> DestCon
         upper: 0,
         lower: 0,
         down: false,
+        last_weight: 0,
     }
 }
 

@@ -39,6 +39,7 @@ pub fn services(rip: [u8; 4], id: u32) -> Vec<ServiceConf> {
                 upper: 0,
                 lower: 0,
                 down: false,
+                last_weight: 0,
             }],
             lips: vec![],
             lip_port: 0,
