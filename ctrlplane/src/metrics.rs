@@ -287,7 +287,7 @@ const CTL_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
     ),
     (
         "rvs_control_errors_total",
-        "Control-socket requests answered with an error, by reason (malformed, too_large, version, refused)",
+        "Control-socket requests answered with an error or cut off, by reason (malformed, too_large, version, refused, timeout, busy, truncated)",
         Kind::Counter,
         &["reason"],
     ),

@@ -364,6 +364,8 @@ pub enum ReadError {
     TooLarge(usize),
     /// Not valid JSON for the expected type.
     Malformed(String),
+    /// A request of another protocol version (its `version`).
+    Version(u64),
 }
 
 impl std::fmt::Display for ReadError {
@@ -376,6 +378,7 @@ impl std::fmt::Display for ReadError {
                 "message of {n} bytes exceeds the {MAX_MESSAGE}-byte limit"
             ),
             ReadError::Malformed(e) => write!(f, "malformed message: {e}"),
+            ReadError::Version(n) => write!(f, "protocol version {n} not supported"),
         }
     }
 }

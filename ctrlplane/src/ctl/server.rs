@@ -64,17 +64,20 @@ pub enum RequestError {
     Timeout,
     /// A client turned away: [`MAX_CLIENTS`] were being served.
     Busy,
+    /// A client that hung up in the middle of a request (its length prefix or its body).
+    Truncated,
 }
 
 impl RequestError {
     /// Every reason, in the order of their indexes (`reason as usize`).
-    pub const ALL: [RequestError; 6] = [
+    pub const ALL: [RequestError; 7] = [
         RequestError::Malformed,
         RequestError::TooLarge,
         RequestError::Version,
         RequestError::Refused,
         RequestError::Timeout,
         RequestError::Busy,
+        RequestError::Truncated,
     ];
 
     /// The `reason` label.
@@ -86,6 +89,7 @@ impl RequestError {
             RequestError::Refused => "refused",
             RequestError::Timeout => "timeout",
             RequestError::Busy => "busy",
+            RequestError::Truncated => "truncated",
         }
     }
 }
@@ -145,8 +149,10 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<(UnixListener, SocketFile
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    // A socket is connectable from its bind, and a client that connected before a chmod would
+    // keep its connection: it is bound in a directory only rvsd's user may enter, given its
+    // mode there, then moved into place.
+    let l = bind_private(path, mode)?;
     l.set_nonblocking(true)?;
     let m = std::fs::symlink_metadata(path)?;
     Ok((
@@ -206,19 +212,50 @@ pub fn serve(
         .expect("spawn the control thread")
 }
 
+/// Bind a listening socket at `path` with `mode`, reachable by others only once it has it: bound
+/// in a fresh 0700 directory beside `path`, chmod-ed, renamed to `path`.
+fn bind_private(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "no file name"))?;
+    let mut dir_name = std::ffi::OsString::from(".");
+    dir_name.push(name);
+    dir_name.push(format!(".{}.tmp", std::process::id()));
+    let dir = path.with_file_name(dir_name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let tmp = dir.join("s");
+    let r = (|| {
+        let l = UnixListener::bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
 fn client(mut s: UnixStream, h: &dyn Handler) {
     let _ = s.set_write_timeout(Some(IDLE_TIMEOUT));
     loop {
         let mut timed = Timed { s: &s, until: None };
-        let request = read_msg::<Request, _>(&mut timed);
+        // The version is looked at before the operation is decoded: another version's
+        // operations may not decode here.
+        let request = read_msg::<serde_json::Value, _>(&mut timed).and_then(|v| {
+            match v.get("version").and_then(serde_json::Value::as_u64) {
+                Some(n) if n != u64::from(PROTO_VERSION) => Err(ReadError::Version(n)),
+                _ => serde_json::from_value::<Request>(v)
+                    .map_err(|e| ReadError::Malformed(e.to_string())),
+            }
+        });
         let reply = match request {
-            Ok(req) if req.version != PROTO_VERSION => {
+            Err(ReadError::Version(n)) => {
                 h.count_error(RequestError::Version);
                 Response::Error {
                     code: code::EPROTO,
                     message: format!(
-                        "protocol version {} not supported (rvsd speaks {PROTO_VERSION})",
-                        req.version
+                        "protocol version {n} not supported (rvsd speaks {PROTO_VERSION})"
                     ),
                 }
             }
@@ -235,6 +272,10 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
                     && matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
             {
                 h.count_error(RequestError::Timeout);
+                return;
+            }
+            Err(ReadError::Io(e)) if e.kind() == ErrorKind::UnexpectedEof => {
+                h.count_error(RequestError::Truncated);
                 return;
             }
             Err(ReadError::Closed) | Err(ReadError::Io(_)) => return,
@@ -262,6 +303,7 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
             Ok(()) => {}
             // Too large to send (nothing was written): say so rather than hang up.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                h.count_error(RequestError::TooLarge);
                 let error = Response::Error {
                     code: code::E2BIG,
                     message: format!("reply too large: {e}"),
@@ -333,11 +375,19 @@ mod tests {
             ask(&mut s, PROTO_VERSION, Op::Status),
             Response::Status { generation: 7, .. }
         ));
-        // Wrong version.
+        // Wrong version, also with an operation this version does not know.
         assert!(matches!(
             ask(&mut s, 99, Op::Status),
             Response::Error { code: 71, .. }
         ));
+        let body = br#"{"version":99,"op":{"op":"from_the_future"}}"#;
+        s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let r: Response = read_msg(&mut s).unwrap();
+        assert!(
+            matches!(&r, Response::Error { code: 71, message } if message.contains("version 99")),
+            "{r:?}"
+        );
         // A reply too large to send: an E2BIG error instead, and the connection stays usable.
         let r = ask(&mut s, PROTO_VERSION, Op::GetTimeouts);
         assert!(
@@ -357,6 +407,11 @@ mod tests {
         ));
         let mut rest = Vec::new();
         assert_eq!(s2.read_to_end(&mut rest).unwrap(), 0);
+        // Hung up in the middle of a request: counted.
+        let mut s3 = UnixStream::connect(&path).unwrap();
+        s3.write_all(&100u32.to_be_bytes()).unwrap();
+        s3.write_all(b"{\"version\"").unwrap();
+        drop(s3);
         // Many clients at once.
         let threads: Vec<_> = (0..20)
             .map(|_| {
@@ -373,8 +428,14 @@ mod tests {
         use RequestError::*;
         assert_eq!(
             *echo.0.lock().unwrap(),
-            vec![Malformed, Version, Refused, TooLarge]
+            vec![Malformed, Version, Version, Refused, TooLarge, TooLarge, Truncated]
         );
+        // Bound in a private directory, moved into place: nothing else left beside it.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("ctl.sock")]);
     }
 
     /// A socket someone answers on and a file that is not a socket are never taken over; a

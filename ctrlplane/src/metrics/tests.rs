@@ -137,7 +137,7 @@ fn sample() -> Sample {
         generation: 42,
         reloads_ok: 3,
         reloads_failed: 1,
-        control_errors: [2, 0, 0, 5, 1, 0],
+        control_errors: [2, 0, 0, 5, 1, 0, 0],
         health_publish_failures: 7,
     }
 }
