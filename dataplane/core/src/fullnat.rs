@@ -40,7 +40,7 @@ use crate::lport::LportAlloc;
 use crate::packet::PacketBuf;
 use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
 use crate::sched::{DestStats, MhLookup, SchedKey};
-use crate::service::{ServiceError, Services};
+use crate::service::{OwnerRule, ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
 use crate::stack::{Owned, Stack, NO_BUCKET};
 use crate::tcp_state::{flags, Dir, TcpState};
@@ -186,20 +186,33 @@ impl Fullnat {
         cport: u16,
         vip: Ipv4Addr,
     ) -> u16 {
-        let sv = &self.services.list[svc];
+        let rule = self.services.list[svc].owner_rule();
+        self.owner_by(rule, svc, proto, cip, cport, vip)
+    }
+
+    /// The worker placement `rule` of service `svc` gives a connection of `cip`:`cport`.
+    fn owner_by(
+        &self,
+        rule: OwnerRule,
+        svc: usize,
+        proto: u8,
+        cip: Ipv4Addr,
+        cport: u16,
+        vip: Ipv4Addr,
+    ) -> u16 {
         let n = self.n_workers;
-        if let Some(p) = sv.persist {
+        match rule {
             // Templates are per worker: every connection of the client network to the service
             // is scheduled by (and lives on) one worker.
-            let cnet = Ipv4Addr::from(u32::from(cip) & p.netmask);
-            let (tproto, tvip, tvport) = sv.tmpl_id(proto, vip);
-            persist_owner(cnet, tproto, tvip, tvport, n)
-        } else if sv.has_nat {
+            OwnerRule::Persist { netmask } => {
+                let cnet = Ipv4Addr::from(u32::from(cip) & netmask);
+                let (tproto, tvip, tvport) = self.services.list[svc].tmpl_id(proto, vip);
+                persist_owner(cnet, tproto, tvip, tvport, n)
+            }
             // NAT replies reach the worker owning the client, so every session of a service
             // with a NAT dest lives there (decided before scheduling).
-            crate::fwd::nat_owner(cip, cport, n)
-        } else {
-            self.worker
+            OwnerRule::Nat => crate::fwd::nat_owner(cip, cport, n),
+            OwnerRule::Rss => self.worker,
         }
     }
 
@@ -851,10 +864,35 @@ impl<P: PacketBuf> Stack<P> {
             .lookup_packet(proto, IpAddr::V4(src), IpAddr::V4(dst), dport)
         {
             Some(svc) => {
-                let owner = self
-                    .fnat
-                    .new_conn_owner(svc as usize, proto, src, sport, dst);
+                let f = &self.fnat;
+                let mut owner = f.new_conn_owner(svc as usize, proto, src, sport, dst);
+                // A TCP packet that opens no connection (not a bare SYN) and that no session
+                // here takes: it may be of a connection made before the service changed how it
+                // places them (e.g. `-E` without `-p`), which lives where the previous rule put
+                // it. Also when another worker handed it over: the current rule's worker passes
+                // it on to the previous rule's, which hands it on no further when the current
+                // rule names another worker (below), so it makes two hops at most.
+                let stray = proto == PROTO_TCP
+                    && d[l4 + 13] & (flags::SYN | flags::ACK | flags::RST | flags::FIN)
+                        != flags::SYN;
+                if stray && owner == f.worker {
+                    if let Some(rule) = f.services.list[svc as usize].prev_owner {
+                        owner = f.owner_by(rule, svc as usize, proto, src, sport, dst);
+                        if owner != f.worker {
+                            // `redirected_out` is counted by the I/O layer.
+                            if !io.redirect(owner, port, pkt) {
+                                self.count_drop(DropReason::RedirectFull);
+                            }
+                            return None;
+                        }
+                    }
+                }
                 if owner != self.fnat.worker {
+                    if stray && self.redirected {
+                        // Handed over, and not here either: no worker has its session.
+                        self.drop_pkt(pkt, DropReason::NoSession);
+                        return None;
+                    }
                     self.fnat_redirect(io, owner, port, pkt);
                     return None;
                 }

@@ -67,9 +67,38 @@ pub struct Service {
     pub persist: Option<Persist>,
     /// The match of a match service (ipvsadm `-f MARK`); `vip`/`vport` are then meaningless.
     pub mark: Option<ServiceMatch>,
+    /// The rule by which the service placed its connections on workers before the last change
+    /// of [`Service::owner_rule`] (an edit that removed persistence or its last NAT real
+    /// server, or changed the netmask): connections made then still live where it put them.
+    pub prev_owner: Option<OwnerRule>,
+}
+
+/// Which worker schedules and holds a new connection of a service (see
+/// `Fullnat::new_conn_owner`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerRule {
+    /// The worker RSS steers the client's packets to.
+    Rss,
+    /// The worker owning the client network (persistence, this netmask):
+    /// [`crate::persist::persist_owner`].
+    Persist {
+        /// The client netmask (host order).
+        netmask: u32,
+    },
+    /// The worker owning the client (a NAT real server): [`crate::fwd::nat_owner`].
+    Nat,
 }
 
 impl Service {
+    /// How the service places new connections now.
+    pub fn owner_rule(&self) -> OwnerRule {
+        match (self.persist, self.has_nat) {
+            (Some(p), _) => OwnerRule::Persist { netmask: p.netmask },
+            (None, true) => OwnerRule::Nat,
+            (None, false) => OwnerRule::Rss,
+        }
+    }
+
     /// The (proto, VIP, vport) naming the service in persistence templates and
     /// [`crate::persist::persist_owner`] for a packet to `dst`: (proto, `dst`, vport) for a
     /// VIP service, (0, the mark as an address, 0) for a match service (as IPVS keys fwmark
@@ -398,6 +427,7 @@ impl Services {
                 has_nat: c.dests.iter().any(|d| d.fwd == Fwd::Nat),
                 persist: c.persist,
                 mark: c.mark,
+                prev_owner: None,
             });
         }
         let any_port0 = confs.iter().any(|c| c.mark.is_none() && c.vport == 0);
@@ -502,6 +532,12 @@ impl Services {
             };
             let Some(o) = j.and_then(|j| old.list.get_mut(j as usize)) else {
                 continue;
+            };
+            let was = o.owner_rule();
+            s.prev_owner = if was != s.owner_rule() {
+                Some(was)
+            } else {
+                o.prev_owner
             };
             // The dest count guards the state's arrays against a hash collision.
             if o.fingerprint == s.fingerprint && o.dests.len() == s.dests.len() {

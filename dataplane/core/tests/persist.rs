@@ -2,7 +2,7 @@
 //! independent oracle: inputs built with etherparse, outputs parsed by it, checksums recomputed.
 
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
-use rvs_core::counters::CoreCounters;
+use rvs_core::counters::{CoreCounters, DropReason};
 use rvs_core::packet::VecPacket;
 use rvs_core::service::ServiceError;
 use rvs_core::{
@@ -223,6 +223,116 @@ fn non_owner_worker_redirects_and_owner_uses_the_template() {
     connect(&mut w0, &mut io0, &cip0, 1000, 80, 2);
     assert!(io0.redirected.is_empty());
     assert_eq!(w0.template_count(), 1);
+}
+
+/// An edit that removes persistence (`-E` without `-p`) changes where new connections live,
+/// not where the existing ones are: a packet of such a connection arriving on another worker
+/// still reaches its session, as in IPVS, whose connection lookup does not depend on the
+/// service. New connections stay where RSS brought them.
+#[test]
+fn connections_outlive_an_edit_that_removes_persistence() {
+    let mk = |w: u16| {
+        let mut c = cfg(vec![service(80, rr3(80), persist(300, !0))]);
+        c.worker = w;
+        c.n_workers = 2;
+        setup(c)
+    };
+    let (mut w0, mut io0, c0) = mk(0);
+    let (mut w1, mut io1, c1) = mk(1);
+    let cip1 = (1..=250u8)
+        .map(|i| format!("100.64.0.{i}"))
+        .find(|c| persist_owner(a4(c), TCP, a4(VIP), 80, 2) == 1)
+        .unwrap();
+    // Made under persistence: it lives on worker 1.
+    let syn = c2v(&cip1, 1000, 80, SYN);
+    w0.handle(&mut io0, 0, VecPacket::from_slice(&syn), 0);
+    assert_eq!(io0.redirected.pop(), Some((1, 0, syn.clone())));
+    w1.handle_redirected(&mut io1, 0, VecPacket::from_slice(&syn), 0);
+    let (_, rs, _) = out(&io1.one().1);
+    // `-E` without `-p`, on both workers.
+    let plain = [service(80, rr3(80), None)];
+    w0.set_services(&plain).unwrap();
+    w1.set_services(&plain).unwrap();
+    // Its packets arriving on worker 0 still go to worker 1, which forwards them.
+    let ack = c2v(&cip1, 1000, 80, ACK);
+    w0.handle(&mut io0, 0, VecPacket::from_slice(&ack), 1);
+    assert_eq!(io0.redirected.pop(), Some((1, 0, ack.clone())));
+    w1.handle_redirected(&mut io1, 0, VecPacket::from_slice(&ack), 1);
+    assert_eq!(out(&io1.one().1).1, rs);
+    // So do they after a further change that keeps the service without persistence.
+    w0.set_services(&[service(80, rr3(80)[..2].to_vec(), None)])
+        .unwrap();
+    w0.handle(&mut io0, 0, VecPacket::from_slice(&ack), 2);
+    assert_eq!(io0.redirected.pop(), Some((1, 0, ack.clone())));
+    w0.set_services(&plain).unwrap();
+    // A new connection of the client stays on worker 0.
+    connect(&mut w0, &mut io0, &cip1, 1001, 80, 3);
+    assert!(io0.redirected.is_empty());
+    assert_eq!(w0.session_count(), 1);
+    // A stray segment no worker knows: handed over once, then dropped there as without session.
+    let stray = c2v(&cip1, 4242, 80, ACK);
+    w0.handle(&mut io0, 0, VecPacket::from_slice(&stray), 4);
+    assert_eq!(io0.redirected.pop(), Some((1, 0, stray.clone())));
+    w1.handle_redirected(&mut io1, 0, VecPacket::from_slice(&stray), 4);
+    assert!(io1.sent.is_empty() && io1.redirected.is_empty());
+    assert_eq!(c1.drops(DropReason::NoSession), 1);
+    assert_eq!(c0.drops(DropReason::NoSession), 0);
+    // Persistence back with another netmask: worker 0's connection is found on worker 0 first.
+    let masked = [service(80, rr3(80), persist(300, 0xffff_ff00))];
+    w0.set_services(&masked).unwrap();
+    let ack0 = c2v(&cip1, 1001, 80, ACK);
+    w0.handle(&mut io0, 0, VecPacket::from_slice(&ack0), 5);
+    assert!(io0.redirected.is_empty());
+    assert_eq!(io0.sent.len(), 1);
+}
+
+/// `-M` changes which worker owns a client network. A connection made before it, whose packet
+/// arrives on a third worker, goes to the new owner, which passes it to the old one (two hops,
+/// no more).
+#[test]
+fn connections_outlive_a_netmask_change() {
+    let svc = |mask: u32| [service(80, rr3(80), persist(300, mask))];
+    let mk = |w: u16| {
+        let mut c = cfg(svc(!0).to_vec());
+        c.worker = w;
+        c.n_workers = 3;
+        setup(c)
+    };
+    let mut w: Vec<_> = (0..3).map(mk).collect();
+    let owner = |c: &str, mask: u32| {
+        let net = Ipv4Addr::from(u32::from(a4(c)) & mask);
+        persist_owner(net, TCP, a4(VIP), 80, 3)
+    };
+    let (cip, old, new) = (1..=250u8)
+        .map(|i| format!("100.64.{i}.7"))
+        .map(|c| (c.clone(), owner(&c, !0), owner(&c, 0xffff_ff00)))
+        .find(|(_, o, n)| o != n)
+        .unwrap();
+    let third = (3 - old - new) as usize;
+    let (old, new) = (old as usize, new as usize);
+    let syn = c2v(&cip, 1000, 80, SYN);
+    let (s, io, _) = &mut w[old];
+    s.handle_redirected(io, 0, VecPacket::from_slice(&syn), 0);
+    let (_, rs, _) = out(&io.one().1);
+    for (s, _, _) in &mut w {
+        s.set_services(&svc(0xffff_ff00)).unwrap();
+    }
+    let ack = c2v(&cip, 1000, 80, ACK);
+    let (s, io, _) = &mut w[third];
+    s.handle(io, 0, VecPacket::from_slice(&ack), 1);
+    assert_eq!(io.redirected.pop(), Some((new as u16, 0, ack.clone())));
+    let (s, io, _) = &mut w[new];
+    s.handle_redirected(io, 0, VecPacket::from_slice(&ack), 1);
+    assert_eq!(io.redirected.pop(), Some((old as u16, 0, ack.clone())));
+    let (s, io, _) = &mut w[old];
+    s.handle_redirected(io, 0, VecPacket::from_slice(&ack), 1);
+    assert_eq!(out(&io.one().1).1, rs);
+    // One no worker has: the old owner drops it, passing it on no further.
+    let stray = c2v(&cip, 4242, 80, ACK);
+    let (s, io, c) = &mut w[old];
+    s.handle_redirected(io, 0, VecPacket::from_slice(&stray), 2);
+    assert!(io.sent.is_empty() && io.redirected.is_empty());
+    assert_eq!(c.drops(DropReason::NoSession), 1);
 }
 
 #[test]
