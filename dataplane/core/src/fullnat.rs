@@ -41,7 +41,7 @@ use crate::packet::PacketBuf;
 use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
 use crate::sched::{DestStats, MhLookup, SchedKey};
 use crate::service::{OwnerRule, ServiceError, Services};
-use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_USED};
+use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_TOA_TRIED, F_USED};
 use crate::stack::{Owned, Stack, NO_BUCKET};
 use crate::tcp_state::{flags, Dir, TcpState};
 use crate::timer::TimerWheel;
@@ -714,8 +714,13 @@ impl<P: PacketBuf> Stack<P> {
         if s.fwd != Fwd::Tun || s.rip != t.rip {
             return Some(pkt);
         }
-        // Only a client doing PMTU discovery (DF) is told, as IPVS.
-        if be16(d, t.inner + 6) & ip4::DF != 0 {
+        // Only a client doing PMTU discovery (DF) is told, as IPVS (the outer header copied the
+        // DF bit: without it, the router would have fragmented).
+        if be16(d, t.inner + 6) & ip4::DF == 0 {
+            self.drop_pkt(pkt, DropReason::IcmpUnhandled);
+            return None;
+        }
+        {
             // The client's packet as an Ethernet frame for `icmp_error_from`: its IPv4 header
             // and 8 bytes are all the error quotes.
             let n = t.iihl + 8;
@@ -1162,7 +1167,7 @@ impl<P: PacketBuf> Stack<P> {
             if dir != Dir::Output && new == TcpState::SynRecv {
                 // A new connection reusing the session (a client port reused on a persistent DR/TUN
                 // service, or before TIME_WAIT/CLOSE; see `fnat_reschedule`): its own TOA.
-                s.flags &= !F_TOA_DONE;
+                s.flags &= !(F_TOA_DONE | F_TOA_TRIED);
             }
             f.set_active(idx, new.is_active());
             // A shorter timeout must move the timer earlier; a longer one is found lazily.
@@ -1225,12 +1230,17 @@ impl<P: PacketBuf> Stack<P> {
             }
         }
         if toa {
-            if insert_toa(&mut pkt, ihl, mtu) {
+            // No room (options, MTU) skips this packet only: the next one may have it.
+            let done = insert_toa(&mut pkt, ihl, mtu);
+            if done {
                 self.counters.toa_inserted.inc();
-            } else {
-                // No room: give up on this session rather than count every packet.
-                self.fnat.sessions.get_mut(idx).flags |= F_TOA_DONE;
-                self.counters.toa_skipped.inc();
+            }
+            let flags = &mut self.fnat.sessions.get_mut(idx).flags;
+            if *flags & F_TOA_TRIED == 0 {
+                *flags |= F_TOA_TRIED;
+                if !done {
+                    self.counters.toa_skipped.inc();
+                }
             }
         }
         // NAT: lip:lport is CIP:cport, so this keeps the client's source.

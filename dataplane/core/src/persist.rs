@@ -146,6 +146,10 @@ pub struct Templates {
 /// Templates examined at most per [`Templates::expire`] call.
 pub const TMPL_EXPIRE_BUDGET: usize = 256;
 
+/// How long a template still held by connections at its expiry is kept before it is looked at
+/// again (IPVS `expire_later`: 60 s).
+pub const TMPL_HELD_REARM_MS: u64 = 60_000;
+
 impl Templates {
     /// A table for `capacity` templates (at least 1), with wheel `slots` of `tick_ms`.
     pub fn new(capacity: usize, slots: usize, tick_ms: u64) -> Self {
@@ -309,7 +313,7 @@ impl Templates {
     }
 
     /// Free the templates that expired and have no session (bounded work). A template past its
-    /// expiry that still has sessions is checked again one timeout later.
+    /// expiry that still has sessions is checked again [`TMPL_HELD_REARM_MS`] later.
     pub fn expire(&mut self, now_ms: u64, max_ticks: usize, stats: &[DestStats]) {
         let (slab, used, map, free) = (
             &mut self.slab,
@@ -327,9 +331,12 @@ impl Templates {
                     return Some(t.expires_ms);
                 }
                 if t.refs > 0 {
-                    // Re-armed, as IPVS re-arms a template its connections still hold (and
-                    // `-L -c` counts down again).
-                    t.expires_ms = now_ms.saturating_add(t.timeout_ms.max(1));
+                    // Re-armed for 60 s (at most its timeout), as IPVS re-arms a template its
+                    // connections still hold (`expire_later`; `-L -c` counts down again): it
+                    // ends at most that long after its last connection. A new connection
+                    // through it restarts its full timeout.
+                    let later = t.timeout_ms.clamp(1, TMPL_HELD_REARM_MS);
+                    t.expires_ms = now_ms.saturating_add(later);
                     return Some(t.expires_ms);
                 }
                 map.remove(&t.key);

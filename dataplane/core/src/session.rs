@@ -38,10 +38,14 @@ const DIR_OUT: u32 = 1;
 
 /// Entry flag: slot in use.
 pub const F_USED: u8 = 1;
-/// Entry flag: the TOA option was inserted (or deliberately skipped) for this session.
+/// Entry flag: no more TOA for this session (the real server was seen sending after the
+/// handshake: it holds the client's address).
 pub const F_TOA_DONE: u8 = 2;
 /// Entry flag: counted as active (ESTABLISHED) in the dest's stats.
 pub const F_ACTIVE: u8 = 4;
+/// Entry flag: a packet of this session carried TOA, or one without room for it was counted
+/// (`toa_skipped` counts a session once).
+pub const F_TOA_TRIED: u8 = 8;
 
 /// An address type a session table can hold.
 pub trait SessAddr: Copy + Eq + std::fmt::Debug {

@@ -875,6 +875,23 @@ fn toa_skipped_without_room() {
     assert!(toa_of(&o.tcp.unwrap()).is_none());
     assert_eq!(c.toa_skipped.get(), 2);
     assert_eq!(c.toa_inserted.get(), 0);
+    // Only that packet went without: the next one with room carries it, and a later one
+    // without room is not counted again (a session is counted once).
+    handle(&mut s, &mut io, 0, &c2v(2, ACK, &[], b"x"), 2);
+    assert!(toa_of(&parse(&io.one().1).tcp.unwrap()).is_some());
+    assert_eq!(c.toa_inserted.get(), 1);
+    handle(&mut s, &mut io, 0, &c2v(2, ACK, &[], &[0u8; 1460]), 3);
+    assert!(toa_of(&parse(&io.one().1).tcp.unwrap()).is_none());
+    assert_eq!(c.toa_skipped.get(), 2);
+    // One that had it, then a full-size segment: not a skipped session either.
+    let (lport, i) = open(&mut s, &mut io, 4, 0);
+    handle(&mut s, &mut io, 1, &r2l(i, lport, SYNACK, &[], &[]), 0);
+    io.take();
+    handle(&mut s, &mut io, 0, &c2v(4, ACK, &[], &[]), 1);
+    assert!(toa_of(&parse(&io.one().1).tcp.unwrap()).is_some());
+    handle(&mut s, &mut io, 0, &c2v(4, ACK, &[], &[0u8; 1460]), 2);
+    assert!(toa_of(&parse(&io.one().1).tcp.unwrap()).is_none());
+    assert_eq!((c.toa_inserted.get(), c.toa_skipped.get()), (2, 2));
     // Disabled: nothing.
     let mut cf = cfg();
     cf.fullnat.toa = false;

@@ -648,6 +648,16 @@ fn tun_frag_needed_from_the_path_reaches_the_client() {
         "nothing to the client"
     );
     assert_eq!(c.icmp_translated.get(), 1);
+    // Quoting a client packet without DF (the router would have fragmented it): nothing to the
+    // client, counted as an ICMP rvs does not act on, not as translated.
+    io.sent.clear();
+    let mut no_df = sent[14..14 + 48].to_vec();
+    no_df[20 + 6] &= !0x40;
+    let before = c.drops(DropReason::IcmpUnhandled);
+    handle(&mut s, &mut io, 1, &icmp(&no_df), 4);
+    assert!(io.sent.is_empty());
+    assert_eq!(c.icmp_translated.get(), 1);
+    assert_eq!(c.drops(DropReason::IcmpUnhandled), before + 1);
 }
 
 /// rvs's own errors about a client's packet to a VIP (FULLNAT or NAT) come from the VIP, the

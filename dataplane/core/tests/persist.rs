@@ -414,6 +414,45 @@ fn template_expiry_never_cuts_a_live_connection() {
     assert_eq!((c.persist_new.get(), c.persist_hits.get()), (1, 1));
 }
 
+/// A template its connection still holds at expiry is re-armed for 60 s at a time, as IPVS
+/// (`expire_later`), not for its whole timeout: it ends at most 60 s after its last connection.
+#[test]
+fn a_held_template_is_rearmed_for_60_s() {
+    let dr = (0..3)
+        .map(|i| dest(i, i as u8 + 1, 80, 1, Fwd::Dr))
+        .collect();
+    let (mut s, mut io, _) = setup(cfg(vec![service(80, dr, persist(300, !0))]));
+    for (fl, t) in [(SYN, 0), (ACK, 1)] {
+        s.handle(
+            &mut io,
+            0,
+            VecPacket::from_slice(&c2v(CIP, 1000, 80, fl)),
+            t,
+        );
+        io.one();
+    }
+    let tmpl = |s: &Stack<VecPacket>| s.persist_templates().first().map(|t| t.expires_ms);
+    assert_eq!(tmpl(&s), Some(300_000));
+    // Held at its expiry (the connection is ESTABLISHED, 900 s): 60 s more.
+    tick(&mut s, &mut io, 100, 300_500);
+    let e = tmpl(&s).unwrap();
+    assert!((300_000..=360_500).contains(&e) && e > 300_500, "{e}");
+    // The connection ends (RST: CLOSE, 10 s); the template follows within 60 s more.
+    s.handle(
+        &mut io,
+        0,
+        VecPacket::from_slice(&c2v(CIP, 1000, 80, RST)),
+        300_600,
+    );
+    tick(&mut s, &mut io, 300_700, 300_600 + 10_000 + 60_000 + 1_000);
+    assert_eq!(s.session_count(), 0);
+    assert_eq!(
+        tmpl(&s),
+        None,
+        "gone well before its 300 s timeout would be over again"
+    );
+}
+
 #[test]
 fn quiesced_or_removed_dest_template_is_ignored() {
     // IPVS with expire_quiescent_template = 1.
