@@ -1484,6 +1484,19 @@ fn parse_service(
     let t = Table::new(cx, node, format!("service[{i}]"), SERVICE_KEYS)?;
 
     let mark = parse_match(cx, &t, earlier)?;
+    if let Some(m) = &mark {
+        if let Some(why) = match_prefix_conflict(&m.core().owned_addrs(), ports, routes) {
+            return Err(t.err(
+                "match",
+                format!(
+                    "the match's dst {}/{} holds {why}; rvs owns (answers ARP for) every address of a prefix of at most {} addresses, so it must hold none of another host's or rvs's own",
+                    m.dst.addr,
+                    m.dst.len,
+                    rvs_core::MATCH_OWN_MAX
+                ),
+            ));
+        }
+    }
     let proto = match &mark {
         Some(m) => {
             if t.get("proto").is_some() {
@@ -1961,6 +1974,50 @@ fn is_unicast(a: IpAddr) -> bool {
 }
 
 /// The port that has `a` as one of its addresses.
+/// What, among the addresses `owned` of a match prefix, rvs must not own: an address of a
+/// port, a route's gateway, a connected subnet's network or broadcast address.
+fn match_prefix_conflict(
+    owned: &[IpAddr],
+    ports: &[PortConfig],
+    routes: &[RouteConfig],
+) -> Option<String> {
+    for &a in owned {
+        if let Some(p) = port_owning(ports, a) {
+            return Some(format!("{a}, an address of port `{}`", p.name));
+        }
+        if let Some(r) = routes.iter().find(|r| r.via == Some(a)) {
+            return Some(format!(
+                "{a}, the gateway of route {}/{}",
+                r.prefix.0, r.prefix.1
+            ));
+        }
+        let IpAddr::V4(a4) = a else { continue };
+        for p in ports {
+            for &(pa, len) in &p.addresses {
+                let IpAddr::V4(pa) = pa else { continue };
+                if len >= 31 {
+                    continue;
+                }
+                let mask = rvs_core::addr::mask_v4(len);
+                let net = u32::from(pa) & mask;
+                if u32::from(a4) == net || u32::from(a4) == net | !mask {
+                    let which = if u32::from(a4) == net {
+                        "network"
+                    } else {
+                        "broadcast"
+                    };
+                    return Some(format!(
+                        "{a}, the {which} address of port `{}`'s subnet {}/{len}",
+                        p.name,
+                        std::net::Ipv4Addr::from(net)
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
 fn port_owning(ports: &[PortConfig], a: IpAddr) -> Option<&PortConfig> {
     ports
         .iter()

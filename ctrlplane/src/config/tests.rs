@@ -2049,6 +2049,39 @@ fn match_services() {
     assert_eq!((m.proto, m.dport, m.src), (Proto::Udp, (53, 53), None));
 }
 
+/// A match prefix rvs would own (answer ARP for) may not hold an address of rvs's ports, a
+/// route's gateway, or a connected subnet's network or broadcast address: rvs would answer for
+/// them, stop learning the gateway, and take packets meant for those hosts.
+#[test]
+fn match_prefix_holds_no_other_hosts_address() {
+    for (dst, what) in [
+        ("192.0.2.1/32", "192.0.2.1, an address of port `client`"),
+        (
+            "198.51.100.252/30",
+            "198.51.100.254, the gateway of route 10.0.0.0/8",
+        ),
+        (
+            "192.0.2.0/30",
+            "192.0.2.0, the network address of port `client`'s subnet 192.0.2.0/24",
+        ),
+        (
+            "192.0.2.255/32",
+            "the broadcast address of port `client`'s subnet",
+        ),
+    ] {
+        let m = MATCH.replace("203.0.113.0/28", dst);
+        let e = parse(&match_svc("", &m)).unwrap_err();
+        assert_eq!(e.key, "service[1].match", "{e}");
+        assert!(e.message.contains(what), "{dst}: {e}");
+    }
+    // A large prefix rvs does not own (routed to it) may cover them.
+    let m = MATCH.replace("203.0.113.0/28", "192.0.0.0/16");
+    assert!(parse(&match_svc("", &m)).is_ok());
+    // Addresses of a connected subnet other than those: fine.
+    let m = MATCH.replace("203.0.113.0/28", "192.0.2.64/28");
+    assert!(parse(&match_svc("", &m)).is_ok());
+}
+
 #[test]
 fn match_service_errors() {
     let m = error_at(
