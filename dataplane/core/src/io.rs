@@ -17,8 +17,19 @@ pub trait Io {
     /// TX-full drops).
     fn send(&mut self, port: PortIdx, pkt: Self::Pkt);
     /// The core learned or refreshed a neighbour from the wire. Multi-worker adapters forward this
-    /// to the other workers (which apply it with `Stack::neigh_update`); the default ignores it.
-    fn neigh_learned(&mut self, _port: PortIdx, _ip: std::net::IpAddr, _mac: [u8; 6]) {}
+    /// to the other workers (which apply it with `Stack::neigh_sync`); the default ignores it.
+    ///
+    /// `create`: whether the other cores may create the entry (learned from a frame addressed
+    /// to rvs); false for an unsolicited ARP (gratuitous, or for another host), which only
+    /// refreshes an entry a core already has, wherever it arrived.
+    fn neigh_learned(
+        &mut self,
+        _port: PortIdx,
+        _ip: std::net::IpAddr,
+        _mac: [u8; 6],
+        _create: bool,
+    ) {
+    }
     /// Hand `pkt` (a frame received on `port`) to worker `worker`, which owns its session: the
     /// adapter moves it over a lockless SPSC ring and the owner runs `Stack::handle` on it as if
     /// it had received it. Returns false (and the caller counts `RedirectFull`) when the ring is

@@ -839,7 +839,8 @@ impl<P: PacketBuf> Stack<P> {
     }
 
     /// Create (if `create`) or refresh the entry (port, ip) as resolved to `mac`; releases held
-    /// packets when it was incomplete. `wire`: learned from a received frame (tell `Io`).
+    /// packets when it was incomplete. `wire`: learned from a received frame (tell `Io`, also
+    /// when this core has no entry for it: another core may have one).
     #[allow(clippy::too_many_arguments)]
     fn learn<I: Io<Pkt = P>>(
         &mut self,
@@ -852,6 +853,9 @@ impl<P: PacketBuf> Stack<P> {
         now_ms: u64,
         wire: bool,
     ) {
+        if wire {
+            io.neigh_learned(port, ip, mac.0, create);
+        }
         let idx = match self.neigh.find(port, ip) {
             Some(i) => i,
             None if create => match self.neigh_create(port, ip, src, now_ms) {
@@ -870,9 +874,6 @@ impl<P: PacketBuf> Stack<P> {
         if changed {
             self.counters.neigh_learned.inc();
         }
-        if wire {
-            io.neigh_learned(port, ip, mac.0);
-        }
         if !was_resolved {
             self.release_held(io, idx);
         }
@@ -887,13 +888,27 @@ impl<P: PacketBuf> Stack<P> {
         mac: MacAddr,
         now_ms: u64,
     ) {
+        self.neigh_sync(io, port, ip, mac, true, now_ms);
+    }
+
+    /// Apply what another core learned from the wire ([`Io::neigh_learned`]): create (when
+    /// `create`) or refresh the entry, release held packets.
+    pub fn neigh_sync<I: Io<Pkt = P>>(
+        &mut self,
+        io: &mut I,
+        port: PortIdx,
+        ip: IpAddr,
+        mac: MacAddr,
+        create: bool,
+        now_ms: u64,
+    ) {
         if port as usize >= self.ports.len() || mac.is_multicast() || mac.is_zero() {
             return;
         }
         let Some(src) = self.connected_src(port, ip) else {
             return;
         };
-        self.learn(io, port, ip, mac, src, true, now_ms, false);
+        self.learn(io, port, ip, mac, src, create, now_ms, false);
     }
 
     fn neigh_create(

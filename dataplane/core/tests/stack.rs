@@ -32,7 +32,7 @@ struct TestIo {
     sent: Vec<(PortIdx, Vec<u8>)>,
     fail_alloc: bool,
     allocs: u64,
-    learned: Vec<(PortIdx, IpAddr, [u8; 6])>,
+    learned: Vec<(PortIdx, IpAddr, [u8; 6], bool)>,
 }
 
 impl Io for TestIo {
@@ -47,8 +47,8 @@ impl Io for TestIo {
     fn send(&mut self, port: PortIdx, pkt: VecPacket) {
         self.sent.push((port, pkt.to_vec()));
     }
-    fn neigh_learned(&mut self, port: PortIdx, ip: IpAddr, mac: [u8; 6]) {
-        self.learned.push((port, ip, mac));
+    fn neigh_learned(&mut self, port: PortIdx, ip: IpAddr, mac: [u8; 6], create: bool) {
+        self.learned.push((port, ip, mac, create));
     }
 }
 
@@ -270,7 +270,7 @@ fn arp_request_gets_reply_in_place() {
     assert_eq!(c.arp_requests_rx.get(), 1);
     // The requester was learned (request for us), and announced to other cores.
     assert_eq!(s.neigh_lookup(0, ip("192.0.2.10")), Some(MacAddr(PEER)));
-    assert_eq!(io.learned, vec![(0, ip("192.0.2.10"), PEER)]);
+    assert_eq!(io.learned, vec![(0, ip("192.0.2.10"), PEER, true)]);
     assert_eq!(c.neigh_learned.get(), 1);
     assert_eq!(total_drops(&c), 0);
 }
@@ -291,6 +291,9 @@ fn unsolicited_arp_replies_create_no_entry() {
     );
     handle(&mut s, &mut io, 0, &garp, 5);
     assert_eq!(s.neigh_lookup(0, ip("192.0.2.10")), None);
+    // Still announced to the other cores, as a refresh only (one of them may know it).
+    assert_eq!(io.learned, vec![(0, ip("192.0.2.10"), PEER, false)]);
+    io.learned.clear();
     let other = arp(
         BCAST,
         PEER,
@@ -326,6 +329,19 @@ fn unsolicited_arp_replies_create_no_entry() {
         s.neigh_lookup(0, ip("192.0.2.10")),
         Some(MacAddr([2, 0, 0, 0, 0, 0x55]))
     );
+    // What another core announces as a refresh only changes an entry this one has, and creates
+    // none; nothing is announced again.
+    let (mut s2, mut io2, _) = setup(cfg());
+    let host = ip("192.0.2.10");
+    s2.neigh_sync(&mut io2, 0, host, MacAddr(PEER), false, 9);
+    assert_eq!(s2.neigh_lookup(0, host), None);
+    s2.neigh_sync(&mut io2, 0, host, MacAddr(PEER), true, 9);
+    s2.neigh_sync(&mut io2, 0, host, MacAddr([2, 0, 0, 0, 0, 0x66]), false, 10);
+    assert_eq!(
+        s2.neigh_lookup(0, host),
+        Some(MacAddr([2, 0, 0, 0, 0, 0x66]))
+    );
+    assert!(io2.learned.is_empty());
 }
 
 #[test]
@@ -518,7 +534,10 @@ fn arp_learning_rules() {
     );
     assert_eq!(drops(&c, DropReason::ArpNotForUs), 2);
     assert_eq!(c.neigh_learned.get(), 2); // created, then MAC changed
-    assert_eq!(io.learned.len(), 2);
+    // Announced to the other cores: the request not for us and the gratuitous one as refreshes
+    // only (another core may have the entry), the reply to us as a creation.
+    let create: Vec<bool> = io.learned.iter().map(|l| l.3).collect();
+    assert_eq!(create, [false, true, false]);
     assert_eq!(c.arp_replies_rx.get(), 4);
 }
 

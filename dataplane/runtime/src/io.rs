@@ -41,14 +41,15 @@ pub struct NeighMsg {
     pub port: u16,
     /// 4 or 6.
     pub family: u8,
-    _pad: u8,
+    /// 1: the receiving core may create the entry; 0: refresh only (an unsolicited ARP).
+    pub create: u8,
     pub mac: [u8; 6],
     _pad2: [u8; 2],
     pub ip: [u8; 16],
 }
 
 impl NeighMsg {
-    pub fn new(port: PortIdx, ip: IpAddr, mac: [u8; 6]) -> Self {
+    pub fn new(port: PortIdx, ip: IpAddr, mac: [u8; 6], create: bool) -> Self {
         let (family, bytes) = match ip {
             IpAddr::V4(a) => {
                 let mut b = [0u8; 16];
@@ -60,7 +61,7 @@ impl NeighMsg {
         NeighMsg {
             port,
             family,
-            _pad: 0,
+            create: create as u8,
             mac,
             _pad2: [0; 2],
             ip: bytes,
@@ -217,8 +218,8 @@ impl Io for WorkerIo {
         }
     }
 
-    fn neigh_learned(&mut self, port: PortIdx, ip: IpAddr, mac: [u8; 6]) {
-        let msg = [NeighMsg::new(port, ip, mac)];
+    fn neigh_learned(&mut self, port: PortIdx, ip: IpAddr, mac: [u8; 6], create: bool) {
+        let msg = [NeighMsg::new(port, ip, mac, create)];
         for p in &mut self.neigh_peers {
             // A full ring loses a refresh (counted); the peer resolves by ARP itself if it needs
             // the entry.

@@ -309,11 +309,12 @@ impl Worker {
         let mut msgs = [MaybeUninit::<NeighMsg>::uninit(); 16];
         for c in &mut self.peers.neigh {
             for m in c.recv_burst(&mut msgs) {
-                self.stack.neigh_update(
+                self.stack.neigh_sync(
                     &mut self.io,
                     m.port,
                     m.ip(),
                     rvs_core::MacAddr(m.mac),
+                    m.create != 0,
                     now,
                 );
             }

@@ -56,11 +56,19 @@ fn refused_hand_overs_and_lost_neighbour_updates_are_counted() {
 
     // Five neighbours learnt: the peer's ring holds three updates, two are lost and counted.
     for i in 0..5u8 {
-        io.neigh_learned(0, IpAddr::from([192, 0, 2, 10 + i]), [2, 0, 0, 0, 0, i]);
+        io.neigh_learned(
+            0,
+            IpAddr::from([192, 0, 2, 10 + i]),
+            [2, 0, 0, 0, 0, i],
+            i != 1,
+        );
     }
     assert_eq!(counters.snapshot().neigh_sync_lost, 2);
     let mut msgs = [MaybeUninit::<NeighMsg>::uninit(); 8];
     let got = neigh_in.recv_burst(&mut msgs);
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].ip(), IpAddr::from([192, 0, 2, 10]));
+    // Whether the peer may create the entry travels with it (an unsolicited ARP: refresh only).
+    let create: Vec<u8> = got.iter().map(|m| m.create).collect();
+    assert_eq!(create, [1, 0, 1]);
 }
