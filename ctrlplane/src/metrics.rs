@@ -68,6 +68,8 @@ pub struct Sample {
     pub control_errors: [u64; crate::ctl::server::RequestError::ALL.len()],
     /// Publications of health-check state changes that failed (each retry counts).
     pub health_publish_failures: u64,
+    /// Log lines dropped because stdout was not read fast enough.
+    pub log_lines_dropped: u64,
 }
 
 /// Where the collector gets its [`Sample`] from (rvsd's control side, or a test fake).
@@ -297,6 +299,12 @@ const CTL_FAMILIES: &[(&str, &str, Kind, &[&str])] = &[
         Kind::Counter,
         &[],
     ),
+    (
+        "rvs_log_lines_dropped_total",
+        "rvsd log lines dropped because stdout was not read fast enough (its log queue was full)",
+        Kind::Counter,
+        &[],
+    ),
 ];
 
 /// Per health-checked real server families: (name, help, kind).
@@ -512,6 +520,7 @@ pub fn families(s: &Sample) -> Vec<MetricFamily> {
         ctl[3].push(&["reason"], &[why.name()], n as f64);
     }
     ctl[4].push(&[], &[], s.health_publish_failures as f64);
+    ctl[5].push(&[], &[], s.log_lines_dropped as f64);
 
     svc.into_iter()
         .chain(real)

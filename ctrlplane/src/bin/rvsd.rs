@@ -21,9 +21,100 @@ use rvs_ctrlplane::metrics;
 /// `| logger` that died, a hung-up terminal); a lost log line must not take the daemon down.
 macro_rules! say {
     ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
+        crate::log::line(format!($($t)*));
     }};
+}
+
+/// rvsd's log on stdout, written by a thread of its own from a bounded queue: a reader of
+/// stdout that stalls (a hung pipe or journal, a paused terminal) never blocks the thread that
+/// logs, which may hold the daemon's lock (health transitions, publications) or be the one
+/// that acts on signals. A line that finds the queue full is dropped and counted
+/// (`rvs_log_lines_dropped_total`, and a line saying how many once the writer catches up).
+mod log {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// Lines the queue holds.
+    const QUEUE: usize = 4096;
+
+    /// Lines dropped because the queue was full.
+    pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+    enum Msg {
+        Line(String),
+        /// Everything queued before it is written: say so.
+        Flush(SyncSender<()>),
+    }
+
+    fn queue() -> &'static SyncSender<Msg> {
+        static TX: OnceLock<SyncSender<Msg>> = OnceLock::new();
+        TX.get_or_init(|| {
+            let (tx, rx) = sync_channel::<Msg>(QUEUE);
+            // Without the thread, the receiver is gone and `line` writes itself.
+            let _ = std::thread::Builder::new()
+                .name("rvsd-log".into())
+                .spawn(move || {
+                    let mut told = 0;
+                    for m in rx {
+                        let mut out = std::io::stdout().lock();
+                        match m {
+                            Msg::Line(l) => {
+                                let _ = writeln!(out, "{l}");
+                            }
+                            Msg::Flush(done) => {
+                                let _ = out.flush();
+                                let _ = done.send(());
+                            }
+                        }
+                        let lost = DROPPED.load(Ordering::Relaxed);
+                        if lost != told {
+                            let _ = writeln!(
+                                out,
+                                "rvsd: {} log lines dropped (stdout was not read fast enough)",
+                                lost - told
+                            );
+                            told = lost;
+                        }
+                    }
+                });
+            tx
+        })
+    }
+
+    /// Log one line (never blocks).
+    pub fn line(l: String) {
+        match queue().try_send(Msg::Line(l)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(Msg::Line(l))) => {
+                let _ = writeln!(std::io::stdout(), "{l}");
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Wait, at most `max`, until every line logged so far is written (before exiting).
+    pub fn flush(max: Duration) {
+        let until = Instant::now() + max;
+        let (done, wait) = sync_channel(1);
+        let mut m = Msg::Flush(done);
+        loop {
+            match queue().try_send(m) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < until => {
+                    m = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = wait.recv_timeout(until.saturating_duration_since(Instant::now()));
+    }
 }
 
 /// `eprintln!` that never panics (see [`say!`]).
@@ -93,6 +184,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // What was logged is written before rvsd exits (and before a last error on stderr).
+    let flush = || log::flush(Duration::from_secs(2));
     if args.check {
         say!(
             "{}: configuration OK ({} port(s), {} route(s), {} worker(s))",
@@ -101,9 +194,12 @@ fn main() -> ExitCode {
             cfg.routes.len(),
             cfg.dataplane.workers.len()
         );
+        flush();
         return ExitCode::SUCCESS;
     }
-    match run(&cfg) {
+    let r = run(&cfg);
+    flush();
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             say_err!("rvsd: {e}");

@@ -139,6 +139,7 @@ fn sample() -> Sample {
         reloads_failed: 1,
         control_errors: [2, 0, 0, 5, 1, 0, 0],
         health_publish_failures: 7,
+        log_lines_dropped: 9,
     }
 }
 
@@ -257,6 +258,8 @@ fn exposition_names_labels_types_values() {
         value(&series, "rvs_health_publish_failures_total", &[]),
         7.0
     );
+    assert_eq!(types["rvs_log_lines_dropped_total"], "counter");
+    assert_eq!(value(&series, "rvs_log_lines_dropped_total", &[]), 9.0);
     for (reason, n) in [
         ("malformed", 2.0),
         ("too_large", 0.0),

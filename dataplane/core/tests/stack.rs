@@ -534,8 +534,8 @@ fn arp_learning_rules() {
     );
     assert_eq!(drops(&c, DropReason::ArpNotForUs), 2);
     assert_eq!(c.neigh_learned.get(), 2); // created, then MAC changed
-    // Announced to the other cores: the request not for us and the gratuitous one as refreshes
-    // only (another core may have the entry), the reply to us as a creation.
+                                          // Announced to the other cores: the request not for us and the gratuitous one as refreshes
+                                          // only (another core may have the entry), the reply to us as a creation.
     let create: Vec<bool> = io.learned.iter().map(|l| l.3).collect();
     assert_eq!(create, [false, true, false]);
     assert_eq!(c.arp_replies_rx.get(), 4);

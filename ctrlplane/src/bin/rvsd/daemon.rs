@@ -240,6 +240,7 @@ impl Daemon {
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             control_errors: std::array::from_fn(|i| self.control_errors[i].load(Ordering::Relaxed)),
             health_publish_failures: self.health_publish_failures.load(Ordering::Relaxed),
+            log_lines_dropped: crate::log::DROPPED.load(Ordering::Relaxed),
             ..Default::default()
         }
     }
