@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod ctl;
+pub mod deadline;
 pub mod health;
 pub mod metrics;

@@ -616,7 +616,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const MAX_REQUEST: usize = 8192;
 /// Concurrent scrape connections; more get 503.
 pub const MAX_CONNS: usize = 8;
-/// Read and write timeout of a scrape connection.
+/// Time a scrape connection has to send its request, and then to take the whole reply.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serve `GET /metrics` on `listener` from a thread (one more thread per connection, at most
@@ -634,14 +634,25 @@ pub fn serve(
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
                         if conns.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
                             conns.fetch_sub(1, Ordering::SeqCst);
-                            let _ =
-                                respond(&mut s, "503 Service Unavailable", "text/plain", b"busy\n");
+                            // What of the request already came is read first: closing with
+                            // unread data would reset the connection, and the 503 with it.
+                            let mut head = [0u8; MAX_REQUEST];
+                            let _ = s.set_nonblocking(true);
+                            let _ = s.read(&mut head);
+                            let _ = s.set_nonblocking(false);
+                            let _ = respond(
+                                &s,
+                                Duration::from_millis(200),
+                                "503 Service Unavailable",
+                                "text/plain",
+                                b"busy\n",
+                            );
+                            let _ = s.shutdown(std::net::Shutdown::Write);
                             continue;
                         }
+                        let _ = s.set_nonblocking(false);
                         let (r, c) = (registry.clone(), conns.clone());
                         let spawned = std::thread::Builder::new()
                             .name("rvs-metrics-conn".into())
@@ -663,14 +674,22 @@ pub fn serve(
         .expect("spawn the metrics server")
 }
 
-fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &[u8]) -> std::io::Result<()> {
+/// Send a response, all of it within `limit`.
+fn respond(
+    s: &TcpStream,
+    limit: Duration,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    s.flush()
+    let mut w = crate::deadline::Deadline::new(s, limit);
+    w.write_all(head.as_bytes())?;
+    w.write_all(body)?;
+    w.flush()
 }
 
 /// What a request head asks for.
@@ -732,24 +751,28 @@ fn handle(mut s: TcpStream, registry: &Registry) {
             Err(_) => return,
         }
     };
+    // The reply has as long again as the request had.
+    let limit = IO_TIMEOUT;
     let _ = match end.map(|i| route(&buf[..i])) {
         None => respond(
-            &mut s,
+            &s,
+            limit,
             "431 Request Header Fields Too Large",
             "text/plain",
             b"request too large\n",
         ),
         Some(Route::Metrics) => {
             let body = render(registry);
-            respond(&mut s, "200 OK", CONTENT_TYPE, body.as_bytes())
+            respond(&s, limit, "200 OK", CONTENT_TYPE, body.as_bytes())
         }
         Some(Route::NotFound) => respond(
-            &mut s,
+            &s,
+            limit,
             "404 Not Found",
             "text/plain",
             b"not found; try /metrics\n",
         ),
-        Some(Route::Bad) => respond(&mut s, "400 Bad Request", "text/plain", b"bad request\n"),
+        Some(Route::Bad) => respond(&s, limit, "400 Bad Request", "text/plain", b"bad request\n"),
     };
 }
 

@@ -299,7 +299,11 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
                 }
             }
         };
-        match write_msg(&mut s, &reply) {
+        // The whole reply within IDLE_TIMEOUT (a socket timeout bounds each write only).
+        match write_msg(
+            &mut crate::deadline::Deadline::new(&s, IDLE_TIMEOUT),
+            &reply,
+        ) {
             Ok(()) => {}
             // Too large to send (nothing was written): say so rather than hang up.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -308,7 +312,12 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
                     code: code::E2BIG,
                     message: format!("reply too large: {e}"),
                 };
-                if write_msg(&mut s, &error).is_err() {
+                if write_msg(
+                    &mut crate::deadline::Deadline::new(&s, IDLE_TIMEOUT),
+                    &error,
+                )
+                .is_err()
+                {
                     return;
                 }
             }

@@ -634,6 +634,38 @@ fn fwmark_services_are_told_apart_by_mark() {
 
 /// A client sending its request a byte now and then is cut off once `IO_TIMEOUT` has passed
 /// since it connected, however steadily it sends (it would otherwise hold a scrape slot).
+/// With every scrape slot taken, one more client gets a whole 503 (its request read first, so
+/// closing does not reset the connection under the answer).
+#[test]
+fn a_client_beyond_the_slots_gets_503() {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = serve(
+        listener,
+        Arc::new(registry(Arc::new(Fake(sample())))),
+        stop.clone(),
+    );
+    let idle: Vec<_> = (0..MAX_CONNS)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = String::new();
+    c.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
+    assert!(r.ends_with("busy\n"), "{r}");
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "slots freed: {r}");
+    stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
 #[test]
 fn a_dribbling_client_is_cut_off() {
     use std::io::{Read, Write};
