@@ -351,6 +351,9 @@ impl Model {
                 format!("Illegal weight specified: {}", r.weight),
             );
         }
+        if r.upper > i32::MAX as u32 || r.lower > i32::MAX as u32 {
+            return err(code::EINVAL, "Illegal threshold (0..=2147483647)");
+        }
         // IPVS: ERANGE "lower threshold is higher than upper threshold".
         if r.lower > r.upper {
             return err(
@@ -644,6 +647,17 @@ impl Model {
     fn check_spec(&self, spec: &ServiceSpec) -> Result<(), OpError> {
         if spec.netmask.is_some() && spec.persistent.is_none() {
             return err(code::EINVAL, "netmask applies to persistent services only");
+        }
+        // What rvsadm's parser and the file let through, checked again for a raw request.
+        let width = match (spec.key.mark, spec.key.vip) {
+            (None, IpAddr::V6(_)) => 128,
+            _ => 32,
+        };
+        if let Some(len) = spec.netmask.filter(|&l| l == 0 || l > width) {
+            return err(
+                code::EINVAL,
+                format!("Illegal persistent netmask /{len} (1..={width})"),
+            );
         }
         if spec.key.mark.is_none() && spec.key.vport == 0 && spec.persistent.is_none() {
             return err(
@@ -1459,6 +1473,15 @@ lips = ["198.51.100.2"]
             (m.services[i].persistent, m.services[i].netmask),
             (Some(60), None)
         );
+        // A raw request with a netmask no parser lets through is refused, not widened to /32.
+        for bad in [0, 33, 99] {
+            let e = m
+                .apply(&Op::EditService {
+                    spec: spec(443, Some(60), Some(bad)),
+                })
+                .unwrap_err();
+            assert!(e.1.contains("Illegal persistent netmask"), "{e:?}");
+        }
         m.apply(&Op::EditService {
             spec: spec(443, None, None),
         })
@@ -1633,6 +1656,17 @@ lips = ["198.51.100.2"]
         let got = m.services[0].reals.last().unwrap();
         assert_eq!((got.upper, got.lower), (50, 0));
         r.lower = 60;
+        let e = m
+            .apply(&Op::EditReal {
+                key: k,
+                real: r.clone(),
+                keep_fwd: false,
+            })
+            .unwrap_err();
+        assert!(e.1.starts_with("Illegal threshold"), "{e:?}");
+        // Beyond ipvsadm's range (a raw request): refused too.
+        r.lower = 0;
+        r.upper = 4_000_000_000;
         let e = m
             .apply(&Op::EditReal {
                 key: k,
