@@ -90,9 +90,35 @@ fn seeds_walkthrough_rr_then_wrr_weight_3_splits_3_to_1() {
     let cl = topo.ns("cl");
     let dir = tempdir("ctl-walk");
     let sock = dir.join("rvsd.sock");
-    let (rvsd, _) = start_gateway(&dir, &topo.ns("gw"), "walk", |pmd| {
+    let (rvsd, pmd) = start_gateway(&dir, &topo.ns("gw"), "walk", |pmd| {
         config(pmd, "rvsc", &sock, "")
     });
+
+    // A second rvsd on the same control socket (another DPDK file prefix, the same NICs) stops
+    // at once, before its EAL or ports start: it never touches the running one's vdevs.
+    let second = dir.join("second.toml");
+    std::fs::write(&second, config(pmd, "rvsc2", &sock, "")).unwrap();
+    let t0 = std::time::Instant::now();
+    let o = ns(
+        &topo.ns("gw"),
+        &format!(
+            "timeout 20 {} --config {}",
+            rvsd_bin().display(),
+            second.display()
+        ),
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("another process answers on this socket"),
+        "{out}"
+    );
+    assert!(!out.contains("EAL"), "no EAL start: {out}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t0.elapsed()
+    );
 
     for cmd in [
         format!("-A -t {VIP}:80 -s rr"),

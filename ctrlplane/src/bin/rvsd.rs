@@ -370,6 +370,19 @@ fn stack_config(
 }
 
 fn run(cfg: &Config) -> Result<(), String> {
+    // The control socket and the metrics address are claimed first, before DPDK and the ports
+    // start: a second rvsd (with another file prefix) stops here, before it could announce the
+    // running one's addresses or take its vdevs.
+    let (listener, socket_file) =
+        rvs_ctrlplane::ctl::server::bind(&cfg.control.socket, cfg.control.mode)
+            .map_err(|e| format!("control socket {}: {e}", cfg.control.socket.display()))?;
+    let socket_file = RemoveOnDrop(socket_file);
+    let metrics_listener = match cfg.metrics.listen {
+        None => None,
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr).map_err(|e| format!("metrics listen {addr}: {e}"))?,
+        ),
+    };
     let eal_args = cfg.eal.args(cfg);
     let eal = dpdk::Eal::init(&eal_args)
         .map_err(|e| format!("EAL init failed ({}): {e}", eal_args.join(" ")))?;
@@ -630,20 +643,6 @@ fn run(cfg: &Config) -> Result<(), String> {
         core_timeouts,
     );
     let ctl_stop = Arc::new(AtomicBool::new(false));
-    let listener = rvs_ctrlplane::ctl::server::bind(&cfg.control.socket, cfg.control.mode)
-        .map_err(|e| format!("control socket {}: {e}", cfg.control.socket.display()));
-    let (listener, socket_file) = listener?;
-    let metrics_listener = match cfg.metrics.listen {
-        None => None,
-        Some(addr) => match std::net::TcpListener::bind(addr) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                drop(listener);
-                socket_file.remove();
-                return Err(format!("metrics listen {addr}: {e}"));
-            }
-        },
-    };
     let server = rvs_ctrlplane::ctl::server::serve(listener, d.clone(), ctl_stop.clone());
     // The metrics endpoint: a control-side thread; a scrape only reads counters.
     let metrics_server = metrics_listener.map(|l| {
@@ -691,7 +690,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         // Joined before the ports are closed: a scrape reads their statistics.
         let _ = m.join();
     }
-    socket_file.remove();
+    drop(socket_file);
     running.stop_workers();
 
     say!("rvsd: stopping; final statistics");
@@ -726,6 +725,16 @@ fn run(cfg: &Config) -> Result<(), String> {
     // The EAL itself is released by process exit (see dpdk::Eal::cleanup).
     let _ = eal;
     Ok(())
+}
+
+/// The control socket's file, removed on every way out of `run` (unless another daemon's
+/// replaced it).
+struct RemoveOnDrop(rvs_ctrlplane::ctl::server::SocketFile);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
 }
 
 /// What `run` started: workers, then ports; undone in reverse on drop, on every way out.
