@@ -620,7 +620,8 @@ pub const MAX_CONNS: usize = 8;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serve `GET /metrics` on `listener` from a thread (one more thread per connection, at most
-/// [`MAX_CONNS`]) until `stop`. The listener is switched to non-blocking to poll `stop`.
+/// [`MAX_CONNS`]) until `stop`; the thread ends once the scrapes under way are done too. The
+/// listener is switched to non-blocking to poll `stop`.
 pub fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
@@ -669,6 +670,12 @@ pub fn serve(
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
+            }
+            // Scrapes under way finish first (each within its deadlines): whoever joins this
+            // thread may then free what they read (rvsd closes the ports after it).
+            let until = std::time::Instant::now() + 2 * IO_TIMEOUT + Duration::from_secs(1);
+            while conns.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
             }
         })
         .expect("spawn the metrics server")

@@ -666,6 +666,34 @@ fn a_client_beyond_the_slots_gets_503() {
     h.join().unwrap();
 }
 
+/// Stopping the server waits for the scrapes under way: rvsd frees what they read (the ports)
+/// only after joining it.
+#[test]
+fn stopping_waits_for_scrapes_under_way() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = serve(
+        listener,
+        Arc::new(registry(Arc::new(Fake(sample())))),
+        stop.clone(),
+    );
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metr").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        drop(c);
+    });
+    h.join().unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(500), "{:?}", t0.elapsed());
+    closer.join().unwrap();
+}
+
 #[test]
 fn a_dribbling_client_is_cut_off() {
     use std::io::{Read, Write};
