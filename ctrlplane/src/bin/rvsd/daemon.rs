@@ -24,6 +24,8 @@ use rvs_dataplane::ctl::{Built, Cmd, CtlLink, Snapshot};
 pub const MAX_DESTS: u32 = rvs_ctrlplane::config::MAX_REALS as u32;
 /// How long a worker may take to answer a control command.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a `-L -c` page sweeps before it is sent, however few sessions it found.
+const CONNS_PAGE_TIME: Duration = Duration::from_millis(200);
 /// Rate estimator period (IPVS: 2 s).
 const EST_PERIOD: Duration = Duration::from_secs(2);
 /// How soon a failed publication of a health change is tried again (first wait, longest wait).
@@ -568,13 +570,19 @@ impl Daemon {
         }
     }
 
+    /// A page of `-L -c`: up to `max` sessions from cursor `start` (worker << 40 | slot). The
+    /// daemon's lock is taken for one worker call at a time, and a page ends after
+    /// [`CONNS_PAGE_TIME`] however few it found (the client asks on from `next`): a sweep of
+    /// a large, mostly empty table never holds the other requests, health checks and scrapes.
     fn conns(&self, start: u64, max: u32) -> Response {
         let max = max.clamp(1, MAX_CONNS_PAGE) as usize;
-        let mut g = self.lock();
+        let t0 = std::time::Instant::now();
         let now = dpdk::eal::tsc() / self.tsc_per_ms;
         let (mut w, mut slot) = ((start >> 40) as usize, (start & ((1 << 40) - 1)) as usize);
         let mut entries = Vec::new();
-        while w < g.links.len() && entries.len() < max {
+        let workers = self.lock().links.len();
+        while w < workers && entries.len() < max && t0.elapsed() < CONNS_PAGE_TIME {
+            let mut g = self.lock();
             let cmd = Box::new(Cmd::Sessions {
                 start: slot,
                 out: Vec::with_capacity(max - entries.len()),
@@ -601,7 +609,7 @@ impl Daemon {
                 }
             }
         }
-        let next = (w < g.links.len()).then_some(((w as u64) << 40) | slot as u64);
+        let next = (w < workers).then_some(((w as u64) << 40) | slot as u64);
         Response::Conns { entries, next }
     }
 }
