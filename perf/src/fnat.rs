@@ -368,23 +368,6 @@ fn established(env: &Env, proto: Proto) -> Trace {
     };
     let setup: Setup = Arc::new(move |stack, io, ctx: &SetupCtx| {
         let learned = open_sessions(stack, io, n, proto, ctx.now_ms)?;
-        if proto == Proto::Tcp {
-            // Each session's first timer (tcp_none after the SYN) fires 2 s after it opened and is
-            // pushed lazily to the established timeout. Run that one-time pass now, as if the
-            // set-up were 2 s old, so the measurement sees steady-state established sessions
-            // rather than 1M reschedules spread over its first seconds. The timers are filed on
-            // the wheel tick at or after their expiry, so the pass runs one tick later.
-            let later = ctx.now_ms + Timeouts::default().tcp_none + rvs_core::fullnat::TICK_MS;
-            for _ in 0..n / rvs_core::fullnat::EXPIRE_BUDGET + 64 {
-                stack.expire_sessions(later);
-            }
-            if stack.session_count() != n {
-                return Err(format!(
-                    "set-up: {} of {n} sessions left after the first timer pass",
-                    stack.session_count()
-                ));
-            }
-        }
         let (p, vport) = match proto {
             Proto::Tcp => (6, TCP_VPORT),
             Proto::Udp => (17, UDP_VPORT),
@@ -425,7 +408,7 @@ fn established(env: &Env, proto: Proto) -> Trace {
         about: format!(
             "FULLNAT established, {n} {} sessions ({VIPS} VIPs × {RS_PER_VIP} RS, {lips} LIPs, \
              one-armed): {what}; client→VIP and RS→LIP 50/50, random session order; TCP: the \
-             sessions' first (2 s) timers already rescheduled, as for sessions older than 2 s",
+             sessions' first timers (at their SYN_RECV expiry, 60 s) are due after the run",
             match proto {
                 Proto::Tcp => "TCP",
                 Proto::Udp => "UDP",

@@ -690,7 +690,11 @@ fn stopping_waits_for_scrapes_under_way() {
         drop(c);
     });
     h.join().unwrap();
-    assert!(t0.elapsed() >= Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
     closer.join().unwrap();
 }
 

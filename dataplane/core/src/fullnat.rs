@@ -1105,8 +1105,13 @@ impl<P: PacketBuf> Stack<P> {
         let proto = sess.proto;
         sess.dest = dest;
         sess.state = TcpState::None as u8;
+        // Filed at the expiry its first packet gives it: a TCP session starts with a bare SYN,
+        // which `fnat_in` turns into SYN_RECV at once (IPVS's tables, input-only too). Filed at
+        // NONE's 2 s, every connection would cost the timer a visit to file it again.
         let timeout = if proto == PROTO_TCP {
-            f.conf.timeouts.tcp_none
+            TcpState::None
+                .next(Dir::Input, flags::SYN)
+                .timeout_ms(&f.conf.timeouts)
         } else {
             f.conf.timeouts.udp
         };
