@@ -590,7 +590,10 @@ pub(crate) fn icmp_quote(d: &[u8], ihl: usize) -> Option<IcmpQuote> {
 pub(crate) struct TunQuote {
     /// Offset of the ICMP header.
     ic: usize,
-    /// The MTU the router reported.
+    /// ICMP type and code (destination unreachable or time exceeded).
+    typ: u8,
+    code: u8,
+    /// The MTU the router reported (fragmentation needed).
     mtu: u16,
     /// The tunnel's far end.
     rip: Ipv4Addr,
@@ -604,14 +607,14 @@ pub(crate) struct TunQuote {
     vport: u16,
 }
 
-/// Parse an ICMP fragmentation-needed error in `d` (outer header `ihl` long) that quotes an
-/// IPIP packet from the error's destination (the DIP) with, inside, the first fragment of a
-/// client's TCP or UDP packet (its IPv4 header and 8 bytes: routers quote that much and more,
-/// RFC 1812). The ICMP checksum is not checked.
+/// Parse an ICMP error in `d` (outer header `ihl` long: destination unreachable, any code, or
+/// time exceeded) that quotes an IPIP packet from the error's destination (the DIP) with,
+/// inside, the first fragment of a client's TCP or UDP packet (its IPv4 header and 8 bytes:
+/// routers quote that much and more, RFC 1812). The ICMP checksum is not checked.
 pub(crate) fn tun_quote(d: &[u8], ihl: usize) -> Option<TunQuote> {
     let ic = ETH_LEN + ihl;
     let end = d.len();
-    if end < ic + 8 + 20 + 20 + 8 || d[ic] != ICMP_DEST_UNREACH || d[ic + 1] != ICMP_FRAG_NEEDED {
+    if end < ic + 8 + 20 + 20 + 8 || (d[ic] != ICMP_DEST_UNREACH && d[ic] != ICMP_TIME_EXCEEDED) {
         return None;
     }
     let outer = ic + 8;
@@ -640,6 +643,8 @@ pub(crate) fn tun_quote(d: &[u8], ihl: usize) -> Option<TunQuote> {
     }
     Some(TunQuote {
         ic,
+        typ: d[ic],
+        code: d[ic + 1],
         mtu: be16(d, ic + 6),
         rip: ipv4_at(d, outer + 16),
         inner,
@@ -684,14 +689,16 @@ impl<P: PacketBuf> Stack<P> {
         }
     }
 
-    /// A router on the way to a TUN real server reports that rvs's IPIP packet was too big
-    /// (its DF copied from the client's): tell the client, from the VIP, with the reported MTU
-    /// less the 20-byte outer header, quoting its own packet, as IPVS's `ip_vs_in_icmp` does
-    /// for IPIP, so that its path-MTU discovery works through the tunnel. rvs keeps no
-    /// per-destination PMTU (the client's lower MSS is what shrinks the packets). Returns the
-    /// packet when it quotes no TUN session of this worker's (local handling continues).
+    /// A router on the way to a TUN real server reports an error about rvs's IPIP packet:
+    /// the client is told, from the VIP, quoting its own packet, as IPVS's `ip_vs_in_icmp` does
+    /// for IPIP. That it was too big (its DF copied from the client's) comes with the reported
+    /// MTU less the 20-byte outer header, so that path-MTU discovery works through the tunnel
+    /// (rvs keeps no per-destination PMTU: the client's lower MSS is what shrinks the
+    /// packets); an unreachable real server or an expired TTL as it is, so the client's
+    /// connection fails at once rather than by timeout. Returns the packet when it quotes no
+    /// TUN session of this worker's (local handling continues).
     #[cold]
-    fn tun_frag_needed<I: Io<Pkt = P>>(
+    fn tun_icmp_error<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
         port: PortIdx,
@@ -700,7 +707,8 @@ impl<P: PacketBuf> Stack<P> {
         now_ms: u64,
     ) -> Option<P> {
         let d = pkt.data();
-        if checksum(&d[t.ic..]) != 0 || t.mtu < 68 {
+        let frag = t.typ == ICMP_DEST_UNREACH && t.code == ICMP_FRAG_NEEDED;
+        if checksum(&d[t.ic..]) != 0 || (frag && t.mtu < 68) {
             return Some(pkt);
         }
         let (pkt, idx) = match self
@@ -714,9 +722,9 @@ impl<P: PacketBuf> Stack<P> {
         if s.fwd != Fwd::Tun || s.rip != t.rip {
             return Some(pkt);
         }
-        // Only a client doing PMTU discovery (DF) is told, as IPVS (the outer header copied the
-        // DF bit: without it, the router would have fragmented).
-        if be16(d, t.inner + 6) & ip4::DF == 0 {
+        // Only a client doing PMTU discovery (DF) is told it was too big, as IPVS (the outer
+        // header copied the DF bit: without it, the router would have fragmented).
+        if frag && be16(d, t.inner + 6) & ip4::DF == 0 {
             self.drop_pkt(pkt, DropReason::IcmpUnhandled);
             return None;
         }
@@ -726,7 +734,9 @@ impl<P: PacketBuf> Stack<P> {
             let n = t.iihl + 8;
             let mut orig = [0u8; ETH_LEN + 60 + 8];
             orig[ETH_LEN..ETH_LEN + n].copy_from_slice(&d[t.inner..t.inner + n]);
-            let mtu = if t.mtu > 68 + crate::fwd::TUN_HDR as u16 {
+            let mtu = if !frag {
+                0
+            } else if t.mtu > 68 + crate::fwd::TUN_HDR as u16 {
                 t.mtu - crate::fwd::TUN_HDR as u16
             } else {
                 t.mtu
@@ -737,8 +747,8 @@ impl<P: PacketBuf> Stack<P> {
                 Some(t.vip),
                 &orig[..ETH_LEN + n],
                 t.iihl,
-                ICMP_DEST_UNREACH,
-                ICMP_FRAG_NEEDED,
+                t.typ,
+                t.code,
                 mtu,
                 now_ms,
             );
@@ -1333,7 +1343,7 @@ impl<P: PacketBuf> Stack<P> {
         let d = pkt.data();
         let Some(q) = icmp_quote(d, ihl) else {
             return match tun_quote(d, ihl) {
-                Some(t) => self.tun_frag_needed(io, port, pkt, t, now_ms),
+                Some(t) => self.tun_icmp_error(io, port, pkt, t, now_ms),
                 None => Some(pkt),
             };
         };

@@ -658,6 +658,45 @@ fn tun_frag_needed_from_the_path_reaches_the_client() {
     assert!(io.sent.is_empty());
     assert_eq!(c.icmp_translated.get(), 1);
     assert_eq!(c.drops(DropReason::IcmpUnhandled), before + 1);
+    // Any other error about the tunnel (the real server unreachable, the TTL out on the way):
+    // relayed as it is, DF or not, so the client's connection fails at once.
+    for (n, t) in [
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Host,
+        ),
+        etherparse::Icmpv4Type::TimeExceeded(
+            etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = Vec::new();
+        PacketBuilder::ethernet2(rs_mac(3), MAC1)
+            .ipv4(v4("198.51.100.254"), v4(DIP), 64)
+            .icmpv4(t.clone())
+            .write(&mut e, &no_df)
+            .unwrap();
+        handle(&mut s, &mut io, 1, &e, 5 + n as u64);
+        let (port, out) = io.one();
+        assert_eq!(port, 0);
+        let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+        let Some(NetHeaders::Ipv4(oh, _)) = h.net else {
+            panic!()
+        };
+        assert_eq!((oh.source, oh.destination), (v4(VIP), v4(CIP)));
+        let Some(TransportHeader::Icmpv4(ic)) = h.transport else {
+            panic!()
+        };
+        assert_eq!(ic.icmp_type, t);
+        let quoted = h.payload.slice();
+        let expect = etherparse::Icmpv4Header::with_checksum(t, quoted);
+        assert_eq!(ic.checksum, expect.checksum, "icmp csum");
+        let mut want = f[14..14 + 28].to_vec();
+        want[6] &= !0x40;
+        assert_eq!(quoted, &want[..], "the client's own packet is quoted");
+        assert_eq!(c.icmp_translated.get(), 2 + n as u64);
+    }
 }
 
 /// rvs's own errors about a client's packet to a VIP (FULLNAT or NAT) come from the VIP, the
