@@ -46,6 +46,10 @@ pub struct Model {
     /// of real servers added by rvsadm.
     routes: Vec<config::RouteConfig>,
     ids: HashMap<(ServiceKey, IpAddr, u16), u32>,
+    /// The dest ids of real servers removed since, as IPVS keeps a removed dest in its trash: one
+    /// added again gets its id back while no other real server has taken it, and with it the
+    /// sessions it still has, its persistence templates and its counters.
+    retired: HashMap<(ServiceKey, IpAddr, u16), u32>,
     /// The last non-zero weight of each real server quiesced (weight 0) after it had one (IPVS
     /// `last_weight`, which `mh` builds its table from).
     last_weight: HashMap<(ServiceKey, IpAddr, u16), u32>,
@@ -149,6 +153,7 @@ impl Model {
             ports: cfg.ports.clone(),
             routes: cfg.routes.clone(),
             ids: HashMap::new(),
+            retired: HashMap::new(),
             last_weight: HashMap::new(),
             max_dests,
             next_id: 0,
@@ -188,7 +193,23 @@ impl Model {
             None => free().next(),
         }?;
         self.next_id = (id + 1) % n;
+        // Another real server's now: no longer one a removed one gets back.
+        self.retired.retain(|_, r| *r != id);
         Some(id)
+    }
+
+    /// The dest id for real server `k` joining: its own again when it was removed and no other
+    /// has taken it since, else a free one.
+    fn id_for(&mut self, k: (ServiceKey, IpAddr, u16)) -> Option<u32> {
+        match self.retired.remove(&k) {
+            Some(id) if !self.ids.values().any(|&x| x == id) => Some(id),
+            _ => self.free_id(),
+        }
+    }
+
+    /// Real servers `gone` (and their ids) left: remembered for [`Model::id_for`].
+    fn retire(&mut self, gone: Vec<((ServiceKey, IpAddr, u16), u32)>) {
+        self.retired.extend(gone);
     }
 
     /// Every real server's dest id: ((service, address, port), id).
@@ -465,11 +486,19 @@ impl Model {
                     .find(key)
                     .ok_or((code::ESRCH, "No such service".to_string()))?;
                 let s = self.services.remove(i);
+                let gone: Vec<_> = self
+                    .ids
+                    .iter()
+                    .filter(|((k, _, _), _)| *k == key_of(&s))
+                    .map(|(k, &id)| (*k, id))
+                    .collect();
                 self.ids.retain(|(k, _, _), _| *k != key_of(&s));
+                self.retire(gone);
             }
             Op::Clear => {
                 self.services.clear();
-                self.ids.clear();
+                let gone: Vec<_> = self.ids.drain().collect();
+                self.retire(gone);
             }
             Op::AddReal { key, real } => {
                 let i = self
@@ -503,11 +532,11 @@ impl Model {
                         "the real server's port is 0 (it keeps the client's) and the service's health check has no port; give the check a port in the configuration file",
                     );
                 }
+                let k = (*key, real.addr.ip(), real.addr.port());
                 let id = self
-                    .free_id()
+                    .id_for(k)
                     .ok_or((code::ENOMEM, "Memory allocation problem".to_string()))?;
-                self.ids
-                    .insert((*key, real.addr.ip(), real.addr.port()), id);
+                self.ids.insert(k, id);
                 let s = &mut self.services[i];
                 s.reals.push(RealConfig {
                     ip: real.addr.ip(),
@@ -562,7 +591,10 @@ impl Model {
                     .position(|r| r.ip == addr.ip() && r.port == addr.port())
                     .ok_or((code::ENOENT, "No such destination".to_string()))?;
                 s.reals.remove(j);
-                self.ids.remove(&(*key, addr.ip(), addr.port()));
+                let k = (*key, addr.ip(), addr.port());
+                if let Some(id) = self.ids.remove(&k) {
+                    self.retire(vec![(k, id)]);
+                }
             }
             Op::AddLaddr { key, lip } => {
                 let i = self
@@ -726,20 +758,22 @@ impl Model {
             }
         }
         self.last_weight = last_weight;
-        let keep: HashMap<_, _> = self.ids.clone();
-        self.ids.clear();
+        let mut keep: HashMap<_, _> = std::mem::take(&mut self.ids);
         for s in &cfg.services {
             for r in &s.reals {
-                if let Some(&id) = keep.get(&(key_of(s), r.ip, r.port)) {
-                    self.ids.insert((key_of(s), r.ip, r.port), id);
+                let k = (key_of(s), r.ip, r.port);
+                if let Some(id) = keep.remove(&k) {
+                    self.ids.insert(k, id);
                 }
             }
         }
+        // Those the file leaves out are removed: remembered, as by `-d`.
+        self.retire(keep.into_iter().collect());
         for s in &cfg.services {
             for r in &s.reals {
                 let k = (key_of(s), r.ip, r.port);
                 if !self.ids.contains_key(&k) {
-                    let id = self.free_id().unwrap_or(0);
+                    let id = self.id_for(k).unwrap_or(0);
                     self.ids.insert(k, id);
                 }
             }
@@ -1376,6 +1410,74 @@ lips = ["198.51.100.2"]
             id0,
             "then the oldest free one"
         );
+    }
+
+    /// A real server removed and added again gets its dest id back, as IPVS takes a dest back
+    /// from its trash (its sessions, persistence templates and counters with it), by `-d`/`-a`,
+    /// by a service deleted and added again, or by reloads; not once another real server has
+    /// had the id since.
+    #[test]
+    fn a_real_server_added_again_gets_its_id_back() {
+        let mut m = model();
+        let k = key("192.0.2.10", 80);
+        let id = |m: &Model, a: &str| {
+            let s = &m.services[0];
+            let r = s.reals.iter().find(|r| r.ip.to_string() == a).unwrap();
+            m.dest_id(s, r)
+        };
+        let add = |m: &mut Model, a: &str| {
+            m.apply(&Op::AddReal {
+                key: k,
+                real: real(&format!("{a}:80"), Fwd::FullNat, 1),
+            })
+            .unwrap();
+        };
+        let del = |m: &mut Model, a: &str| {
+            m.apply(&Op::DelReal {
+                key: k,
+                addr: format!("{a}:80").parse().unwrap(),
+            })
+            .unwrap();
+        };
+        add(&mut m, "198.51.100.12");
+        let twelve = id(&m, "198.51.100.12");
+        del(&mut m, "198.51.100.12");
+        add(&mut m, "198.51.100.13");
+        add(&mut m, "198.51.100.12");
+        assert_eq!(id(&m, "198.51.100.12"), twelve, "-d then -a");
+        // By a reload that leaves it out, then one that has it again.
+        let file = |reals: &[&str]| {
+            let mut t = format!(
+                "{PORTS}[[service]]\nproto = \"tcp\"\nvip = \"192.0.2.10\"\nvport = 80\nscheduler = \"wrr\"\nlips = [\"198.51.100.2\"]\n"
+            );
+            for r in reals {
+                t.push_str(&format!("  [[service.real]]\n  ip = \"{r}\"\n"));
+            }
+            Config::parse(&t, Path::new("t.toml")).unwrap()
+        };
+        let thirteen = id(&m, "198.51.100.13");
+        m.replace(&file(&["198.51.100.11", "198.51.100.12"]));
+        m.replace(&file(&["198.51.100.11", "198.51.100.12", "198.51.100.13"]));
+        assert_eq!(id(&m, "198.51.100.13"), thirteen, "reloads");
+        // Its id handed to another real server meanwhile: a fresh one.
+        del(&mut m, "198.51.100.13");
+        for i in 20..34 {
+            add(&mut m, &format!("198.51.100.{i}"));
+        }
+        let holder = m.services[0]
+            .reals
+            .iter()
+            .find(|r| m.dest_id(&m.services[0], r) == thirteen)
+            .map(|r| r.ip);
+        assert!(holder.is_some(), "16 ids: taken again");
+        let h = holder.unwrap().to_string();
+        del(&mut m, &h);
+        del(&mut m, "198.51.100.11");
+        // The id is the holder's to get back now, not .13's any more.
+        add(&mut m, &h);
+        assert_eq!(id(&m, &h), thirteen);
+        add(&mut m, "198.51.100.13");
+        assert_ne!(id(&m, "198.51.100.13"), thirteen);
     }
 
     /// A real server quiesced with weight 0 keeps its last non-zero weight (IPVS `last_weight`,
