@@ -52,8 +52,8 @@ pub struct Target {
     /// Local address to bind the probe's socket to (`[health] source`), when of the real
     /// server's family.
     pub source: Option<IpAddr>,
-    /// Which instance of the real server (rvsd: its dest id, which a real server added again
-    /// does not get back at once); 0 from [`Target::new`].
+    /// Which instance of the real server (rvsd: a number its model gives each real server as
+    /// it is added); 0 from [`Target::new`].
     pub epoch: u32,
 }
 

@@ -50,6 +50,10 @@ pub struct Model {
     /// added again gets its id back while no other real server has taken it, and with it the
     /// sessions it still has, its persistence templates and its counters.
     retired: HashMap<(ServiceKey, IpAddr, u16), u32>,
+    /// Which instance each real server is (bumped by every add: a real server removed and added
+    /// again is another instance, whose health check starts afresh).
+    epochs: HashMap<(ServiceKey, IpAddr, u16), u32>,
+    next_epoch: u32,
     /// The last non-zero weight of each real server quiesced (weight 0) after it had one (IPVS
     /// `last_weight`, which `mh` builds its table from).
     last_weight: HashMap<(ServiceKey, IpAddr, u16), u32>,
@@ -154,6 +158,8 @@ impl Model {
             routes: cfg.routes.clone(),
             ids: HashMap::new(),
             retired: HashMap::new(),
+            epochs: HashMap::new(),
+            next_epoch: 0,
             last_weight: HashMap::new(),
             max_dests,
             next_id: 0,
@@ -166,9 +172,25 @@ impl Model {
             for r in &s.reals {
                 let id = m.free_id().unwrap_or(0);
                 m.ids.insert((key_of(s), r.ip, r.port), id);
+                m.born((key_of(s), r.ip, r.port));
             }
         }
         m
+    }
+
+    /// Real server `k` joined: a new instance.
+    fn born(&mut self, k: (ServiceKey, IpAddr, u16)) {
+        self.next_epoch = self.next_epoch.wrapping_add(1);
+        self.epochs.insert(k, self.next_epoch);
+    }
+
+    /// Which instance real `r` of service `s` is (see [`crate::health::CheckId`]): another one
+    /// after it was removed and added again.
+    pub fn epoch(&self, s: &ServiceConfig, r: &RealConfig) -> u32 {
+        self.epochs
+            .get(&(key_of(s), r.ip, r.port))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Tell the model which dest ids the workers still use (sessions or templates of a removed
@@ -302,6 +324,7 @@ impl Model {
         next.apply_inner(&ipvs_flags(op))?;
         let ids = &next.ids;
         next.last_weight.retain(|k, _| ids.contains_key(k));
+        next.epochs.retain(|k, _| ids.contains_key(k));
         next.generation += 1;
         let after = next.owned_addrs();
         *self = next;
@@ -537,6 +560,7 @@ impl Model {
                     .id_for(k)
                     .ok_or((code::ENOMEM, "Memory allocation problem".to_string()))?;
                 self.ids.insert(k, id);
+                self.born(k);
                 let s = &mut self.services[i];
                 s.reals.push(RealConfig {
                     ip: real.addr.ip(),
@@ -775,9 +799,12 @@ impl Model {
                 if !self.ids.contains_key(&k) {
                     let id = self.id_for(k).unwrap_or(0);
                     self.ids.insert(k, id);
+                    self.born(k);
                 }
             }
         }
+        let ids = &self.ids;
+        self.epochs.retain(|k, _| ids.contains_key(k));
         self.services = cfg.services.clone();
         self.timeouts = cfg.fullnat.timeouts.clone();
         self.checks = FileChecks::of(cfg);
@@ -1439,12 +1466,19 @@ lips = ["198.51.100.2"]
             })
             .unwrap();
         };
+        let epoch = |m: &Model, a: &str| {
+            let s = &m.services[0];
+            let r = s.reals.iter().find(|r| r.ip.to_string() == a).unwrap();
+            m.epoch(s, r)
+        };
         add(&mut m, "198.51.100.12");
-        let twelve = id(&m, "198.51.100.12");
+        let (twelve, first) = (id(&m, "198.51.100.12"), epoch(&m, "198.51.100.12"));
         del(&mut m, "198.51.100.12");
         add(&mut m, "198.51.100.13");
         add(&mut m, "198.51.100.12");
         assert_eq!(id(&m, "198.51.100.12"), twelve, "-d then -a");
+        // Another instance all the same: its health check starts afresh.
+        assert_ne!(epoch(&m, "198.51.100.12"), first);
         // By a reload that leaves it out, then one that has it again.
         let file = |reals: &[&str]| {
             let mut t = format!(

@@ -73,7 +73,7 @@ impl Inner {
         s.check_of(r).map(|_| {
             !self
                 .down
-                .contains(&((key_of(s), r.ip, r.port), self.model.dest_id(s, r)))
+                .contains(&((key_of(s), r.ip, r.port), self.model.epoch(s, r)))
         })
     }
 }
@@ -294,12 +294,12 @@ impl Daemon {
                         health: up.map(|u| if u { "UP" } else { "DOWN" }.to_string()),
                         health_transitions: g
                             .transitions
-                            .get(&((key_of(s), r.ip, r.port), id))
+                            .get(&((key_of(s), r.ip, r.port), g.model.epoch(s, r)))
                             .copied()
                             .unwrap_or(0),
                         health_failures: g
                             .failures
-                            .get(&((key_of(s), r.ip, r.port), id))
+                            .get(&((key_of(s), r.ip, r.port), g.model.epoch(s, r)))
                             .copied()
                             .unwrap_or(0),
                     });
@@ -755,7 +755,7 @@ impl health::Sink for Daemon {
             for r in &s.reals {
                 if let Some(c) = s.check_of(r) {
                     let t = Target::new(key_of(s), r.ip, r.port, c, source);
-                    v.push(t.with_epoch(g.model.dest_id(s, r)));
+                    v.push(t.with_epoch(g.model.epoch(s, r)));
                 }
             }
         }
