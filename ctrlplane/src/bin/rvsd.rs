@@ -155,8 +155,11 @@ static HUP: AtomicBool = AtomicBool::new(false);
 extern "C" fn on_signal(sig: libc::c_int) {
     if sig == libc::SIGHUP {
         HUP.store(true, Ordering::SeqCst);
-    } else {
-        STOP.store(true, Ordering::SeqCst);
+    } else if STOP.swap(true, Ordering::SeqCst) {
+        // A second SIGINT/SIGTERM while the clean stop is under way (a worker that does not
+        // stop, a port that does not close): the operator insists, rvsd exits at once.
+        // SAFETY: _exit is async-signal-safe; nothing else runs in the handler.
+        unsafe { libc::_exit(128 + sig) };
     }
 }
 
