@@ -489,8 +489,11 @@ impl Daemon {
     }
 
     fn reload_inner(&self) -> Response {
+        // The file is read and parsed without the lock (a slow filesystem holds no request).
+        let path = self.lock().config_path.clone();
+        let loaded = Config::load(&path);
         let mut g = self.lock();
-        let cfg = match Config::load(&g.config_path) {
+        let cfg = match loaded {
             Ok(c) => c,
             Err(e) => {
                 return Response::Error {
