@@ -542,6 +542,11 @@ impl Daemon {
             }
         }
         self.rebase(&mut g, &before, fresh);
+        let mut changes = changes;
+        if g.running.health != cfg.health {
+            // Taken by the checker's next probes (no publication to the workers).
+            changes.push("changed [health]".into());
+        }
         g.running.services = cfg.services.clone();
         g.running.health = cfg.health.clone();
         g.running.fullnat.timeouts = cfg.fullnat.timeouts.clone();
