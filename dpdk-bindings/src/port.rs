@@ -199,7 +199,9 @@ impl Port {
     }
 
     /// Configure the port and set up its queues (all RX queues draw from `pool`). Does not start it.
+    /// Refused while a queue of the port has a handle ([`Port::rx_queue`], [`Port::tx_queue`]).
     pub fn configure(&self, conf: &PortConf, pool: &Mempool) -> Result<()> {
+        self.no_handles("rte_eth_dev_configure")?;
         let info = self.info()?;
         if conf.rx_queues > info.max_rx_queues || conf.tx_queues > info.max_tx_queues {
             return Err(Error::other(
@@ -218,13 +220,17 @@ impl Port {
         let mut ec = sys::rte_eth_conf::default();
         let rss_hf =
             (sys::RTE_ETH_RSS_IP | sys::RTE_ETH_RSS_TCP | sys::RTE_ETH_RSS_UDP) & info.rss_offloads;
-        let mut key = conf.rss_key.clone().unwrap_or_default();
         if conf.rss && conf.rx_queues > 1 && rss_hf != 0 {
             ec.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
             ec.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+            let key = conf.rss_key.as_deref().unwrap_or_default();
             if !key.is_empty()
                 && (info.hash_key_size == 0 || key.len() == info.hash_key_size as usize)
             {
+                // DPDK keeps the configuration's pointer to the key (not a copy) and some
+                // drivers read it again when the port starts or restarts: the key must live as
+                // long as the port, so it is leaked (once per configure, 40 bytes or so).
+                let key: &'static mut [u8] = Box::leak(key.to_vec().into_boxed_slice());
                 ec.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
                 ec.rx_adv_conf.rss_conf.rss_key_len = key.len() as u8;
             }
@@ -339,18 +345,37 @@ impl Port {
         Ok(())
     }
 
-    /// Stop the port (no worker may be polling it).
+    /// Refused (EBUSY) while some queue of this port has a live handle: whoever holds it may be
+    /// polling it, and stopping, closing or reconfiguring would tear the queue down under it.
+    fn no_handles(&self, op: &str) -> Result<()> {
+        if taken().iter().any(|&(p, _, _)| p == self.id) {
+            return Err(Error::from_code(
+                format!(
+                    "{op}(port {}): a queue of the port still has a handle",
+                    self.id
+                ),
+                libc::EBUSY,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stop the port. Refused while a queue of the port has a handle (drop the workers' queues
+    /// first).
     pub fn stop(&self) -> Result<()> {
-        // SAFETY: plain call; the caller guarantees no lcore uses the queues any more.
+        self.no_handles("rte_eth_dev_stop")?;
+        // SAFETY: plain call; no handle to its queues is left, so no lcore polls them.
         check(&format!("rte_eth_dev_stop(port {})", self.id), unsafe {
             sys::rte_eth_dev_stop(self.id)
         })?;
         Ok(())
     }
 
-    /// Close the port, releasing its resources (pcap files are flushed here).
+    /// Close the port, releasing its resources (pcap files are flushed here). Refused while a
+    /// queue of the port has a handle.
     pub fn close(&self) -> Result<()> {
-        // SAFETY: the port is stopped.
+        self.no_handles("rte_eth_dev_close")?;
+        // SAFETY: no handle to its queues is left; DPDK stops it first if it runs.
         check(&format!("rte_eth_dev_close(port {})", self.id), unsafe {
             sys::rte_eth_dev_close(self.id)
         })?;

@@ -171,6 +171,11 @@ fn eal_port_mbuf_ring_and_lcore() {
     let h = dpdk::lcore::launch(1, || dpdk::eal::lcore_id() as i32 + 40).unwrap();
     assert_eq!(h.wait(), 41, "the job ran on lcore 1");
 
+    // Not while a queue still has a handle (its holder may be polling it).
+    let e = port.stop().unwrap_err();
+    assert_eq!(e.code, libc::EBUSY, "{e}");
+    assert_eq!(port.close().unwrap_err().code, libc::EBUSY);
+    drop((rx, tx));
     port.stop().unwrap();
     port.close().unwrap();
     drop((p, c));

@@ -761,8 +761,9 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.stop_workers();
         for port in &self.ports {
-            let _ = port.stop();
-            let _ = port.close();
+            if let Err(e) = port.stop().and_then(|()| port.close()) {
+                say_err!("rvsd: {e}");
+            }
         }
     }
 }
