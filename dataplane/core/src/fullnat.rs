@@ -685,7 +685,25 @@ impl<P: PacketBuf> Stack<P> {
         }
         match self.fnat.sessions.lookup_in(proto, cip, cport, vip, vport) {
             Some(idx) => Ok((pkt, idx)),
-            None => Err(Some(pkt)),
+            None => {
+                // A flow made before its service changed how it places connections lives
+                // where the previous rule put it.
+                let f = &self.fnat;
+                let prev = svc.and_then(|i| {
+                    let rule = f.services.list.get(i as usize)?.prev_owner?;
+                    Some(match rule {
+                        OwnerRule::Rss => f.lports.rss_owner(cip, vip, cport, vport)?,
+                        r => f.owner_by(r, i as usize, proto, cip, cport, vip),
+                    })
+                });
+                match prev {
+                    Some(w) if w != f.worker && !self.redirected_again => {
+                        self.redirect_to_prev(io, w, port, pkt);
+                        Err(None)
+                    }
+                    _ => Err(Some(pkt)),
+                }
+            }
         }
     }
 
@@ -890,14 +908,11 @@ impl<P: PacketBuf> Stack<P> {
                 let stray = proto == PROTO_TCP
                     && d[l4 + 13] & (flags::SYN | flags::ACK | flags::RST | flags::FIN)
                         != flags::SYN;
-                if stray && owner == f.worker {
+                if stray && owner == f.worker && !self.redirected_again {
                     if let Some(rule) = f.services.list[svc as usize].prev_owner {
                         owner = f.owner_by(rule, svc as usize, proto, src, sport, dst);
                         if owner != f.worker {
-                            // `redirected_out` is counted by the I/O layer.
-                            if !io.redirect(owner, port, pkt) {
-                                self.count_drop(DropReason::RedirectFull);
-                            }
+                            self.redirect_to_prev(io, owner, port, pkt);
                             return None;
                         }
                     }
@@ -915,6 +930,20 @@ impl<P: PacketBuf> Stack<P> {
                 None
             }
             None => Some(pkt),
+        }
+    }
+
+    /// Hand `pkt` to `owner`, the worker of its service's previous placement rule: once more
+    /// when it was handed over already (tagged so that it goes no further).
+    fn redirect_to_prev<I: Io<Pkt = P>>(&self, io: &mut I, owner: u16, port: PortIdx, pkt: P) {
+        let tag = if self.redirected {
+            port | crate::stack::REDIRECTED_AGAIN
+        } else {
+            port
+        };
+        // `redirected_out` is counted by the I/O layer.
+        if !io.redirect(owner, tag, pkt) {
+            self.count_drop(DropReason::RedirectFull);
         }
     }
 

@@ -232,11 +232,19 @@ impl Default for FlowTuple {
 /// its index) to resolve the next hop through.
 pub(crate) type Via = Result<u32, (u32, Route)>;
 
+/// Set in the port a packet is handed over with ([`Io::redirect`], [`Stack::handle_redirected`])
+/// when the worker handing it over had itself received it from another: it took its one extra
+/// hop (to a service's previous placement rule) and is handed on no more.
+pub const REDIRECTED_AGAIN: PortIdx = 0x8000;
+
 /// The L2/L3 stack of one worker core. `Send` when `P` is.
 pub struct Stack<P: PacketBuf> {
     pub(crate) counters: Arc<CoreCounters>,
-    /// The packet being handled was handed over by another worker: it is not handed on again.
+    /// The packet being handled was handed over by another worker: it is not handed on again
+    /// (but for one hop to a service's previous placement rule, see `fnat_in_or_new`).
     pub(crate) redirected: bool,
+    /// ... and it already took that hop: it goes nowhere else.
+    pub(crate) redirected_again: bool,
     pub(crate) ports: Vec<PortState>,
     pub(crate) routes: RouteTable,
     ip_forward: bool,
@@ -316,6 +324,7 @@ impl<P: PacketBuf> Stack<P> {
         let mut st = Stack {
             counters,
             redirected: false,
+            redirected_again: false,
             ports,
             routes,
             ip_forward: cfg.ip_forward,
@@ -697,10 +706,10 @@ impl<P: PacketBuf> Stack<P> {
         self.handle_at(io, port, pkt, bucket, now_ms)
     }
 
-    /// [`Stack::handle`] for a frame another worker handed over (received on `port` there): if
-    /// this worker would hand it on again (the two disagree on its owner while a new
-    /// configuration reaches them one after the other), it is dropped (`redirect_loop`) instead
-    /// of bouncing between them.
+    /// [`Stack::handle`] for a frame another worker handed over (received on `port` there, with
+    /// [`REDIRECTED_AGAIN`] when it was handed on once more): if this worker would hand it on
+    /// again (the two disagree on its owner while a new configuration reaches them one after
+    /// the other), it is dropped (`redirect_loop`) instead of bouncing between them.
     pub fn handle_redirected<I: Io<Pkt = P>>(
         &mut self,
         io: &mut I,
@@ -709,8 +718,10 @@ impl<P: PacketBuf> Stack<P> {
         now_ms: u64,
     ) {
         self.redirected = true;
-        self.handle(io, port, pkt, now_ms);
+        self.redirected_again = port & REDIRECTED_AGAIN != 0;
+        self.handle(io, port & !REDIRECTED_AGAIN, pkt, now_ms);
         self.redirected = false;
+        self.redirected_again = false;
     }
 
     /// [`Stack::handle`] for a frame whose session bucket [`Stack::prefetch_bucket`] computed

@@ -321,18 +321,30 @@ fn connections_outlive_a_netmask_change() {
     let (s, io, _) = &mut w[third];
     s.handle(io, 0, VecPacket::from_slice(&ack), 1);
     assert_eq!(io.redirected.pop(), Some((new as u16, 0, ack.clone())));
+    // Handed on once more, tagged so that it goes no further.
+    let again = rvs_core::stack::REDIRECTED_AGAIN;
     let (s, io, _) = &mut w[new];
     s.handle_redirected(io, 0, VecPacket::from_slice(&ack), 1);
-    assert_eq!(io.redirected.pop(), Some((old as u16, 0, ack.clone())));
+    assert_eq!(io.redirected.pop(), Some((old as u16, again, ack.clone())));
     let (s, io, _) = &mut w[old];
-    s.handle_redirected(io, 0, VecPacket::from_slice(&ack), 1);
+    s.handle_redirected(io, again, VecPacket::from_slice(&ack), 1);
     assert_eq!(out(&io.one().1).1, rs);
     // One no worker has: the old owner drops it, passing it on no further.
     let stray = c2v(&cip, 4242, 80, ACK);
     let (s, io, c) = &mut w[old];
-    s.handle_redirected(io, 0, VecPacket::from_slice(&stray), 2);
+    s.handle_redirected(io, again, VecPacket::from_slice(&stray), 2);
     assert!(io.sent.is_empty() && io.redirected.is_empty());
     assert_eq!(c.drops(DropReason::NoSession), 1);
+    // While the workers disagree (the old owner not on the new set yet, so that its own
+    // previous rule would send the packet back): a packet that took its extra hop is not
+    // handed on again, however the rules of the worker it reached point.
+    let (s, io, c) = &mut w[old];
+    s.set_services(&[service(80, rr3(80), None)]).unwrap();
+    s.set_services(&svc(0xffff_ff00)).unwrap();
+    let before = c.drops(DropReason::NoSession);
+    s.handle_redirected(io, again, VecPacket::from_slice(&stray), 3);
+    assert!(io.redirected.is_empty(), "{:?}", io.redirected);
+    assert!(c.drops(DropReason::NoSession) + c.drops(DropReason::RedirectLoop) > before);
 }
 
 #[test]
