@@ -1569,7 +1569,8 @@ fn parse_service(
         Some(node) => {
             let width: u8 = if vip.is_ipv4() { 32 } else { 128 };
             let len = match &node.kind {
-                Kind::Int(_) => as_int(cx, node, &t.path("netmask"), "netmask", 1, width.into())?,
+                // 0: every client shares one template (ipvsadm takes `-M 0.0.0.0` too).
+                Kind::Int(_) => as_int(cx, node, &t.path("netmask"), "netmask", 0, width.into())?,
                 Kind::Str(s) if vip.is_ipv4() => netmask_len(s).ok_or_else(|| {
                     t.err(
                         "netmask",
@@ -1579,7 +1580,7 @@ fn parse_service(
                 _ => {
                     return Err(t.err(
                         "netmask",
-                        format!("netmask must be a prefix length 1..={width}{}", if vip.is_ipv4() { " or an IPv4 netmask like \"255.255.255.0\"" } else { "" }),
+                        format!("netmask must be a prefix length 0..={width}{}", if vip.is_ipv4() { " or an IPv4 netmask like \"255.255.255.0\"" } else { "" }),
                     ))
                 }
             };
@@ -1973,7 +1974,6 @@ fn is_unicast(a: IpAddr) -> bool {
     !(a.is_unspecified() || a.is_multicast() || a == IpAddr::V4(Ipv4Addr::BROADCAST))
 }
 
-/// The port that has `a` as one of its addresses.
 /// What, among the addresses `owned` of a match prefix, rvs must not own: an address of a
 /// port, a route's gateway, a connected subnet's network or broadcast address.
 fn match_prefix_conflict(
@@ -2018,6 +2018,7 @@ fn match_prefix_conflict(
     None
 }
 
+/// The port that has `a` as one of its addresses.
 fn port_owning(ports: &[PortConfig], a: IpAddr) -> Option<&PortConfig> {
     ports
         .iter()
@@ -2261,7 +2262,7 @@ fn from_bits(like: IpAddr, bits: u128) -> IpAddr {
 fn netmask_len(s: &str) -> Option<u8> {
     let m = u32::from(s.parse::<Ipv4Addr>().ok()?);
     let len = m.leading_ones();
-    (len >= 1 && m.checked_shl(len).unwrap_or(0) == 0).then_some(len as u8)
+    (m.checked_shl(len).unwrap_or(0) == 0).then_some(len as u8)
 }
 
 /// The netmask of `len` for `a`'s family, as an integer.

@@ -48,7 +48,8 @@ pub struct Model {
     ids: HashMap<(ServiceKey, IpAddr, u16), u32>,
     /// The dest ids of real servers removed since, as IPVS keeps a removed dest in its trash: one
     /// added again gets its id back while no other real server has taken it, and with it the
-    /// sessions it still has, its persistence templates and its counters.
+    /// sessions it still has and its persistence templates (its statistics start afresh: rvsd
+    /// rebases them).
     retired: HashMap<(ServiceKey, IpAddr, u16), u32>,
     /// Which instance each real server is (bumped by every add: a real server removed and added
     /// again is another instance, whose health check starts afresh).
@@ -709,10 +710,10 @@ impl Model {
             (None, IpAddr::V6(_)) => 128,
             _ => 32,
         };
-        if let Some(len) = spec.netmask.filter(|&l| l == 0 || l > width) {
+        if let Some(len) = spec.netmask.filter(|&l| l > width) {
             return err(
                 code::EINVAL,
-                format!("Illegal persistent netmask /{len} (1..={width})"),
+                format!("Illegal persistent netmask /{len} (0..={width})"),
             );
         }
         if spec.key.mark.is_none() && spec.key.vport == 0 && spec.persistent.is_none() {
@@ -1610,7 +1611,7 @@ lips = ["198.51.100.2"]
             (Some(60), None)
         );
         // A raw request with a netmask no parser lets through is refused, not widened to /32.
-        for bad in [0, 33, 99] {
+        for bad in [33, 99] {
             let e = m
                 .apply(&Op::EditService {
                     spec: spec(443, Some(60), Some(bad)),

@@ -64,7 +64,8 @@ pub enum RequestError {
     Timeout,
     /// A client turned away: [`MAX_CLIENTS`] were being served.
     Busy,
-    /// A client that hung up in the middle of a request (its length prefix or its body).
+    /// A client that hung up in the middle of a request's body (one gone within the 4-byte
+    /// length prefix is taken as gone between requests).
     Truncated,
 }
 
@@ -213,23 +214,28 @@ pub fn serve(
 }
 
 /// Bind a listening socket at `path` with `mode`, reachable by others only once it has it: bound
-/// in a fresh 0700 directory beside `path`, chmod-ed, renamed to `path`.
+/// in a fresh 0700 directory beside `path` (a short name: the whole path must fit a socket
+/// address), chmod-ed, then linked to `path`, which fails if something is there by now (another
+/// rvsd starting at the same moment) rather than replacing it.
 fn bind_private(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::DirBuilderExt;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "no file name"))?;
-    let mut dir_name = std::ffi::OsString::from(".");
-    dir_name.push(name);
-    dir_name.push(format!(".{}.tmp", std::process::id()));
-    let dir = path.with_file_name(dir_name);
+    let dir = path.with_file_name(format!(".r{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     let tmp = dir.join("s");
     let r = (|| {
         let l = UnixListener::bind(&tmp)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, path)?;
+        std::fs::hard_link(&tmp, path).map_err(|e| {
+            if e.kind() == ErrorKind::AlreadyExists {
+                std::io::Error::new(
+                    ErrorKind::AddrInUse,
+                    "another process took this socket as rvsd started (another rvsd?)",
+                )
+            } else {
+                e
+            }
+        })?;
         Ok(l)
     })();
     let _ = std::fs::remove_dir_all(&dir);

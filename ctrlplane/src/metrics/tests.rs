@@ -632,8 +632,6 @@ fn fwmark_services_are_told_apart_by_mark() {
     }
 }
 
-/// A client sending its request a byte now and then is cut off once `IO_TIMEOUT` has passed
-/// since it connected, however steadily it sends (it would otherwise hold a scrape slot).
 /// With every scrape slot taken, one more client gets a whole 503 (its request read first, so
 /// closing does not reset the connection under the answer).
 #[test]
@@ -698,6 +696,8 @@ fn stopping_waits_for_scrapes_under_way() {
     closer.join().unwrap();
 }
 
+/// A client sending its request a byte now and then is cut off once `IO_TIMEOUT` has passed
+/// since it connected, however steadily it sends (it would otherwise hold a scrape slot).
 #[test]
 fn a_dribbling_client_is_cut_off() {
     use std::io::{Read, Write};

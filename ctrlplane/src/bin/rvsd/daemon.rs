@@ -580,7 +580,8 @@ impl Daemon {
 
     /// A page of `-L -c`: up to `max` sessions from cursor `start` (worker << 40 | slot). The
     /// daemon's lock is taken for one worker call at a time, and a page ends after
-    /// [`CONNS_PAGE_TIME`] however few it found (the client asks on from `next`): a sweep of
+    /// [`CONNS_PAGE_TIME`] however few it found, once it made one call at least (the client
+    /// asks on from `next`, which is then past `start`): a sweep of
     /// a large, mostly empty table never holds the other requests, health checks and scrapes.
     fn conns(&self, start: u64, max: u32) -> Response {
         let max = max.clamp(1, MAX_CONNS_PAGE) as usize;
@@ -589,7 +590,11 @@ impl Daemon {
         let (mut w, mut slot) = ((start >> 40) as usize, (start & ((1 << 40) - 1)) as usize);
         let mut entries = Vec::new();
         let workers = self.lock().links.len();
-        while w < workers && entries.len() < max && t0.elapsed() < CONNS_PAGE_TIME {
+        let mut calls = 0;
+        // At least one worker call per page, whatever the wait for the lock: a page always
+        // moves the cursor on.
+        while w < workers && entries.len() < max && (calls == 0 || t0.elapsed() < CONNS_PAGE_TIME) {
+            calls += 1;
             let mut g = self.lock();
             let cmd = Box::new(Cmd::Sessions {
                 start: slot,
