@@ -19,12 +19,26 @@ pub struct Launched {
     lcore: u32,
 }
 
+/// Launches are made one at a time: DPDK's check that the lcore is idle and its hand-over are
+/// not one atomic step.
+static LAUNCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Run `f` on `lcore` (a worker lcore given to EAL, currently idle). The EAL pins the lcore's
-/// thread to its CPU.
+/// thread to its CPU. Refused (EINVAL) for an lcore EAL does not run, or its main lcore.
 pub fn launch<F>(lcore: u32, f: F) -> Result<Launched>
 where
     F: FnOnce() -> i32 + Send + 'static,
 {
+    let op = format!("rte_eal_remote_launch(lcore {lcore})");
+    // DPDK indexes its lcore table with `lcore` unchecked.
+    // SAFETY: plain queries, after EAL init (the only way to have lcores to launch on).
+    let usable = lcore < sys::RTE_MAX_LCORE
+        && unsafe { sys::rte_lcore_is_enabled(lcore) } != 0
+        && lcore != unsafe { sys::rte_get_main_lcore() };
+    if !usable {
+        return Err(crate::error::Error::from_code(op, libc::EINVAL));
+    }
+    let _one = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
     let job: Box<Job> = Box::new(Box::new(f));
     let arg = Box::into_raw(job) as *mut c_void;
     // SAFETY: trampoline takes ownership of `arg` when the launch succeeds.
@@ -33,7 +47,7 @@ where
         // SAFETY: the launch failed, so the job was not handed over; reclaim it.
         drop(unsafe { Box::from_raw(arg as *mut Job) });
     }
-    check(&format!("rte_eal_remote_launch(lcore {lcore})"), ret)?;
+    check(&op, ret)?;
     Ok(Launched { lcore })
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Every problem is reported as a [`ConfigError`] that names the file, the
 //! line and column of the offending value and its dotted key path, e.g.
-//! `rvs.toml:12:9: dataplane.burst: burst must be between 1 and 512, got 0`.
+//! `rvs.toml:12:9: dataplane.burst: burst must be between 4 and 512, got 0`.
 //! Unknown keys are errors everywhere.
 
 use std::fmt;

@@ -122,15 +122,17 @@ fn check_mbufs(t: &Table<'_>, d: &DataplaneConfig, ports: &[PortConfig]) -> Resu
     );
     let cache = (u64::from(d.mbuf_cache) * 3).div_ceil(2);
     let tap = u64::from(super::TAP_DESC);
-    let need = w * (p * (rx + tx) + taps * tap + 2 * burst + cache);
+    // What the rings from its peers may hold for a worker that falls behind.
+    let peers = w.saturating_sub(1) * (u64::from(d.redirect_ring) - 1);
+    let need = w * (p * (rx + tx) + taps * tap + 2 * burst + cache + peers);
     if u64::from(d.mbufs) * p < need {
         return Err(t.err(
             "mbufs",
             format!(
                 "mbufs (per port) must be at least {}: the pool, mbufs * ports, must hold \
                  workers * (ports * (rx_desc + tx_desc) + kernel ports * {tap} + 2 * burst + \
-                 1.5 * mbuf_cache) = {w} * ({p} * ({rx} + {tx}) + {taps} * {tap} + 2 * {burst} \
-                 + {cache}) = {need}, got {}",
+                 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1)) = {w} * ({p} * ({rx} + \
+                 {tx}) + {taps} * {tap} + 2 * {burst} + {cache} + {peers}) = {need}, got {}",
                 need.div_ceil(p),
                 d.mbufs
             ),
@@ -684,7 +686,8 @@ fn parse_dataplane(t: &Table, eal: &EalConfig, eal_table: &Table) -> Result<Data
             ),
         ));
     }
-    let burst: u16 = t.int("burst", d.burst, 1, 512)?;
+    // At least 4: vector RX paths (ixgbe, i40e, ice) round a burst down to a multiple of 4.
+    let burst: u16 = t.int("burst", d.burst, 4, 512)?;
     let rx_desc: u16 = t.int("rx_desc", d.rx_desc, 0, i64::from(u16::MAX))?;
     if !is_pow2_desc(rx_desc) {
         return Err(t.err(

@@ -273,7 +273,7 @@ fn dotted_keys_and_inline_tables() {
     // Errors in them are located too.
     let text = format!("dataplane.burst = 0\n{BASE}");
     let msg = error_at(&text, 1, 19, "dataplane.burst");
-    assert_eq!(msg, "burst must be between 1 and 512, got 0");
+    assert_eq!(msg, "burst must be between 4 and 512, got 0");
     let text = format!("eal = {{ memory_mb = 64, x = 1 }}\n{BASE}");
     error_at(&text, 1, 25, "eal.x");
     let text = "port = [{ name = \"a\", device = \"net_null0\", mtu = 1 }]\n";
@@ -425,13 +425,13 @@ fn missing_keys() {
 #[test]
 fn value_ranges() {
     let cases: &[(&str, &str, usize, &str)] = &[
-        ("[dataplane]\nburst = 0\n", "dataplane.burst", 9, "burst must be between 1 and 512, got 0"),
-        ("[dataplane]\nburst = 513\n", "dataplane.burst", 9, "burst must be between 1 and 512, got 513"),
+        ("[dataplane]\nburst = 0\n", "dataplane.burst", 9, "burst must be between 4 and 512, got 0"),
+        ("[dataplane]\nburst = 513\n", "dataplane.burst", 9, "burst must be between 4 and 512, got 513"),
         ("[dataplane]\nrx_desc = 1000\n", "dataplane.rx_desc", 11, "rx_desc must be a power of two between 64 and 16384, got 1000"),
         ("[dataplane]\ntx_desc = 32\n", "dataplane.tx_desc", 11, "tx_desc must be a power of two between 64 and 16384, got 32"),
         ("[dataplane]\ntx_desc = 32768\n", "dataplane.tx_desc", 11, "tx_desc must be a power of two between 64 and 16384, got 32768"),
         ("[dataplane]\nrx_desc = 70000\n", "dataplane.rx_desc", 11, "rx_desc must be between 0 and 65535, got 70000"),
-        ("[dataplane]\nmbufs = 1000\n", "dataplane.mbufs", 9, "mbufs (per port) must be at least 2496: the pool, mbufs * ports, must hold workers * (ports * (rx_desc + tx_desc) + kernel ports * 512 + 2 * burst + 1.5 * mbuf_cache) = 1 * (1 * (1024 + 1024) + 0 * 512 + 2 * 32 + 384) = 2496, got 1000"),
+        ("[dataplane]\nmbufs = 1000\n", "dataplane.mbufs", 9, "mbufs (per port) must be at least 2496: the pool, mbufs * ports, must hold workers * (ports * (rx_desc + tx_desc) + kernel ports * 512 + 2 * burst + 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1)) = 1 * (1 * (1024 + 1024) + 0 * 512 + 2 * 32 + 384 + 0) = 2496, got 1000"),
         ("[dataplane]\nmbuf_cache = 513\n", "dataplane.mbuf_cache", 14, "mbuf_cache must be between 0 and 512, got 513"),
         ("[dataplane]\nmbufs = 1500\nmbuf_cache = 1001\n", "dataplane.mbuf_cache", 14, "mbuf_cache must be between 0 and 512, got 1001"),
         ("[dataplane]\nicmp_ratelimit = -1\n", "dataplane.icmp_ratelimit", 18, "icmp_ratelimit must be between 0 and 1000000, got -1"),
@@ -482,24 +482,26 @@ fn value_ranges() {
         1,
         "dataplane.mbufs",
     );
-    assert!(msg.ends_with("= 19968, got 8191"), "{msg}");
-    // Every port's rings count, and a kernel-side queue's 512; the pool is mbufs per port.
+    assert!(msg.ends_with("= 77256, got 8191"), "{msg}");
+    // Every port's rings count, and a kernel-side queue's 512, and what the rings from the
+    // other workers hold; the pool is mbufs per port.
     let two_ports =
         format!("{BASE}kernel = \"rvs0\"\n[[port]]\nname = \"p1\"\ndevice = \"net_null1\"\n");
     let msg = error_at(
-        &format!("[dataplane]\nworkers = [1,2,3,4]\n{two_ports}"),
+        &format!("[dataplane]\nworkers = [1,2,3,4]\nredirect_ring = 128\n{two_ports}"),
         1,
         1,
         "dataplane.mbufs",
     );
     assert!(
-        msg.starts_with("mbufs (per port) must be at least 10112:")
-            && msg
-                .ends_with("= 4 * (2 * (1024 + 1024) + 1 * 512 + 2 * 32 + 384) = 20224, got 8191"),
+        msg.starts_with("mbufs (per port) must be at least 10874:")
+            && msg.ends_with(
+                "= 4 * (2 * (1024 + 1024) + 1 * 512 + 2 * 32 + 384 + 381) = 21748, got 8191"
+            ),
         "{msg}"
     );
     parse(&format!(
-        "[dataplane]\nworkers = [1,2,3,4]\nmbufs = 10112\n{two_ports}"
+        "[dataplane]\nworkers = [1,2,3,4]\nredirect_ring = 128\nmbufs = 10874\n{two_ports}"
     ))
     .unwrap();
     let msg = error_at(&format!("{BASE}mtu = 67\n"), 5, 7, "port[0].mtu");
@@ -816,7 +818,7 @@ fn display_and_load() {
     let e = parse(&format!("[dataplane]\nburst = 0\n{BASE}")).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "test.toml:2:9: dataplane.burst: burst must be between 1 and 512, got 0"
+        "test.toml:2:9: dataplane.burst: burst must be between 4 and 512, got 0"
     );
     let missing = Path::new("/nonexistent/rvs.toml");
     let e = Config::load(missing).unwrap_err();
