@@ -13,7 +13,15 @@ use crate::sys;
 /// A line of its own: a worker reads the ring pointer on every burst, and the allocation must
 /// not share a cache line with whatever another thread writes.
 #[repr(align(64))]
-struct RingInner(NonNull<sys::rte_ring>);
+struct RingInner(NonNull<sys::rte_ring>, RingOf);
+
+/// What a ring carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RingOf {
+    Values,
+    /// Owned mbufs: those still in it when the ring goes are freed with it.
+    Mbufs,
+}
 
 // SAFETY: the ring is created SP/SC; the Producer and Consumer halves are each owned by one thread.
 unsafe impl Send for RingInner {}
@@ -22,6 +30,30 @@ unsafe impl Sync for RingInner {}
 
 impl Drop for RingInner {
     fn drop(&mut self) {
+        if self.1 == RingOf::Mbufs {
+            // What the producer sent after the consumer's last look (workers stopping one after
+            // the other): freed here, where nobody else can use the ring any more.
+            let mut b = Burst::new();
+            loop {
+                let (ptr, _) = b.raw_mut();
+                // SAFETY: both halves are gone, so this is the only consumer; the burst has
+                // MAX_BURST free slots; each pointer is an owned mbuf the producer handed over.
+                let n = unsafe {
+                    sys::rte_ring_sc_dequeue_burst_elem(
+                        self.0.as_ptr(),
+                        ptr as *mut _,
+                        size_of::<usize>() as u32,
+                        crate::mbuf::MAX_BURST as u32,
+                        std::ptr::null_mut(),
+                    ) as usize
+                };
+                if n == 0 {
+                    break;
+                }
+                b.set_filled(n);
+                b.clear();
+            }
+        }
         // SAFETY: both halves are gone; nobody uses the ring any more.
         unsafe { sys::rte_ring_free(self.0.as_ptr()) };
     }
@@ -56,9 +88,10 @@ pub fn spsc<T: Copy + Send>(name: &str, size: u32) -> Result<(Producer<T>, Consu
     let flags = sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ;
     // SAFETY: name is a valid C string (DPDK copies it); sizes are checked above.
     let p = unsafe { sys::rte_ring_create_elem(cname.as_ptr(), esize as u32, count, -1, flags) };
-    let ring = Arc::new(RingInner(NonNull::new(p).ok_or_else(|| {
-        Error::from_errno(format!("rte_ring_create_elem({name})"))
-    })?));
+    let ring = Arc::new(RingInner(
+        NonNull::new(p).ok_or_else(|| Error::from_errno(format!("rte_ring_create_elem({name})")))?,
+        RingOf::Values,
+    ));
     Ok((
         Producer {
             ring: ring.clone(),
@@ -128,10 +161,19 @@ pub struct MbufConsumer {
 }
 
 /// Create an SPSC ring of at least `size` mbufs. Mbufs still in the ring when both halves are
-/// dropped are leaked back to nobody: drain it first (rvsd stops workers before tearing down).
+/// dropped are freed with it.
 pub fn spsc_mbuf(name: &str, size: u32) -> Result<(MbufProducer, MbufConsumer)> {
     let (p, c) = spsc::<usize>(name, size)?;
-    Ok((MbufProducer { ring: p.ring }, MbufConsumer { ring: c.ring }))
+    drop(c);
+    let mut ring = p.ring;
+    // The consumer half is gone: this is the only reference (the ring is empty).
+    if let Some(inner) = Arc::get_mut(&mut ring) {
+        inner.1 = RingOf::Mbufs;
+    }
+    Ok((
+        MbufProducer { ring: ring.clone() },
+        MbufConsumer { ring },
+    ))
 }
 
 impl MbufProducer {

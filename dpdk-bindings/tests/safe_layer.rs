@@ -159,6 +159,18 @@ fn eal_port_mbuf_ring_and_lcore() {
     assert!(b.is_empty());
     assert_eq!(pool.in_use(), in_use, "the two not taken were freed");
 
+    // Mbufs still in a ring when both halves are gone (sent after the consumer's last look)
+    // are freed with it.
+    let (mut mp, mc) = dpdk::ring::spsc_mbuf("test_mring", 8).unwrap();
+    let before = pool.in_use();
+    drop(mc);
+    let mut b = Burst::new();
+    assert!(b.push(one(30)).is_ok() && b.push(one(31)).is_ok());
+    assert_eq!(mp.send_burst(&mut b), 2);
+    assert_eq!(pool.in_use(), before + 2);
+    drop(mp);
+    assert_eq!(pool.in_use(), before, "freed with the ring");
+
     let (mut p, mut c) = dpdk::ring::spsc::<[u32; 3]>("test_ring", 8).unwrap();
     assert_eq!(p.send_burst(&[[1, 2, 3], [4, 5, 6]]), 2);
     let mut out = [MaybeUninit::uninit(); 4];

@@ -119,6 +119,10 @@ pub struct WorkerCtl {
     to_ctl: Producer<usize>,
 }
 
+/// Most commands a worker may leave unanswered (timed out) before it is sent no more: with the
+/// one in flight, fewer than its answer ring holds.
+const MAX_LATE: usize = 8;
+
 /// A mailbox pair for one worker.
 pub fn mailbox(worker: usize) -> dpdk::Result<(CtlLink, WorkerCtl)> {
     let (tx, rx) = dpdk::ring::spsc::<usize>(&format!("rvs_ctl_{worker}"), 16)?;
@@ -143,6 +147,14 @@ impl CtlLink {
         cmd: Box<Cmd>,
         timeout: std::time::Duration,
     ) -> Result<Box<Cmd>, String> {
+        // Answers the worker may still owe must fit its answer ring (15 slots) with this one's:
+        // a worker that does not answer gets no more commands.
+        if self.reap() >= MAX_LATE {
+            return Err(format!(
+                "worker has {} commands unanswered; not sending more",
+                self.late.len()
+            ));
+        }
         let p = Box::into_raw(cmd) as usize;
         if self.to_worker.send_burst(&[p]) != 1 {
             // SAFETY: the pointer was not handed over; take the box back.
