@@ -162,7 +162,10 @@ impl WorkerIo {
         }
     }
 
-    /// Transmit everything queued for `port`; what the queue refuses is freed and counted.
+    /// Transmit everything queued for `port`. What the queue refuses stays queued for the next
+    /// flush when it is a little (drivers that reclaim sent descriptors lazily, af_xdp or
+    /// virtio, take part of a burst now and then); more than [`TX_KEEP`] left means the queue
+    /// is full: all of it is freed and counted.
     #[inline(never)]
     fn flush_port(&mut self, port: usize) {
         let (q, b) = &mut self.tx[port];
@@ -171,7 +174,7 @@ impl WorkerIo {
         }
         let sent = q.tx_burst(b);
         self.counters.tx_packets.add(sent as u64);
-        if !b.is_empty() {
+        if b.len() > TX_KEEP {
             for _ in 0..b.len() {
                 self.counters.count_drop(DropReason::TxFull);
             }
@@ -192,6 +195,8 @@ impl WorkerIo {
 
 /// TX bursts are flushed when they reach this many packets even before the poll ends.
 const TX_FLUSH_AT: usize = 64;
+/// Most packets a TX queue may refuse at a flush and still keep for the next one.
+const TX_KEEP: usize = TX_FLUSH_AT / 2;
 const _: () = assert!(TX_FLUSH_AT <= MAX_BURST);
 
 impl Io for WorkerIo {
