@@ -396,8 +396,11 @@ type Done = (Target, Result<(), String>);
 
 /// Most probe threads: the pool grows to the number of checks in flight up to this, so real
 /// servers that time out (each holding a thread for its `timeout_ms`) do not delay the others'
-/// checks until more than this many hang at once.
-pub const MAX_PROBES: usize = 64;
+/// checks until more than this many hang at once (a whole rack unreachable).
+pub const MAX_PROBES: usize = 256;
+
+/// Stack of a probe thread: a probe keeps its buffers on the heap.
+const PROBE_STACK: usize = 256 * 1024;
 
 /// The probe threads: they take checks from one queue and answer on another.
 struct Pool {
@@ -421,6 +424,7 @@ impl Pool {
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("rvs-health-{}", self.threads.len()))
+                .stack_size(PROBE_STACK)
                 .spawn(move || loop {
                     let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok(t) = job else { break };
