@@ -73,6 +73,18 @@ pub struct RssInfo {
     pub hf: u64,
 }
 
+impl RssInfo {
+    /// Whether IPv4 TCP flows hash on their ports too (else on their addresses only).
+    pub fn tcp_ports(&self) -> bool {
+        self.hf & sys::RTE_ETH_RSS_NONFRAG_IPV4_TCP != 0
+    }
+
+    /// Whether IPv4 UDP flows hash on their ports too (else on their addresses only).
+    pub fn udp_ports(&self) -> bool {
+        self.hf & sys::RTE_ETH_RSS_NONFRAG_IPV4_UDP != 0
+    }
+}
+
 /// Link state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Link {

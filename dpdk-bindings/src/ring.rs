@@ -89,7 +89,8 @@ pub fn spsc<T: Copy + Send>(name: &str, size: u32) -> Result<(Producer<T>, Consu
     // SAFETY: name is a valid C string (DPDK copies it); sizes are checked above.
     let p = unsafe { sys::rte_ring_create_elem(cname.as_ptr(), esize as u32, count, -1, flags) };
     let ring = Arc::new(RingInner(
-        NonNull::new(p).ok_or_else(|| Error::from_errno(format!("rte_ring_create_elem({name})")))?,
+        NonNull::new(p)
+            .ok_or_else(|| Error::from_errno(format!("rte_ring_create_elem({name})")))?,
         RingOf::Values,
     ));
     Ok((
@@ -170,10 +171,7 @@ pub fn spsc_mbuf(name: &str, size: u32) -> Result<(MbufProducer, MbufConsumer)> 
     if let Some(inner) = Arc::get_mut(&mut ring) {
         inner.1 = RingOf::Mbufs;
     }
-    Ok((
-        MbufProducer { ring: ring.clone() },
-        MbufConsumer { ring },
-    ))
+    Ok((MbufProducer { ring: ring.clone() }, MbufConsumer { ring }))
 }
 
 impl MbufProducer {

@@ -515,6 +515,8 @@ fn run(cfg: &Config) -> Result<(), String> {
         .or(cfg.services.first())
         .map(|s| s.lip_port);
     let rss_of = |r: dpdk::port::RssInfo| RssConf {
+        tcp_ports: r.tcp_ports(),
+        udp_ports: r.udp_ports(),
         key: r.key,
         reta: r.reta,
     };

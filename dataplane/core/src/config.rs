@@ -481,6 +481,34 @@ pub struct RssConf {
     pub key: Vec<u8>,
     /// Redirection table: queue per bucket (bucket = hash % len).
     pub reta: Vec<u16>,
+    /// Whether TCP and UDP flows hash on their ports too; a NIC that does not hash a
+    /// protocol's ports (`rss_hf` without `NONFRAG_IPV4_TCP`/`_UDP`) hashes its flows on the
+    /// addresses only, where no choice of local port steers a reply.
+    pub tcp_ports: bool,
+    /// See `tcp_ports`.
+    pub udp_ports: bool,
+}
+
+impl RssConf {
+    /// Key and table, hashing TCP and UDP ports (most NICs' setting).
+    pub fn new(key: Vec<u8>, reta: Vec<u16>) -> Self {
+        RssConf {
+            key,
+            reta,
+            tcp_ports: true,
+            udp_ports: true,
+        }
+    }
+
+    /// Whether flows of IP protocol `proto` hash on their ports.
+    #[inline]
+    pub fn hashes_ports(&self, proto: u8) -> bool {
+        match proto {
+            6 => self.tcp_ports,
+            17 => self.udp_ports,
+            _ => false,
+        }
+    }
 }
 
 /// FULLNAT settings.

@@ -236,7 +236,7 @@ impl Fullnat {
             }
             _ => self
                 .lports
-                .rss_owner(cip, vip, cport, vport)
+                .rss_owner(proto, cip, vip, cport, vport)
                 .unwrap_or(self.worker),
         }
     }
@@ -692,7 +692,7 @@ impl<P: PacketBuf> Stack<P> {
                 let prev = svc.and_then(|i| {
                     let rule = f.services.list.get(i as usize)?.prev_owner?;
                     Some(match rule {
-                        OwnerRule::Rss => f.lports.rss_owner(cip, vip, cport, vport)?,
+                        OwnerRule::Rss => f.lports.rss_owner(proto, cip, vip, cport, vport)?,
                         r => f.owner_by(r, i as usize, proto, cip, cport, vip),
                     })
                 });
@@ -1096,7 +1096,10 @@ impl<P: PacketBuf> Stack<P> {
         } else {
             0
         };
-        let Some((li, lport)) = f.lports.alloc(&s.lips, start, dest.rip, dest.rport, now_ms) else {
+        let Some((li, lport)) = f
+            .lports
+            .alloc(&s.lips, start, proto, dest.rip, dest.rport, now_ms)
+        else {
             return self.drop_pkt(pkt, DropReason::LportExhausted);
         };
         let pool = s.lips[li];

@@ -115,14 +115,21 @@ impl LportAlloc {
         }
     }
 
-    /// The worker whose RX queue RSS steers the IPv4 TCP/UDP flow `src:sport → dst:dport` to
-    /// (queue `q` is worker `q`, as rvsd sets ports up), when the port's RSS key and table are
-    /// known; `None` otherwise (and always with one worker: every flow is its own).
-    pub fn rss_owner(&self, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Option<u16> {
+    /// The worker whose RX queue RSS steers the IPv4 flow `src:sport → dst:dport` of IP protocol
+    /// `proto` to (queue `q` is worker `q`, as rvsd sets ports up), when the port's RSS key and
+    /// table are known; `None` otherwise (and always with one worker: every flow is its own).
+    pub fn rss_owner(
+        &self,
+        proto: u8,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+    ) -> Option<u16> {
         if self.n_workers == 1 {
             return Some(0);
         }
-        let q = rss_queue(self.rss.as_ref()?, src, dst, sport, dport);
+        let q = rss_queue(self.rss.as_ref()?, proto, src, dst, sport, dport);
         (q < self.n_workers).then_some(q)
     }
 
@@ -232,10 +239,13 @@ impl LportAlloc {
         &mut self,
         pools: &[u16],
         start: usize,
+        proto: u8,
         rip: IpAddr,
         rport: u16,
         now_ms: u64,
     ) -> Option<(usize, u16)> {
+        // Where the NIC hashes this protocol on addresses only, no port steers the reply.
+        let rss = self.rss.as_ref().filter(|r| r.hashes_ports(proto));
         let n = pools.len();
         // A wrap instead of `% n`: no division per new connection.
         let start = if start < n { start } else { 0 };
@@ -254,7 +264,7 @@ impl LportAlloc {
             if ready > now_ms {
                 continue;
             }
-            if let (Some(rss), IpAddr::V4(r4), IpAddr::V4(l4)) = (&self.rss, rip, pool.lip) {
+            if let (Some(rss), IpAddr::V4(r4), IpAddr::V4(l4)) = (rss, rip, pool.lip) {
                 // Invariant: the ready ports are a prefix of the FIFO (releases append ever
                 // later times; a port is rotated to the tail only when the tail is ready too).
                 let tries = RSS_TRIES.min(pool.free.len());
@@ -263,7 +273,7 @@ impl LportAlloc {
                     // look at fresh ports.
                     for _ in 0..tries {
                         let (port, _) = pool.free[0];
-                        if rss_queue(rss, r4, l4, rport, port) == self.worker {
+                        if rss_queue(rss, proto, r4, l4, rport, port) == self.worker {
                             break;
                         }
                         let e = pool.free.pop_front()?;
@@ -276,7 +286,9 @@ impl LportAlloc {
                     // the middle instead; the others stay where they are.
                     let fit = (0..tries)
                         .take_while(|&i| pool.free[i].1 <= now_ms)
-                        .find(|&i| rss_queue(rss, r4, l4, rport, pool.free[i].0) == self.worker);
+                        .find(|&i| {
+                            rss_queue(rss, proto, r4, l4, rport, pool.free[i].0) == self.worker
+                        });
                     if let Some(i) = fit.filter(|&i| i > 0) {
                         return pool.free.remove(i).map(|(p, _)| (pi, p));
                     }
@@ -317,10 +329,22 @@ impl LportAlloc {
     }
 }
 
-/// RSS queue of the reply tuple RIP:rport → LIP:lport.
+/// RSS queue of the reply tuple RIP:rport → LIP:lport of IP protocol `proto` (its addresses
+/// only where the NIC does not hash that protocol's ports).
 #[inline]
-pub fn rss_queue(rss: &RssConf, rip: Ipv4Addr, lip: Ipv4Addr, rport: u16, lport: u16) -> u16 {
-    let h = rss_ipv4_l4(&rss.key, rip, lip, rport, lport);
+pub fn rss_queue(
+    rss: &RssConf,
+    proto: u8,
+    rip: Ipv4Addr,
+    lip: Ipv4Addr,
+    rport: u16,
+    lport: u16,
+) -> u16 {
+    let h = if rss.hashes_ports(proto) {
+        rss_ipv4_l4(&rss.key, rip, lip, rport, lport)
+    } else {
+        crate::toeplitz::rss_ipv4(&rss.key, rip, lip)
+    };
     rss.reta[h as usize % rss.reta.len()]
 }
 
@@ -353,7 +377,7 @@ mod tests {
         }
         let rip = ip("10.1.0.1");
         // Pool 0 has an lport out; pool 1's LIP is kept by the new set.
-        let (_, out) = a.alloc(&[0], 0, rip, 80, 0).unwrap();
+        let (_, out) = a.alloc(&[0], 0, 6, rip, 80, 0).unwrap();
         let new = lip(5000);
         let mut keep = vec![lip(1), new];
         keep.sort_unstable();
@@ -367,7 +391,7 @@ mod tests {
         assert_eq!(a.pool_of(lip(2)), None, "its old LIP is gone");
         assert_eq!(a.get(2).unwrap().lip, new);
         assert_eq!(a.get(2).unwrap().free_len(), 4, "all its lports, ready");
-        assert!(a.alloc(&[2], 0, rip, 80, 0).is_some());
+        assert!(a.alloc(&[2], 0, 6, rip, 80, 0).is_some());
         // Pool 0's lport back at 10 ms: idle, but in its reuse delay (to 5 010 ms) it is not
         // taken (its LIP, back on another pool, could meet a real server's TIME_WAIT); pool 1
         // (its LIP no longer kept) is.
@@ -396,27 +420,27 @@ mod tests {
         let rip = ip("10.1.0.1");
         let mut got = Vec::new();
         for _ in 0..5 {
-            let (_, p) = a.alloc(&[l1], 0, rip, 80, 0).unwrap();
+            let (_, p) = a.alloc(&[l1], 0, 6, rip, 80, 0).unwrap();
             assert_eq!(a.owner(p), 1);
             got.push(p);
         }
         assert_eq!(got, vec![1001, 1003, 1005, 1007, 1009]);
-        assert!(a.alloc(&[l1], 0, rip, 80, 0).is_none());
+        assert!(a.alloc(&[l1], 0, 6, rip, 80, 0).is_none());
         a.release(l1, 1003, 100);
-        assert!(a.alloc(&[l1], 0, rip, 80, 5099).is_none());
-        assert_eq!(a.alloc(&[l1], 0, rip, 80, 5100), Some((0, 1003)));
+        assert!(a.alloc(&[l1], 0, 6, rip, 80, 5099).is_none());
+        assert_eq!(a.alloc(&[l1], 0, 6, rip, 80, 5100), Some((0, 1003)));
         // A second LIP is used when the first one's head is too young.
         let l2 = a.pool(ip("10.0.0.2")).unwrap();
         a.release(l1, 1005, 6000);
-        assert_eq!(a.alloc(&[l1, l2], 0, rip, 80, 6001), Some((1, 1001)));
+        assert_eq!(a.alloc(&[l1, l2], 0, 6, rip, 80, 6001), Some((1, 1001)));
     }
 
     #[test]
     fn rss_preference() {
-        let rss = RssConf {
-            key: crate::toeplitz::MS_KEY.to_vec(),
-            reta: (0..128).map(|i| i % 4).collect(),
-        };
+        let rss = RssConf::new(
+            crate::toeplitz::MS_KEY.to_vec(),
+            (0..128).map(|i| i % 4).collect(),
+        );
         let mut a = LportAlloc::new(0, 1, 1025, 65535, 0, Some(rss.clone()));
         let lip = ip("192.0.2.100");
         let p = a.pool(lip).unwrap();
@@ -425,8 +449,8 @@ mod tests {
         };
         let mut hits = 0;
         for _ in 0..100 {
-            let (_, port) = a.alloc(&[p], 0, IpAddr::V4(r4), 8080, 0).unwrap();
-            if rss_queue(&rss, r4, l4, 8080, port) == 0 {
+            let (_, port) = a.alloc(&[p], 0, 6, IpAddr::V4(r4), 8080, 0).unwrap();
+            if rss_queue(&rss, 6, r4, l4, 8080, port) == 0 {
                 hits += 1;
             }
         }
@@ -434,14 +458,52 @@ mod tests {
         assert!(hits > 80, "{hits}");
     }
 
+    /// A NIC that hashes UDP on the addresses only: every lport of a (RIP, LIP) pair gives its
+    /// replies the same queue, so none is searched for (the head is taken, the FIFO left in
+    /// order); TCP still steers.
+    #[test]
+    fn rss_without_udp_ports_takes_the_head() {
+        let mut rss = RssConf::new(
+            crate::toeplitz::MS_KEY.to_vec(),
+            (0..128).map(|i| i % 4).collect(),
+        );
+        rss.udp_ports = false;
+        let lip = ip("192.0.2.100");
+        let (IpAddr::V4(r4), IpAddr::V4(l4)) = (ip("10.1.0.5"), lip) else {
+            unreachable!()
+        };
+        let q = rss_queue(&rss, 17, r4, l4, 53, 1025);
+        assert!((1025..2000).all(|p| rss_queue(&rss, 17, r4, l4, 53, p) == q));
+        assert_eq!(q, rss_queue(&rss, 17, r4, l4, 1, 1));
+        assert_ne!(
+            (1025..2000)
+                .map(|p| rss_queue(&rss, 6, r4, l4, 53, p))
+                .min(),
+            (1025..2000)
+                .map(|p| rss_queue(&rss, 6, r4, l4, 53, p))
+                .max(),
+            "TCP ports are hashed"
+        );
+        let mut a = LportAlloc::new(0, 1, 1025, 65535, 0, Some(rss));
+        let p = a.pool(lip).unwrap();
+        let got: Vec<u16> = (0..10)
+            .map(|_| a.alloc(&[p], 0, 17, IpAddr::V4(r4), 53, 0).unwrap().1)
+            .collect();
+        assert_eq!(got, (1025..1035).collect::<Vec<u16>>());
+        // The flow owner of a UDP flow is its addresses' queue.
+        let mut two = LportAlloc::new(0, 4, 1025, 65535, 0, a.rss.clone());
+        let _ = two.pool(lip);
+        assert_eq!(two.rss_owner(17, r4, l4, 7, 9), Some(q));
+    }
+
     /// Ports in their reuse delay behind the ready ones never make a LIP with ready ports refuse
     /// a connection, and the ports that did not fit stay ready at the head.
     #[test]
     fn rss_never_refuses_a_ready_port() {
-        let rss = RssConf {
-            key: crate::toeplitz::MS_KEY.to_vec(),
-            reta: (0..128).map(|i| i % 4).collect(),
-        };
+        let rss = RssConf::new(
+            crate::toeplitz::MS_KEY.to_vec(),
+            (0..128).map(|i| i % 4).collect(),
+        );
         let (rip, lip) = (ip("10.1.0.5"), ip("192.0.2.100"));
         let (IpAddr::V4(r4), IpAddr::V4(l4)) = (rip, lip) else {
             unreachable!()
@@ -451,28 +513,28 @@ mod tests {
         // Hand every port out, then give back one that does not fit this worker's queue (at 0:
         // ready at 120 000) and the others later (at 60 000: ready at 180 000).
         let mut ports = Vec::new();
-        while let Some((_, port)) = a.alloc(&[p], 0, rip, 8080, 0) {
+        while let Some((_, port)) = a.alloc(&[p], 0, 6, rip, 8080, 0) {
             ports.push(port);
         }
         let misfit = *ports
             .iter()
-            .find(|&&q| rss_queue(&rss, r4, l4, 8080, q) != 0)
+            .find(|&&q| rss_queue(&rss, 6, r4, l4, 8080, q) != 0)
             .expect("a port for another queue");
         a.release(p, misfit, 0);
         for &q in ports.iter().filter(|&&q| q != misfit) {
             a.release(p, q, 60_000);
         }
         // At 130 000 only the misfit is ready: it is handed out (the fallback), not refused.
-        assert_eq!(a.alloc(&[p], 0, rip, 8080, 130_000), Some((0, misfit)));
-        assert_eq!(a.alloc(&[p], 0, rip, 8080, 130_000), None);
+        assert_eq!(a.alloc(&[p], 0, 6, rip, 8080, 130_000), Some((0, misfit)));
+        assert_eq!(a.alloc(&[p], 0, 6, rip, 8080, 130_000), None);
         // Once the others are ready, a fitting one is preferred and the misfits stay in order.
-        let (_, got) = a.alloc(&[p], 0, rip, 8080, 180_000).unwrap();
+        let (_, got) = a.alloc(&[p], 0, 6, rip, 8080, 180_000).unwrap();
         let fifo: Vec<u16> = ports.iter().copied().filter(|&q| q != misfit).collect();
         let first_fit = fifo
             .iter()
             .take(RSS_TRIES)
             .copied()
-            .find(|&q| rss_queue(&rss, r4, l4, 8080, q) == 0);
+            .find(|&q| rss_queue(&rss, 6, r4, l4, 8080, q) == 0);
         // The first fit among the first RSS_TRIES, else (all of them rotated behind) the head.
         assert_eq!(
             got,

@@ -1156,17 +1156,17 @@ fn rss_aware_lports_prefer_own_queue() {
     let mut cf = cfg();
     cf.n_workers = 4;
     cf.worker = 2;
-    let rss = RssConf {
-        key: rvs_core::toeplitz::MS_KEY.to_vec(),
-        reta: (0..128).map(|i| i % 4).collect(),
-    };
+    let rss = RssConf::new(
+        rvs_core::toeplitz::MS_KEY.to_vec(),
+        (0..128).map(|i| i % 4).collect(),
+    );
     cf.fullnat.rss = Some(rss.clone());
     let (mut s, mut io, _) = setup(cf);
     let mut own = 0;
     for k in 0..50 {
         let (lport, i) = open(&mut s, &mut io, 100 + k, 0);
         assert_eq!(lport % 4, 2);
-        let q = rvs_core::lport::rss_queue(&rss, a4(&rip(i)), a4(LIP), 8080, lport);
+        let q = rvs_core::lport::rss_queue(&rss, 6, a4(&rip(i)), a4(LIP), 8080, lport);
         if q == 2 {
             own += 1;
         }

@@ -579,10 +579,10 @@ fn router_frag_needed(quoted: &[u8]) -> Vec<u8> {
 /// relayed to the client from there.
 #[test]
 fn tun_frag_needed_goes_to_the_worker_holding_the_flow() {
-    let rss = rvs_core::RssConf {
-        key: rvs_core::toeplitz::MS_KEY.to_vec(),
-        reta: (0..128).map(|i| i % 2).collect(),
-    };
+    let rss = rvs_core::RssConf::new(
+        rvs_core::toeplitz::MS_KEY.to_vec(),
+        (0..128).map(|i| i % 2).collect(),
+    );
     let mk = |w: u16| {
         let mut c = tun_cfg(1500);
         c.worker = w;
@@ -593,7 +593,7 @@ fn tun_frag_needed_goes_to_the_worker_holding_the_flow() {
     let (mut w0, mut io0, _) = mk(0);
     let (mut w1, mut io1, c1) = mk(1);
     let cport = (40000..41000u16)
-        .find(|&p| rvs_core::lport::rss_queue(&rss, a4(CIP), a4(VIP), p, 80) == 1)
+        .find(|&p| rvs_core::lport::rss_queue(&rss, 6, a4(CIP), a4(VIP), p, 80) == 1)
         .unwrap();
     // RSS steers the client's flow to worker 1: its session is there.
     handle(&mut w1, &mut io1, 0, &c2v(cport, 80, SYN, &[]), 0);
