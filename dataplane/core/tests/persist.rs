@@ -265,6 +265,28 @@ fn connections_outlive_an_edit_that_removes_persistence() {
     w0.handle(&mut io0, 0, VecPacket::from_slice(&ack), 2);
     assert_eq!(io0.redirected.pop(), Some((1, 0, ack.clone())));
     w0.set_services(&plain).unwrap();
+    // An ICMP error about it (a router on the client's side: fragmentation needed for rvs's
+    // VIP → client packet) reaching worker 0 goes to worker 1 as well, where its session is.
+    let mut quoted = Vec::new();
+    etherparse::PacketBuilder::ipv4(a4(VIP).octets(), a4(&cip1).octets(), 64)
+        .tcp(80, 1000, 1, 1000)
+        .write(&mut quoted, &[])
+        .unwrap();
+    let mut icmp = Vec::new();
+    etherparse::PacketBuilder::ethernet2(GW0, MAC0)
+        .ipv4([198, 18, 0, 1], a4(VIP).octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut icmp, &quoted[..28])
+        .unwrap();
+    w0.handle(&mut io0, 0, VecPacket::from_slice(&icmp), 2);
+    assert_eq!(io0.redirected.pop(), Some((1, 0, icmp.clone())));
+    w1.handle_redirected(&mut io1, 0, VecPacket::from_slice(&icmp), 2);
+    let (port, out) = io1.one();
+    assert_eq!(port, 1, "translated toward the real server");
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    assert!(matches!(h.transport, Some(TransportHeader::Icmpv4(_))));
     // A new connection of the client stays on worker 0.
     connect(&mut w0, &mut io0, &cip1, 1001, 80, 3);
     assert!(io0.redirected.is_empty());
