@@ -500,8 +500,13 @@ fn http(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[test]
-fn http_server() {
+/// The metrics server on a loopback port over the sample: its address, its stop flag, its
+/// thread.
+fn server() -> (
+    std::net::SocketAddr,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -510,6 +515,12 @@ fn http_server() {
         Arc::new(registry(Arc::new(Fake(sample())))),
         stop.clone(),
     );
+    (addr, stop, h)
+}
+
+#[test]
+fn http_server() {
+    let (addr, stop, h) = server();
 
     let r = http(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let (head, body) = r.split_once("\r\n\r\n").unwrap();
@@ -637,14 +648,7 @@ fn fwmark_services_are_told_apart_by_mark() {
 #[test]
 fn a_client_beyond_the_slots_gets_503() {
     use std::io::{Read, Write};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let h = serve(
-        listener,
-        Arc::new(registry(Arc::new(Fake(sample())))),
-        stop.clone(),
-    );
+    let (addr, stop, h) = server();
     let idle: Vec<_> = (0..MAX_CONNS)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
         .collect();
@@ -670,14 +674,7 @@ fn a_client_beyond_the_slots_gets_503() {
 fn stopping_waits_for_scrapes_under_way() {
     use std::io::Write;
     use std::time::{Duration, Instant};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let h = serve(
-        listener,
-        Arc::new(registry(Arc::new(Fake(sample())))),
-        stop.clone(),
-    );
+    let (addr, stop, h) = server();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.write_all(b"GET /metr").unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -702,14 +699,7 @@ fn stopping_waits_for_scrapes_under_way() {
 fn a_dribbling_client_is_cut_off() {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let h = serve(
-        listener,
-        Arc::new(registry(Arc::new(Fake(sample())))),
-        stop.clone(),
-    );
+    let (addr, stop, h) = server();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let t0 = Instant::now();
