@@ -830,13 +830,16 @@ impl Model {
 /// ipvsadm's generic scheduler flags in `-A`/`-E`: `flag-1`, `flag-2`, `flag-3` are IPVS's
 /// `IP_VS_SVC_F_SCHED1..3`, which sh and mh name `*-fallback` and `*-port` (so `-s sh -b flag-1`
 /// is `-b sh-fallback`); any scheduler takes them (the others ignore them, as IPVS's do). The
-/// flags are kept by name in bit order, each once, as ipvsadm prints them.
+/// flags are kept by name in bit order, each once, as ipvsadm prints them. A netmask without
+/// persistence (`-M` without `-p`, which ipvsadm takes: IPVS keeps a mask only persistence
+/// uses, and the next `-E` resets it) is dropped.
 fn ipvs_flags(op: &Op) -> std::borrow::Cow<'_, Op> {
     let spec = match op {
         Op::AddService { spec } | Op::EditService { spec } => spec,
         _ => return std::borrow::Cow::Borrowed(op),
     };
-    if spec.sched_flags.is_empty() {
+    let stray_mask = spec.netmask.is_some() && spec.persistent.is_none();
+    if spec.sched_flags.is_empty() && !stray_mask {
         return std::borrow::Cow::Borrowed(op);
     }
     // An unknown scheduler (refused later) takes the generic names only, as rr does.
@@ -862,6 +865,9 @@ fn ipvs_flags(op: &Op) -> std::borrow::Cow<'_, Op> {
     flags.extend(other);
     let mut spec = spec.clone();
     spec.sched_flags = flags;
+    if stray_mask {
+        spec.netmask = None;
+    }
     std::borrow::Cow::Owned(match op {
         Op::AddService { .. } => Op::AddService { spec },
         _ => Op::EditService { spec },
@@ -1624,17 +1630,14 @@ lips = ["198.51.100.2"]
         })
         .unwrap();
         assert_eq!(m.services[i].persistent, None);
-        let e = m
-            .apply(&Op::EditService {
-                spec: spec(443, None, Some(24)),
-            })
-            .unwrap_err();
+        // -M without -p: taken and dropped, as ipvsadm and IPVS do (only persistence uses it).
+        m.apply(&Op::EditService {
+            spec: spec(443, None, Some(24)),
+        })
+        .unwrap();
         assert_eq!(
-            e,
-            (
-                code::EINVAL,
-                "netmask applies to persistent services only".into()
-            )
+            (m.services[i].persistent, m.services[i].netmask),
+            (None, None)
         );
         let e = m
             .apply(&Op::AddService {
