@@ -34,29 +34,62 @@ impl Drop for RingInner {
             // What the producer sent after the consumer's last look (workers stopping one after
             // the other): freed here, where nobody else can use the ring any more.
             let mut b = Burst::new();
-            loop {
-                let (ptr, _) = b.raw_mut();
-                // SAFETY: both halves are gone, so this is the only consumer; the burst has
-                // MAX_BURST free slots; each pointer is an owned mbuf the producer handed over.
-                let n = unsafe {
-                    sys::rte_ring_sc_dequeue_burst_elem(
-                        self.0.as_ptr(),
-                        ptr as *mut _,
-                        size_of::<usize>() as u32,
-                        crate::mbuf::MAX_BURST as u32,
-                        std::ptr::null_mut(),
-                    ) as usize
-                };
-                if n == 0 {
-                    break;
-                }
-                b.set_filled(n);
+            // SAFETY: both halves are gone, so this is the only consumer.
+            while unsafe { self.dequeue_mbufs(&mut b, crate::mbuf::MAX_BURST as u16) } > 0 {
                 b.clear();
             }
         }
         // SAFETY: both halves are gone; nobody uses the ring any more.
         unsafe { sys::rte_ring_free(self.0.as_ptr()) };
     }
+}
+
+impl RingInner {
+    /// Dequeue up to `max` mbufs (at most the burst's room) behind those already in `burst`;
+    /// returns how many.
+    ///
+    /// # Safety
+    /// The ring carries owned mbufs, and the caller is its only consumer.
+    #[inline]
+    unsafe fn dequeue_mbufs(&self, burst: &mut Burst, max: u16) -> usize {
+        let (ptr, len) = burst.raw_mut();
+        let max = (max as usize).min(burst.room());
+        if max == 0 {
+            return 0;
+        }
+        // SAFETY: single consumer (the caller's promise); slots len..len+max of the burst are
+        // free (max <= room); each dequeued pointer is an owned mbuf handed over by the producer.
+        let n = unsafe {
+            sys::rte_ring_sc_dequeue_burst_elem(
+                self.0.as_ptr(),
+                ptr.add(len) as *mut _,
+                size_of::<usize>() as u32,
+                max as u32,
+                std::ptr::null_mut(),
+            ) as usize
+        };
+        burst.set_filled(len + n);
+        n
+    }
+}
+
+/// Create an SPSC rte_ring of `size` slots rounded up to a power of two, of `esize`-byte
+/// elements (a multiple of 4, as rte_ring_elem requires), carrying `kind`.
+fn create(name: &str, size: u32, esize: usize, kind: RingOf) -> Result<Arc<RingInner>> {
+    if esize == 0 || !esize.is_multiple_of(4) {
+        return Err(Error::other(
+            "rte_ring_create_elem",
+            format!("element size {esize} is not a multiple of 4"),
+        ));
+    }
+    let count = size.max(2).next_power_of_two();
+    let cname = CString::new(name).map_err(|_| Error::other("rte_ring_create_elem", "bad name"))?;
+    let flags = sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ;
+    // SAFETY: name is a valid C string (DPDK copies it); sizes are checked above.
+    let p = unsafe { sys::rte_ring_create_elem(cname.as_ptr(), esize as u32, count, -1, flags) };
+    let p = NonNull::new(p)
+        .ok_or_else(|| Error::from_errno(format!("rte_ring_create_elem({name})")))?;
+    Ok(Arc::new(RingInner(p, kind)))
 }
 
 /// The sending half of an SPSC ring of `T`.
@@ -76,23 +109,7 @@ pub struct Consumer<T: Copy> {
 /// `T` (size_of::<T>() must be a multiple of 4, as rte_ring_elem requires). The ring is freed
 /// when both halves are dropped.
 pub fn spsc<T: Copy + Send>(name: &str, size: u32) -> Result<(Producer<T>, Consumer<T>)> {
-    let esize = size_of::<T>();
-    if esize == 0 || !esize.is_multiple_of(4) {
-        return Err(Error::other(
-            "rte_ring_create_elem",
-            format!("element size {esize} is not a multiple of 4"),
-        ));
-    }
-    let count = size.max(2).next_power_of_two();
-    let cname = CString::new(name).map_err(|_| Error::other("rte_ring_create_elem", "bad name"))?;
-    let flags = sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ;
-    // SAFETY: name is a valid C string (DPDK copies it); sizes are checked above.
-    let p = unsafe { sys::rte_ring_create_elem(cname.as_ptr(), esize as u32, count, -1, flags) };
-    let ring = Arc::new(RingInner(
-        NonNull::new(p)
-            .ok_or_else(|| Error::from_errno(format!("rte_ring_create_elem({name})")))?,
-        RingOf::Values,
-    ));
+    let ring = create(name, size, size_of::<T>(), RingOf::Values)?;
     Ok((
         Producer {
             ring: ring.clone(),
@@ -164,13 +181,7 @@ pub struct MbufConsumer {
 /// Create an SPSC ring of at least `size` mbufs. Mbufs still in the ring when both halves are
 /// dropped are freed with it.
 pub fn spsc_mbuf(name: &str, size: u32) -> Result<(MbufProducer, MbufConsumer)> {
-    let (p, c) = spsc::<usize>(name, size)?;
-    drop(c);
-    let mut ring = p.ring;
-    // The consumer half is gone: this is the only reference (the ring is empty).
-    if let Some(inner) = Arc::get_mut(&mut ring) {
-        inner.1 = RingOf::Mbufs;
-    }
+    let ring = create(name, size, size_of::<usize>(), RingOf::Mbufs)?;
     Ok((MbufProducer { ring: ring.clone() }, MbufConsumer { ring }))
 }
 
@@ -214,24 +225,8 @@ impl MbufConsumer {
     /// Returns how many. Mbufs already in it stay in front (never overwritten).
     #[inline]
     pub fn recv_burst(&mut self, burst: &mut Burst, max: u16) -> usize {
-        let (ptr, len) = burst.raw_mut();
-        let max = (max as usize).min(burst.room());
-        if max == 0 {
-            return 0;
-        }
-        // SAFETY: single consumer; slots len..len+max of the burst are free (max <= room); each
-        // dequeued pointer is an owned mbuf handed over by the producer.
-        let n = unsafe {
-            sys::rte_ring_sc_dequeue_burst_elem(
-                self.ring.0.as_ptr(),
-                ptr.add(len) as *mut _,
-                size_of::<usize>() as u32,
-                max as u32,
-                std::ptr::null_mut(),
-            ) as usize
-        };
-        burst.set_filled(len + n);
-        n
+        // SAFETY: an mbuf ring, and this is its only consumer (&mut self).
+        unsafe { self.ring.dequeue_mbufs(burst, max) }
     }
 }
 

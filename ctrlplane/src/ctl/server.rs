@@ -152,7 +152,7 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<(UnixListener, SocketFile
     }
     // A socket is connectable from its bind, and a client that connected before a chmod would
     // keep its connection: it is bound in a directory only rvsd's user may enter, given its
-    // mode there, then moved into place.
+    // mode there, then linked into place.
     let l = bind_private(path, mode)?;
     l.set_nonblocking(true)?;
     let m = std::fs::symlink_metadata(path)?;
@@ -305,11 +305,10 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
                 }
             }
         };
-        // The whole reply within IDLE_TIMEOUT (a socket timeout bounds each write only).
-        match write_msg(
-            &mut crate::deadline::Deadline::new(&s, IDLE_TIMEOUT),
-            &reply,
-        ) {
+        // Each reply whole within IDLE_TIMEOUT (a socket timeout bounds each write only).
+        let send =
+            |r: &Response| write_msg(&mut crate::deadline::Deadline::new(&s, IDLE_TIMEOUT), r);
+        match send(&reply) {
             Ok(()) => {}
             // Too large to send (nothing was written): say so rather than hang up.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -318,12 +317,7 @@ fn client(mut s: UnixStream, h: &dyn Handler) {
                     code: code::E2BIG,
                     message: format!("reply too large: {e}"),
                 };
-                if write_msg(
-                    &mut crate::deadline::Deadline::new(&s, IDLE_TIMEOUT),
-                    &error,
-                )
-                .is_err()
-                {
+                if send(&error).is_err() {
                     return;
                 }
             }

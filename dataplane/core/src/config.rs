@@ -504,8 +504,8 @@ impl RssConf {
     #[inline]
     pub fn hashes_ports(&self, proto: u8) -> bool {
         match proto {
-            6 => self.tcp_ports,
-            17 => self.udp_ports,
+            crate::fullnat::PROTO_TCP => self.tcp_ports,
+            crate::fullnat::PROTO_UDP => self.udp_ports,
             _ => false,
         }
     }

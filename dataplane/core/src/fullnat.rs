@@ -746,31 +746,29 @@ impl<P: PacketBuf> Stack<P> {
             self.drop_pkt(pkt, DropReason::IcmpUnhandled);
             return None;
         }
-        {
-            // The client's packet as an Ethernet frame for `icmp_error_from`: its IPv4 header
-            // and 8 bytes are all the error quotes.
-            let n = t.iihl + 8;
-            let mut orig = [0u8; ETH_LEN + 60 + 8];
-            orig[ETH_LEN..ETH_LEN + n].copy_from_slice(&d[t.inner..t.inner + n]);
-            let mtu = if !frag {
-                0
-            } else if t.mtu > 68 + crate::fwd::TUN_HDR as u16 {
-                t.mtu - crate::fwd::TUN_HDR as u16
-            } else {
-                t.mtu
-            };
-            self.icmp_error_from(
-                io,
-                port,
-                Some(t.vip),
-                &orig[..ETH_LEN + n],
-                t.iihl,
-                t.typ,
-                t.code,
-                mtu,
-                now_ms,
-            );
-        }
+        // The client's packet as an Ethernet frame for `icmp_error_from`: its IPv4 header
+        // and 8 bytes are all the error quotes.
+        let n = t.iihl + 8;
+        let mut orig = [0u8; ETH_LEN + 60 + 8];
+        orig[ETH_LEN..ETH_LEN + n].copy_from_slice(&d[t.inner..t.inner + n]);
+        let mtu = if !frag {
+            0
+        } else if t.mtu > 68 + crate::fwd::TUN_HDR as u16 {
+            t.mtu - crate::fwd::TUN_HDR as u16
+        } else {
+            t.mtu
+        };
+        self.icmp_error_from(
+            io,
+            port,
+            Some(t.vip),
+            &orig[..ETH_LEN + n],
+            t.iihl,
+            t.typ,
+            t.code,
+            mtu,
+            now_ms,
+        );
         self.counters.icmp_translated.inc();
         drop(pkt);
         None

@@ -332,9 +332,9 @@ const NONE: u32 = u32::MAX;
 pub type MhLookup = std::sync::Arc<[u32]>;
 
 /// The Maglev lookup table of an `mh` service over dests `(RIP, rport, slot weight)` (in the
-/// service's dest order; the weight [`mh_slot_weight`]), `None` for other schedulers. Control path: this is the costly part of
-/// building an `mh` service (milliseconds for the large tables), done once per publication
-/// rather than on every worker between two bursts.
+/// service's dest order; the weight [`mh_slot_weight`]), `None` for other schedulers. Control
+/// path: this is the costly part of building an `mh` service (milliseconds for the large
+/// tables), done once per publication rather than on every worker between two bursts.
 pub fn mh_lookup(
     kind: Sched,
     dests: impl Iterator<Item = (IpAddr, u16, u32)> + Clone,

@@ -63,6 +63,15 @@ struct Inner {
     health_backoff: Duration,
 }
 
+/// The health checker's key of real `r` of service `s`: which real server, which instance.
+fn check_id(
+    model: &Model,
+    s: &rvs_ctrlplane::config::ServiceConfig,
+    r: &rvs_ctrlplane::config::RealConfig,
+) -> CheckId {
+    ((key_of(s), r.ip, r.port), model.epoch(s, r))
+}
+
 impl Inner {
     /// The health of real `r` of service `s`: `Some(up)` when it has a check.
     fn health_of(
@@ -70,11 +79,8 @@ impl Inner {
         s: &rvs_ctrlplane::config::ServiceConfig,
         r: &rvs_ctrlplane::config::RealConfig,
     ) -> Option<bool> {
-        s.check_of(r).map(|_| {
-            !self
-                .down
-                .contains(&((key_of(s), r.ip, r.port), self.model.epoch(s, r)))
-        })
+        s.check_of(r)
+            .map(|_| !self.down.contains(&check_id(&self.model, s, r)))
     }
 }
 
@@ -294,12 +300,12 @@ impl Daemon {
                         health: up.map(|u| if u { "UP" } else { "DOWN" }.to_string()),
                         health_transitions: g
                             .transitions
-                            .get(&((key_of(s), r.ip, r.port), g.model.epoch(s, r)))
+                            .get(&check_id(&g.model, s, r))
                             .copied()
                             .unwrap_or(0),
                         health_failures: g
                             .failures
-                            .get(&((key_of(s), r.ip, r.port), g.model.epoch(s, r)))
+                            .get(&check_id(&g.model, s, r))
                             .copied()
                             .unwrap_or(0),
                     });
