@@ -213,6 +213,16 @@ impl Port {
     /// Configure the port and set up its queues (all RX queues draw from `pool`). Does not start it.
     /// Refused while a queue of the port has a handle ([`Port::rx_queue`], [`Port::tx_queue`]).
     pub fn configure(&self, conf: &PortConf, pool: &Mempool) -> Result<()> {
+        self.configure_pools(conf, &[pool])
+    }
+
+    /// [`Port::configure`] with a pool per RX queue: queue `q` draws from `pools[q]` (the last
+    /// pool for queues past the end), so that each worker's queue fills from the worker's own
+    /// pool.
+    pub fn configure_pools(&self, conf: &PortConf, pools: &[&Mempool]) -> Result<()> {
+        let Some(last) = pools.last() else {
+            return Err(Error::other("rte_eth_rx_queue_setup", "no mbuf pool"));
+        };
         self.no_handles("rte_eth_dev_configure")?;
         let info = self.info()?;
         if conf.rx_queues > info.max_rx_queues || conf.tx_queues > info.max_tx_queues {
@@ -271,6 +281,7 @@ impl Port {
             socket
         };
         for q in 0..conf.rx_queues {
+            let pool = pools.get(q as usize).unwrap_or(last);
             // SAFETY: configured port, valid pool; NULL rxconf means driver defaults.
             let ret = unsafe {
                 sys::rte_eth_rx_queue_setup(

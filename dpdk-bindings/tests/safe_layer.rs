@@ -21,6 +21,8 @@ fn eal_port_mbuf_ring_and_lcore() {
         "*:error",
         "--vdev",
         "net_ring0",
+        "--vdev",
+        "net_null1",
     ];
     let eal = Eal::init(&args).expect("EAL init");
     assert!(
@@ -182,6 +184,45 @@ fn eal_port_mbuf_ring_and_lcore() {
 
     let h = dpdk::lcore::launch(1, || dpdk::eal::lcore_id() as i32 + 40).unwrap();
     assert_eq!(h.wait(), 41, "the job ran on lcore 1");
+
+    // A pool per RX queue: net_null fills each RX queue from that queue's pool.
+    let (pa, pb) = (
+        Mempool::new_pktmbuf("test_pool_a", 511, 0, -1).expect("pool a"),
+        Mempool::new_pktmbuf("test_pool_b", 511, 0, -1).expect("pool b"),
+    );
+    let null = Port::by_name("net_null1").expect("net_null1");
+    let two = PortConf::plain(2, 64);
+    assert!(null.configure_pools(&two, &[]).is_err(), "no pool");
+    null.configure_pools(&two, &[&pa, &pb])
+        .expect("configure with two pools");
+    null.start().expect("start net_null1");
+    let (a0, b0) = (pa.in_use(), pb.in_use());
+    let mut q1 = null.rx_queue(1);
+    let mut got = Burst::new();
+    let n = q1.rx_burst(&mut got, 8) as u32;
+    assert!(n > 0, "net_null receives");
+    assert_eq!(
+        (pa.in_use(), pb.in_use()),
+        (a0, b0 + n),
+        "queue 1 fills from pool b"
+    );
+    let mut q0 = null.rx_queue(0);
+    let mut got0 = Burst::new();
+    let n0 = q0.rx_burst(&mut got0, 8) as u32;
+    assert_eq!(
+        (pa.in_use(), pb.in_use()),
+        (a0 + n0, b0 + n),
+        "queue 0 from pool a"
+    );
+    drop((got, got0, q0, q1));
+    assert_eq!(
+        (pa.in_use(), pb.in_use()),
+        (a0, b0),
+        "each mbuf back in its own pool"
+    );
+    null.stop().unwrap();
+    null.close().unwrap();
+    drop((pa, pb));
 
     // Not while a queue still has a handle (its holder may be polling it).
     let e = port.stop().unwrap_err();

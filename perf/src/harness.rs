@@ -407,14 +407,22 @@ pub struct Lane {
 /// per-queue packet counters in one array (24 bytes a queue, written on every burst), so
 /// workers on queues 0 and 1 of one port would share a cache line that NIC PMDs do not make
 /// them share (2 workers of the bare io-forward: 1.3 x one on shared ports, 2.0 x as two
-/// processes). Worker `w` still runs as worker `w` of `workers` (its lports, its share).
+/// processes). Worker `w` still runs as worker `w` of `workers` (its lports, its share), with
+/// mbuf pool `pools[w]` of its own.
 pub fn lanes(
     trace: &Trace,
     device: Device,
     conf: &RunConf,
-    pool: &Arc<Mempool>,
+    pools: &[Arc<Mempool>],
     tsc_hz: u64,
 ) -> std::result::Result<Vec<Lane>, String> {
+    if pools.len() < conf.workers {
+        return Err(format!(
+            "{} worker(s), {} mbuf pool(s): one per worker",
+            conf.workers,
+            pools.len()
+        ));
+    }
     let nw = conf.workers;
     let nports = match device {
         Device::Rvs => trace.ports(),
@@ -440,7 +448,9 @@ pub fn lanes(
         trace.frames.clone()
     }));
     let mut out = Vec::with_capacity(nw);
-    for w in 0..nw {
+    // Each worker's own pool: its generator (the NIC) fills from it, its stack allocates from
+    // it, as an rvsd worker's RX queues and stack do.
+    for (w, pool) in pools.iter().enumerate().take(nw) {
         let mut rps = ring_ports(nports, 1, pool)?;
         let ports: Vec<Port> = rps.iter().map(|r| r.port).collect();
         // The feed of port 0's RX ring and the drains of every port's TX ring.

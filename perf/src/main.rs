@@ -272,8 +272,11 @@ fn mem_only(o: &Opts) -> Result<(), String> {
     };
     println!("{}", report::mem_table(&memory(&env)));
     let eal = Eal::init(&eal_args(&o.lcores[..1], 512)).map_err(|e| format!("EAL: {e}"))?;
-    let pool = pool(1)?;
-    println!("{}", report::sess_mem_table(&fnat_memory(o, &eal, &pool)?));
+    let pools = pools(1)?;
+    println!(
+        "{}",
+        report::sess_mem_table(&fnat_memory(o, &eal, &pools[0])?)
+    );
     Ok(())
 }
 
@@ -305,11 +308,17 @@ fn eal_args(lcores: &[u32], mem_mb: u32) -> Vec<String> {
     a
 }
 
-fn pool(workers: usize) -> Result<Arc<Mempool>, String> {
-    let n = (8192 * workers.max(1) as u32).next_power_of_two() - 1;
-    Mempool::new_pktmbuf("rvsbench_mbufs", n, 256, -1)
-        .map(Arc::new)
-        .map_err(|e| format!("mbuf pool: {e}"))
+/// One mbuf pool per worker, as rvsd gives each worker (its RX queues fill from it). Two workers
+/// on one shared pool ran 1.71-1.86 x one worker here, 1.82-2.00 x on a pool each
+/// (perf/README.md), although once running neither takes an mbuf from its pool or returns one.
+fn pools(workers: usize) -> Result<Vec<Arc<Mempool>>, String> {
+    (0..workers.max(1))
+        .map(|w| {
+            Mempool::new_pktmbuf(&format!("rvsbench_mbufs_{w}"), 8191, 256, -1)
+                .map(Arc::new)
+                .map_err(|e| format!("mbuf pool {w}: {e}"))
+        })
+        .collect()
 }
 
 /// Bytes the stack keeps allocated after `Stack::new`: at the default sizes, then with the
@@ -356,7 +365,7 @@ fn conf(o: &Opts, mode: GenMode) -> RunConf {
 fn throughput(
     o: &Opts,
     eal: &Eal,
-    pool: &Arc<Mempool>,
+    pools: &[Arc<Mempool>],
     traces: &[Trace],
 ) -> Result<Vec<ThroughputRow>, String> {
     let modes = match o.gen {
@@ -378,10 +387,10 @@ fn throughput(
                 // The trace's set-up first (up to seconds at 1M sessions), so that its run
                 // follows its baseline's at once.
                 let t0 = Instant::now();
-                let lanes = harness::lanes(t, dev, &c, pool, eal.tsc_hz())?;
+                let lanes = harness::lanes(t, dev, &c, pools, eal.tsc_hz())?;
                 setup_s = t0.elapsed().as_secs_f64();
                 let base = if dev == Device::Rvs {
-                    let bl = harness::lanes(&traces[0], Device::IoFwd, &c, pool, eal.tsc_hz())?;
+                    let bl = harness::lanes(&traces[0], Device::IoFwd, &c, pools, eal.tsc_hz())?;
                     Some(harness::run(bl, &c, eal.tsc_hz(), traces[0].success.1)?.mpps())
                 } else {
                     None
@@ -399,7 +408,7 @@ fn throughput(
             eprintln!(
                 "{} (set-up {setup_s:.1} s, frame list {list_mb:.1} MB per worker, {} mbufs free)",
                 report::progress(&row),
-                pool.avail()
+                pools.iter().map(|p| p.avail()).sum::<u32>()
             );
             rows.push(row);
         }
@@ -442,7 +451,7 @@ fn row(dev: Device, t: &Trace, c: &RunConf, mut results: Vec<harness::Result>) -
 /// repeat runs 1 worker, then at once 2 workers (two cores, each doing the work of one), so the
 /// ratio compares runs seconds apart, not minutes (this VM drifts by up to 2× in minutes). The
 /// rows are the 2-worker runs, with the per-pair ratios.
-fn scaling(o: &Opts, eal: &Eal, pool: &Arc<Mempool>) -> Result<Vec<ThroughputRow>, String> {
+fn scaling(o: &Opts, eal: &Eal, pools: &[Arc<Mempool>]) -> Result<Vec<ThroughputRow>, String> {
     let names: Vec<String> = o
         .traces
         .iter()
@@ -472,9 +481,9 @@ fn scaling(o: &Opts, eal: &Eal, pool: &Arc<Mempool>) -> Result<Vec<ThroughputRow
     for (dev, i) in runs {
         let (mut ones, mut twos) = (Vec::new(), Vec::new());
         for _ in 0..o.repeat.max(1) {
-            let lanes = harness::lanes(&t1[i], dev, &c1, pool, tsc)?;
+            let lanes = harness::lanes(&t1[i], dev, &c1, pools, tsc)?;
             ones.push(harness::run(lanes, &c1, tsc, t1[i].success.1)?);
-            let lanes = harness::lanes(&t2[i], dev, &c2, pool, tsc)?;
+            let lanes = harness::lanes(&t2[i], dev, &c2, pools, tsc)?;
             twos.push(harness::run(lanes, &c2, tsc, t2[i].success.1)?);
         }
         let mut paired: Vec<f64> = ones
@@ -499,7 +508,7 @@ fn throughput_only(o: &Opts) -> Result<(), String> {
     let traces = traces(o)?;
     let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
     let before = probe::mem_latency_ns();
-    let rows = throughput(o, &eal, &pool(o.workers)?, &traces)?;
+    let rows = throughput(o, &eal, &pools(o.workers)?, &traces)?;
     let after = probe::mem_latency_ns();
     println!("{}", report::throughput_table(&rows));
     println!("{}", report::probe_line((before, after)));
@@ -511,13 +520,13 @@ fn throughput_only(o: &Opts) -> Result<(), String> {
 fn instr_child(o: &Opts) -> Result<(), String> {
     let traces = traces(o)?;
     let eal = Eal::init(&eal_args(&o.lcores[..1], 256)).map_err(|e| format!("EAL: {e}"))?;
-    let pool = pool(1)?;
+    let pools = pools(1)?;
     let mut c = conf(o, GenMode::Inline);
     c.workers = 1;
     let runs =
         std::iter::once((Device::IoFwd, &traces[0])).chain(traces.iter().map(|t| (Device::Rvs, t)));
     for (dev, t) in runs {
-        let mut lanes = harness::lanes(t, dev, &c, &pool, eal.tsc_hz())?;
+        let mut lanes = harness::lanes(t, dev, &c, &pools, eal.tsc_hz())?;
         let lane = &mut lanes[0];
         harness::warm(lane, o.instr_pkts);
         let n = harness::rvs_bench_region(lane, o.instr_pkts);
@@ -667,16 +676,16 @@ fn suite(o: &Opts) -> Result<(), String> {
     };
     let mem = memory(&env);
     let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
-    // Sized for the 2-worker scaling pass too.
-    let pool = pool(o.workers.max(2))?;
+    // A pool per worker, for the 2-worker scaling pass too.
+    let pools = pools(o.workers.max(2))?;
     let sess_mem = if traces.iter().any(|t| t.name.starts_with("fnat")) {
-        fnat_memory(o, &eal, &pool)?
+        fnat_memory(o, &eal, &pools[0])?
     } else {
         Vec::new()
     };
     let probe_before = probe::mem_latency_ns();
-    let rows = throughput(o, &eal, &pool, &traces)?;
-    let scaling = scaling(o, &eal, &pool)?;
+    let rows = throughput(o, &eal, &pools, &traces)?;
+    let scaling = scaling(o, &eal, &pools)?;
     let probe_after = probe::mem_latency_ns();
     let instr = if o.no_callgrind {
         None

@@ -392,11 +392,24 @@ fn run(cfg: &Config) -> Result<(), String> {
     let workers = &cfg.dataplane.workers;
     let nq = workers.len() as u16;
 
-    let pool_size = cfg.dataplane.mbufs.saturating_mul(cfg.ports.len() as u32);
-    let pool = Arc::new(
-        dpdk::Mempool::new_pktmbuf("rvs_mbufs", pool_size, cfg.dataplane.mbuf_cache, -1)
-            .map_err(|e| format!("mbuf pool: {e}"))?,
-    );
+    // One mbuf pool per worker (mbufs * ports in all, split evenly): worker w's RX queues fill
+    // from pool w and its own allocations come from it, so workers share no pool (in the
+    // benchmark, 2 workers on one shared pool ran 1.71-1.86 x one worker, on a pool each
+    // 1.82-2.00 x: perf/README.md). An mbuf goes back to its own pool wherever it is freed.
+    let pool_size = cfg.dataplane.pool_per_worker(cfg.ports.len());
+    let pools = (0..workers.len())
+        .map(|w| {
+            dpdk::Mempool::new_pktmbuf(
+                &format!("rvs_mbufs_{w}"),
+                pool_size,
+                cfg.dataplane.mbuf_cache,
+                -1,
+            )
+            .map(Arc::new)
+            .map_err(|e| format!("mbuf pool of worker {w}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pool_refs: Vec<&dpdk::Mempool> = pools.iter().map(|p| &**p).collect();
 
     // Every way out of here (an error included) stops the workers launched so far, then stops
     // and closes the ports configured so far (af_xdp detaches its XDP program, pcap flushes).
@@ -421,7 +434,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             promiscuous: pc.promiscuous,
             rss_key: Some(RSS_KEY.to_vec()),
         };
-        port.configure(&conf, &pool)
+        port.configure_pools(&conf, &pool_refs)
             .map_err(|e| format!("port {:?}: {e}", pc.name))?;
         running.ports.push(port);
         if let Some(mac) = pc.mac {
@@ -472,7 +485,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             mtu: Some(pc.mtu),
             ..dpdk::PortConf::plain(nq, config::TAP_DESC)
         };
-        tap.configure(&conf, &pool)
+        tap.configure_pools(&conf, &pool_refs)
             .map_err(|e| format!("kernel interface {k}: {e}"))?;
         running.ports.push(tap);
         tap.set_mac(macs[i])
@@ -592,7 +605,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         counters.push((lcore, c.clone()));
         let rxq = ports.iter().map(|p| p.rx_queue(w as u16)).collect();
         let txq = ports.iter().map(|p| p.tx_queue(w as u16)).collect();
-        let io = WorkerIo::new(pool.clone(), txq, tx, c.clone()).with_kernel(
+        let io = WorkerIo::new(pools[w].clone(), txq, tx, c.clone()).with_kernel(
             taps.iter()
                 .map(|t| t.map(|t| t.tx_queue(w as u16)))
                 .collect(),
@@ -726,7 +739,8 @@ fn run(cfg: &Config) -> Result<(), String> {
     say!("{}", format_core("total", &total));
     drop(running); // the ports: stopped and closed
     drop(counters);
-    drop(pool);
+    drop(pool_refs);
+    drop(pools);
     // The EAL itself is released by process exit (see dpdk::Eal::cleanup).
     let _ = eal;
     Ok(())

@@ -237,9 +237,10 @@ pub struct DataplaneConfig {
     pub rx_desc: u16,
     /// Tx descriptors per queue (`tx_desc`, power of two 64..=16384, default 1024).
     pub tx_desc: u16,
-    /// Mbufs per port (`mbufs`, default 8191): one pool of `mbufs * ports`, which must hold
-    /// `workers * (ports * (rx_desc + tx_desc) + kernel ports * 512 + 2 * burst + 1.5 *
-    /// mbuf_cache)` (every worker's rings full, see `check_mbufs`).
+    /// Mbufs per port (`mbufs`, default 8191): `mbufs * ports` in all, split into one pool per
+    /// worker ([`DataplaneConfig::pool_per_worker`]), each of which must hold `ports * (rx_desc
+    /// + tx_desc) + kernel ports * 512 + 2 * burst + workers * 1.5 * mbuf_cache + (workers - 1)
+    /// * (redirect_ring - 1)` (the worker's rings full, see `check_mbufs`).
     pub mbufs: u32,
     /// Per-lcore mbuf cache size (`mbuf_cache`, default 256); at most 512 and
     /// at most `mbufs / 1.5`.
@@ -250,6 +251,15 @@ pub struct DataplaneConfig {
     /// Size of each worker-to-worker packet redirect ring, in packets
     /// (`redirect_ring`, power of two 128..=65536, default 1024; it holds one packet less).
     pub redirect_ring: u32,
+}
+
+impl DataplaneConfig {
+    /// Mbufs in each worker's pool: `mbufs * ports / workers` (rvsd gives every worker a pool
+    /// of its own; its RX queues fill from it).
+    pub fn pool_per_worker(&self, ports: usize) -> u32 {
+        let all = u64::from(self.mbufs) * ports as u64;
+        (all / self.workers.len().max(1) as u64).min(u64::from(u32::MAX)) as u32
+    }
 }
 
 /// Neighbour (ARP / NDP) cache settings: the `[neighbour]` table.

@@ -106,11 +106,13 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
     })
 }
 
-/// The mbuf pool (`mbufs` per port, one pool for all) must hold what can be parked at once, per
-/// worker: a full RX ring (`rx_desc`) and TX ring (`tx_desc`) on every port (a NIC fills its RX
-/// ring at start and keeps sent mbufs until their descriptors are recycled), the 512 the TAP
-/// driver fills each kernel-side queue with, an RX burst and a TX batch, and what the worker's
-/// mempool cache may hold (1.5 × `mbuf_cache`). Smaller pools fail at start or drop under load
+/// Each worker's mbuf pool (`mbufs * ports / workers`, see `DataplaneConfig::pool_per_worker`)
+/// must hold what can be parked at once: a full RX ring (`rx_desc`) and TX ring (`tx_desc`) on
+/// every port (a NIC fills its RX ring at start and keeps sent mbufs until their descriptors are
+/// recycled), the 512 the TAP driver fills each kernel-side queue with, an RX burst and a TX
+/// batch, what every worker's mempool cache may hold of it (1.5 × `mbuf_cache` each: a peer
+/// frees the packets redirected to it into its own cache of the sender's pool), and full
+/// redirect rings towards every peer. Smaller pools fail at start or drop under load
 /// (`rx_nombuf`).
 fn check_mbufs(t: &Table<'_>, d: &DataplaneConfig, ports: &[PortConfig]) -> Result<()> {
     let (w, p) = (d.workers.len() as u64, ports.len() as u64);
@@ -122,18 +124,19 @@ fn check_mbufs(t: &Table<'_>, d: &DataplaneConfig, ports: &[PortConfig]) -> Resu
     );
     let cache = (u64::from(d.mbuf_cache) * 3).div_ceil(2);
     let tap = u64::from(super::TAP_DESC);
-    // What the rings from its peers may hold for a worker that falls behind.
+    // What its rings towards its peers may hold of a worker's mbufs when they fall behind.
     let peers = w.saturating_sub(1) * (u64::from(d.redirect_ring) - 1);
-    let need = w * (p * (rx + tx) + taps * tap + 2 * burst + cache + peers);
-    if u64::from(d.mbufs) * p < need {
+    let need = p * (rx + tx) + taps * tap + 2 * burst + w * cache + peers;
+    if u64::from(d.mbufs) * p < need * w {
         return Err(t.err(
             "mbufs",
             format!(
-                "mbufs (per port) must be at least {}: the pool, mbufs * ports, must hold \
-                 workers * (ports * (rx_desc + tx_desc) + kernel ports * {tap} + 2 * burst + \
-                 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1)) = {w} * ({p} * ({rx} + \
-                 {tx}) + {taps} * {tap} + 2 * {burst} + {cache} + {peers}) = {need}, got {}",
-                need.div_ceil(p),
+                "mbufs (per port) must be at least {}: each worker's pool, mbufs * ports / \
+                 workers, must hold ports * (rx_desc + tx_desc) + kernel ports * {tap} + 2 * \
+                 burst + workers * 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1) = {p} \
+                 * ({rx} + {tx}) + {taps} * {tap} + 2 * {burst} + {w} * {cache} + {peers} = \
+                 {need}, got {}",
+                (need * w).div_ceil(p),
                 d.mbufs
             ),
         ));

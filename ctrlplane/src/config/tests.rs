@@ -431,7 +431,7 @@ fn value_ranges() {
         ("[dataplane]\ntx_desc = 32\n", "dataplane.tx_desc", 11, "tx_desc must be a power of two between 64 and 16384, got 32"),
         ("[dataplane]\ntx_desc = 32768\n", "dataplane.tx_desc", 11, "tx_desc must be a power of two between 64 and 16384, got 32768"),
         ("[dataplane]\nrx_desc = 70000\n", "dataplane.rx_desc", 11, "rx_desc must be between 0 and 65535, got 70000"),
-        ("[dataplane]\nmbufs = 1000\n", "dataplane.mbufs", 9, "mbufs (per port) must be at least 2496: the pool, mbufs * ports, must hold workers * (ports * (rx_desc + tx_desc) + kernel ports * 512 + 2 * burst + 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1)) = 1 * (1 * (1024 + 1024) + 0 * 512 + 2 * 32 + 384 + 0) = 2496, got 1000"),
+        ("[dataplane]\nmbufs = 1000\n", "dataplane.mbufs", 9, "mbufs (per port) must be at least 2496: each worker's pool, mbufs * ports / workers, must hold ports * (rx_desc + tx_desc) + kernel ports * 512 + 2 * burst + workers * 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1) = 1 * (1024 + 1024) + 0 * 512 + 2 * 32 + 1 * 384 + 0 = 2496, got 1000"),
         ("[dataplane]\nmbuf_cache = 513\n", "dataplane.mbuf_cache", 14, "mbuf_cache must be between 0 and 512, got 513"),
         ("[dataplane]\nmbufs = 1500\nmbuf_cache = 1001\n", "dataplane.mbuf_cache", 14, "mbuf_cache must be between 0 and 512, got 1001"),
         ("[dataplane]\nicmp_ratelimit = -1\n", "dataplane.icmp_ratelimit", 18, "icmp_ratelimit must be between 0 and 1000000, got -1"),
@@ -482,7 +482,7 @@ fn value_ranges() {
         1,
         "dataplane.mbufs",
     );
-    assert!(msg.ends_with("= 77256, got 8191"), "{msg}");
+    assert!(msg.ends_with("= 12345, got 8191"), "{msg}");
     // Every port's rings count, and a kernel-side queue's 512, and what the rings from the
     // other workers hold; the pool is mbufs per port.
     let two_ports =
@@ -494,14 +494,14 @@ fn value_ranges() {
         "dataplane.mbufs",
     );
     assert!(
-        msg.starts_with("mbufs (per port) must be at least 10874:")
+        msg.starts_with("mbufs (per port) must be at least 13178:")
             && msg.ends_with(
-                "= 4 * (2 * (1024 + 1024) + 1 * 512 + 2 * 32 + 384 + 381) = 21748, got 8191"
+                "= 2 * (1024 + 1024) + 1 * 512 + 2 * 32 + 4 * 384 + 381 = 6589, got 8191"
             ),
         "{msg}"
     );
     parse(&format!(
-        "[dataplane]\nworkers = [1,2,3,4]\nredirect_ring = 128\nmbufs = 10874\n{two_ports}"
+        "[dataplane]\nworkers = [1,2,3,4]\nredirect_ring = 128\nmbufs = 13178\n{two_ports}"
     ))
     .unwrap();
     let msg = error_at(&format!("{BASE}mtu = 67\n"), 5, 7, "port[0].mtu");
