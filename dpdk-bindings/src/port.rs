@@ -216,13 +216,23 @@ impl Port {
         self.configure_pools(conf, &[pool])
     }
 
-    /// [`Port::configure`] with a pool per RX queue: queue `q` draws from `pools[q]` (the last
-    /// pool for queues past the end), so that each worker's queue fills from the worker's own
-    /// pool.
+    /// [`Port::configure`] with a pool per RX queue: queue `q` draws from `pools[q]` (one pool:
+    /// every queue from it; more pools than queues: the extra ones unused), so that each
+    /// worker's queue fills from the worker's own pool.
     pub fn configure_pools(&self, conf: &PortConf, pools: &[&Mempool]) -> Result<()> {
         let Some(last) = pools.last() else {
             return Err(Error::other("rte_eth_rx_queue_setup", "no mbuf pool"));
         };
+        if pools.len() > 1 && pools.len() < conf.rx_queues as usize {
+            return Err(Error::other(
+                "rte_eth_rx_queue_setup",
+                format!(
+                    "{} mbuf pools for {} RX queues: one, or one per queue",
+                    pools.len(),
+                    conf.rx_queues
+                ),
+            ));
+        }
         self.no_handles("rte_eth_dev_configure")?;
         let info = self.info()?;
         if conf.rx_queues > info.max_rx_queues || conf.tx_queues > info.max_tx_queues {

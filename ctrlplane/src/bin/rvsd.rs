@@ -434,9 +434,11 @@ fn run(cfg: &Config) -> Result<(), String> {
             promiscuous: pc.promiscuous,
             rss_key: Some(RSS_KEY.to_vec()),
         };
+        // Closed on the way out even when its configuration fails part-way (queues set up
+        // before the failure hold mbufs of the pools, af_xdp sockets their memory).
+        running.ports.push(port);
         port.configure_pools(&conf, &pool_refs)
             .map_err(|e| format!("port {:?}: {e}", pc.name))?;
-        running.ports.push(port);
         if let Some(mac) = pc.mac {
             port.set_mac(mac)
                 .map_err(|e| format!("port {:?}: set MAC: {e}", pc.name))?;
@@ -485,9 +487,9 @@ fn run(cfg: &Config) -> Result<(), String> {
             mtu: Some(pc.mtu),
             ..dpdk::PortConf::plain(nq, config::TAP_DESC)
         };
+        running.ports.push(tap);
         tap.configure_pools(&conf, &pool_refs)
             .map_err(|e| format!("kernel interface {k}: {e}"))?;
-        running.ports.push(tap);
         tap.set_mac(macs[i])
             .map_err(|e| format!("kernel interface {k}: set MAC: {e}"))?;
         tap.start()
@@ -776,8 +778,13 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop_workers();
+        // Closed even when stop fails: close releases the queues and the mbufs they hold,
+        // which must be done before the pools are freed.
         for port in &self.ports {
-            if let Err(e) = port.stop().and_then(|()| port.close()) {
+            if let Err(e) = port.stop() {
+                say_err!("rvsd: {e}");
+            }
+            if let Err(e) = port.close() {
                 say_err!("rvsd: {e}");
             }
         }

@@ -237,10 +237,10 @@ pub struct DataplaneConfig {
     pub rx_desc: u16,
     /// Tx descriptors per queue (`tx_desc`, power of two 64..=16384, default 1024).
     pub tx_desc: u16,
-    /// Mbufs per port (`mbufs`, default 8191): `mbufs * ports` in all, split into one pool per
-    /// worker ([`DataplaneConfig::pool_per_worker`]), each of which must hold `ports * (rx_desc
-    /// + tx_desc) + kernel ports * 512 + 2 * burst + workers * 1.5 * mbuf_cache + (workers - 1)
-    /// * (redirect_ring - 1)` (the worker's rings full, see `check_mbufs`).
+    /// Mbufs per port (`mbufs`): `mbufs * ports` in all, split into one pool per worker
+    /// ([`DataplaneConfig::pool_per_worker`]), each of which must hold what may be parked of its
+    /// mbufs (`check_mbufs`: every port's RX ring, every worker's TX rings, kernel-side queues,
+    /// caches, redirect rings). Not given: 8191, or the least that fits when that is more.
     pub mbufs: u32,
     /// Per-lcore mbuf cache size (`mbuf_cache`, default 256); at most 512 and
     /// at most `mbufs / 1.5`.

@@ -41,7 +41,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
 
     let eal_table = top.sub("eal")?;
     let eal = parse_eal(&eal_table)?;
-    let dataplane = parse_dataplane(&top.sub("dataplane")?, &eal, &eal_table)?;
+    let mut dataplane = parse_dataplane(&top.sub("dataplane")?, &eal, &eal_table)?;
     check_lcores(&eal_table, &eal, &dataplane)?;
     let neighbour = parse_neighbour(&top.sub("neighbour")?)?;
     let fullnat = parse_fullnat(&top.sub("fullnat")?)?;
@@ -71,7 +71,7 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
     for (i, node) in port_nodes.iter().enumerate() {
         ports.push(parse_port(&cx, node, i, &ports)?);
     }
-    check_mbufs(&top.sub("dataplane")?, &dataplane, &ports)?;
+    check_mbufs(&top.sub("dataplane")?, &mut dataplane, &ports)?;
 
     let mut routes = Vec::new();
     if let Some(node) = top.get("route") {
@@ -107,14 +107,19 @@ pub(super) fn parse(text: &str, source: &Path) -> Result<Config> {
 }
 
 /// Each worker's mbuf pool (`mbufs * ports / workers`, see `DataplaneConfig::pool_per_worker`)
-/// must hold what can be parked at once: a full RX ring (`rx_desc`) and TX ring (`tx_desc`) on
-/// every port (a NIC fills its RX ring at start and keeps sent mbufs until their descriptors are
-/// recycled), the 512 the TAP driver fills each kernel-side queue with, an RX burst and a TX
-/// batch, what every worker's mempool cache may hold of it (1.5 × `mbuf_cache` each: a peer
-/// frees the packets redirected to it into its own cache of the sender's pool), and full
-/// redirect rings towards every peer. Smaller pools fail at start or drop under load
-/// (`rx_nombuf`).
-fn check_mbufs(t: &Table<'_>, d: &DataplaneConfig, ports: &[PortConfig]) -> Result<()> {
+/// must hold what can be parked at once of its mbufs:
+/// - a full RX ring on every port (a NIC fills its RX ring at start; `rx_desc`, and 2048 on an
+///   af_xdp port, whose fill queue DPDK 22.11 fills with 2048 whatever `rx_desc` is);
+/// - a full TX ring on every port of every worker (a NIC keeps sent mbufs until their descriptors
+///   are recycled, and a packet redirected to a peer leaves from the peer's TX ring);
+/// - the 512 the TAP driver fills each kernel-side queue with, an RX burst and a TX batch;
+/// - what every worker's mempool cache may hold of it (1.5 × `mbuf_cache` each: a peer frees
+///   the packets redirected to it into its own cache of the sender's pool);
+/// - full redirect rings towards every peer.
+///
+/// Smaller pools fail at start or drop under load (`rx_nombuf`). When `mbufs` is not given, it
+/// grows from its default to the least that fits.
+fn check_mbufs(t: &Table<'_>, d: &mut DataplaneConfig, ports: &[PortConfig]) -> Result<()> {
     let (w, p) = (d.workers.len() as u64, ports.len() as u64);
     let taps = ports.iter().filter(|p| p.kernel.is_some()).count() as u64;
     let (rx, tx, burst) = (
@@ -122,27 +127,50 @@ fn check_mbufs(t: &Table<'_>, d: &DataplaneConfig, ports: &[PortConfig]) -> Resu
         u64::from(d.tx_desc),
         u64::from(d.burst),
     );
+    let rx_all: u64 = ports
+        .iter()
+        .map(|pc| {
+            if pc.device.dpdk_name().starts_with("net_af_xdp") {
+                rx.max(AF_XDP_FILL)
+            } else {
+                rx
+            }
+        })
+        .sum();
     let cache = (u64::from(d.mbuf_cache) * 3).div_ceil(2);
     let tap = u64::from(super::TAP_DESC);
     // What its rings towards its peers may hold of a worker's mbufs when they fall behind.
     let peers = w.saturating_sub(1) * (u64::from(d.redirect_ring) - 1);
-    let need = p * (rx + tx) + taps * tap + 2 * burst + w * cache + peers;
-    if u64::from(d.mbufs) * p < need * w {
-        return Err(t.err(
-            "mbufs",
-            format!(
-                "mbufs (per port) must be at least {}: each worker's pool, mbufs * ports / \
-                 workers, must hold ports * (rx_desc + tx_desc) + kernel ports * {tap} + 2 * \
-                 burst + workers * 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1) = {p} \
-                 * ({rx} + {tx}) + {taps} * {tap} + 2 * {burst} + {w} * {cache} + {peers} = \
-                 {need}, got {}",
-                (need * w).div_ceil(p),
-                d.mbufs
-            ),
-        ));
+    let need = rx_all + w * p * tx + taps * tap + 2 * burst + w * cache + peers;
+    let least = (need * w).div_ceil(p.max(1));
+    if u64::from(d.mbufs) >= least {
+        return Ok(());
     }
-    Ok(())
+    if t.get("mbufs").is_none() {
+        d.mbufs = u32::try_from(least).map_err(|_| {
+            t.err(
+                "mbufs",
+                format!("the mbuf pools would need {least} mbufs per port, too many"),
+            )
+        })?;
+        return Ok(());
+    }
+    Err(t.err(
+        "mbufs",
+        format!(
+            "mbufs (per port) must be at least {least}: each worker's pool, mbufs * ports / \
+             workers, must hold every port's RX ring (rx_desc, at least {AF_XDP_FILL} on \
+             af_xdp) + workers * ports * tx_desc + kernel ports * {tap} + 2 * burst + workers \
+             * 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1) = {rx_all} + {w} * {p} * \
+             {tx} + {taps} * {tap} + 2 * {burst} + {w} * {cache} + {peers} = {need}, got {}",
+            d.mbufs
+        ),
+    ))
 }
+
+/// Mbufs DPDK 22.11's af_xdp PMD puts in each RX queue's fill queue at set-up
+/// (`ETH_AF_XDP_DFLT_NUM_DESCS`), whatever `rx_desc` is.
+const AF_XDP_FILL: u64 = 2048;
 
 /// The file being parsed, for locating errors.
 struct Cx<'a> {

@@ -431,7 +431,7 @@ fn value_ranges() {
         ("[dataplane]\ntx_desc = 32\n", "dataplane.tx_desc", 11, "tx_desc must be a power of two between 64 and 16384, got 32"),
         ("[dataplane]\ntx_desc = 32768\n", "dataplane.tx_desc", 11, "tx_desc must be a power of two between 64 and 16384, got 32768"),
         ("[dataplane]\nrx_desc = 70000\n", "dataplane.rx_desc", 11, "rx_desc must be between 0 and 65535, got 70000"),
-        ("[dataplane]\nmbufs = 1000\n", "dataplane.mbufs", 9, "mbufs (per port) must be at least 2496: each worker's pool, mbufs * ports / workers, must hold ports * (rx_desc + tx_desc) + kernel ports * 512 + 2 * burst + workers * 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1) = 1 * (1024 + 1024) + 0 * 512 + 2 * 32 + 1 * 384 + 0 = 2496, got 1000"),
+        ("[dataplane]\nmbufs = 1000\n", "dataplane.mbufs", 9, "mbufs (per port) must be at least 2496: each worker's pool, mbufs * ports / workers, must hold every port's RX ring (rx_desc, at least 2048 on af_xdp) + workers * ports * tx_desc + kernel ports * 512 + 2 * burst + workers * 1.5 * mbuf_cache + (workers - 1) * (redirect_ring - 1) = 1024 + 1 * 1 * 1024 + 0 * 512 + 2 * 32 + 1 * 384 + 0 = 2496, got 1000"),
         ("[dataplane]\nmbuf_cache = 513\n", "dataplane.mbuf_cache", 14, "mbuf_cache must be between 0 and 512, got 513"),
         ("[dataplane]\nmbufs = 1500\nmbuf_cache = 1001\n", "dataplane.mbuf_cache", 14, "mbuf_cache must be between 0 and 512, got 1001"),
         ("[dataplane]\nicmp_ratelimit = -1\n", "dataplane.icmp_ratelimit", 18, "icmp_ratelimit must be between 0 and 1000000, got -1"),
@@ -475,35 +475,46 @@ fn value_ranges() {
         "dataplane.mbuf_cache",
     );
     assert_eq!(msg, "mbuf_cache must be at most mbufs / 1.5 = 200, got 256");
-    // mbufs defaulted but too small for many workers: reported at the table.
-    let msg = error_at(
-        &format!("[dataplane]\nworkers = [1,2,3,4,5,6,7,8]\n{BASE}"),
-        1,
-        1,
-        "dataplane.mbufs",
-    );
-    assert!(msg.ends_with("= 12345, got 8191"), "{msg}");
-    // Every port's rings count, and a kernel-side queue's 512, and what the rings from the
-    // other workers hold; the pool is mbufs per port.
+    // mbufs not given: it grows from 8191 to what many workers need.
+    let cfg = parse(&format!("[dataplane]\nworkers = [1,2,3,4,5,6,7,8]\n{BASE}")).unwrap();
+    assert_eq!(cfg.dataplane.mbufs, 156_104);
+    assert_eq!(cfg.dataplane.pool_per_worker(1), 19_513);
+    // Every port's RX ring counts, every worker's TX rings on every port (a packet redirected
+    // to a peer leaves from the peer's), a kernel-side queue's 512, and what the rings to the
+    // other workers hold.
     let two_ports =
         format!("{BASE}kernel = \"rvs0\"\n[[port]]\nname = \"p1\"\ndevice = \"net_null1\"\n");
     let msg = error_at(
-        &format!("[dataplane]\nworkers = [1,2,3,4]\nredirect_ring = 128\n{two_ports}"),
-        1,
-        1,
+        &format!(
+            "[dataplane]\nmbufs = 8191\nworkers = [1,2,3,4]\nredirect_ring = 128\n{two_ports}"
+        ),
+        2,
+        9,
         "dataplane.mbufs",
     );
     assert!(
-        msg.starts_with("mbufs (per port) must be at least 13178:")
+        msg.starts_with("mbufs (per port) must be at least 25466:")
             && msg.ends_with(
-                "= 2 * (1024 + 1024) + 1 * 512 + 2 * 32 + 4 * 384 + 381 = 6589, got 8191"
+                "= 2048 + 4 * 2 * 1024 + 1 * 512 + 2 * 32 + 4 * 384 + 381 = 12733, got 8191"
             ),
         "{msg}"
     );
     parse(&format!(
-        "[dataplane]\nworkers = [1,2,3,4]\nredirect_ring = 128\nmbufs = 13178\n{two_ports}"
+        "[dataplane]\nworkers = [1,2,3,4]\nredirect_ring = 128\nmbufs = 25466\n{two_ports}"
     ))
     .unwrap();
+    // An af_xdp port fills its RX queue with 2048 mbufs whatever rx_desc is.
+    let xdp = "[[port]]\nname = \"x\"\ndevice = \"net_af_xdp0,iface=veth0\"\n";
+    let msg = error_at(
+        &format!("[dataplane]\nmbufs = 3000\nrx_desc = 256\n{xdp}"),
+        2,
+        9,
+        "dataplane.mbufs",
+    );
+    assert!(
+        msg.starts_with("mbufs (per port) must be at least 3520:"),
+        "{msg}"
+    );
     let msg = error_at(&format!("{BASE}mtu = 67\n"), 5, 7, "port[0].mtu");
     assert_eq!(msg, "mtu must be between 68 and 2030, got 67");
     // Jumbo frames do not fit an mbuf's 2048-byte data room.
