@@ -217,6 +217,8 @@ impl Drop for Rvsd {
 pub struct Capture {
     child: Child,
     pub file: PathBuf,
+    /// tcpdump's stderr, read to the end by a thread (its summary comes at exit).
+    stderr: std::thread::JoinHandle<String>,
 }
 
 impl Capture {
@@ -245,20 +247,38 @@ impl Capture {
         // tcpdump prints "listening on ..." once the capture is open.
         let _ = err.read_line(&mut line);
         assert!(line.contains("listening"), "tcpdump did not start: {line}");
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        let stderr = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+            rest
+        });
         Capture {
             child,
             file: file.to_path_buf(),
+            stderr,
         }
     }
 
     /// Stop and return the captured frames.
-    pub fn finish(mut self) -> Vec<Vec<u8>> {
+    pub fn finish(self) -> Vec<Vec<u8>> {
+        self.finish_counted().0
+    }
+
+    /// Stop and return the captured frames and how many packets tcpdump says the kernel
+    /// dropped before it could read them (frames the capture misses, not the network).
+    pub fn finish_counted(mut self) -> (Vec<Vec<u8>>, u64) {
         // Let the last frames reach the capture before stopping it.
         std::thread::sleep(Duration::from_millis(500));
         let _ = sh(&format!("kill -INT {}", self.child.id()));
         let _ = self.child.wait();
-        pcap::read(&self.file)
+        let text = self.stderr.join().unwrap_or_default();
+        // "N packets dropped by kernel" (and "by interface"): any line naming drops counts.
+        let dropped = text
+            .lines()
+            .filter(|l| l.contains("dropped by"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        (pcap::read(&self.file), dropped)
     }
 }
 
