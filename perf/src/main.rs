@@ -507,9 +507,9 @@ fn scaling(o: &Opts, eal: &Eal, pools: &[Arc<Mempool>]) -> Result<Vec<Throughput
 fn throughput_only(o: &Opts) -> Result<(), String> {
     let traces = traces(o)?;
     let eal = Eal::init(&eal_args(&o.lcores, 512)).map_err(|e| format!("EAL: {e}"))?;
-    let before = probe::mem_latency_ns();
+    let before = probe::measure();
     let rows = throughput(o, &eal, &pools(o.workers)?, &traces)?;
-    let after = probe::mem_latency_ns();
+    let after = probe::measure();
     println!("{}", report::throughput_table(&rows));
     println!("{}", report::probe_line((before, after)));
     Ok(())
@@ -683,10 +683,10 @@ fn suite(o: &Opts) -> Result<(), String> {
     } else {
         Vec::new()
     };
-    let probe_before = probe::mem_latency_ns();
+    let probe_before = probe::measure();
     let rows = throughput(o, &eal, &pools, &traces)?;
     let scaling = scaling(o, &eal, &pools)?;
-    let probe_after = probe::mem_latency_ns();
+    let probe_after = probe::measure();
     let instr = if o.no_callgrind {
         None
     } else {

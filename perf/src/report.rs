@@ -5,6 +5,7 @@ use std::process::Command;
 
 use crate::fnat::SessMem;
 use crate::harness::{GenMode, Result as RunResult};
+use crate::probe::Probe;
 
 /// One throughput run.
 pub struct ThroughputRow {
@@ -87,17 +88,22 @@ pub struct Report {
     pub instr: Option<(String, Vec<InstrRow>)>,
     pub mem: Vec<MemRow>,
     pub sess_mem: Vec<SessMem>,
-    /// [`crate::probe::mem_latency_ns`] before and after the throughput runs.
-    pub mem_probe: (f64, f64),
+    /// [`crate::probe::measure`] before and after the throughput runs.
+    pub mem_probe: (Probe, Probe),
 }
 
 /// The report line of the memory probe (before, after the runs).
-pub fn probe_line((before, after): (f64, f64)) -> String {
+pub fn probe_line((before, after): (Probe, Probe)) -> String {
     format!(
-        "- memory probe (random dependent loads over {} MB on the worker lcore; this VM's shared \
-         L3 and memory, which move every figure below): **{before:.1} ns/load** before the runs, \
-         **{after:.1}** after",
-        crate::probe::PROBE_BYTES >> 20
+        "- memory probe (random dependent loads on the worker lcore over {} MB and over {} MB; \
+         this VM's shared L3 and memory, which move every figure below): **{:.1} / {:.1} \
+         ns/load** before the runs, **{:.1} / {:.1}** after",
+        crate::probe::PROBE_BYTES >> 20,
+        crate::probe::PROBE_LARGE_BYTES >> 20,
+        before.small,
+        before.large,
+        after.small,
+        after.large
     )
 }
 
