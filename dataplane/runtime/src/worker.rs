@@ -16,14 +16,16 @@ use crate::io::{MbufPacket, NeighMsg, WorkerIo};
 /// Prefetch distances of the RX pipeline, in frames ahead of the one handled: the mbuf header
 /// (where the frame is), the frame data (needs the header), the session bucket head (needs the
 /// frame), the first session entry of the chain (needs the head), the second when the first is not
-/// the frame's (needs the first). Four frames between stages is ~400 ns of work at 1M sessions,
-/// about one DRAM miss under virtualisation. The pipeline runs across bursts: while frames keep
-/// coming, the last `PF_HEADER` of a burst wait for the next one (see [`RxPipe`]).
-const PF_HEADER: usize = 20;
-const PF_DATA: usize = 16;
-const PF_HEAD: usize = 12;
-const PF_ENTRY: usize = 8;
-const PF_NEXT: usize = 4;
+/// the frame's (needs the first). Five frames between stages is ~330 ns of work at 1M sessions,
+/// about two DRAM loads on this VM (its 256 MB probe reads 160-170 ns a load); four gave
+/// fnat-est/1M 3-6 % less in paired runs (`scripts/bench-ab`, 8 of 10 pairs), 1K and fnat-cps
+/// the same. The pipeline runs across bursts: while frames keep coming, the last `PF_HEADER` of
+/// a burst wait for the next one (see [`RxPipe`]).
+const PF_HEADER: usize = 25;
+const PF_DATA: usize = 20;
+const PF_HEAD: usize = 15;
+const PF_ENTRY: usize = 10;
+const PF_NEXT: usize = 5;
 /// The stages' distances, in the order of `RxPipe::done`.
 const PF: [usize; 5] = [PF_HEADER, PF_DATA, PF_HEAD, PF_ENTRY, PF_NEXT];
 
@@ -111,7 +113,7 @@ impl RxPipe {
                     Self::stage(stack, bk, tu, s, i + dist, a);
                 }
             }
-            // Stage 2 ran for every frame before it is handled (prologue or `i - 12`).
+            // Stage 2 ran for every frame before it is handled (prologue or `i - PF_HEAD`).
             stack.handle_at(io, port, MbufPacket(m), bk[i], now);
         });
         for (done, &dist) in self.done.iter_mut().zip(&PF) {
