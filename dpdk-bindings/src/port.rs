@@ -219,7 +219,11 @@ impl Port {
     /// [`Port::configure`] with a pool per RX queue: queue `q` draws from `pools[q]` (one pool:
     /// every queue from it; more pools than queues: the extra ones unused), so that each
     /// worker's queue fills from the worker's own pool.
-    pub fn configure_pools(&self, conf: &PortConf, pools: &[&Mempool]) -> Result<()> {
+    pub fn configure_pools<P: std::ops::Deref<Target = Mempool>>(
+        &self,
+        conf: &PortConf,
+        pools: &[P],
+    ) -> Result<()> {
         let Some(last) = pools.last() else {
             return Err(Error::other("rte_eth_rx_queue_setup", "no mbuf pool"));
         };

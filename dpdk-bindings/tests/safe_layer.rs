@@ -192,7 +192,10 @@ fn eal_port_mbuf_ring_and_lcore() {
     );
     let null = Port::by_name("net_null1").expect("net_null1");
     let two = PortConf::plain(2, 64);
-    assert!(null.configure_pools(&two, &[]).is_err(), "no pool");
+    assert!(
+        null.configure_pools::<&Mempool>(&two, &[]).is_err(),
+        "no pool"
+    );
     null.configure_pools(&two, &[&pa, &pb])
         .expect("configure with two pools");
     null.start().expect("start net_null1");

@@ -17,6 +17,8 @@ use std::time::Instant;
 pub const PROBE_BYTES: usize = 8 << 20;
 /// Bytes of the large walk.
 pub const PROBE_LARGE_BYTES: usize = 256 << 20;
+const LINE: usize = 64;
+const LOADS: usize = 2_000_000;
 
 /// Both walks, nanoseconds per load.
 #[derive(Clone, Copy, Debug, Default)]
@@ -32,8 +34,6 @@ pub fn measure() -> Probe {
         large: mem_latency_ns(PROBE_LARGE_BYTES),
     }
 }
-const LINE: usize = 64;
-const LOADS: usize = 2_000_000;
 
 /// Nanoseconds per dependent load over a random cycle through `bytes` (median of 3).
 pub fn mem_latency_ns(bytes: usize) -> f64 {

@@ -409,7 +409,6 @@ fn run(cfg: &Config) -> Result<(), String> {
             .map_err(|e| format!("mbuf pool of worker {w}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let pool_refs: Vec<&dpdk::Mempool> = pools.iter().map(|p| &**p).collect();
 
     // Every way out of here (an error included) stops the workers launched so far, then stops
     // and closes the ports configured so far (af_xdp detaches its XDP program, pcap flushes).
@@ -437,7 +436,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         // Closed on the way out even when its configuration fails part-way (queues set up
         // before the failure hold mbufs of the pools, af_xdp sockets their memory).
         running.ports.push(port);
-        port.configure_pools(&conf, &pool_refs)
+        port.configure_pools(&conf, &pools)
             .map_err(|e| format!("port {:?}: {e}", pc.name))?;
         if let Some(mac) = pc.mac {
             port.set_mac(mac)
@@ -488,7 +487,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             ..dpdk::PortConf::plain(nq, config::TAP_DESC)
         };
         running.ports.push(tap);
-        tap.configure_pools(&conf, &pool_refs)
+        tap.configure_pools(&conf, &pools)
             .map_err(|e| format!("kernel interface {k}: {e}"))?;
         tap.set_mac(macs[i])
             .map_err(|e| format!("kernel interface {k}: set MAC: {e}"))?;
@@ -741,7 +740,6 @@ fn run(cfg: &Config) -> Result<(), String> {
     say!("{}", format_core("total", &total));
     drop(running); // the ports: stopped and closed
     drop(counters);
-    drop(pool_refs);
     drop(pools);
     // The EAL itself is released by process exit (see dpdk::Eal::cleanup).
     let _ = eal;
