@@ -627,7 +627,8 @@ pub struct SessMem {
     pub lips: usize,
     /// Live heap bytes `Stack::new` allocated (the whole stack at this capacity).
     pub alloc: u64,
-    /// The table's own figure (`Stack::session_bytes`: entry + index heads).
+    /// The table's own figure (`Stack::session_bytes`: entry + hashed index heads, plus the
+    /// LIPs' direct heads, `Stack::session_direct_bytes`, spread over the sessions).
     pub table_bytes: usize,
     /// Resident memory growth: after `Stack::new`, and after opening `n` sessions.
     pub rss_new: i64,
@@ -684,7 +685,7 @@ pub fn memory(
         sessions: n,
         lips,
         alloc: (l1 - l0).max(0) as u64,
-        table_bytes: stack.session_bytes(),
+        table_bytes: stack.session_bytes() + stack.session_direct_bytes() / n.max(1),
         rss_new: r1 - r0,
         rss_open: r2 - r0,
         open_s,

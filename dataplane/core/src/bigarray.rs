@@ -33,6 +33,9 @@ pub struct BigArray<T> {
     /// The whole mapping (alignment slack included), for `munmap`.
     map: *mut libc::c_void,
     map_len: usize,
+    /// Bytes of the mapping counted in [`mapped_bytes`] (all of it, but for
+    /// [`BigArray::zeroed_reserve`]).
+    counted: usize,
 }
 
 // SAFETY: the array owns its elements exclusively, like a `Box<[T]>`.
@@ -43,7 +46,13 @@ unsafe impl<T: Sync> Sync for BigArray<T> {}
 impl<T> BigArray<T> {
     /// `len` elements, element `i` = `init(i)`. Panics when the mapping cannot be made (out of
     /// memory at start-up), like `Vec` does.
-    pub fn new(len: usize, mut init: impl FnMut(usize) -> T) -> Self {
+    pub fn new(len: usize, init: impl FnMut(usize) -> T) -> Self {
+        Self::build(len, Some(init))
+    }
+
+    /// Map `len` elements, then initialise each with `init` (none: left as the mapping's zero
+    /// bytes, for a `T` for which they are a valid value).
+    fn build(len: usize, init: Option<impl FnMut(usize) -> T>) -> Self {
         let size = std::mem::size_of::<T>()
             .checked_mul(len)
             .expect("BigArray size overflows");
@@ -71,11 +80,13 @@ impl<T> BigArray<T> {
             libc::madvise(start as *mut libc::c_void, size.max(1), libc::MADV_HUGEPAGE);
         }
         let ptr = start as *mut T;
-        for i in 0..len {
-            // SAFETY: slot i lies inside the mapping (start + size <= map + map_len), is
-            // suitably aligned (start is 2 MiB-aligned, size_of is a multiple of align_of) and
-            // uninitialised; each slot is written once.
-            unsafe { ptr.add(i).write(init(i)) };
+        if let Some(mut init) = init {
+            for i in 0..len {
+                // SAFETY: slot i lies inside the mapping (start + size <= map + map_len), is
+                // suitably aligned (start is 2 MiB-aligned, size_of is a multiple of align_of)
+                // and uninitialised; each slot is written once.
+                unsafe { ptr.add(i).write(init(i)) };
+            }
         }
         MAPPED.fetch_add(map_len, Ordering::Relaxed);
         BigArray {
@@ -84,6 +95,39 @@ impl<T> BigArray<T> {
             len,
             map,
             map_len,
+            counted: map_len,
+        }
+    }
+}
+
+impl BigArray<u32> {
+    /// `len` zeros, of which only the first `counted` elements are backed now (written, so no
+    /// page fault is left for the packet path) and count in [`mapped_bytes`]: the rest costs
+    /// address space only until [`BigArray::count_up_to`] brings it in use (e.g. the direct
+    /// heads of LIP pools that do not exist yet).
+    pub fn zeroed_reserve(len: usize, counted: usize) -> Self {
+        let mut a = Self::build(len, None::<fn(usize) -> u32>);
+        MAPPED.fetch_sub(a.map_len, Ordering::Relaxed);
+        a.counted = 0;
+        a.count_up_to(counted);
+        a
+    }
+
+    /// Bring the first `elems` elements in use (control path; those not counted yet must still
+    /// be zero): back their pages now, by writing a zero in each, and count them, rounded up to whole huge pages as they
+    /// are backed, in [`mapped_bytes`]; never less than counted already.
+    pub fn count_up_to(&mut self, elems: usize) {
+        let bytes = (elems.min(self.len) * 4).next_multiple_of(HUGE);
+        if bytes > self.counted {
+            let (from, to) = (self.counted / 4, (bytes / 4).min(self.len));
+            // One write per 4 KiB page backs it (a whole huge page where the kernel gives one).
+            for i in (from..to).step_by(1024) {
+                // SAFETY: i < len; a volatile write of the zero already there, so the compiler
+                // keeps it.
+                unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(i), 0) };
+            }
+            MAPPED.fetch_add(bytes - self.counted, Ordering::Relaxed);
+            self.counted = bytes;
         }
     }
 }
@@ -123,7 +167,7 @@ impl<T> Drop for BigArray<T> {
             ));
             libc::munmap(self.map, self.map_len);
         }
-        MAPPED.fetch_sub(self.map_len, Ordering::Relaxed);
+        MAPPED.fetch_sub(self.counted, Ordering::Relaxed);
     }
 }
 
@@ -156,5 +200,21 @@ mod tests {
         assert_eq!(Rc::strong_count(&rc), 1);
         let e: BigArray<u8> = BigArray::filled(0, 0);
         assert!(e.is_empty());
+    }
+
+    /// A reservation reads as zeros and counts only what was said to be in use, in whole huge
+    /// pages, never more than its mapping and never less than before.
+    #[test]
+    fn a_reservation_counts_what_is_in_use() {
+        let mut a = BigArray::zeroed_reserve(3 << 20, 1000);
+        assert!(a.iter().step_by(4096).all(|&v| v == 0));
+        assert_eq!(a.counted, HUGE);
+        a.count_up_to(10);
+        assert_eq!(a.counted, HUGE);
+        a.count_up_to(HUGE / 4 + 1);
+        assert_eq!(a.counted, 2 * HUGE);
+        a.count_up_to(usize::MAX);
+        assert_eq!(a[(3 << 20) - 1], 0);
+        assert_eq!(a.counted, (3 << 20) * 4);
     }
 }

@@ -207,13 +207,17 @@ impl<P: PacketBuf> Stack<P> {
             if fnat.lports.owner(dport) != fnat.worker || self.is_martian_src(src) {
                 return None;
             }
-            fnat.sessions
-                .lookup_out_at(bucket, proto, src, sport, dst, dport)?
-        } else {
-            match fnat
+            // Its direct head: as cheap to compute as to check the prefetch stage's hint.
+            let b = fnat
                 .sessions
-                .lookup_in_at(bucket, proto, src, sport, dst, dport)
-            {
+                .out_bucket_of(o.pool, proto, src, sport, dst, dport);
+            fnat.sessions
+                .lookup_out_at(b, proto, src, sport, dst, dport)?
+        } else {
+            let b = fnat
+                .sessions
+                .in_bucket_hint(bucket, proto, src, sport, dst, dport);
+            match fnat.sessions.lookup_in_at(b, proto, src, sport, dst, dport) {
                 Some(idx) => idx,
                 // A new client: its source is tested as the general path tests every packet's.
                 None if self.is_martian_src(src) => return None,

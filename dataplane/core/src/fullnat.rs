@@ -42,7 +42,7 @@ use crate::persist::{persist_owner, TemplateInfo, Templates, NO_TMPL};
 use crate::sched::{DestStats, MhLookup, SchedKey};
 use crate::service::{OwnerRule, ServiceError, Services};
 use crate::session::{Session, SessionTable, F_ACTIVE, F_TOA_DONE, F_TOA_TRIED, F_USED};
-use crate::stack::{Owned, Stack, NO_BUCKET};
+use crate::stack::{Owned, Stack};
 use crate::tcp_state::{flags, Dir, TcpState};
 use crate::timer::TimerWheel;
 use crate::wire::*;
@@ -263,7 +263,11 @@ impl Fullnat {
             nat_enabled: services.any_nat(),
             services,
             builds: 1,
-            sessions: SessionTable::new(f.sessions),
+            sessions: {
+                let mut t = SessionTable::with_lports(f.sessions, cfg.n_workers);
+                t.grow_direct(lports.pool_count());
+                t
+            },
             wheel: TimerWheel::new(f.sessions as usize, WHEEL_SLOTS, TICK_MS),
             lports,
             dest_stats,
@@ -827,35 +831,31 @@ impl<P: PacketBuf> Stack<P> {
         }
         let src = ipv4_at(d, ip4::SRC);
         let (sport, dport) = (be16(d, l4), be16(d, l4 + 2));
-        // Both lookups hash this same tuple: the prefetch stage may have done it already.
-        let bucket = if bucket == NO_BUCKET {
-            self.fnat.sessions.bucket_of(proto, src, sport, dst, dport)
-        } else {
-            debug_assert_eq!(
-                bucket,
-                self.fnat.sessions.bucket_of(proto, src, sport, dst, dport)
-            );
-            bucket
-        };
-        if lip_pool.is_some() && self.fnat.lports.in_range(dport) {
+        if let (Some(pool), true) = (lip_pool, self.fnat.lports.in_range(dport)) {
             // Reply from a real server: the lport's owner handles it, decided before any lookup.
             let owner = self.fnat.lports.owner(dport);
             if owner != self.fnat.worker {
                 self.fnat_redirect(io, owner, port, pkt);
                 return None;
             }
+            // Its direct head (or hashed bucket) costs no more to compute than to check.
             match self
                 .fnat
                 .sessions
-                .lookup_out_at(bucket, proto, src, sport, dst, dport)
+                .lookup_out(pool, proto, src, sport, dst, dport)
             {
                 Some(idx) => self.fnat_out(io, port, pkt, ihl, idx, now_ms),
                 None => self.drop_pkt(pkt, DropReason::NoSession),
             }
             return None;
         }
-        let found = self
-            .fnat
+        // The prefetch stage may have hashed this tuple already.
+        let f = &self.fnat;
+        let bucket = f
+            .sessions
+            .in_bucket_hint(bucket, proto, src, sport, dst, dport);
+        debug_assert_eq!(bucket, f.sessions.bucket_of(proto, src, sport, dst, dport));
+        let found = f
             .sessions
             .lookup_in_at(bucket, proto, src, sport, dst, dport);
         self.fnat_in_or_new(io, port, pkt, ihl, found, now_ms)
@@ -1381,9 +1381,8 @@ impl<P: PacketBuf> Stack<P> {
             return Some(pkt);
         }
         let dst = ipv4_at(d, ip4::DST);
-        if q.isrc == dst
-            && self.fnat.lports.pool_of(IpAddr::V4(dst)).is_some()
-            && self.fnat.lports.in_range(q.isport)
+        let pool = self.fnat.lports.pool_of(IpAddr::V4(dst));
+        if let (true, Some(pool), true) = (q.isrc == dst, pool, self.fnat.lports.in_range(q.isport))
         {
             // From the real-server side, quoting LIP:lport → RIP:rport.
             let owner = self.fnat.lports.owner(q.isport);
@@ -1394,7 +1393,7 @@ impl<P: PacketBuf> Stack<P> {
             let Some(idx) = self
                 .fnat
                 .sessions
-                .lookup_out(q.iproto, q.idst, q.idport, q.isrc, q.isport)
+                .lookup_out(pool, q.iproto, q.idst, q.idport, q.isrc, q.isport)
             else {
                 return Some(pkt);
             };
@@ -1717,7 +1716,14 @@ impl<P: PacketBuf> Stack<P> {
         {
             return Err(ServiceError::TooManyLips);
         }
-        built.attach_lips(&mut self.fnat.lports, in_force)?;
+        let attached = built.attach_lips(&mut self.fnat.lports, in_force);
+        // A LIP never seen before got a pool: its replies' direct heads too, before any session
+        // can take an lport there (also when attaching failed part-way: a pool's replies must
+        // not move from the hash to direct heads while it has sessions).
+        self.fnat
+            .sessions
+            .grow_direct(self.fnat.lports.pool_count());
+        attached?;
         if !same_addrs {
             self.own_services(built.addrs.clone())
                 .map_err(|_| ServiceError::TooManyAddrs)?;
@@ -1745,9 +1751,15 @@ impl<P: PacketBuf> Stack<P> {
         self.fnat.sessions.capacity()
     }
 
-    /// Bytes per session of the table (entry + index heads).
+    /// Bytes per session of the table (entry + hashed index heads).
     pub fn session_bytes(&self) -> usize {
         self.fnat.sessions.bytes_per_session()
+    }
+
+    /// Bytes of the session table's direct heads of LIP replies (per LIP pool, not per
+    /// session).
+    pub fn session_direct_bytes(&self) -> usize {
+        self.fnat.sessions.direct_bytes()
     }
 
     /// Every dest's counters of this worker, indexed by dest id, for readers on other threads

@@ -145,7 +145,11 @@ impl<P: PacketBuf> Stack<P> {
             self.fnat_redirect(io, owner, port, pkt);
             return None;
         }
-        match self.fnat.sessions.lookup_out(proto, src, sport, dst, dport) {
+        match self
+            .fnat
+            .sessions
+            .lookup_out(u16::MAX, proto, src, sport, dst, dport)
+        {
             Some(idx) if self.fnat.sessions.get(idx).fwd == Fwd::Nat => {
                 self.fnat_out(io, port, pkt, ihl, idx, now_ms);
                 None
@@ -178,10 +182,10 @@ impl<P: PacketBuf> Stack<P> {
         }
         // No NAT session: an error about other routed traffic, forwarded as such (PMTUD and
         // traceroute of the real servers' own connections go through here).
-        let Some(idx) = self
-            .fnat
-            .sessions
-            .lookup_out(q.iproto, q.idst, q.idport, q.isrc, q.isport)
+        let Some(idx) =
+            self.fnat
+                .sessions
+                .lookup_out(u16::MAX, q.iproto, q.idst, q.idport, q.isrc, q.isport)
         else {
             return Some(pkt);
         };

@@ -227,6 +227,11 @@ impl LportAlloc {
         Some(idx)
     }
 
+    /// Pools made so far (their indices are `0..pool_count()`).
+    pub fn pool_count(&self) -> usize {
+        self.pools.len()
+    }
+
     /// Pool `i`.
     pub fn get(&self, i: u16) -> Option<&LipPool> {
         self.pools.get(i as usize)

@@ -207,6 +207,16 @@ struct NhLine {
 /// [`Stack::prefetch_bucket`] of a frame that is not IPv4 TCP/UDP.
 pub const NO_BUCKET: u32 = u32::MAX;
 
+/// Slots of [`Stack::prefetch_bucket`]'s LIP hint (a power of two).
+const LIP_HINT_SLOTS: usize = 64;
+
+/// The LIP hint slot of IPv4 address `a`: its low bits (LIPs are usually consecutive
+/// addresses, which then all have slots of their own).
+#[inline(always)]
+fn lip_hint_slot(a: u32) -> usize {
+    a as usize & (LIP_HINT_SLOTS - 1)
+}
+
 /// The addresses and ports of a frame, as a prefetch stage keeps them for a later one
 /// ([`Stack::prefetch_bucket_keep`]).
 #[derive(Clone, Copy, Debug)]
@@ -255,6 +265,10 @@ pub struct Stack<P: PacketBuf> {
     /// The IPv4 members of `owned`, keyed by the address's `u32` (the per-packet lookup; a
     /// copy kept in step wherever `owned` changes: `own`, `remove_owned`, reclassification).
     pub(crate) owned_v4: FixedMap<u32, Owned>,
+    /// The LIPs among `owned_v4`, direct-mapped by [`lip_hint_slot`] (address, pool; a slot two
+    /// LIPs share keeps one): lets the prefetch stage tell a reply to a LIP's lport from a
+    /// client packet with one load. Only a hint: the lookup decides with `owned_v4`.
+    lip_hint: Box<[(u32, u16); LIP_HINT_SLOTS]>,
     /// The addresses the services own (VIPs, match prefixes, LIPs) on their ports, sorted: what
     /// a new service set releases when it no longer uses them.
     pub(crate) svc_owned: Vec<(PortIdx, IpAddr)>,
@@ -331,6 +345,7 @@ impl<P: PacketBuf> Stack<P> {
             neigh: NeighTable::new(&cfg.neigh),
             owned,
             owned_v4: FixedMap::with_capacity(OWNED_CAPACITY),
+            lip_hint: Box::new([(0, Owned::NO_POOL); LIP_HINT_SLOTS]),
             svc_owned: Vec::new(),
             bcast,
             icmp_bucket: TokenBucket::new(cfg.icmp_ratelimit_per_s),
@@ -460,6 +475,17 @@ impl<P: PacketBuf> Stack<P> {
                 self.owned_v4.remove(&u32::from(v4));
             }
         }
+        self.rebuild_lip_hint();
+    }
+
+    /// Rebuild the LIP hint from `owned_v4` (control path, after every change of it).
+    fn rebuild_lip_hint(&mut self) {
+        self.lip_hint.fill((0, Owned::NO_POOL));
+        for (&ip, o) in self.owned_v4.iter() {
+            if o.pool != Owned::NO_POOL {
+                self.lip_hint[lip_hint_slot(ip)] = (ip, o.pool);
+            }
+        }
     }
 
     /// Build `owned_v4` from `owned` (at construction, where the ports' addresses go straight
@@ -471,6 +497,7 @@ impl<P: PacketBuf> Stack<P> {
                 let _ = self.owned_v4.insert(u32::from(*v4), *o);
             }
         }
+        self.rebuild_lip_hint();
     }
 
     /// Recompute what every owned address is to FULLNAT (after the services changed), in place
@@ -490,6 +517,7 @@ impl<P: PacketBuf> Stack<P> {
                 ..fnat.classify(IpAddr::V4(Ipv4Addr::from(*ip)))
             }
         });
+        self.rebuild_lip_hint();
     }
 
     /// Build a stack; panics on an invalid configuration (see [`Stack::try_new`]).
@@ -674,9 +702,20 @@ impl<P: PacketBuf> Stack<P> {
                     sport,
                     dport,
                 };
-                self.fnat
-                    .sessions
-                    .prefetch_head(proto, src, sport, dst, dport)
+                let f = &self.fnat;
+                // A reply to a LIP's lport (as the fast path and `fnat_input` decide) is found
+                // on its direct head, without hashing; anything else by the hash.
+                let d = u32::from(dst);
+                let (lip, pool) = self.lip_hint[lip_hint_slot(d)];
+                if lip == d && f.lports.in_range(dport) {
+                    let b = f
+                        .sessions
+                        .out_bucket_of(pool, proto, src, sport, dst, dport);
+                    f.sessions.prefetch_bucket(b);
+                    b
+                } else {
+                    f.sessions.prefetch_head(proto, src, sport, dst, dport)
+                }
             }
             None => NO_BUCKET,
         }

@@ -1149,6 +1149,14 @@ fn memory_per_session() {
     assert!(std::mem::size_of::<rvs_core::session::Session<Ipv4Addr>>() <= 64);
     // Timer-wheel links add 12 bytes per session.
     assert!(b + 12 <= 128);
+    // Each LIP adds its replies' direct heads: one per lport (one worker here).
+    let lips = cfg()
+        .services
+        .iter()
+        .flat_map(|s| &s.lips)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(s.session_direct_bytes(), lips * 65536 * 4);
 }
 
 #[test]

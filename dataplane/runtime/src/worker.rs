@@ -107,11 +107,22 @@ impl RxPipe {
             }
         }
         self.held.drain_front_ahead(take, |i, m, ahead| {
-            // ahead[k] is held frame i + 1 + k.
-            for (s, &dist) in PF.iter().enumerate() {
-                if let Some(a) = ahead.get(dist - 1) {
-                    Self::stage(stack, bk, tu, s, i + dist, a);
-                }
+            // ahead[k] is held frame i + 1 + k. Each stage spelt out (a loop over `PF` is
+            // only unrolled while the stages stay small).
+            if let Some(a) = ahead.get(PF_HEADER - 1) {
+                Self::stage(stack, bk, tu, 0, i + PF_HEADER, a);
+            }
+            if let Some(a) = ahead.get(PF_DATA - 1) {
+                Self::stage(stack, bk, tu, 1, i + PF_DATA, a);
+            }
+            if let Some(a) = ahead.get(PF_HEAD - 1) {
+                Self::stage(stack, bk, tu, 2, i + PF_HEAD, a);
+            }
+            if let Some(a) = ahead.get(PF_ENTRY - 1) {
+                Self::stage(stack, bk, tu, 3, i + PF_ENTRY, a);
+            }
+            if let Some(a) = ahead.get(PF_NEXT - 1) {
+                Self::stage(stack, bk, tu, 4, i + PF_NEXT, a);
             }
             // Stage 2 ran for every frame before it is handled (prologue or `i - PF_HEAD`).
             stack.handle_at(io, port, MbufPacket(m), bk[i], now);
