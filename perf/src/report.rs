@@ -364,8 +364,8 @@ pub fn sess_mem_table(rows: &[SessMem]) -> String {
             let _ = writeln!(
                 s,
                 "\nSlope {} → {} sessions: {slope:.1} bytes allocated per session (table entry, \
-                 both index heads rounded to a power of two, timer-wheel links, and the lport FIFOs \
-                 of ceil(N/60000)+1 LIPs); 10M sessions ≈ {:.2} GiB.",
+                 hashed index heads rounded to a power of two, timer-wheel links, and the lport \
+                 FIFOs and reply heads of ceil(N/60000)+1 LIPs); 10M sessions ≈ {:.2} GiB.",
                 a.sessions,
                 b.sessions,
                 slope * 1e7 / (1u64 << 30) as f64
