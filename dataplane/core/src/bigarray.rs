@@ -50,8 +50,10 @@ impl<T> BigArray<T> {
         Self::build(len, Some(init))
     }
 
-    /// Map `len` elements, then initialise each with `init` (none: left as the mapping's zero
-    /// bytes, for a `T` for which they are a valid value).
+    /// Map `len` elements, then initialise each with `init`. With none they are left as the
+    /// mapping's zero bytes: only for a `T` of which all-zero bytes are a valid value (`u32`
+    /// here), and mapped without reserving swap (`MAP_NORESERVE`: a reservation larger than what
+    /// will be used must not count against a strict overcommit limit).
     fn build(len: usize, init: Option<impl FnMut(usize) -> T>) -> Self {
         let size = std::mem::size_of::<T>()
             .checked_mul(len)
@@ -64,7 +66,13 @@ impl<T> BigArray<T> {
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE
+                    | libc::MAP_ANONYMOUS
+                    | if init.is_none() {
+                        libc::MAP_NORESERVE
+                    } else {
+                        0
+                    },
                 -1,
                 0,
             )

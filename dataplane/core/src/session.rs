@@ -273,11 +273,23 @@ fn key_hash<A: SessAddr>(k: &HashKey, proto: u8, a: A, ap: u16, b: A, bp: u16) -
     (h ^ h >> 32).wrapping_mul(k.fin) >> k.shift
 }
 
+/// Hashed bucket heads of a table of `capacity` sessions: three per session, rounded up to a
+/// power of two.
+fn hashed_buckets(capacity: u32) -> usize {
+    (capacity.clamp(1, MAX_SESSIONS) as usize * 3).next_power_of_two()
+}
+
 impl<A: SessAddr> SessionTable<A> {
     /// A table of `capacity` sessions (allocates everything now).
     pub fn new(capacity: u32) -> Self {
+        Self::build(capacity, 0)
+    }
+
+    /// A table of `capacity` sessions whose heads array also reserves `extra` heads after the
+    /// hashed ones (not backed until [`BigArray::count_up_to`] brings them in use).
+    fn build(capacity: u32, extra: usize) -> Self {
         let cap = capacity.min(MAX_SESSIONS);
-        let buckets = (cap.max(1) as usize * 3).next_power_of_two();
+        let buckets = hashed_buckets(capacity);
         let entries = BigArray::new(cap as usize, |i| {
             let mut e = Session::empty();
             e.next[0] = if i + 1 < cap as usize {
@@ -289,7 +301,7 @@ impl<A: SessAddr> SessionTable<A> {
         });
         SessionTable {
             entries,
-            heads: BigArray::zeroed_reserve(buckets, buckets),
+            heads: BigArray::zeroed_reserve(buckets + extra, buckets),
             mask: buckets as u64 - 1,
             key: HashKey::new(buckets),
             free: if cap > 0 { 0 } else { NIL },
@@ -309,33 +321,34 @@ impl<A: SessAddr> SessionTable<A> {
     /// worker that owns every `stride`-th lport of each LIP (`stride`: the number of workers).
     /// The heads of a pool are allocated by [`SessionTable::grow_direct`].
     pub fn with_lports(capacity: u32, stride: u16) -> Self {
-        let mut t = Self::new(capacity);
         let stride = stride.max(1);
         let per_pool = (65536usize.div_ceil(stride as usize)).next_power_of_two();
         let shift = per_pool.trailing_zeros();
+        let direct = crate::lport::MAX_LIPS << shift;
+        let hashed = hashed_buckets(capacity);
         // Bucket ids are u32, below NO_BUCKET (u32::MAX) of the stack: the direct ids of every
         // pool must fit above the hashed ones.
-        let top = t.heads.len() as u64 + ((crate::lport::MAX_LIPS as u64) << shift);
-        if top < u32::MAX as u64 {
-            let hashed = t.heads.len();
-            t.direct_base = hashed as u32;
-            // Address space for every pool there may be; a pool's heads are touched (and
-            // counted) once it exists.
-            t.heads = BigArray::zeroed_reserve(hashed + (crate::lport::MAX_LIPS << shift), hashed);
-            t.direct_shift = shift;
-            t.stride = stride;
-            t.stride_shift = stride.trailing_zeros();
-            t.stride_mask = if stride.is_power_of_two() {
-                stride - 1
-            } else {
-                u16::MAX
-            };
+        if (hashed + direct) as u64 >= u32::MAX as u64 {
+            return Self::new(capacity);
         }
+        // Address space for every pool there may be; a pool's heads are backed (and counted)
+        // once it exists.
+        let mut t = Self::build(capacity, direct);
+        debug_assert_eq!(t.mask as usize + 1, hashed);
+        t.direct_base = hashed as u32;
+        t.direct_shift = shift;
+        t.stride = stride;
+        t.stride_shift = stride.trailing_zeros();
+        t.stride_mask = if stride.is_power_of_two() {
+            stride - 1
+        } else {
+            u16::MAX
+        };
         t
     }
 
     /// Give LIP pools `0..pools` their direct heads (control path; `4 << direct_shift` bytes a
-    /// pool, 256 KiB with one worker, backed by the kernel as they are first written). A table
+    /// pool, 256 KiB with one worker, backed here). A table
     /// without direct heads ([`SessionTable::new`]) keeps hashing every key. Called before any
     /// session takes an lport of a new pool: a pool's keys never move between the hash and
     /// direct heads.
@@ -464,7 +477,8 @@ impl<A: SessAddr> SessionTable<A> {
     fn linked(&self, l: u32) -> &Session<A> {
         let i = (l >> 1) as usize;
         debug_assert!(i < self.entries.len());
-        // SAFETY: every link stored in `heads` or in an entry's `next` is `idx << 1 | direction`
+        // SAFETY: every link in `heads` (kept as `!link`, read through `head`) or in an entry's
+        // `next` is `idx << 1 | direction`
         // of an entry index below `entries.len()` (only `insert` makes links, from `free`, which
         // holds indices below the capacity), and callers never follow NIL.
         unsafe { self.entries.get_unchecked(i) }
@@ -486,9 +500,14 @@ impl<A: SessAddr> SessionTable<A> {
     }
 
     /// Set bucket `b`'s first link (`b` is the bucket of a key: hashed, or the direct head of a
-    /// pool that has them).
+    /// pool that has them, whose memory is backed).
     #[inline(always)]
     fn set_head(&mut self, b: u32, l: u32) {
+        debug_assert!(
+            b as u64 <= self.mask
+                || (b as usize)
+                    < self.direct_base as usize + (self.direct_pools << self.direct_shift)
+        );
         self.heads[b as usize] = !l;
     }
 
@@ -922,8 +941,8 @@ mod tests {
     }
 
     /// A reply's bucket is its direct head when its pool has them, and the hash otherwise (a
-    /// pool beyond those grown, a NAT session's client, a table without lports); the table's
-    /// memory per session counts the direct heads.
+    /// pool beyond those grown, a NAT session's client, a table without lports); the direct
+    /// heads are counted per pool, not in the memory per session.
     #[test]
     fn direct_heads_only_for_grown_pools() {
         let (rip, lip) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 0, 0, 1));

@@ -467,18 +467,28 @@ impl<P: PacketBuf> Stack<P> {
     /// `owned`, so the insert cannot fail).
     fn mirror_owned_one(&mut self, ip: IpAddr) {
         let IpAddr::V4(v4) = ip else { return };
+        let a = u32::from(v4);
+        let slot = &mut self.lip_hint[lip_hint_slot(a)];
         match self.owned.get(&ip) {
             Some(&o) => {
-                let _ = self.owned_v4.insert(u32::from(v4), o);
+                let _ = self.owned_v4.insert(a, o);
+                if o.pool != Owned::NO_POOL {
+                    *slot = (a, o.pool);
+                } else if slot.0 == a {
+                    *slot = (0, Owned::NO_POOL);
+                }
             }
             None => {
-                self.owned_v4.remove(&u32::from(v4));
+                self.owned_v4.remove(&a);
+                if slot.0 == a {
+                    *slot = (0, Owned::NO_POOL);
+                }
             }
         }
-        self.rebuild_lip_hint();
     }
 
-    /// Rebuild the LIP hint from `owned_v4` (control path, after every change of it).
+    /// Rebuild the LIP hint from `owned_v4` (control path, after a change of many entries;
+    /// [`Stack::mirror_owned_one`] keeps it for one).
     fn rebuild_lip_hint(&mut self) {
         self.lip_hint.fill((0, Owned::NO_POOL));
         for (&ip, o) in self.owned_v4.iter() {
