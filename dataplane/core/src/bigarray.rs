@@ -122,8 +122,9 @@ impl BigArray<u32> {
     }
 
     /// Bring the first `elems` elements in use (control path; those not counted yet must still
-    /// be zero): back their pages now, by writing a zero in each, and count them, rounded up to whole huge pages as they
-    /// are backed, in [`mapped_bytes`]; never less than counted already.
+    /// be zero): back their pages now, by writing a zero in each, and count them in
+    /// [`mapped_bytes`], rounded up to whole huge pages as they are backed; never less than
+    /// counted already.
     pub fn count_up_to(&mut self, elems: usize) {
         let bytes = (elems.min(self.len) * 4).next_multiple_of(HUGE);
         if bytes > self.counted {

@@ -831,7 +831,7 @@ impl<P: PacketBuf> Stack<P> {
         }
         let src = ipv4_at(d, ip4::SRC);
         let (sport, dport) = (be16(d, l4), be16(d, l4 + 2));
-        if let (Some(pool), true) = (lip_pool, self.fnat.lports.in_range(dport)) {
+        if let Some(pool) = lip_pool.filter(|_| self.fnat.lports.in_range(dport)) {
             // Reply from a real server: the lport's owner handles it, decided before any lookup.
             let owner = self.fnat.lports.owner(dport);
             if owner != self.fnat.worker {
@@ -1381,9 +1381,10 @@ impl<P: PacketBuf> Stack<P> {
             return Some(pkt);
         }
         let dst = ipv4_at(d, ip4::DST);
-        let pool = self.fnat.lports.pool_of(IpAddr::V4(dst));
-        if let (true, Some(pool), true) = (q.isrc == dst, pool, self.fnat.lports.in_range(q.isport))
-        {
+        let lip_pool = (q.isrc == dst && self.fnat.lports.in_range(q.isport))
+            .then(|| self.fnat.lports.pool_of(IpAddr::V4(dst)))
+            .flatten();
+        if let Some(pool) = lip_pool {
             // From the real-server side, quoting LIP:lport → RIP:rport.
             let owner = self.fnat.lports.owner(q.isport);
             if owner != self.fnat.worker {

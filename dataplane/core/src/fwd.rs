@@ -76,7 +76,7 @@ use crate::fixedmap::mix;
 use crate::fullnat::{icmp_quote, Translate, PROTO_TCP, PROTO_UDP};
 use crate::io::{Io, PortIdx};
 use crate::packet::PacketBuf;
-use crate::stack::Stack;
+use crate::stack::{Owned, Stack};
 use crate::wire::*;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -148,7 +148,7 @@ impl<P: PacketBuf> Stack<P> {
         match self
             .fnat
             .sessions
-            .lookup_out(u16::MAX, proto, src, sport, dst, dport)
+            .lookup_out(Owned::NO_POOL, proto, src, sport, dst, dport)
         {
             Some(idx) if self.fnat.sessions.get(idx).fwd == Fwd::Nat => {
                 self.fnat_out(io, port, pkt, ihl, idx, now_ms);
@@ -182,11 +182,14 @@ impl<P: PacketBuf> Stack<P> {
         }
         // No NAT session: an error about other routed traffic, forwarded as such (PMTUD and
         // traceroute of the real servers' own connections go through here).
-        let Some(idx) =
-            self.fnat
-                .sessions
-                .lookup_out(u16::MAX, q.iproto, q.idst, q.idport, q.isrc, q.isport)
-        else {
+        let Some(idx) = self.fnat.sessions.lookup_out(
+            Owned::NO_POOL,
+            q.iproto,
+            q.idst,
+            q.idport,
+            q.isrc,
+            q.isport,
+        ) else {
             return Some(pkt);
         };
         let s = *self.fnat.sessions.get(idx);

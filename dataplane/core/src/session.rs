@@ -13,8 +13,8 @@
 //! lookups walk past a first entry; FULLNAT hashes only the inbound key, below); a head or
 //! chain link is `index << 1 | direction` (kept inverted in the array, so that zero memory is
 //! an empty head), and the chains are threaded through the entries (`next[direction]`), so the
-//! index costs 12–24 bytes per session plus 8 bytes in each entry. Lookups, inserts and removals are O(1) on average and
-//! never allocate. The hash is keyed with per-table random multipliers (from std's
+//! index costs 12–24 bytes per session plus 8 bytes in each entry. Lookups, inserts and
+//! removals are O(1) on average and never allocate. The hash is keyed with per-table random multipliers (from std's
 //! `RandomState`) so clients cannot aim at one bucket.
 //!
 //! The outbound key of a FULLNAT session needs no hash: its LIP:lport was handed out by this
@@ -203,10 +203,8 @@ pub struct SessionTable<A> {
     /// Direct heads per pool: `1 << direct_shift`.
     direct_shift: u32,
     /// The workers sharing each LIP's lports (a worker owns those with `lport % stride` its
-    /// own), and `stride - 1` when it is a power of two (else `u16::MAX`).
+    /// own), and `log2(stride)` when it is a power of two (else `u32::MAX`: divide).
     stride: u16,
-    stride_mask: u16,
-    /// `log2(stride)` when it is a power of two.
     stride_shift: u32,
 }
 
@@ -312,7 +310,6 @@ impl<A: SessAddr> SessionTable<A> {
             direct_base: u32::MAX,
             direct_shift: 0,
             stride: 1,
-            stride_mask: 0,
             stride_shift: 0,
         }
     }
@@ -338,20 +335,18 @@ impl<A: SessAddr> SessionTable<A> {
         t.direct_base = hashed as u32;
         t.direct_shift = shift;
         t.stride = stride;
-        t.stride_shift = stride.trailing_zeros();
-        t.stride_mask = if stride.is_power_of_two() {
-            stride - 1
+        t.stride_shift = if stride.is_power_of_two() {
+            stride.trailing_zeros()
         } else {
-            u16::MAX
+            u32::MAX
         };
         t
     }
 
     /// Give LIP pools `0..pools` their direct heads (control path; `4 << direct_shift` bytes a
-    /// pool, 256 KiB with one worker, backed here). A table
-    /// without direct heads ([`SessionTable::new`]) keeps hashing every key. Called before any
-    /// session takes an lport of a new pool: a pool's keys never move between the hash and
-    /// direct heads.
+    /// pool, 256 KiB with one worker, backed here). A table without direct heads
+    /// ([`SessionTable::new`]) keeps hashing every key. Called before any session takes an
+    /// lport of a new pool: a pool's keys never move between the hash and direct heads.
     pub fn grow_direct(&mut self, pools: usize) {
         if self.direct_base == u32::MAX {
             return;
@@ -367,7 +362,7 @@ impl<A: SessAddr> SessionTable<A> {
         if pool as usize >= self.direct_pools {
             return None;
         }
-        let slot = if self.stride_mask != u16::MAX {
+        let slot = if self.stride_shift != u32::MAX {
             lport >> self.stride_shift
         } else {
             lport / self.stride
@@ -478,9 +473,9 @@ impl<A: SessAddr> SessionTable<A> {
         let i = (l >> 1) as usize;
         debug_assert!(i < self.entries.len());
         // SAFETY: every link in `heads` (kept as `!link`, read through `head`) or in an entry's
-        // `next` is `idx << 1 | direction`
-        // of an entry index below `entries.len()` (only `insert` makes links, from `free`, which
-        // holds indices below the capacity), and callers never follow NIL.
+        // `next` is `idx << 1 | direction` of an entry index below `entries.len()` (only
+        // `insert` makes links, from `free`, which holds indices below the capacity), and
+        // callers never follow NIL.
         unsafe { self.entries.get_unchecked(i) }
     }
 
